@@ -1,0 +1,107 @@
+"""The ``distrinews`` command: a small table of sub-commands, each a thin call into the package.
+
+    distrinews train --output_dir runs/ag_news --num_train_epochs 3       # one process; use accelerate launch for more
+    distrinews evaluate --model runs/ag_news/model --dataset DATA_DIR --split test
+    distrinews predict --model USER/NAME [--revision SHA] "Stocks rally as oil slides" [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from .config import ConfigError
+from .data import DataError
+from .modeling import ModelLoadError
+
+
+def _train(argv: Sequence[str]) -> int:
+    from .train import main as train_main
+
+    return train_main(argv)
+
+
+def _evaluate(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="distrinews evaluate", description="Evaluate a saved model on a split.")
+    parser.add_argument("--model", required=True, help="Local folder or Hub repo id.")
+    parser.add_argument("--revision", default=None, help="Branch, tag or commit sha of a Hub model.")
+    parser.add_argument("--dataset", default="fancyzhx/ag_news", help="Hub dataset id or local folder.")
+    parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--max_length", type=int, default=128)
+    parser.add_argument("--max_samples", type=int, default=0, help="Evaluate at most this many examples (0 = all).")
+    parser.add_argument("--validation_fraction", type=float, default=0.05, help="As used in training.")
+    parser.add_argument("--seed", type=int, default=42, help="As used in training (it picks the validation split).")
+    parser.add_argument("--output", help="Also write the metrics as JSON to this file.")
+    args = parser.parse_args(argv)
+
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import DataCollatorWithPadding
+
+    from .data import LABEL_NAMES, load_ag_news, tokenize_splits
+    from .evaluation import evaluate_split
+    from .modeling import load_classifier
+
+    model, tokenizer = load_classifier(args.model, args.revision)
+    splits = load_ag_news(args.dataset, validation_fraction=args.validation_fraction, seed=args.seed,
+                          max_eval_samples=args.max_samples)
+    split = tokenize_splits(splits, tokenizer, args.max_length)[args.split].sort("length").remove_columns("length")
+    loader = DataLoader(split, batch_size=args.batch_size,
+                        collate_fn=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    metrics = evaluate_split(model.to(device), loader, expected_count=len(split), label_names=LABEL_NAMES,
+                             device=device)
+    print(f"{args.split}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
+          f"on {metrics['num_examples']} examples")
+    for name, scores in metrics["per_class"].items():
+        print(f"  {name:<9} precision {scores['precision']:.4f}  recall {scores['recall']:.4f}  f1 {scores['f1']:.4f}")
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            json.dump(metrics, handle, indent=2)
+    return 0
+
+
+def _predict(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="distrinews predict", description="Classify headlines with a model.")
+    parser.add_argument("--model", required=True, help="Local folder or Hub repo id.")
+    parser.add_argument("--revision", default=None, help="Branch, tag or commit sha of a Hub model.")
+    parser.add_argument("--json", action="store_true", help="Print one JSON object per text.")
+    parser.add_argument("texts", nargs="+", help="Texts to classify.")
+    args = parser.parse_args(argv)
+    if any(not text.strip() for text in args.texts):
+        parser.error("every text must contain something besides whitespace")
+
+    from .modeling import load_classifier
+    from .predict import predict_texts
+
+    model, tokenizer = load_classifier(args.model, args.revision)
+    for text, prediction in zip(args.texts, predict_texts(model, tokenizer, args.texts)):
+        if args.json:
+            print(json.dumps({"text": text, **prediction.to_dict()}))
+        else:
+            shares = "  ".join(f"{name} {p:.3f}" for name, p in prediction.probabilities.items())
+            print(f"{prediction.label:<9} {prediction.score:.3f}  | {shares}  | {text}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "train": _train,
+    "evaluate": _evaluate,
+    "predict": _predict,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: distrinews {{{','.join(COMMANDS)}}} [options]   (distrinews COMMAND --help for details)",
+              file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except (ConfigError, DataError, ModelLoadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,82 @@
+"""What a run writes for people and programs: ``log.jsonl``, ``metrics.json`` and the plots.
+
+Non-main ranks get a ``RunLog`` with ``enabled=False``: a no-op, so the loop needs no rank checks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: training machines and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+class RunLog:
+    """Appends one JSON object per line; lines survive a crash because each is flushed."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, kind: str, **fields) -> None:
+        if not self.enabled:
+            return
+        record = {"type": kind, "time": round(time.time(), 3), **fields}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically, so readers never see half a file."""
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(json.dumps(data, indent=2) + "\n")
+    staging.replace(path)
+
+
+def plot_loss(records: Sequence[dict], path: Path) -> None:
+    train = [r for r in records if r["type"] == "train"]
+    evals = [r for r in records if r["type"] == "eval" and r.get("split") == "validation"]
+    fig, loss_axis = plt.subplots(figsize=(7, 4), dpi=120)
+    loss_axis.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="training loss")
+    loss_axis.set_xlabel("optimizer step")
+    loss_axis.set_ylabel("training loss", color="tab:blue")
+    if evals:
+        accuracy_axis = loss_axis.twinx()
+        accuracy_axis.plot([r["step"] for r in evals], [100 * r["accuracy"] for r in evals], "o-",
+                           color="tab:orange", label="validation accuracy")
+        accuracy_axis.set_ylabel("validation accuracy (%)", color="tab:orange")
+    loss_axis.set_title("Training loss and validation accuracy")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_confusion_matrix(confusion: Sequence[Sequence[int]], label_names: Sequence[str], path: Path,
+                          title: str = "Test confusion matrix") -> None:
+    fig, axis = plt.subplots(figsize=(5.5, 4.8), dpi=120)
+    image = axis.imshow(confusion, cmap="Blues")
+    size = len(label_names)
+    axis.set_xticks(range(size), label_names, rotation=30, ha="right")
+    axis.set_yticks(range(size), label_names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    peak = max(max(row) for row in confusion) or 1
+    for i in range(size):
+        for j in range(size):
+            axis.text(j, i, str(confusion[i][j]), ha="center", va="center",
+                      color="white" if confusion[i][j] > peak / 2 else "black")
+    fig.colorbar(image, ax=axis)
+    axis.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

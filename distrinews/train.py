@@ -1,0 +1,340 @@
+"""Fine-tune a text classifier on AG News with data-parallel training.
+
+    accelerate launch --config_file accelerate_configs/multi_gpu.yaml -m distrinews.train --output_dir runs/ag_news
+    accelerate launch --config_file accelerate_configs/cpu.yaml -m distrinews.train --config my_run.yaml
+    distrinews train --max_train_samples 2000 --num_train_epochs 1      # one process
+
+The same file runs on CPU (gloo), one GPU, N GPUs and several machines: the accelerate YAML decides the
+processes and the precision; the training config (distrinews/config.py) decides everything else. This is
+the only module that touches the ``Accelerator``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import platform
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Sequence
+
+import accelerate
+import datasets
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
+from safetensors.torch import load_model, save_model
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import DataCollatorWithPadding, get_scheduler
+
+from . import checkpoint
+from .checkpoint import TrainerState
+from .config import ConfigError, TrainConfig, parse_train_config
+from .data import LABEL_NAMES, DataError, load_ag_news, tokenize_splits
+from .evaluation import evaluate_split
+from .modeling import ModelLoadError, load_classifier
+from .reporting import RunLog, plot_confusion_matrix, plot_loss, write_json
+from .sampling import ResumableBatchSampler
+
+BEST_WEIGHTS = "best_model.safetensors"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced non-finite gradients for too many steps in a row."""
+
+
+def train(config: TrainConfig) -> dict:
+    """Run training, model selection on validation and the final test evaluation; return metrics.json."""
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        kwargs_handlers=[
+            # Every parameter gets a gradient in these models, so DDP's unused-parameter search is wasted work.
+            DistributedDataParallelKwargs(find_unused_parameters=False, gradient_as_bucket_view=True),
+            InitProcessGroupKwargs(timeout=timedelta(seconds=config.ddp_timeout_seconds)),
+        ],
+    )
+    device = accelerator.device
+    output_dir = Path(config.output_dir)
+    set_seed(config.seed)  # before the model: the new classification head must match on every rank
+
+    # Every rank validates the data itself, so a bad file fails them all at once instead of leaving
+    # some waiting in a collective; nothing has been written to output_dir yet.
+    splits = load_ag_news(config.dataset, validation_fraction=config.validation_fraction, seed=config.seed,
+                          max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples)
+    with accelerator.main_process_first():  # download once, then read from the cache
+        model, tokenizer = load_classifier(config.model_name_or_path, for_training=True)
+    with accelerator.local_main_process_first():  # tokenize once per machine; the others hit the cache
+        tokenized = tokenize_splits(splits, tokenizer, config.max_length)
+
+    if accelerator.is_main_process:
+        _prepare_output_dir(output_dir)
+        config.save(output_dir / "train_config.json")
+    accelerator.wait_for_everyone()
+
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)  # multiples of 8 suit tensor cores
+    sampler = ResumableBatchSampler(
+        tokenized["train"]["length"], config.per_device_train_batch_size, num_replicas=accelerator.num_processes,
+        rank=accelerator.process_index, seed=config.seed, group_by_length=config.group_by_length)
+    train_loader = _data_loader(tokenized["train"].remove_columns("length"), collator, config, device,
+                                batch_sampler=sampler)
+    # Evaluation batches are sorted by length (padding is nearly free) and sharded by accelerate, whose
+    # gather_for_metrics drops the duplicates it adds to even out the last batch.
+    validation_loader, test_loader = accelerator.prepare(
+        *(_data_loader(tokenized[name].sort("length").remove_columns("length"), collator, config, device,
+                       batch_size=config.per_device_eval_batch_size) for name in ("validation", "test")))
+
+    steps_per_epoch = len(sampler) // config.gradient_accumulation_steps
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(tokenized['train'])} training examples give no full optimizer step of "
+                         f"{config.total_train_batch_size(accelerator.num_processes)} examples")
+    total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.num_train_epochs * steps_per_epoch)
+    micro_batches_per_epoch = steps_per_epoch * config.gradient_accumulation_steps
+
+    optimizer = _build_optimizer(model, config, fused=device.type == "cuda")
+    scheduler = get_scheduler(config.lr_scheduler_type, optimizer,
+                              num_warmup_steps=round(config.warmup_ratio * total_steps), num_training_steps=total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)  # stepped by hand, once per optimizer step
+
+    checkpoint_root = output_dir / "checkpoints"
+    state = TrainerState()
+    resume_from = _find_resume_checkpoint(config, checkpoint_root)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        state = TrainerState.load(resume_from / checkpoint.STATE_FILE)
+        accelerator.print(f"Resuming from {resume_from} (step {state.global_step}, epoch {state.epoch}, "
+                          f"batch {state.batches_done_in_epoch} of the epoch)")
+    elif accelerator.is_main_process:
+        (output_dir / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
+
+    run_log = RunLog(output_dir / "log.jsonl", enabled=accelerator.is_main_process)
+    examples_per_step = config.total_train_batch_size(accelerator.num_processes)
+    accelerator.print(
+        f"Training {config.model_name_or_path} on {len(tokenized['train'])} examples "
+        f"({len(tokenized['validation'])} validation, {len(tokenized['test'])} test): {total_steps} steps of "
+        f"{examples_per_step} examples on {accelerator.num_processes} process(es), "
+        f"{accelerator.device.type}, mixed precision {accelerator.mixed_precision}")
+
+    def validate_and_select() -> None:
+        metrics = evaluate_split(model, validation_loader, expected_count=len(tokenized["validation"]),
+                                 label_names=LABEL_NAMES, gather=accelerator.gather_for_metrics)
+        run_log.write("eval", split="validation", step=state.global_step, epoch=state.epoch,
+                      accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"])
+        accelerator.print(f"step {state.global_step}: validation accuracy {metrics['accuracy']:.4f}, "
+                          f"macro-F1 {metrics['macro_f1']:.4f}")
+        # Every rank sees the same gathered metrics, so they agree on "best" without another collective.
+        if metrics["accuracy"] > state.best_validation_accuracy:
+            state.best_validation_accuracy, state.best_step = metrics["accuracy"], state.global_step
+            if accelerator.is_main_process:
+                staging = output_dir / f".{BEST_WEIGHTS}.tmp"
+                save_model(accelerator.unwrap_model(model), str(staging))
+                staging.replace(output_dir / BEST_WEIGHTS)
+
+    def save_checkpoint() -> None:
+        staging = checkpoint.staging_dir(checkpoint_root, state.global_step)
+        accelerator.save_state(str(staging))  # every rank writes its own RNG state into the folder
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            checkpoint.finalize_checkpoint(staging, state, keep_last=config.keep_last)
+        accelerator.wait_for_everyone()
+
+    progress = tqdm(total=total_steps, initial=state.global_step, desc="training", dynamic_ncols=True,
+                    disable=not accelerator.is_main_process)
+    # Loss and token counts stay on the device and are read only at log steps: reading them every
+    # step would make the CPU wait for the GPU each time.
+    window_loss = torch.zeros((), device=device)
+    window_tokens = window_micro_batches = window_steps = 0
+    window_start = time.perf_counter()
+    consecutive_nonfinite = 0
+    model.train()
+    while state.global_step < total_steps:
+        sampler.set_epoch(state.epoch, start_batch=state.batches_done_in_epoch)
+        for batch in itertools.islice(train_loader, micro_batches_per_epoch - state.batches_done_in_epoch):
+            window_tokens += int(batch["attention_mask"].sum())  # still a CPU tensor: no device sync
+            batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
+                    # The one sync per optimizer step, deliberately: a non-finite update must never be applied.
+                    # The norm is of the all-reduced gradients, so every rank takes the same decision.
+                    step_is_finite = bool(torch.isfinite(grad_norm))
+                    if step_is_finite:
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            window_loss += loss.detach()
+            window_micro_batches += 1
+            state.batches_done_in_epoch += 1
+            if not accelerator.sync_gradients:
+                continue
+
+            if step_is_finite and not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
+                consecutive_nonfinite = 0
+            else:
+                consecutive_nonfinite += 1
+                run_log.write("nonfinite", step=state.global_step + 1, grad_norm=float(grad_norm))
+                if consecutive_nonfinite >= config.max_nonfinite_steps:
+                    raise NonFiniteLossError(
+                        f"non-finite loss or gradients for {consecutive_nonfinite} optimizer steps in a row "
+                        f"(up to step {state.global_step + 1}); the last good checkpoint is in {checkpoint_root}. "
+                        "Lower learning_rate or use bf16 instead of fp16, then resume.")
+            state.global_step += 1
+            window_steps += 1
+            progress.update(1)
+            epoch_finished = state.batches_done_in_epoch == micro_batches_per_epoch
+            if epoch_finished:
+                state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
+            finished = state.global_step >= total_steps
+
+            if state.global_step % config.logging_steps == 0 or finished:
+                totals = accelerator.reduce(torch.stack([window_loss, torch.tensor(float(window_tokens), device=device)]))
+                elapsed = time.perf_counter() - window_start  # reduce() synchronised, so this is honest
+                state.train_seconds += elapsed
+                mean_loss = totals[0].item() / (window_micro_batches * accelerator.num_processes)
+                record = dict(step=state.global_step, epoch=round(state.epoch + state.batches_done_in_epoch
+                                                                  / micro_batches_per_epoch, 4),
+                              loss=mean_loss, lr=scheduler.get_last_lr()[0],
+                              samples_per_s=window_steps * examples_per_step / elapsed,
+                              tokens_per_s=totals[1].item() / elapsed)
+                run_log.write("train", **record)
+                progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}")
+                window_loss.zero_()
+                window_tokens = window_micro_batches = window_steps = 0
+                window_start = time.perf_counter()
+
+            evaluated = checkpointed = False
+            if finished or epoch_finished or (config.eval_every and state.global_step % config.eval_every == 0):
+                validate_and_select()
+                evaluated = True
+            if finished or epoch_finished or (config.checkpoint_every
+                                              and state.global_step % config.checkpoint_every == 0):
+                save_checkpoint()
+                checkpointed = True
+            if evaluated or checkpointed:
+                window_start = time.perf_counter()  # keep evaluation and I/O out of the throughput figures
+            if finished:
+                break
+    progress.close()
+    return _finish(accelerator, model, tokenizer, tokenized, validation_loader, test_loader, state, config, run_log)
+
+
+def _finish(accelerator, model, tokenizer, tokenized, validation_loader, test_loader, state, config, run_log) -> dict:
+    """Reload the best weights, evaluate validation and test once, and write the run's outputs."""
+    output_dir = Path(config.output_dir)
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    if (output_dir / BEST_WEIGHTS).is_file():
+        load_model(unwrapped, str(output_dir / BEST_WEIGHTS), device=str(accelerator.device))
+    results = {}
+    for name, loader in (("validation", validation_loader), ("test", test_loader)):
+        results[name] = evaluate_split(model, loader, expected_count=len(tokenized[name]), label_names=LABEL_NAMES,
+                                       gather=accelerator.gather_for_metrics)
+        run_log.write("eval", split=name, step=state.best_step, final=True,
+                      accuracy=results[name]["accuracy"], macro_f1=results[name]["macro_f1"])
+    metrics = {
+        **results,
+        "best_step": state.best_step,
+        "global_step": state.global_step,
+        "train": _describe_training(accelerator, config, state, len(tokenized["train"])),
+    }
+    if accelerator.is_main_process:
+        model_dir = output_dir / "model"
+        unwrapped.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        write_json(output_dir / "metrics.json", metrics)
+        plots = output_dir / "plots"
+        plots.mkdir(exist_ok=True)
+        plot_loss(run_log.records(), plots / "loss.png")
+        plot_confusion_matrix(results["test"]["confusion_matrix"], LABEL_NAMES, plots / "confusion_matrix.png")
+        accelerator.print(f"test accuracy {results['test']['accuracy']:.4f} (macro-F1 {results['test']['macro_f1']:.4f}) "
+                          f"on {results['test']['num_examples']} examples; outputs in {output_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics
+
+
+def _describe_training(accelerator, config: TrainConfig, state: TrainerState, train_examples: int) -> dict:
+    if accelerator.device.type == "cuda":
+        hardware = f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
+    else:
+        hardware = f"{accelerator.num_processes} CPU process(es) on {platform.processor() or platform.machine()}"
+    steps = max(state.global_step, 1)
+    return {
+        "train_examples": train_examples,
+        "num_processes": accelerator.num_processes,
+        "num_machines": max(1, accelerator.num_processes // int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))),
+        "mixed_precision": accelerator.mixed_precision,
+        "distributed_type": str(accelerator.distributed_type.value),
+        "total_train_batch_size": config.total_train_batch_size(accelerator.num_processes),
+        "train_seconds": round(state.train_seconds, 2),
+        "samples_per_s": round(steps * config.total_train_batch_size(accelerator.num_processes)
+                               / max(state.train_seconds, 1e-9), 2),
+        "hardware": hardware,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "accelerate": accelerate.__version__,
+                     "datasets": datasets.__version__},
+    }
+
+
+def _build_optimizer(model: torch.nn.Module, config: TrainConfig, fused: bool) -> torch.optim.Optimizer:
+    # Weight decay on biases and normalisation weights only hurts; decay the matrices alone.
+    no_decay = set()
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm) or "norm" in type(module).__name__.lower():
+            no_decay.update(id(p) for p in module.parameters(recurse=False))
+    for name, parameter in model.named_parameters():
+        if name.endswith("bias"):
+            no_decay.add(id(parameter))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in no_decay], "weight_decay": config.weight_decay},
+              {"params": [p for p in trainable if id(p) in no_decay], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate, fused=fused or None)
+
+
+def _data_loader(dataset, collator, config: TrainConfig, device: torch.device, **batching) -> DataLoader:
+    workers = config.dataloader_num_workers
+    return DataLoader(dataset, collate_fn=collator, num_workers=workers, persistent_workers=workers > 0,
+                      pin_memory=device.type == "cuda", **batching)
+
+
+def _prepare_output_dir(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write_probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f"output_dir {output_dir} is not writable: {err.strerror or err}") from err
+    checkpoint.remove_stale_staging(output_dir / "checkpoints")
+
+
+def _find_resume_checkpoint(config: TrainConfig, checkpoint_root: Path) -> Path | None:
+    if config.resume == "none":
+        return None
+    if config.resume == "auto":
+        return checkpoint.latest_checkpoint(checkpoint_root)
+    path = Path(config.resume)
+    if not (path / checkpoint.COMPLETE_MARKER).is_file():
+        raise ValueError(f"resume={config.resume!r} is not a complete checkpoint (no {checkpoint.COMPLETE_MARKER} marker)")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        train(parse_train_config(argv))
+    except (ConfigError, DataError, ModelLoadError) as err:
+        # Input problems get one clear line, not a traceback from every rank.
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

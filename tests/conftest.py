@@ -1,0 +1,129 @@
+"""Shared test fixtures: a tiny real DistilBERT with a real WordPiece tokenizer, and small AG News files.
+
+Nothing here reads ../shared or the network: every test builds its own model and data.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Words that mark each class, plus filler shared by all classes, so a tiny model can learn something.
+CLASS_WORDS = {
+    1: "minister election embassy treaty rebels parliament ceasefire diplomat refugees summit".split(),
+    2: "coach league striker playoff tournament goalkeeper season medal stadium champion".split(),
+    3: "shares profit investors quarterly earnings merger stocks revenue bank inflation".split(),
+    4: "software internet researchers satellite chip browser genome nasa wireless linux".split(),
+}
+FILLER = "the a of to in on for with after report said new says will year two first over".split()
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _sentence(rng: random.Random, class_index: int, words: int) -> str:
+    pool = CLASS_WORDS[class_index] * 2 + FILLER
+    return " ".join(rng.choice(pool) for _ in range(words))
+
+
+def ag_news_rows(count: int, seed: int) -> list[tuple[str, str, str]]:
+    """Rows in the original AG News layout: (class_index 1..4, title, description)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        class_index = i % 4 + 1
+        rows.append((str(class_index), _sentence(rng, class_index, rng.randint(3, 8)).title(),
+                     _sentence(rng, class_index, rng.randint(4, 40))))
+    rng.shuffle(rows)
+    return rows
+
+
+def write_ag_news_folder(folder: Path, n_train: int = 240, n_test: int = 61, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count, split_seed in (("train.csv", n_train, seed), ("test.csv", n_test, seed + 1)):
+        with (folder / name).open("w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle, quoting=csv.QUOTE_ALL).writerows(ag_news_rows(count, split_seed))
+    return folder
+
+
+def write_tiny_model(folder: Path) -> Path:
+    """A 2-layer DistilBERT (random init, no dropout so runs are comparable) with a WordPiece vocab."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification, DistilBertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for ws in CLASS_WORDS.values() for w in ws} | set(FILLER))
+    pieces = ["##s", "##ed", "##ing", "##er"] + list("abcdefghijklmnopqrstuvwxyz0123456789") + \
+        [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    vocab = SPECIAL_TOKENS + list(".,;:'\"!?-()$%&/") + words + pieces
+    tokenizer = DistilBertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True,
+                                        model_max_length=128)
+    config = DistilBertConfig(vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                              max_position_embeddings=128, dropout=0.0, attention_dropout=0.0,
+                              seq_classif_dropout=0.0, num_labels=4)
+    import torch
+
+    torch.manual_seed(0)
+    DistilBertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-distilbert"))
+
+
+@pytest.fixture(scope="session")
+def ag_news_dir(tmp_path_factory) -> Path:
+    return write_ag_news_folder(tmp_path_factory.mktemp("ag_news"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_and_isolated(tmp_path_factory):
+    """No network, a private datasets cache, and one thread per process on these small machines."""
+    cache = tmp_path_factory.mktemp("hf-cache")
+    os.environ.update({
+        "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(cache / "datasets"),
+        "HF_HOME": str(cache / "home"), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1", "MPLBACKEND": "Agg",
+    })
+    yield
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tiny_train_args(model: Path, data: Path, output_dir: Path, **overrides) -> list[str]:
+    """Flags for a fast tiny run; overrides replace defaults (use str values)."""
+    flags = {
+        "model_name_or_path": str(model), "dataset": str(data), "output_dir": str(output_dir),
+        "num_train_epochs": "2", "per_device_train_batch_size": "8", "per_device_eval_batch_size": "7",
+        "learning_rate": "5e-3", "max_length": "64", "logging_steps": "5", "dataloader_num_workers": "0",
+        "validation_fraction": "0.1", "seed": "7",
+    }
+    flags.update({key: str(value) for key, value in overrides.items()})
+    return [part for key, value in flags.items() for part in (f"--{key}", value)]
+
+
+def accelerate_launch(train_args: list[str], num_processes: int = 2, timeout: float = 300,
+                      extra_env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run distrinews.train through a real `accelerate launch` with the repository's CPU config."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO_ROOT / "accelerate_configs" / "cpu.yaml"), "--num_processes", str(num_processes),
+               "--main_process_port", str(free_port()), "-m", "distrinews.train", *train_args]
+    env = {**os.environ, **(extra_env or {})}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"accelerate launch failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-6000:]}")
+    return result

@@ -51,6 +51,9 @@ class NonFiniteLossError(RuntimeError):
 def train(config: TrainConfig) -> dict:
     """Run training, model selection on validation and the final test evaluation; return metrics.json."""
     accelerator = Accelerator(
+        # accelerate starts several CPU processes only through torchrun (its MULTI_GPU launcher, see
+        # accelerate_configs/cpu.yaml); saying "cpu" when there is no GPU makes it pick gloo for them.
+        cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         kwargs_handlers=[
             # Every parameter gets a gradient in these models, so DDP's unused-parameter search is wasted work.
@@ -231,7 +234,7 @@ def _finish(accelerator, model, tokenizer, tokenized, validation_loader, test_lo
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     if (output_dir / BEST_WEIGHTS).is_file():
-        load_model(unwrapped, str(output_dir / BEST_WEIGHTS), device=str(accelerator.device))
+        load_model(unwrapped, str(output_dir / BEST_WEIGHTS))  # copied onto each parameter's device
     results = {}
     for name, loader in (("validation", validation_loader), ("test", test_loader)):
         results[name] = evaluate_split(model, loader, expected_count=len(tokenized[name]), label_names=LABEL_NAMES,

@@ -181,7 +181,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def build_parser(prog: str = "distrinews train") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Fine-tune a text classifier on AG News.",
+    parser = argparse.ArgumentParser(prog=prog, description="Fine-tune a text classifier on AG News.", allow_abbrev=False,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", help="YAML or JSON file of training-config fields (flags override it).")
     for f in dataclasses.fields(TrainConfig):

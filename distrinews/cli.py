@@ -39,9 +39,8 @@ def _evaluate(argv: Sequence[str]) -> int:
 
     import torch
     from torch.utils.data import DataLoader
-    from transformers import DataCollatorWithPadding
 
-    from .data import LABEL_NAMES, load_ag_news, tokenize_splits
+    from .data import LABEL_NAMES, PaddingCollator, load_ag_news, tokenize_splits
     from .evaluation import evaluate_split
     from .modeling import load_classifier
 
@@ -50,7 +49,7 @@ def _evaluate(argv: Sequence[str]) -> int:
                           max_eval_samples=args.max_samples)
     split = tokenize_splits(splits, tokenizer, args.max_length)[args.split].sort("length").remove_columns("length")
     loader = DataLoader(split, batch_size=args.batch_size,
-                        collate_fn=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8))
+                        collate_fn=PaddingCollator(tokenizer.pad_token_id))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     metrics = evaluate_split(model.to(device), loader, expected_count=len(split), label_names=LABEL_NAMES,
                              device=device)

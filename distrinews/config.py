@@ -63,6 +63,8 @@ class TrainConfig:
     resume: str = _doc("'auto' (newest complete checkpoint in output_dir, if any), a checkpoint path, or 'none'.", default="auto")
     logging_steps: int = _doc("Log loss, learning rate and throughput every N optimizer steps.", default=20)
     group_by_length: bool = _doc("Batch examples of similar length together so padding is small.", default=True)
+    torch_compile: str = _doc("Compile the model with torch.compile: 'auto' (on CUDA only), 'true' or 'false'.",
+                              default="auto")
     dataloader_num_workers: int = _doc("Worker processes per data loader (0 = load in the training process).", default=2)
     max_nonfinite_steps: int = _doc("Stop with an error after this many consecutive steps with a non-finite loss.", default=10)
     ddp_timeout_seconds: int = _doc("How long a collective waits for a missing rank before the run fails.", default=1800)
@@ -116,6 +118,7 @@ class TrainConfig:
         need(0 < self.learning_rate < 1, "learning_rate", "must be in (0, 1)")
         need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
         need(0 < self.validation_fraction < 1, "validation_fraction", "must be in (0, 1)")
+        need(self.torch_compile in ("auto", "true", "false"), "torch_compile", "must be auto, true or false")
         need(self.lr_scheduler_type in LR_SCHEDULERS, "lr_scheduler_type", f"must be one of {', '.join(LR_SCHEDULERS)}")
         need(self.resume in ("auto", "none") or Path(self.resume).is_dir(), "resume",
              "must be 'auto', 'none' or an existing checkpoint folder")

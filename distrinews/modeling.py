@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import LABEL_NAMES
@@ -30,7 +32,9 @@ def load_classifier(model_id_or_path: str, revision: str | None = None, *,
     options = dict(revision=revision or None, trust_remote_code=False)
     head_options = {}
     if for_training:
-        head_options = dict(num_labels=len(LABEL_NAMES), id2label=dict(enumerate(LABEL_NAMES)),
+        # transformers 5 loads weights in their saved dtype by default; training needs fp32 master weights
+        # (mixed precision comes from autocast), whatever dtype the checkpoint was saved in.
+        head_options = dict(dtype=torch.float32, num_labels=len(LABEL_NAMES), id2label=dict(enumerate(LABEL_NAMES)),
                             label2id={name: i for i, name in enumerate(LABEL_NAMES)},
                             ignore_mismatched_sizes=True)
     _refuse_pickle_only_folder(model_id_or_path)

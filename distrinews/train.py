@@ -30,22 +30,19 @@ from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwar
 from safetensors.torch import load_model, save_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithPadding, get_scheduler
+from transformers import get_scheduler
 
 from . import checkpoint
 from .checkpoint import TrainerState
 from .config import ConfigError, TrainConfig, parse_train_config
-from .data import LABEL_NAMES, DataError, load_ag_news, tokenize_splits
+from .data import LABEL_NAMES, DataError, PaddingCollator, load_ag_news, tokenize_splits
 from .evaluation import evaluate_split
 from .modeling import ModelLoadError, load_classifier
 from .reporting import RunLog, plot_confusion_matrix, plot_loss, write_json
 from .sampling import ResumableBatchSampler
+from .stability import NonFiniteGuard
 
 BEST_WEIGHTS = "best_model.safetensors"
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced non-finite gradients for too many steps in a row."""
 
 
 def train(config: TrainConfig) -> dict:
@@ -62,6 +59,7 @@ def train(config: TrainConfig) -> dict:
         ],
     )
     device = accelerator.device
+    torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls (outside autocast) on TF32 tensor cores
     output_dir = Path(config.output_dir)
     set_seed(config.seed)  # before the model: the new classification head must match on every rank
 
@@ -79,7 +77,7 @@ def train(config: TrainConfig) -> dict:
         config.save(output_dir / "train_config.json")
     accelerator.wait_for_everyone()
 
-    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)  # multiples of 8 suit tensor cores
+    collator = PaddingCollator(tokenizer.pad_token_id)
     sampler = ResumableBatchSampler(
         tokenized["train"]["length"], config.per_device_train_batch_size, num_replicas=accelerator.num_processes,
         rank=accelerator.process_index, seed=config.seed, group_by_length=config.group_by_length)
@@ -98,11 +96,13 @@ def train(config: TrainConfig) -> dict:
     total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.num_train_epochs * steps_per_epoch)
     micro_batches_per_epoch = steps_per_epoch * config.gradient_accumulation_steps
 
-    optimizer = _build_optimizer(model, config, fused=device.type == "cuda")
+    optimizer = _build_optimizer(model, config, fused=device.type in ("cuda", "cpu"))
     scheduler = get_scheduler(config.lr_scheduler_type, optimizer,
                               num_warmup_steps=round(config.warmup_ratio * total_steps), num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # stepped by hand, once per optimizer step
+    # Compile the DDP-wrapped model (as accelerate does), but keep `model` itself for no_sync, unwrap and saving.
+    forward_model = torch.compile(model, dynamic=True) if _should_compile(config, device) else model
 
     checkpoint_root = output_dir / "checkpoints"
     state = TrainerState()
@@ -153,7 +153,8 @@ def train(config: TrainConfig) -> dict:
     window_loss = torch.zeros((), device=device)
     window_tokens = window_micro_batches = window_steps = 0
     window_start = time.perf_counter()
-    consecutive_nonfinite = 0
+    guard = NonFiniteGuard(optimizer.optimizer, device, limit=config.max_nonfinite_steps,
+                           check_every=config.logging_steps, scaler_handles_overflow=accelerator.scaler is not None)
     model.train()
     while state.global_step < total_steps:
         sampler.set_epoch(state.epoch, start_batch=state.batches_done_in_epoch)
@@ -161,15 +162,11 @@ def train(config: TrainConfig) -> dict:
             window_tokens += int(batch["attention_mask"].sum())  # still a CPU tensor: no device sync
             batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = forward_model(**batch).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
-                    # The one sync per optimizer step, deliberately: a non-finite update must never be applied.
-                    # The norm is of the all-reduced gradients, so every rank takes the same decision.
-                    step_is_finite = bool(torch.isfinite(grad_norm))
-                    if step_is_finite:
-                        optimizer.step()
+                    guard.step(optimizer.step, grad_norm)
                     optimizer.zero_grad(set_to_none=True)
             window_loss += loss.detach()
             window_micro_batches += 1
@@ -177,18 +174,10 @@ def train(config: TrainConfig) -> dict:
             if not accelerator.sync_gradients:
                 continue
 
-            if step_is_finite and not accelerator.optimizer_step_was_skipped:
+            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the scaler skipped the update
                 scheduler.step()
-                consecutive_nonfinite = 0
-            else:
-                consecutive_nonfinite += 1
-                run_log.write("nonfinite", step=state.global_step + 1, grad_norm=float(grad_norm))
-                if consecutive_nonfinite >= config.max_nonfinite_steps:
-                    raise NonFiniteLossError(
-                        f"non-finite loss or gradients for {consecutive_nonfinite} optimizer steps in a row "
-                        f"(up to step {state.global_step + 1}); the last good checkpoint is in {checkpoint_root}. "
-                        "Lower learning_rate or use bf16 instead of fp16, then resume.")
             state.global_step += 1
+            guard.raise_if_persistent(state.global_step, where=str(checkpoint_root))
             window_steps += 1
             progress.update(1)
             epoch_finished = state.batches_done_in_epoch == micro_batches_per_epoch
@@ -205,7 +194,10 @@ def train(config: TrainConfig) -> dict:
                                                                   / micro_batches_per_epoch, 4),
                               loss=mean_loss, lr=scheduler.get_last_lr()[0],
                               samples_per_s=window_steps * examples_per_step / elapsed,
+                              examples=window_steps * examples_per_step, window_seconds=round(elapsed, 4),
                               tokens_per_s=totals[1].item() / elapsed)
+                if device.type == "cuda":
+                    record["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
                 run_log.write("train", **record)
                 progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}")
                 window_loss.zero_()
@@ -286,6 +278,11 @@ def _describe_training(accelerator, config: TrainConfig, state: TrainerState, tr
     }
 
 
+def _should_compile(config: TrainConfig, device: torch.device) -> bool:
+    # On a GPU compilation pays back in the first minute; on a few CPU cores it costs more than it saves.
+    return config.torch_compile == "true" or (config.torch_compile == "auto" and device.type == "cuda")
+
+
 def _build_optimizer(model: torch.nn.Module, config: TrainConfig, fused: bool) -> torch.optim.Optimizer:
     # Weight decay on biases and normalisation weights only hurts; decay the matrices alone.
     no_decay = set()
@@ -298,6 +295,8 @@ def _build_optimizer(model: torch.nn.Module, config: TrainConfig, fused: bool) -
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if id(p) not in no_decay], "weight_decay": config.weight_decay},
               {"params": [p for p in trainable if id(p) in no_decay], "weight_decay": 0.0}]
+    # Fused AdamW: one kernel per step instead of a dozen per tensor group, and it can skip a step on the
+    # device (distrinews/stability.py).
     return torch.optim.AdamW(groups, lr=config.learning_rate, fused=fused or None)
 
 

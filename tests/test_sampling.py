@@ -52,3 +52,16 @@ def test_length_grouping_cuts_padding(lengths):
 def test_too_little_data_is_a_clear_error():
     with pytest.raises(ValueError, match="fewer than one global batch"):
         ResumableBatchSampler([5] * 10, 8, num_replicas=2, rank=0)
+
+
+def test_padding_collator_pads_to_a_multiple_of_8():
+    from distrinews.data import PaddingCollator
+
+    batch = PaddingCollator(pad_token_id=0)([
+        {"input_ids": [101, 7, 102], "attention_mask": [1, 1, 1], "labels": 2},
+        {"input_ids": [101, 7, 8, 9, 10, 11, 12, 13, 14, 102], "attention_mask": [1] * 10, "labels": 0},
+    ])
+    assert batch["input_ids"].shape == (2, 16) and batch["attention_mask"].shape == (2, 16)
+    assert batch["input_ids"][0].tolist() == [101, 7, 102] + [0] * 13
+    assert batch["attention_mask"].sum().item() == 13
+    assert batch["labels"].tolist() == [2, 0]

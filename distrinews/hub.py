@@ -105,13 +105,17 @@ def push_run_to_hub(run_dir: str | Path, repo_id: str, *, private: bool = False,
                                    commit_message=_commit_message(metrics),
                                    commit_description=_commit_description(metrics),
                                    delete_patterns=STALE_WEIGHT_PATTERNS)
-        return repo_url, commit
+        # An existing repo keeps its visibility whatever was asked for, so read it back.
+        return repo_url, commit, api.repo_info(repo_id, revision=commit.oid).private
 
     log(f"Pushing {model_dir} to {repo_id}" + (f" (branch {revision})" if revision else "") + " ...")
-    repo_url, commit = _with_retries(push_once, repo_id, run_dir, attempts, backoff_seconds, log)
+    repo_url, commit, is_private = _with_retries(push_once, repo_id, run_dir, attempts, backoff_seconds, log)
+    if private and not is_private:
+        log(f"Warning: {repo_id} already existed as a public repo and stays public; change its visibility in "
+            "the repo settings on the Hub if it should be private.")
     url = str(repo_url) if not revision else f"{repo_url}/tree/{revision}"
     record = {"repo_id": repo_id, "revision": revision or "main", "commit_sha": commit.oid,
-              "commit_url": commit.commit_url, "url": url, "private": private,
+              "commit_url": commit.commit_url, "url": url, "private": is_private,
               "pushed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     metrics["hub"] = record
     write_json(run_dir / "metrics.json", metrics)

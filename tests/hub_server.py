@@ -106,6 +106,12 @@ class FakeHub:
         """Answer the next ``times`` requests whose path matches ``path_pattern`` (a regex) with ``status``."""
         self._faults.extend([(method, path_pattern, status)] * times)
 
+    def seed(self, repo_id: str, files: dict[str, bytes]) -> None:
+        """An existing repo holding ``files`` on main, as an earlier push would have left it."""
+        repo = Repo(repo_id, private=False)
+        self._add_commit(repo, "main", None, "earlier push", "", {".gitattributes": GITATTRIBUTES, **files})
+        self.repos[repo_id] = repo
+
     def commits_made(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == "POST" and "/commit/" in r.path and r.status == 200]
 

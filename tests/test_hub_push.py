@@ -61,7 +61,7 @@ def pushed_run(tiny_model, ag_news_dir, tmp_path_factory):
     with FakeHub(token, commit_delay_s=COMMIT_DELAY_S) as hub:
         result = accelerate_launch(
             tiny_train_args(tiny_model, ag_news_dir, output_dir, push_to_hub="true", hub_model_id=REPO_ID,
-                            ddp_timeout_seconds=DDP_TIMEOUT_S),
+                            hub_private="true", ddp_timeout_seconds=DDP_TIMEOUT_S),
             extra_env=_hub_env(hub, token, hf_home), timeout=420)
     return output_dir, hf_home, token, hub, result
 
@@ -81,6 +81,7 @@ def test_two_process_run_makes_exactly_one_commit_from_one_process(pushed_run):
 def test_commit_holds_the_model_card_and_images(pushed_run):
     output_dir, _, _, hub, _ = pushed_run
     files = hub.repos[REPO_ID].files("main")
+    print("pushed repo contents:\n" + "\n".join(f"  {name}  {len(data):,} bytes" for name, data in sorted(files.items())))
     assert set(files) == MODEL_FILES | {".gitattributes"}
     for name in MODEL_FILES:
         assert files[name] == (output_dir / "model" / name).read_bytes(), name
@@ -119,6 +120,7 @@ def test_metrics_record_the_commit(pushed_run):
     record = json.loads((output_dir / "metrics.json").read_text())["hub"]
     head = hub.repos[REPO_ID].branches["main"]
     assert record["commit_sha"] == head and record["repo_id"] == REPO_ID and record["revision"] == "main"
+    assert record["private"] is True and hub.repos[REPO_ID].private and record["url"] == f"{hub.endpoint}/{REPO_ID}"
     assert record["commit_url"] == f"{hub.endpoint}/{REPO_ID}/commit/{head}"
     assert head in result.stdout + result.stderr
 
@@ -136,11 +138,14 @@ def _push(run_dir: Path, hub: FakeHub, token: str | None, hf_home: Path, *extra:
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
 
 
-def test_push_command_retries_transient_errors(pushed_run, tmp_path):
+def test_push_command_retries_transient_errors_and_replaces_stale_weights(pushed_run, tmp_path):
     output_dir = pushed_run[0]
     run_dir = shutil.copytree(output_dir, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
     token = _fake_token()
+    earlier = {"model-00001-of-00002.safetensors": b"old shard", "model.safetensors.index.json": b"{}",
+               "pytorch_model.bin": b"old pickle", "notes.md": b"kept"}
     with FakeHub(token) as hub:
+        hub.seed(REPO_ID, earlier)
         hub.fail_next("POST", r"^/api/repos/create$", 429)
         hub.fail_next("POST", r"/commit/", 503)
         result = _push(run_dir, hub, token, tmp_path / "hf-home", "--revision", "candidate", "--private")
@@ -148,12 +153,15 @@ def test_push_command_retries_transient_errors(pushed_run, tmp_path):
     assert result.returncode == 0, output[-3000:]
     assert output.count("retrying in") == 2 and "HTTP 429" in output and "HTTP 503" in output
     repo = hub.repos[REPO_ID]
-    assert repo.private
+    assert json.loads(next(r.body for r in hub.requests if r.path == "/api/repos/create"))["visibility"] == "private"
+    assert "already existed as a public repo and stays public" in output  # asked for private, but it existed
     assert len(hub.commits_made()) == 1
-    assert [c.summary for c in repo.history("main")] == ["initial commit"]  # the branch got the commit, not main
-    assert set(repo.files("candidate")) == MODEL_FILES | {".gitattributes"}
+    assert [c.summary for c in repo.history("main")] == ["earlier push"]  # the branch got the commit, not main
+    # Weights of the earlier push would shadow the new ones (an index beats a single file): they are deleted.
+    assert set(repo.files("candidate")) == MODEL_FILES | {".gitattributes", "notes.md"}
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record["revision"] == "candidate" and record["commit_sha"] == repo.branches["candidate"]
+    assert record["private"] is False
     assert record["url"].endswith(f"/{REPO_ID}/tree/candidate")
     assert json.loads((run_dir / "metrics.json").read_text())["hub"] == record
     _assert_token_absent(token, [output], [run_dir, tmp_path / "hf-home"], hub)

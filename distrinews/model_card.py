@@ -32,7 +32,8 @@ CITATION = """\
   year      = {2015}
 }"""
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# "namespace/name", or a legacy id without namespace such as "distilbert-base-uncased".
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 class ModelCardError(ValueError):
@@ -199,7 +200,7 @@ def _per_class_table(title: str, split: dict, labels: list[str]) -> str:
 
 def _hub_id_or_none(value: str) -> str | None:
     # A local folder says nothing the Hub can link to (and its full path is nobody else's business).
-    return value if _REPO_ID.match(value) and not Path(value).exists() else None
+    return value if _REPO_ID.match(value) and ".." not in value and not Path(value).exists() else None
 
 
 def _duration(seconds: float) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -67,8 +68,6 @@ def mirror(trained_run, tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("olah")
     # A second version of the model with different weights, so a pinned sha visibly matters.
     changed = root / "changed-model"
-    import shutil
-
     shutil.copytree(trained_run / "model", changed)
     weights = load_file(changed / "model.safetensors")
     weights["classifier.bias"] = weights["classifier.bias"] + torch.tensor([3.0, -1.0, -1.0, -1.0])

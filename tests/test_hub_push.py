@@ -19,6 +19,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from conftest import REPO_ROOT, accelerate_launch, tiny_train_args
+from distrinews.model_card import build_model_card
 from hub_server import FakeHub
 
 REPO_ID = "distrinews-test/ag-news-tiny"
@@ -113,6 +114,18 @@ def test_card_metadata_parses_and_carries_the_test_results(pushed_run):
     assert "Character-level Convolutional Networks for Text Classification" in body
     assert "Zhang, Xiang and Zhao, Junbo and LeCun, Yann" in body and "non-commercial" in body
     assert f"torch: {metrics['train']['versions']['torch']}" in body
+
+
+def test_card_links_a_hub_base_model_and_dataset(pushed_run):
+    output_dir = pushed_run[0]
+    metrics, config, model_config = (json.loads((output_dir / name).read_text())
+                                     for name in ("metrics.json", "train_config.json", "model/config.json"))
+    config.update(model_name_or_path="distilbert-base-uncased", dataset="fancyzhx/ag_news")
+    card = build_model_card(metrics, config, model_config)
+    assert card.data.base_model == "distilbert-base-uncased" and card.data.datasets == ["fancyzhx/ag_news"]
+    assert "[`distilbert-base-uncased`](https://huggingface.co/distilbert-base-uncased)" in card.text
+    assert "[`fancyzhx/ag_news`](https://huggingface.co/datasets/fancyzhx/ag_news)" in card.text
+    assert 'model="USER/NAME"' in card.text  # no repo id yet: a placeholder, explained below the snippet
 
 
 def test_metrics_record_the_commit(pushed_run):

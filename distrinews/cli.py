@@ -3,6 +3,7 @@
     distrinews train --output_dir runs/ag_news --num_train_epochs 3       # one process; use accelerate launch for more
     distrinews evaluate --model runs/ag_news/model --dataset DATA_DIR --split test
     distrinews predict --model USER/NAME [--revision SHA] "Stocks rally as oil slides" [--json]
+    distrinews push runs/ag_news --repo-id USER/NAME [--private] [--revision BRANCH]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Callable, Sequence
 
 from .config import ConfigError
 from .data import DataError
+from .hub import HubPushError
 from .modeling import ModelLoadError
 
 
@@ -86,10 +88,29 @@ def _predict(argv: Sequence[str]) -> int:
     return 0
 
 
+def _push(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="distrinews push", description="Push a finished run's model/ (with its model card) to the Hugging Face "
+        "Hub in one commit. The token comes from HF_TOKEN or `hf auth login`; it is never printed or stored.")
+    parser.add_argument("run_dir", help="The output_dir of a finished training run.")
+    parser.add_argument("--repo-id", required=True, help="Hub repo to push to, USER/NAME (created if missing).")
+    parser.add_argument("--private", action="store_true", help="Create the repo as private (an existing repo keeps "
+                                                               "its visibility).")
+    parser.add_argument("--revision", default=None, help="Branch to push to (created from main if missing).")
+    args = parser.parse_args(argv)
+
+    from .hub import push_run_to_hub
+
+    record = push_run_to_hub(args.run_dir, args.repo_id, private=args.private, revision=args.revision)
+    print(json.dumps(record))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": _train,
     "evaluate": _evaluate,
     "predict": _predict,
+    "push": _push,
 }
 
 
@@ -104,3 +125,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, ModelLoadError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except HubPushError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1

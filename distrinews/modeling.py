@@ -10,12 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
+from huggingface_hub import snapshot_download
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import LABEL_NAMES
 
 PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+# What loading a classifier needs: config, safetensors weights and tokenizer files. An allow-list, so pickle
+# weights, ONNX/TF/Flax exports and images in the repo are never even downloaded.
+LOADABLE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 
 
 class ModelLoadError(RuntimeError):
@@ -29,7 +32,8 @@ def load_classifier(model_id_or_path: str, revision: str | None = None, *,
     With ``for_training`` the classification head is (re)sized to the AG News labels and their names are
     written into the config, so ``pipeline("text-classification")`` prints names, not LABEL_0.
     """
-    options = dict(revision=revision or None, trust_remote_code=False)
+    folder = resolve_model_folder(model_id_or_path, revision)
+    _refuse_pickle_only_folder(folder, model_id_or_path, revision)
     head_options = {}
     if for_training:
         # transformers 5 loads weights in their saved dtype by default; training needs fp32 master weights
@@ -37,26 +41,45 @@ def load_classifier(model_id_or_path: str, revision: str | None = None, *,
         head_options = dict(dtype=torch.float32, num_labels=len(LABEL_NAMES), id2label=dict(enumerate(LABEL_NAMES)),
                             label2id={name: i for i, name in enumerate(LABEL_NAMES)},
                             ignore_mismatched_sizes=True)
-    _refuse_pickle_only_folder(model_id_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_id_or_path, **options)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_id_or_path, use_safetensors=True, **options, **head_options)
+            folder, use_safetensors=True, trust_remote_code=False, **head_options)
     except (OSError, ValueError) as err:
-        where = f"{model_id_or_path!r}" + (f" at revision {revision!r}" if revision else "")
-        hint = ("it may hold pickle weights only (pytorch_model.bin), which DistriNews refuses to load: "
-                "re-save it with save_pretrained(safe_serialization=True)")
-        raise ModelLoadError(f"cannot load model {where}: {err}\nIf the model exists, {hint}") from err
+        raise ModelLoadError(f"cannot load model {_describe(model_id_or_path, revision)}: {err}") from err
     return model, tokenizer
 
 
-def _refuse_pickle_only_folder(model_id_or_path: str) -> None:
+def resolve_model_folder(model_id_or_path: str, revision: str | None = None) -> Path:
+    """The local folder holding the model: the folder itself, or the HF-cache snapshot of a Hub repo.
+
+    Tokenizer and weights then come from one snapshot, i.e. one commit, even if the branch moves while
+    loading. ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and the HF cache apply as in any huggingface_hub call.
+    The snapshot folder is named after the commit sha it holds.
+    """
     folder = Path(model_id_or_path)
-    if not folder.is_dir():
+    if folder.is_dir():
+        if revision:
+            raise ModelLoadError(f"revision {revision!r} applies to Hub repo ids only, but {model_id_or_path!r} "
+                                 "is a local folder")
+        return folder
+    try:
+        return Path(snapshot_download(model_id_or_path, revision=revision or None,
+                                      allow_patterns=LOADABLE_FILE_PATTERNS))
+    except (OSError, ValueError) as err:  # every huggingface_hub lookup error is one of these
+        raise ModelLoadError(f"cannot load model {_describe(model_id_or_path, revision)}: it is not a local folder, "
+                             f"and the Hub lookup failed: {type(err).__name__}: {err}") from err
+
+
+def _describe(model_id_or_path: str, revision: str | None) -> str:
+    return f"{model_id_or_path!r}" + (f" at revision {revision!r}" if revision else "")
+
+
+def _refuse_pickle_only_folder(folder: Path, model_id_or_path: str, revision: str | None) -> None:
+    if any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file():
         return
-    has_safetensors = any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
     pickles = [name for name in PICKLE_WEIGHT_FILES if (folder / name).is_file()]
-    if pickles and not has_safetensors:
-        raise ModelLoadError(f"{folder} holds only pickle weights ({', '.join(pickles)}); DistriNews loads "
-                             "safetensors only because unpickling can run arbitrary code. Re-save the model with "
-                             "save_pretrained(safe_serialization=True).")
+    found = f"only pickle weights ({', '.join(pickles)})" if pickles else "no safetensors weights"
+    raise ModelLoadError(f"model {_describe(model_id_or_path, revision)} holds {found}; DistriNews loads safetensors "
+                         "only because unpickling can run arbitrary code. Re-save the model with "
+                         "save_pretrained(safe_serialization=True) and load that.")

@@ -3,6 +3,7 @@
     accelerate launch --config_file accelerate_configs/multi_gpu.yaml -m distrinews.train --output_dir runs/ag_news
     accelerate launch --config_file accelerate_configs/cpu.yaml -m distrinews.train --config my_run.yaml
     distrinews train --max_train_samples 2000 --num_train_epochs 1      # one process
+    accelerate launch --config_file accelerate_configs/cpu.yaml -m distrinews.train --push_to_hub --hub_model_id USER/NAME
 
 The same file runs on CPU (gloo), one GPU, N GPUs and several machines: the accelerate YAML decides the
 processes and the precision; the training config (distrinews/config.py) decides everything else. This is
@@ -37,6 +38,8 @@ from .checkpoint import TrainerState
 from .config import ConfigError, TrainConfig, parse_train_config
 from .data import LABEL_NAMES, DataError, PaddingCollator, load_ag_news, tokenize_splits
 from .evaluation import evaluate_split
+from .hub import HubPushError, check_push_ready, push_run_to_hub
+from .model_card import write_model_card
 from .modeling import ModelLoadError, load_classifier
 from .reporting import RunLog, plot_confusion_matrix, plot_loss, write_json
 from .sampling import ResumableBatchSampler
@@ -248,10 +251,16 @@ def _finish(accelerator, model, tokenizer, tokenized, validation_loader, test_lo
         plots.mkdir(exist_ok=True)
         plot_loss(run_log.records(), plots / "loss.png")
         plot_confusion_matrix(results["test"]["confusion_matrix"], LABEL_NAMES, plots / "confusion_matrix.png")
+        write_model_card(output_dir, repo_id=config.hub_model_id or None)
         accelerator.print(f"test accuracy {results['test']['accuracy']:.4f} (macro-F1 {results['test']['macro_f1']:.4f}) "
                           f"on {results['test']['num_examples']} examples; outputs in {output_dir}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if config.push_to_hub and accelerator.is_main_process:
+        # After the last collective: the other ranks are done, so a slow or failed upload cannot keep them
+        # waiting in a barrier until the NCCL timeout.
+        metrics["hub"] = push_run_to_hub(output_dir, config.hub_model_id, private=config.hub_private,
+                                         revision=config.hub_revision or None, log=accelerator.print)
     return metrics
 
 
@@ -330,11 +339,17 @@ def _find_resume_checkpoint(config: TrainConfig, checkpoint_root: Path) -> Path 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        train(parse_train_config(argv))
+        config = parse_train_config(argv)
+        if config.push_to_hub:
+            check_push_ready()  # no token or HF_HUB_OFFLINE: fail now, not after hours of training
+        train(config)
     except (ConfigError, DataError, ModelLoadError) as err:
         # Input problems get one clear line, not a traceback from every rank.
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except HubPushError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -17,7 +17,9 @@ import re
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -55,23 +57,27 @@ def cell_text(cell) -> str:
     return "\n".join(parts)
 
 
-def training_cell_index(notebook) -> int:
-    return cell_index(notebook, "!accelerate launch")
-
-
 def cell_index(notebook, marker: str) -> int:
     matches = [i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code" and marker in cell.source]
     assert len(matches) == 1, f"expected one code cell containing {marker!r}, found {len(matches)}"
     return matches[0]
 
 
+def training_cell_index(notebook) -> int:
+    return cell_index(notebook, "!accelerate launch")
+
+
+def notebook_client(notebook, working_dir) -> NotebookClient:
+    # The working directory plays /kaggle/working: relative paths in the notebook land there.
+    return NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(working_dir)}})
+
+
 def run_cells(notebook, upto: int, working_dir, env: dict) -> None:
     """Execute cells 0..upto (inclusive) in one fresh kernel, as "Run all" would up to there."""
-    client = NotebookClient(notebook, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(working_dir)}})
+    client = notebook_client(notebook, working_dir)
     with client.setup_kernel(env=env):
         for index in range(upto + 1):
-            client.execute_cell(notebook.cells[index], index)
+            client.execute_cell(notebook.cells[index], index)  # raises CellExecutionError if the cell fails
 
 
 def kernel_env(**extra: str) -> dict:
@@ -82,33 +88,42 @@ def kernel_env(**extra: str) -> dict:
     return {**env, **extra}
 
 
+@dataclass
+class SmokeRun:
+    notebook: nbformat.NotebookNode  # every cell executed once, in order
+    rerun: nbformat.NotebookNode  # the training cell executed a second time in the same kernel
+    run_dir: Path
+    plots: dict  # plot file name -> bytes, as written by the first run
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tiny_model, ag_news_dir, tmp_path_factory):
     """Run every cell once, then the training cell again in the same kernel (as a user rerunning it would)."""
     working_dir = tmp_path_factory.mktemp("kaggle-working")
-    output_dir = working_dir / "runs" / "smoke"
+    full_run_dir = working_dir / "runs" / "ag_news"
+    run_dir = working_dir / "runs" / "ag_news-smoke"  # where a SMOKE run goes, so a full run never resumes it
     notebook = with_parameters(
         nbformat.read(NOTEBOOK, as_version=4), MODEL_ID=str(tiny_model), DATASET=str(ag_news_dir),
-        OUTPUT_DIR=str(output_dir), SMOKE=True, BATCH_SIZE=8, LEARNING_RATE=5e-3, CHECKPOINT_EVERY=10,
+        OUTPUT_DIR=str(full_run_dir), SMOKE=True, BATCH_SIZE=8, LEARNING_RATE=5e-3, CHECKPOINT_EVERY=10,
         DISTRINEWS_SOURCE=str(REPO_ROOT))
-    client = NotebookClient(notebook, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(working_dir)}})
+    client = notebook_client(notebook, working_dir)
     started = time.perf_counter()
     with client.setup_kernel(env=kernel_env()):
         for index, cell in enumerate(notebook.cells):
-            client.execute_cell(cell, index)  # raises CellExecutionError if the cell fails
+            client.execute_cell(cell, index)
         seconds = time.perf_counter() - started
-        plots = {name: (output_dir / "plots" / name).read_bytes() for name in ("loss.png", "confusion_matrix.png")}
+        plots = {name: (run_dir / "plots" / name).read_bytes() for name in ("loss.png", "confusion_matrix.png")}
         train_index = training_cell_index(notebook)
         rerun = copy.deepcopy(notebook.cells[train_index])
         client.execute_cell(rerun, train_index)
+    assert not full_run_dir.exists()
     print(f"\nsmoke execution of the notebook: {seconds:.1f} s (+ {time.perf_counter() - started - seconds:.1f} s "
           "for the training cell run again)")
-    return notebook, rerun, output_dir, plots
+    return SmokeRun(notebook, rerun, run_dir, plots)
 
 
 def test_every_cell_runs_without_error(smoke_run):
-    notebook, _, _, _ = smoke_run
+    notebook = smoke_run.notebook
     errors = [(i, output.ename) for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"
               for output in cell.outputs if output.output_type == "error"]
     assert not errors
@@ -116,7 +131,7 @@ def test_every_cell_runs_without_error(smoke_run):
 
 
 def test_setup_cells_report_what_they_found(smoke_run):
-    notebook, _, _, _ = smoke_run
+    notebook = smoke_run.notebook
     text = "\n".join(cell_text(cell) for cell in notebook.cells)
     assert "distrinews is already importable: nothing to install" in text
     assert "No GPU found" in text
@@ -125,7 +140,7 @@ def test_setup_cells_report_what_they_found(smoke_run):
 
 
 def test_training_runs_two_processes_with_progress(smoke_run):
-    notebook, _, output_dir, _ = smoke_run
+    notebook, output_dir = smoke_run.notebook, smoke_run.run_dir
     text = cell_text(notebook.cells[training_cell_index(notebook)])
     assert "accelerate_configs/cpu.yaml" in text
     assert "training:" in text  # the main process's progress bar, streamed into the cell
@@ -136,7 +151,7 @@ def test_training_runs_two_processes_with_progress(smoke_run):
 
 
 def test_results_show_metrics_table_and_both_plots(smoke_run):
-    notebook, _, output_dir, plots = smoke_run
+    notebook, output_dir, plots = smoke_run.notebook, smoke_run.run_dir, smoke_run.plots
     metrics = json.loads((output_dir / "metrics.json").read_text())
     markdown = [output.data["text/markdown"] for cell in notebook.cells if cell.cell_type == "code"
                 for output in cell.outputs if "text/markdown" in output.get("data", {})]
@@ -152,7 +167,7 @@ def test_results_show_metrics_table_and_both_plots(smoke_run):
 
 
 def test_smoke_run_skips_the_push_and_classifies_with_the_local_model(smoke_run):
-    notebook, _, output_dir, _ = smoke_run
+    notebook, output_dir = smoke_run.notebook, smoke_run.run_dir
     text = "\n".join(cell_text(cell) for cell in notebook.cells)
     assert "SMOKE run: not pushing" in text
     assert f"Loaded {output_dir / 'model'}" in text
@@ -162,10 +177,13 @@ def test_smoke_run_skips_the_push_and_classifies_with_the_local_model(smoke_run)
 
 
 def test_running_the_training_cell_again_resumes(smoke_run):
-    _, rerun, output_dir, _ = smoke_run
+    rerun, output_dir = smoke_run.rerun, smoke_run.run_dir
     text = cell_text(rerun)
     assert f"Resuming from {output_dir / 'checkpoints'}" in text
     assert not [output for output in rerun.outputs if output.output_type == "error"]
+    # Nothing was left to train: the resumed run ends with the same best model, hence the same test result.
+    first = cell_text(smoke_run.notebook.cells[training_cell_index(smoke_run.notebook)])
+    assert re.findall(r"test accuracy \S+", text) == re.findall(r"test accuracy \S+", first)
 
 
 def test_notebook_in_git_has_no_outputs_and_no_secrets():
@@ -196,7 +214,7 @@ def test_failed_training_fails_the_cell_and_shows_why(tmp_path):
 
 
 class FakeHub(BaseHTTPRequestHandler):
-    """Answers /api/whoami-v2 like the Hub: 200 with the user for VALID_TOKEN, 401 otherwise."""
+    """Answers /api/whoami-v2 like the Hub: 200 and a user for ``valid_token``, 401 for any other token."""
 
     valid_token = ""
     seen_authorizations: list = []

@@ -86,7 +86,8 @@ def plan_launch(gpus: Sequence[GpuInfo]) -> LaunchPlan:
     names = ", ".join(sorted({gpu.name for gpu in gpus}))
     # multi_gpu.yaml is written for 2 GPUs with fp16, which every GPU since the P100 runs natively.
     flags = () if len(gpus) == 2 else ("--num_processes", str(len(gpus)))
-    return LaunchPlan("multi_gpu.yaml", flags, reason=f"{len(gpus)} x {names}: DDP over NCCL, one process per GPU, fp16")
+    return LaunchPlan("multi_gpu.yaml", flags,
+                      reason=f"{len(gpus)} x {names}: DDP over NCCL, one process per GPU, fp16")
 
 
 def main() -> int:
@@ -95,7 +96,8 @@ def main() -> int:
         print(f"GPU {index}: {gpu.name}, {gpu.memory_mib} MiB, compute capability "
               f"{gpu.capability[0]}.{gpu.capability[1]}{' (bf16)' if gpu.has_bf16 else ''}")
     plan = plan_launch(gpus)
-    print(f"{plan.reason}\naccelerate launch {' '.join(plan.launch_args('accelerate_configs'))} -m distrinews.train ...")
+    print(plan.reason)
+    print(f"accelerate launch {' '.join(plan.launch_args('accelerate_configs'))} -m distrinews.train ...")
     return 0
 
 

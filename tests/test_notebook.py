@@ -69,7 +69,8 @@ def training_cell_index(notebook) -> int:
 
 def notebook_client(notebook, working_dir) -> NotebookClient:
     # The working directory plays /kaggle/working: relative paths in the notebook land there.
-    return NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(working_dir)}})
+    return NotebookClient(notebook, timeout=600, kernel_name="python3",
+                          resources={"metadata": {"path": str(working_dir)}})
 
 
 def run_cells(notebook, upto: int, working_dir, env: dict) -> None:

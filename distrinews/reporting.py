@@ -80,3 +80,19 @@ def plot_confusion_matrix(confusion: Sequence[Sequence[int]], label_names: Seque
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def metrics_markdown_table(metrics: dict, splits: Sequence[str] = ("validation", "test")) -> str:
+    """A Markdown table of a run's ``metrics.json``: accuracy, macro-F1 and per-class F1 for each split."""
+    missing = [split for split in splits if split not in metrics]
+    if missing:
+        raise KeyError(f"metrics has no {', '.join(missing)} section (it has: {', '.join(metrics) or 'nothing'})")
+    label_names = list(metrics[splits[0]]["per_class"])
+    lines = ["| split | examples | accuracy | macro-F1 | " + " | ".join(f"F1 {name}" for name in label_names) + " |",
+             "|---" * (4 + len(label_names)) + "|"]
+    for split in splits:
+        scores = metrics[split]
+        per_class = " | ".join(f"{scores['per_class'][name]['f1']:.4f}" for name in label_names)
+        lines.append(f"| {split} | {scores['num_examples']} | {scores['accuracy']:.4f} | {scores['macro_f1']:.4f} "
+                     f"| {per_class} |")
+    return "\n".join(lines)

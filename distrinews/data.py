@@ -199,6 +199,12 @@ def tokenize_splits(splits: DatasetDict, tokenizer, max_length: int) -> DatasetD
 
 
 
+def sorted_by_length(split: Dataset) -> Dataset:
+    """The split ordered by token count (for evaluation batches that barely pad), without the length column."""
+    order = np.argsort(np.asarray(split["length"]), kind="stable")
+    return split.select(order).remove_columns("length")
+
+
 class PaddingCollator:
     """Pads a batch to its longest example, rounded up to a multiple of 8 (tensor-core friendly shapes).
 

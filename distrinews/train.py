@@ -36,7 +36,7 @@ from transformers import get_scheduler
 from . import checkpoint
 from .checkpoint import TrainerState
 from .config import ConfigError, TrainConfig, parse_train_config
-from .data import LABEL_NAMES, DataError, PaddingCollator, load_ag_news, tokenize_splits
+from .data import LABEL_NAMES, DataError, PaddingCollator, load_ag_news, sorted_by_length, tokenize_splits
 from .evaluation import evaluate_split
 from .hub import HubPushError, check_push_ready, push_run_to_hub
 from .model_card import write_model_card
@@ -89,7 +89,7 @@ def train(config: TrainConfig) -> dict:
     # Evaluation batches are sorted by length (padding is nearly free) and sharded by accelerate, whose
     # gather_for_metrics drops the duplicates it adds to even out the last batch.
     validation_loader, test_loader = accelerator.prepare(
-        *(_data_loader(tokenized[name].sort("length").remove_columns("length"), collator, config, device,
+        *(_data_loader(sorted_by_length(tokenized[name]), collator, config, device,
                        batch_size=config.per_device_eval_batch_size) for name in ("validation", "test")))
 
     steps_per_epoch = len(sampler) // config.gradient_accumulation_steps

@@ -7,6 +7,12 @@
 The same file runs on CPU (gloo), one GPU, N GPUs and several machines: the accelerate YAML decides the
 processes and the precision; the training config (distrinews/config.py) decides everything else. This is
 the only module that touches the ``Accelerator``.
+
+Run the same command again after any interruption: ``resume=auto`` continues from the newest complete
+checkpoint, batch for batch. Exit codes of the training processes (docs/README-reliability.md):
+0 done, 2 bad input (config, data, model, output_dir, a checkpoint of another run), 3 non-finite loss
+for max_nonfinite_steps steps, 4 a checkpoint could not be written, 75 stopped by SIGTERM/SIGINT after
+writing a checkpoint (resume), 128+N killed by signal N.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import itertools
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from datetime import timedelta
@@ -32,24 +39,42 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_scheduler
 
-from . import checkpoint
-from .checkpoint import TrainerState
+from . import checkpoint, faults
+from .checkpoint import CheckpointMismatchError, TrainerState
 from .config import ConfigError, TrainConfig, parse_train_config
 from .data import LABEL_NAMES, DataError, load_ag_news, tokenize_splits
 from .evaluation import evaluate_split
 from .modeling import ModelLoadError, load_classifier
+from .preemption import EXIT_STOPPED, StopRequest, TrainingStopped, ignore_stop_signals
 from .reporting import RunLog, plot_confusion_matrix, plot_loss, write_json
 from .sampling import ResumableBatchSampler
 
 BEST_WEIGHTS = "best_model.safetensors"
+EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_CHECKPOINT_WRITE_FAILED = 2, 3, 4
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced non-finite gradients for too many steps in a row."""
 
 
+class OutputDirError(OSError):
+    """output_dir cannot be written to, or has too little free space for this run."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, I/O error); the previous complete one is intact."""
+
+
 def train(config: TrainConfig) -> dict:
     """Run training, model selection on validation and the final test evaluation; return metrics.json."""
+    stop_request = StopRequest()
+    try:
+        return _train(config, stop_request)
+    finally:
+        stop_request.uninstall()  # no-op unless the loop was interrupted by an exception
+
+
+def _train(config: TrainConfig, stop_request: StopRequest) -> dict:
     accelerator = Accelerator(
         # accelerate starts several CPU processes only through torchrun (its MULTI_GPU launcher, see
         # accelerate_configs/cpu.yaml); saying "cpu" when there is no GPU makes it pick gloo for them.
@@ -74,8 +99,11 @@ def train(config: TrainConfig) -> dict:
     with accelerator.local_main_process_first():  # tokenize once per machine; the others hit the cache
         tokenized = tokenize_splits(splits, tokenizer, config.max_length)
 
+    checkpoint_root = output_dir / "checkpoints"
+    # Every rank checks (each writes its own RNG state into checkpoints), so all fail at once, before training.
+    _check_output_dir(output_dir, accelerator.process_index, model, config.keep_last, checkpoint_root)
     if accelerator.is_main_process:
-        _prepare_output_dir(output_dir)
+        checkpoint.remove_stale_staging(checkpoint_root)
         config.save(output_dir / "train_config.json")
     accelerator.wait_for_everyone()
 
@@ -104,18 +132,27 @@ def train(config: TrainConfig) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # stepped by hand, once per optimizer step
 
-    checkpoint_root = output_dir / "checkpoints"
-    state = TrainerState()
+    train_data = checkpoint.data_fingerprint(tokenized["train"]["length"], tokenized["train"]["labels"])
+    state = TrainerState(run_signature=checkpoint.run_signature(config, accelerator.num_processes, train_data,
+                                                                total_steps))
+    run_log = RunLog(output_dir / "log.jsonl", enabled=accelerator.is_main_process)
     resume_from = _find_resume_checkpoint(config, checkpoint_root)
     if resume_from is not None:
+        saved = TrainerState.load(resume_from / checkpoint.STATE_FILE)
+        checkpoint.check_resumable(resume_from, saved.run_signature, state.run_signature)
         accelerator.load_state(str(resume_from))
-        state = TrainerState.load(resume_from / checkpoint.STATE_FILE)
+        state = saved
+        if accelerator.is_main_process:
+            checkpoint.restore_best_weights(resume_from, output_dir / BEST_WEIGHTS)
+        run_log.rewind(state.global_step, checkpoint=str(resume_from))
         accelerator.print(f"Resuming from {resume_from} (step {state.global_step}, epoch {state.epoch}, "
                           f"batch {state.batches_done_in_epoch} of the epoch)")
     elif accelerator.is_main_process:
         (output_dir / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
-
-    run_log = RunLog(output_dir / "log.jsonl", enabled=accelerator.is_main_process)
+        (output_dir / BEST_WEIGHTS).unlink(missing_ok=True)
+        for old in checkpoint.remove_checkpoints(checkpoint_root):  # only with resume=none: they would be resumed
+            accelerator.print(f"resume=none: deleted {old}")
+    faults.install_nan_loss(accelerator.unwrap_model(model), current_step=lambda: state.global_step + 1)
     examples_per_step = config.total_train_batch_size(accelerator.num_processes)
     accelerator.print(
         f"Training {config.model_name_or_path} on {len(tokenized['train'])} examples "
@@ -140,11 +177,34 @@ def train(config: TrainConfig) -> dict:
 
     def save_checkpoint() -> None:
         staging = checkpoint.staging_dir(checkpoint_root, state.global_step)
-        accelerator.save_state(str(staging))  # every rank writes its own RNG state into the folder
+        try:
+            accelerator.save_state(str(staging))  # every rank writes its own RNG state into the folder
+            faults.crash_point("crash_during_checkpoint", state.global_step)
+            accelerator.wait_for_everyone()  # every rank's files are on disk before the marker is written
+            if accelerator.is_main_process:
+                config.save(staging / "train_config.json")
+                checkpoint.finalize_checkpoint(staging, state, keep_last=config.keep_last,
+                                               best_weights=output_dir / BEST_WEIGHTS)
+        except OSError as err:
+            raise CheckpointWriteError(
+                f"could not write checkpoint {staging}: {err}. The newest complete checkpoint "
+                f"({checkpoint.latest_checkpoint(checkpoint_root) or 'none yet'}) is intact; free some space "
+                "and run the same command again to resume from it.") from err
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            checkpoint.finalize_checkpoint(staging, state, keep_last=config.keep_last)
-        accelerator.wait_for_everyone()
+
+    def stop_after_checkpoint(checkpointed: bool) -> None:
+        if not checkpointed:
+            save_checkpoint()
+        saved_to = checkpoint_root / checkpoint.checkpoint_name(state.global_step)
+        stop_request.stop_is_safe()
+        cause = stop_request.signal_name or "a signal to another process"
+        run_log.write("stopped", step=state.global_step, cause=cause, checkpoint=str(saved_to), exit_code=EXIT_STOPPED)
+        progress.close()
+        accelerator.print(f"Stopped at step {state.global_step} of {total_steps} on {cause}; checkpoint written to "
+                          f"{saved_to}. Run the same command again to resume from it (resume=auto). "
+                          f"Exit code {EXIT_STOPPED}.")
+        accelerator.end_training()
+        raise TrainingStopped(f"stopped at step {state.global_step}")
 
     progress = tqdm(total=total_steps, initial=state.global_step, desc="training", dynamic_ncols=True,
                     disable=not accelerator.is_main_process)
@@ -154,6 +214,8 @@ def train(config: TrainConfig) -> dict:
     window_tokens = window_micro_batches = window_steps = 0
     window_start = time.perf_counter()
     consecutive_nonfinite = 0
+    stop_vote = torch.zeros((), device=device)  # filled, never re-created: no host-to-device copy per step
+    stop_request.install()
     model.train()
     while state.global_step < total_steps:
         sampler.set_epoch(state.epoch, start_batch=state.batches_done_in_epoch)
@@ -166,9 +228,14 @@ def train(config: TrainConfig) -> dict:
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
                     # The one sync per optimizer step, deliberately: a non-finite update must never be applied.
-                    # The norm is of the all-reduced gradients, so every rank takes the same decision.
-                    step_is_finite = bool(torch.isfinite(grad_norm))
-                    if step_is_finite:
+                    # The norm is of the all-reduced gradients, so every rank takes the same decision. The
+                    # stop vote (SIGTERM/SIGINT on any rank) rides along in the same read: one extra number
+                    # all-reduced per step, and every rank stops at the same step boundary.
+                    stop_vote.fill_(float(stop_request.requested))
+                    step_is_finite, stop_agreed = torch.stack(
+                        [torch.isfinite(grad_norm).to(stop_vote.dtype), accelerator.reduce(stop_vote)]).tolist()
+                    # Under fp16 the grad scaler must see the overflow to skip the step and lower its scale.
+                    if step_is_finite or accelerator.scaler is not None:
                         optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
             window_loss += loss.detach()
@@ -186,8 +253,10 @@ def train(config: TrainConfig) -> dict:
                 if consecutive_nonfinite >= config.max_nonfinite_steps:
                     raise NonFiniteLossError(
                         f"non-finite loss or gradients for {consecutive_nonfinite} optimizer steps in a row "
-                        f"(up to step {state.global_step + 1}); the last good checkpoint is in {checkpoint_root}. "
-                        "Lower learning_rate or use bf16 instead of fp16, then resume.")
+                        f"(up to step {state.global_step + 1}); no update was applied at those steps and the "
+                        f"last good checkpoint is {checkpoint.latest_checkpoint(checkpoint_root) or 'not written yet'}. "
+                        "Run the same command to resume from it if the cause was transient; otherwise use bf16 "
+                        "instead of fp16 or a lower learning_rate and start over with --resume none.")
             state.global_step += 1
             window_steps += 1
             progress.update(1)
@@ -224,6 +293,9 @@ def train(config: TrainConfig) -> dict:
                 window_start = time.perf_counter()  # keep evaluation and I/O out of the throughput figures
             if finished:
                 break
+            if stop_agreed:
+                stop_after_checkpoint(checkpointed)
+    stop_request.uninstall()
     progress.close()
     return _finish(accelerator, model, tokenizer, tokenized, validation_loader, test_loader, state, config, run_log)
 
@@ -304,18 +376,32 @@ def _build_optimizer(model: torch.nn.Module, config: TrainConfig, fused: bool) -
 def _data_loader(dataset, collator, config: TrainConfig, device: torch.device, **batching) -> DataLoader:
     workers = config.dataloader_num_workers
     return DataLoader(dataset, collate_fn=collator, num_workers=workers, persistent_workers=workers > 0,
-                      pin_memory=device.type == "cuda", **batching)
+                      pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals if workers else None,
+                      **batching)
 
 
-def _prepare_output_dir(output_dir: Path) -> None:
+def _check_output_dir(output_dir: Path, process_index: int, model: torch.nn.Module, keep_last: int,
+                      checkpoint_root: Path) -> None:
+    """Fail before training if output_dir is not writable or surely too small for this run's checkpoints."""
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write_probe"
+        probe = output_dir / f".write_probe-{process_index}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise OSError(f"output_dir {output_dir} is not writable: {err.strerror or err}") from err
-    checkpoint.remove_stale_staging(output_dir / "checkpoints")
+        raise OutputDirError(f"output_dir {output_dir} is not writable: {err.strerror or err}") from err
+    # A lower bound, so it never refuses a run that fits: a checkpoint holds the weights and AdamW's two
+    # moments, up to keep_last + 1 exist while a new one is written, and model/ plus the best weights
+    # hold the weights twice more.
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    missing_checkpoints = max(0, keep_last + 1 - len(checkpoint.complete_checkpoints(checkpoint_root)))
+    needed = missing_checkpoints * 3 * weight_bytes + 2 * weight_bytes
+    free = shutil.disk_usage(output_dir).free
+    if free < needed:
+        raise OutputDirError(f"output_dir {output_dir} has {free / 1e6:.1f} MB free, but this run needs at least "
+                             f"{needed / 1e6:.1f} MB ({keep_last + 1} checkpoints of {3 * weight_bytes / 1e6:.1f} MB "
+                             f"with keep_last={keep_last}, plus the exported model). Free some space, lower "
+                             "keep_last or choose another output_dir.")
 
 
 def _find_resume_checkpoint(config: TrainConfig, checkpoint_root: Path) -> Path | None:
@@ -332,10 +418,18 @@ def _find_resume_checkpoint(config: TrainConfig, checkpoint_root: Path) -> Path 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         train(parse_train_config(argv))
-    except (ConfigError, DataError, ModelLoadError) as err:
+    except TrainingStopped:
+        return EXIT_STOPPED  # the main process already said where the checkpoint is and how to resume
+    except (ConfigError, DataError, ModelLoadError, OutputDirError, CheckpointMismatchError) as err:
         # Input problems get one clear line, not a traceback from every rank.
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except CheckpointWriteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CHECKPOINT_WRITE_FAILED
     return 0
 
 

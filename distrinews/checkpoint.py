@@ -28,6 +28,7 @@ COMPLETE_MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
 _PREFIX = "step-"
 _STAGING_PREFIX = ".staging-"
+_DELETING_PREFIX = ".deleting-"  # renamed away first, so a half-deleted checkpoint never looks complete
 BEST_WEIGHTS_LINK = "best_model.safetensors"
 
 
@@ -118,10 +119,10 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def remove_stale_staging(root: Path) -> None:
-    """Drop half-written checkpoints left by a crash (main process, before training)."""
+    """Drop half-written and half-deleted checkpoints left by a crash (main process, before training)."""
     if root.is_dir():
         for path in root.iterdir():
-            if path.name.startswith(_STAGING_PREFIX):
+            if path.name.startswith((_STAGING_PREFIX, _DELETING_PREFIX)):
                 shutil.rmtree(path, ignore_errors=True)
 
 
@@ -129,8 +130,16 @@ def remove_checkpoints(root: Path) -> list[Path]:
     """Delete every checkpoint under root (a deliberate fresh start); return what was removed."""
     found = complete_checkpoints(root)
     for path in found:
-        shutil.rmtree(path)
+        _delete_checkpoint(path)
     return found
+
+
+def _delete_checkpoint(path: Path) -> None:
+    # Rename first: rmtree is not atomic, and a kill halfway must not leave a folder that still has
+    # its COMPLETE marker but misses its weights.
+    doomed = path.with_name(_DELETING_PREFIX + path.name)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def finalize_checkpoint(staging: Path, state: TrainerState, keep_last: int, best_weights: Path) -> Path:
@@ -154,7 +163,7 @@ def finalize_checkpoint(staging: Path, state: TrainerState, keep_last: int, best
     os.replace(staging, final)
     _fsync_dir(final.parent)
     for old in complete_checkpoints(final.parent)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        _delete_checkpoint(old)
     return final
 
 
@@ -162,7 +171,9 @@ def restore_best_weights(checkpoint: Path, best_weights: Path) -> None:
     """Make ``best_weights`` the checkpoint's best weights, or remove it if there were none yet (main process)."""
     saved = checkpoint / BEST_WEIGHTS_LINK
     if saved.is_file():
-        staging = best_weights.with_name(f".{best_weights.name}.tmp")
+        # Its own temporary name: the training loop writes new best weights through ".NAME.tmp", and
+        # writing through a leftover hard link would overwrite the checkpoint's copy in place.
+        staging = best_weights.with_name(f".{best_weights.name}.restore")
         staging.unlink(missing_ok=True)
         _link_or_copy(saved, staging)
         staging.replace(best_weights)

@@ -24,6 +24,7 @@ import platform
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
@@ -177,19 +178,15 @@ def _train(config: TrainConfig, stop_request: StopRequest) -> dict:
 
     def save_checkpoint() -> None:
         staging = checkpoint.staging_dir(checkpoint_root, state.global_step)
-        try:
+        with _reported_as_checkpoint_write_error(staging):
             accelerator.save_state(str(staging))  # every rank writes its own RNG state into the folder
-            faults.crash_point("crash_during_checkpoint", state.global_step)
-            accelerator.wait_for_everyone()  # every rank's files are on disk before the marker is written
-            if accelerator.is_main_process:
+        faults.crash_point("crash_during_checkpoint", state.global_step)
+        accelerator.wait_for_everyone()  # every rank's files are on disk before the marker is written
+        if accelerator.is_main_process:
+            with _reported_as_checkpoint_write_error(staging):
                 config.save(staging / "train_config.json")
                 checkpoint.finalize_checkpoint(staging, state, keep_last=config.keep_last,
                                                best_weights=output_dir / BEST_WEIGHTS)
-        except OSError as err:
-            raise CheckpointWriteError(
-                f"could not write checkpoint {staging}: {err}. The newest complete checkpoint "
-                f"({checkpoint.latest_checkpoint(checkpoint_root) or 'none yet'}) is intact; free some space "
-                "and run the same command again to resume from it.") from err
         accelerator.wait_for_everyone()
 
     def stop_after_checkpoint(checkpointed: bool) -> None:
@@ -378,6 +375,20 @@ def _data_loader(dataset, collator, config: TrainConfig, device: torch.device, *
     return DataLoader(dataset, collate_fn=collator, num_workers=workers, persistent_workers=workers > 0,
                       pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals if workers else None,
                       **batching)
+
+
+@contextmanager
+def _reported_as_checkpoint_write_error(staging: Path):
+    # Only file writes in here (DDP's save_state has no collective). A full disk surfaces as OSError,
+    # RuntimeError (torch.save) or SafetensorError, so every error is translated, with its own text.
+    try:
+        yield
+    except Exception as err:
+        newest = checkpoint.latest_checkpoint(staging.parent)
+        raise CheckpointWriteError(
+            f"could not write checkpoint {staging}: {type(err).__name__}: {err}. The newest complete checkpoint "
+            f"({newest or 'none yet'}) is intact; free some space and run the same command again to resume "
+            "from it.") from err
 
 
 def _check_output_dir(output_dir: Path, process_index: int, model: torch.nn.Module, keep_last: int,

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -34,6 +35,14 @@ BEST_WEIGHTS_LINK = "best_model.safetensors"
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint to resume from was written by a run with different data, model or batching."""
+
+
+class OutputDirError(OSError):
+    """output_dir cannot be written to, or has too little free space for this run."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, I/O error); the previous complete one is intact."""
 
 
 @dataclass
@@ -94,6 +103,48 @@ def check_resumable(checkpoint: Path, saved: dict, current: dict) -> None:
             f"cannot resume from {checkpoint}: it belongs to a run with other settings ("
             + "; ".join(differences) + "). Resuming would not continue that run. Use the original settings, "
             "or start over with --resume none (this deletes the old checkpoints) or another --output_dir.")
+
+
+def check_output_dir(output_dir: Path, process_index: int, keep_last: int, weight_bytes: int) -> None:
+    """Fail before training if output_dir is not writable or surely too small for this run's checkpoints.
+
+    Every rank calls it (each writes its own RNG state into checkpoints), so all fail at once.
+    """
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write_probe-{process_index}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise OutputDirError(f"output_dir {output_dir} is not writable: {err.strerror or err}") from err
+    # A lower bound, so it never refuses a run that fits: a checkpoint holds the weights and AdamW's two
+    # moments, up to keep_last + 1 exist while a new one is written, and model/ plus the best weights
+    # hold the weights twice more.
+    missing_checkpoints = max(0, keep_last + 1 - len(complete_checkpoints(output_dir / "checkpoints")))
+    needed = missing_checkpoints * 3 * weight_bytes + 2 * weight_bytes
+    free = shutil.disk_usage(output_dir).free
+    if free < needed:
+        raise OutputDirError(f"output_dir {output_dir} has {free / 1e6:.1f} MB free, but this run needs at least "
+                             f"{needed / 1e6:.1f} MB ({keep_last + 1} checkpoints of {3 * weight_bytes / 1e6:.1f} MB "
+                             f"with keep_last={keep_last}, plus the exported model). Free some space, lower "
+                             "keep_last or choose another output_dir.")
+
+
+@contextmanager
+def write_errors_reported(staging: Path):
+    """Turn any failure while writing checkpoint files into a CheckpointWriteError that names the intact one.
+
+    Wrap file writes only, never a collective: a full disk surfaces as OSError, RuntimeError
+    (torch.save) or SafetensorError, so every error is translated, keeping its own text.
+    """
+    try:
+        yield
+    except Exception as err:
+        newest = latest_checkpoint(staging.parent)
+        raise CheckpointWriteError(
+            f"could not write checkpoint {staging}: {type(err).__name__}: {err}. The newest complete checkpoint "
+            f"({newest or 'none yet'}) is intact; free some space and run the same command again to resume "
+            "from it.") from err
 
 
 def checkpoint_name(step: int) -> str:

@@ -21,10 +21,8 @@ import itertools
 import math
 import os
 import platform
-import shutil
 import sys
 import time
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
@@ -41,7 +39,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_scheduler
 
 from . import checkpoint, faults
-from .checkpoint import CheckpointMismatchError, TrainerState
+from .checkpoint import CheckpointMismatchError, CheckpointWriteError, OutputDirError, TrainerState
 from .config import ConfigError, TrainConfig, parse_train_config
 from .data import LABEL_NAMES, DataError, load_ag_news, tokenize_splits
 from .evaluation import evaluate_split
@@ -56,14 +54,6 @@ EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_CHECKPOINT_WRITE_FAILED = 2, 3, 4
 
 class NonFiniteLossError(RuntimeError):
     """Training produced non-finite gradients for too many steps in a row."""
-
-
-class OutputDirError(OSError):
-    """output_dir cannot be written to, or has too little free space for this run."""
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (disk full, I/O error); the previous complete one is intact."""
 
 
 def train(config: TrainConfig) -> dict:
@@ -101,8 +91,9 @@ def _train(config: TrainConfig, stop_request: StopRequest) -> dict:
         tokenized = tokenize_splits(splits, tokenizer, config.max_length)
 
     checkpoint_root = output_dir / "checkpoints"
-    # Every rank checks (each writes its own RNG state into checkpoints), so all fail at once, before training.
-    _check_output_dir(output_dir, accelerator.process_index, model, config.keep_last, checkpoint_root)
+    # On every rank, so all fail together before training (each rank writes into checkpoints).
+    checkpoint.check_output_dir(output_dir, accelerator.process_index, keep_last=config.keep_last,
+                                weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
     if accelerator.is_main_process:
         checkpoint.remove_stale_staging(checkpoint_root)
         config.save(output_dir / "train_config.json")
@@ -178,12 +169,12 @@ def _train(config: TrainConfig, stop_request: StopRequest) -> dict:
 
     def save_checkpoint() -> None:
         staging = checkpoint.staging_dir(checkpoint_root, state.global_step)
-        with _reported_as_checkpoint_write_error(staging):
+        with checkpoint.write_errors_reported(staging):
             accelerator.save_state(str(staging))  # every rank writes its own RNG state into the folder
         faults.crash_point("crash_during_checkpoint", state.global_step)
         accelerator.wait_for_everyone()  # every rank's files are on disk before the marker is written
         if accelerator.is_main_process:
-            with _reported_as_checkpoint_write_error(staging):
+            with checkpoint.write_errors_reported(staging):
                 config.save(staging / "train_config.json")
                 checkpoint.finalize_checkpoint(staging, state, keep_last=config.keep_last,
                                                best_weights=output_dir / BEST_WEIGHTS)
@@ -375,44 +366,6 @@ def _data_loader(dataset, collator, config: TrainConfig, device: torch.device, *
     return DataLoader(dataset, collate_fn=collator, num_workers=workers, persistent_workers=workers > 0,
                       pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals if workers else None,
                       **batching)
-
-
-@contextmanager
-def _reported_as_checkpoint_write_error(staging: Path):
-    # Only file writes in here (DDP's save_state has no collective). A full disk surfaces as OSError,
-    # RuntimeError (torch.save) or SafetensorError, so every error is translated, with its own text.
-    try:
-        yield
-    except Exception as err:
-        newest = checkpoint.latest_checkpoint(staging.parent)
-        raise CheckpointWriteError(
-            f"could not write checkpoint {staging}: {type(err).__name__}: {err}. The newest complete checkpoint "
-            f"({newest or 'none yet'}) is intact; free some space and run the same command again to resume "
-            "from it.") from err
-
-
-def _check_output_dir(output_dir: Path, process_index: int, model: torch.nn.Module, keep_last: int,
-                      checkpoint_root: Path) -> None:
-    """Fail before training if output_dir is not writable or surely too small for this run's checkpoints."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".write_probe-{process_index}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise OutputDirError(f"output_dir {output_dir} is not writable: {err.strerror or err}") from err
-    # A lower bound, so it never refuses a run that fits: a checkpoint holds the weights and AdamW's two
-    # moments, up to keep_last + 1 exist while a new one is written, and model/ plus the best weights
-    # hold the weights twice more.
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    missing_checkpoints = max(0, keep_last + 1 - len(checkpoint.complete_checkpoints(checkpoint_root)))
-    needed = missing_checkpoints * 3 * weight_bytes + 2 * weight_bytes
-    free = shutil.disk_usage(output_dir).free
-    if free < needed:
-        raise OutputDirError(f"output_dir {output_dir} has {free / 1e6:.1f} MB free, but this run needs at least "
-                             f"{needed / 1e6:.1f} MB ({keep_last + 1} checkpoints of {3 * weight_bytes / 1e6:.1f} MB "
-                             f"with keep_last={keep_last}, plus the exported model). Free some space, lower "
-                             "keep_last or choose another output_dir.")
 
 
 def _find_resume_checkpoint(config: TrainConfig, checkpoint_root: Path) -> Path | None:

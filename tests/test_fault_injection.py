@@ -143,8 +143,10 @@ def test_sigterm_on_one_rank_then_on_the_launcher_stops_cleanly_and_resumes(refe
     # 1. SIGTERM to rank 1 only, mid-epoch: both ranks agree at the next step, checkpoint, exit 75.
     first = attempts(args, output_dir, "sigterm_rank1")
     first.wait_for_step(5)
+    signalled = time.monotonic()
     first.ranks()[1].send_signal(signal.SIGTERM)
     assert first.finish() != 0  # accelerate launch reports failed workers with 1
+    rank_stop_s = time.monotonic() - signalled
     output = first.output()
     assert output.count("exitcode  : 75") == 2, output[-3000:]  # both ranks, as documented
     (stopped,) = [r for r in _log_records(output_dir) if r["type"] == "stopped"]
@@ -156,8 +158,10 @@ def test_sigterm_on_one_rank_then_on_the_launcher_stops_cleanly_and_resumes(refe
     # 2. SIGTERM to the launcher in the second epoch (what a preempted job gets): it forwards to the ranks.
     second = attempts(args, output_dir, "sigterm_launcher")
     second.wait_for_step(15, resumes=1)
+    signalled = time.monotonic()
     second.process.send_signal(signal.SIGTERM)
     assert second.finish() != 0
+    launcher_stop_s = time.monotonic() - signalled
     stops = [r for r in _log_records(output_dir) if r["type"] == "stopped"]
     assert len(stops) == 2 and stops[1]["step"] >= 15 and stops[1]["cause"] == "SIGTERM"
     assert f"step-{stops[1]['step']:08d}" in _complete_checkpoints(output_dir)
@@ -166,6 +170,8 @@ def test_sigterm_on_one_rank_then_on_the_launcher_stops_cleanly_and_resumes(refe
     third = attempts(args, output_dir, "resume")
     assert third.finish() == 0, third.output()[-3000:]
     assert [r["step"] for r in _log_records(output_dir) if r["type"] == "resume"] == [stopped["step"], stops[1]["step"]]
+    print(f"SIGTERM to rank 1: stopped at step {stopped['step']}, launcher gone {rank_stop_s:.1f} s after the signal; "
+          f"SIGTERM to the launcher: stopped at step {stops[1]['step']}, gone after {launcher_stop_s:.1f} s")
     assert_same_run(reference, output_dir)
 
 

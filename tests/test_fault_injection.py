@@ -189,7 +189,7 @@ def test_crash_and_full_disk_during_checkpoint_writes_keep_the_previous_checkpoi
     assert _complete_checkpoints(output_dir) == ["step-00000004"]
 
     # 2. Resumed from step 4; after step 8's checkpoint, rank 0 may no longer write files over 150 kB, as
-    #    on a full disk: step 12's optimizer state (250 kB) fails, the run stops with exit code 4.
+    #    on a full disk: the next checkpoint's optimizer state (250 kB) fails, the run stops with exit code 4.
     second = attempts(args, output_dir, "disk_full")
     second.wait_for_step(9, resumes=1)
     second.ranks()[0].rlimit(psutil.RLIMIT_FSIZE, (150_000, 150_000))
@@ -197,23 +197,25 @@ def test_crash_and_full_disk_during_checkpoint_writes_keep_the_previous_checkpoi
     output = second.output()
     assert "exitcode  : 4" in output, output[-3000:]
     assert "could not write checkpoint" in output
-    assert f"The newest complete checkpoint ({output_dir / 'checkpoints' / 'step-00000008'}) is intact" in output
-    assert _complete_checkpoints(output_dir) == ["step-00000004", "step-00000008"]
-    assert not (output_dir / "checkpoints" / ".staging-step-00000008").exists()  # the crash's leftover was cleared
-    assert not (output_dir / "checkpoints" / ".staging-step-00000012" / "COMPLETE").exists()
+    # Usually step 8 and a failed step 12; on a loaded machine the limit may land a checkpoint later.
+    newest = _complete_checkpoints(output_dir)[-1]
+    assert newest >= "step-00000008"
+    assert f"The newest complete checkpoint ({output_dir / 'checkpoints' / newest}) is intact" in output
+    (failed,) = [p for p in (output_dir / "checkpoints").iterdir() if p.name.startswith(".staging-")]
+    assert failed.name > f".staging-{newest}" and not (failed / "COMPLETE").exists()  # the crash's step 8 was cleared
 
-    # 3. Space again: the same command resumes from step 8 and finishes like the uninterrupted run.
+    # 3. Space again: the same command resumes from that checkpoint and finishes like the uninterrupted run.
     third = attempts(args, output_dir, "resume")
     assert third.finish() == 0, third.output()[-3000:]
-    assert [r["step"] for r in _log_records(output_dir) if r["type"] == "resume"] == [4, 8]
+    assert [r["step"] for r in _log_records(output_dir) if r["type"] == "resume"] == [4, int(newest[len("step-"):])]
     assert_same_run(reference, output_dir)
 
 
 def test_kill_9_loop_at_random_steps_gives_the_same_final_run(reference, tiny_model, ag_news_dir, tmp_path, attempts):
     seed = int(os.environ.get("DISTRINEWS_KILL_SEED", random.SystemRandom().randrange(10**6)))
     rng = random.Random(seed)
-    # After step 4 a checkpoint always exists; up to step 22 the kill lands before the run can finish.
-    kill_steps = sorted(rng.sample(range(5, 23), 5))
+    # After step 4 a checkpoint always exists; up to step 20 the kill lands well before the run can finish.
+    kill_steps = sorted(rng.sample(range(5, 21), 5))
     output_dir = tmp_path / "out"
     args = tiny_train_args(tiny_model, ag_news_dir, output_dir, **RUN)
     timings = []

@@ -11,7 +11,7 @@ Signals closer together than ``REPEAT_WINDOW_SECONDS`` count as one: a Ctrl-C in
 job-wide SIGTERM reaches each rank twice, once directly and once forwarded by the torchrun agent
 that ``accelerate launch`` runs, and that must not turn into "exit now".
 
-This module knows nothing about processes groups or accelerate: it takes and returns plain values.
+This module knows nothing about process groups or accelerate: train.py does the all-reduce.
 """
 
 from __future__ import annotations

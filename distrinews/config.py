@@ -60,14 +60,17 @@ class TrainConfig:
     eval_every: int = _doc("Evaluate on validation every N optimizer steps (0 = at each epoch end only).", default=0)
     checkpoint_every: int = _doc("Write a resumable checkpoint every N optimizer steps (0 = at each epoch end only).", default=0)
     keep_last: int = _doc("Complete checkpoints kept on disk (the newest ones).", default=2)
-    resume: str = _doc("'auto' (newest complete checkpoint in output_dir, if any), a checkpoint path, or 'none'.", default="auto")
+    resume: str = _doc("'auto' (newest complete checkpoint in output_dir, if any), a checkpoint path, or 'none' "
+                       "(start over, deleting output_dir's checkpoints). A checkpoint must come from the same settings.",
+                       default="auto")
     logging_steps: int = _doc("Log loss, learning rate and throughput every N optimizer steps.", default=20)
     group_by_length: bool = _doc("Batch examples of similar length together so padding is small.", default=True)
     torch_compile: str = _doc("Compile the model with torch.compile: 'auto' (on CUDA only), 'true' or 'false'.",
                               default="auto")
     dataloader_num_workers: int = _doc("Worker processes per data loader (0 = load in the training process).", default=2)
     max_nonfinite_steps: int = _doc("Stop with an error after this many consecutive steps with a non-finite loss.", default=10)
-    ddp_timeout_seconds: int = _doc("How long a collective waits for a missing rank before the run fails.", default=1800)
+    ddp_timeout_seconds: int = _doc("How long a collective waits for a hung rank before the run fails (torchrun "
+                                    "ends the others when a rank dies); keep it above the longest checkpoint write.", default=1800)
     push_to_hub: bool = _doc("Push model/ with its model card to the Hub after the final test evaluation.", default=False)
     hub_model_id: str = _doc("Hub repo id USER/NAME to push to (required with push_to_hub).", default="")
     hub_private: bool = _doc("Create the Hub repo as private.", default=False)

@@ -40,7 +40,10 @@ def load_classifier(model_id_or_path: str, revision: str | None = None, *,
         # (mixed precision comes from autocast), whatever dtype the checkpoint was saved in.
         head_options = dict(dtype=torch.float32, num_labels=len(LABEL_NAMES), id2label=dict(enumerate(LABEL_NAMES)),
                             label2id={name: i for i, name in enumerate(LABEL_NAMES)},
-                            ignore_mismatched_sizes=True)
+                            ignore_mismatched_sizes=True,
+                            # Set now rather than inferred on the first forward: that inference mutates the
+                            # config, which makes torch.compile throw away its first graph and compile again.
+                            problem_type="single_label_classification")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         model = AutoModelForSequenceClassification.from_pretrained(

@@ -35,6 +35,31 @@ class RunLog:
             return []
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
+    def rewind(self, step: int, **resume_fields) -> None:
+        """On resume: drop what the interrupted attempt logged after ``step``, then note the resume.
+
+        The log then tells the story of the weights that exist: every step once, in order. A torn last
+        line (the process was killed mid-write) is dropped too.
+        """
+        if not self.enabled:
+            return
+        kept, dropped = [], 0
+        lines = self.path.read_text(encoding="utf-8").split("\n") if self.path.is_file() else []
+        for line in filter(str.strip, lines):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if record.get("step", 0) > step or record.get("final"):
+                dropped += 1
+            else:
+                kept.append(line + "\n")
+        staging = self.path.with_name(f".{self.path.name}.tmp")
+        staging.write_text("".join(kept), encoding="utf-8")
+        staging.replace(self.path)
+        self.write("resume", step=step, dropped_records=dropped, **resume_fields)
+
 
 def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically, so readers never see half a file."""

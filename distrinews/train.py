@@ -8,6 +8,12 @@
 The same file runs on CPU (gloo), one GPU, N GPUs and several machines: the accelerate YAML decides the
 processes and the precision; the training config (distrinews/config.py) decides everything else. This is
 the only module that touches the ``Accelerator``.
+
+Run the same command again after any interruption: ``resume=auto`` continues from the newest complete
+checkpoint, batch for batch. Exit codes of the training processes (docs/README-reliability.md):
+0 done, 1 the Hub push failed (the run is complete: `distrinews push` retries it), 2 bad input (config, data, model, output_dir, a checkpoint of another run), 3 non-finite loss
+for max_nonfinite_steps steps, 4 a checkpoint could not be written, 75 stopped by SIGTERM/SIGINT after
+writing a checkpoint (resume), 128+N killed by signal N.
 """
 
 from __future__ import annotations
@@ -33,23 +39,33 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from . import checkpoint
-from .checkpoint import TrainerState
+from . import checkpoint, faults
+from .checkpoint import CheckpointMismatchError, CheckpointWriteError, OutputDirError, TrainerState
 from .config import ConfigError, TrainConfig, parse_train_config
 from .data import LABEL_NAMES, DataError, PaddingCollator, load_ag_news, sorted_by_length, tokenize_splits
 from .evaluation import evaluate_split
 from .hub import HubPushError, check_push_ready, push_run_to_hub
 from .model_card import write_model_card
 from .modeling import ModelLoadError, load_classifier
+from .preemption import EXIT_STOPPED, StopRequest, TrainingStopped, ignore_stop_signals
 from .reporting import RunLog, plot_confusion_matrix, plot_loss, write_json
 from .sampling import ResumableBatchSampler
-from .stability import NonFiniteGuard
+from .stability import NonFiniteGuard, NonFiniteLossError
 
 BEST_WEIGHTS = "best_model.safetensors"
+EXIT_PUSH_FAILED, EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_CHECKPOINT_WRITE_FAILED = 1, 2, 3, 4
 
 
 def train(config: TrainConfig) -> dict:
     """Run training, model selection on validation and the final test evaluation; return metrics.json."""
+    stop_request = StopRequest()
+    try:
+        return _train(config, stop_request)
+    finally:
+        stop_request.uninstall()  # no-op unless the loop was interrupted by an exception
+
+
+def _train(config: TrainConfig, stop_request: StopRequest) -> dict:
     accelerator = Accelerator(
         # accelerate starts several CPU processes only through torchrun (its MULTI_GPU launcher, see
         # accelerate_configs/cpu.yaml); saying "cpu" when there is no GPU makes it pick gloo for them.
@@ -75,8 +91,12 @@ def train(config: TrainConfig) -> dict:
     with accelerator.local_main_process_first():  # tokenize once per machine; the others hit the cache
         tokenized = tokenize_splits(splits, tokenizer, config.max_length)
 
+    checkpoint_root = output_dir / "checkpoints"
+    # On every rank, so all fail together before training (each rank writes into checkpoints).
+    checkpoint.check_output_dir(output_dir, accelerator.process_index, keep_last=config.keep_last,
+                                weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
     if accelerator.is_main_process:
-        _prepare_output_dir(output_dir)
+        checkpoint.remove_stale_staging(checkpoint_root)
         config.save(output_dir / "train_config.json")
     accelerator.wait_for_everyone()
 
@@ -107,18 +127,27 @@ def train(config: TrainConfig) -> dict:
     # Compile the DDP-wrapped model (as accelerate does), but keep `model` itself for no_sync, unwrap and saving.
     forward_model = torch.compile(model, dynamic=True) if _should_compile(config, device) else model
 
-    checkpoint_root = output_dir / "checkpoints"
-    state = TrainerState()
+    train_data = checkpoint.data_fingerprint(tokenized["train"]["length"], tokenized["train"]["labels"])
+    state = TrainerState(run_signature=checkpoint.run_signature(config, accelerator.num_processes, train_data,
+                                                                total_steps))
+    run_log = RunLog(output_dir / "log.jsonl", enabled=accelerator.is_main_process)
     resume_from = _find_resume_checkpoint(config, checkpoint_root)
     if resume_from is not None:
+        saved = TrainerState.load(resume_from / checkpoint.STATE_FILE)
+        checkpoint.check_resumable(resume_from, saved.run_signature, state.run_signature)
         accelerator.load_state(str(resume_from))
-        state = TrainerState.load(resume_from / checkpoint.STATE_FILE)
+        state = saved
+        if accelerator.is_main_process:
+            checkpoint.restore_best_weights(resume_from, output_dir / BEST_WEIGHTS)
+        run_log.rewind(state.global_step, checkpoint=str(resume_from))
         accelerator.print(f"Resuming from {resume_from} (step {state.global_step}, epoch {state.epoch}, "
                           f"batch {state.batches_done_in_epoch} of the epoch)")
     elif accelerator.is_main_process:
         (output_dir / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
-
-    run_log = RunLog(output_dir / "log.jsonl", enabled=accelerator.is_main_process)
+        (output_dir / BEST_WEIGHTS).unlink(missing_ok=True)
+        for old in checkpoint.remove_checkpoints(checkpoint_root):  # only with resume=none: they would be resumed
+            accelerator.print(f"resume=none: deleted {old}")
+    faults.install_nan_loss(accelerator.unwrap_model(model), current_step=lambda: state.global_step + 1)
     examples_per_step = config.total_train_batch_size(accelerator.num_processes)
     accelerator.print(
         f"Training {config.model_name_or_path} on {len(tokenized['train'])} examples "
@@ -143,11 +172,30 @@ def train(config: TrainConfig) -> dict:
 
     def save_checkpoint() -> None:
         staging = checkpoint.staging_dir(checkpoint_root, state.global_step)
-        accelerator.save_state(str(staging))  # every rank writes its own RNG state into the folder
-        accelerator.wait_for_everyone()
+        with checkpoint.write_errors_reported(staging):
+            accelerator.save_state(str(staging))  # every rank writes its own RNG state into the folder
+        faults.crash_point("crash_during_checkpoint", state.global_step)
+        accelerator.wait_for_everyone()  # every rank's files are on disk before the marker is written
         if accelerator.is_main_process:
-            checkpoint.finalize_checkpoint(staging, state, keep_last=config.keep_last)
+            with checkpoint.write_errors_reported(staging):
+                config.save(staging / "train_config.json")
+                checkpoint.finalize_checkpoint(staging, state, keep_last=config.keep_last,
+                                               best_weights=output_dir / BEST_WEIGHTS)
         accelerator.wait_for_everyone()
+
+    def stop_after_checkpoint(checkpointed: bool) -> None:
+        if not checkpointed:
+            save_checkpoint()
+        saved_to = checkpoint_root / checkpoint.checkpoint_name(state.global_step)
+        stop_request.stop_is_safe()
+        cause = stop_request.signal_name or "a signal to another process"
+        run_log.write("stopped", step=state.global_step, cause=cause, checkpoint=str(saved_to), exit_code=EXIT_STOPPED)
+        progress.close()
+        accelerator.print(f"Stopped at step {state.global_step} of {total_steps} on {cause}; checkpoint written to "
+                          f"{saved_to}. Run the same command again to resume from it (resume=auto). "
+                          f"Exit code {EXIT_STOPPED}.")
+        accelerator.end_training()
+        raise TrainingStopped(f"stopped at step {state.global_step}")
 
     progress = tqdm(total=total_steps, initial=state.global_step, desc="training", dynamic_ncols=True,
                     disable=not accelerator.is_main_process)
@@ -156,8 +204,13 @@ def train(config: TrainConfig) -> dict:
     window_loss = torch.zeros((), device=device)
     window_tokens = window_micro_batches = window_steps = 0
     window_start = time.perf_counter()
-    guard = NonFiniteGuard(optimizer.optimizer, device, limit=config.max_nonfinite_steps,
-                           check_every=config.logging_steps, scaler_handles_overflow=accelerator.scaler is not None)
+    guard = NonFiniteGuard(optimizer.optimizer, limit=config.max_nonfinite_steps,
+                           scaler_handles_overflow=accelerator.scaler is not None)
+    # The host reads the device every step on the CPU (free there) but only every logging_steps on a GPU,
+    # where a read makes the CPU wait for the GPU: the non-finite run and the stop vote are read together.
+    host_check_every = 1 if device.type == "cpu" else config.logging_steps
+    stop_vote = torch.zeros((), device=device)  # filled, never re-created: no host-to-device copy per step
+    stop_request.install()
     model.train()
     while state.global_step < total_steps:
         sampler.set_epoch(state.epoch, start_batch=state.batches_done_in_epoch)
@@ -180,7 +233,16 @@ def train(config: TrainConfig) -> dict:
             if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the scaler skipped the update
                 scheduler.step()
             state.global_step += 1
-            guard.raise_if_persistent(state.global_step, where=str(checkpoint_root))
+            stop_agreed = False
+            if state.global_step % host_check_every == 0:
+                # SIGTERM/SIGINT on any rank: all ranks see the all-reduced vote at the same step and stop together.
+                stop_vote.fill_(float(stop_request.requested))
+                nonfinite_run, stop_votes = torch.stack([guard.consecutive.float(), accelerator.reduce(stop_vote)]).tolist()
+                stop_agreed = stop_votes > 0
+                if nonfinite_run:
+                    run_log.write("nonfinite", step=state.global_step, consecutive=int(nonfinite_run))
+                guard.raise_if_persistent(int(nonfinite_run), state.global_step,
+                                          last_good=checkpoint.latest_checkpoint(checkpoint_root))
             window_steps += 1
             progress.update(1)
             epoch_finished = state.batches_done_in_epoch == micro_batches_per_epoch
@@ -219,6 +281,9 @@ def train(config: TrainConfig) -> dict:
                 window_start = time.perf_counter()  # keep evaluation and I/O out of the throughput figures
             if finished:
                 break
+            if stop_agreed:
+                stop_after_checkpoint(checkpointed)
+    stop_request.uninstall()
     progress.close()
     return _finish(accelerator, model, tokenizer, tokenized, validation_loader, test_loader, state, config, run_log)
 
@@ -312,18 +377,8 @@ def _build_optimizer(model: torch.nn.Module, config: TrainConfig, fused: bool) -
 def _data_loader(dataset, collator, config: TrainConfig, device: torch.device, **batching) -> DataLoader:
     workers = config.dataloader_num_workers
     return DataLoader(dataset, collate_fn=collator, num_workers=workers, persistent_workers=workers > 0,
-                      pin_memory=device.type == "cuda", **batching)
-
-
-def _prepare_output_dir(output_dir: Path) -> None:
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write_probe"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise OSError(f"output_dir {output_dir} is not writable: {err.strerror or err}") from err
-    checkpoint.remove_stale_staging(output_dir / "checkpoints")
+                      pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals if workers else None,
+                      **batching)
 
 
 def _find_resume_checkpoint(config: TrainConfig, checkpoint_root: Path) -> Path | None:
@@ -343,13 +398,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.push_to_hub:
             check_push_ready()  # no token or HF_HUB_OFFLINE: fail now, not after hours of training
         train(config)
-    except (ConfigError, DataError, ModelLoadError) as err:
+    except TrainingStopped:
+        return EXIT_STOPPED  # the main process already said where the checkpoint is and how to resume
+    except (ConfigError, DataError, ModelLoadError, OutputDirError, CheckpointMismatchError) as err:
         # Input problems get one clear line, not a traceback from every rank.
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except HubPushError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_PUSH_FAILED
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except CheckpointWriteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CHECKPOINT_WRITE_FAILED
     return 0
 
 

@@ -12,7 +12,7 @@ def _setup(fused: bool):
     torch.manual_seed(0)
     layer = torch.nn.Linear(4, 2)
     optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1, fused=fused or None)
-    guard = NonFiniteGuard(optimizer, torch.device("cpu"), limit=3, check_every=1, scaler_handles_overflow=False)
+    guard = NonFiniteGuard(optimizer, limit=3, scaler_handles_overflow=False)
     return layer, optimizer, guard
 
 
@@ -46,8 +46,8 @@ def test_persistent_non_finite_stops_with_a_clear_error():
     for step in range(1, 3):
         guard.step(optimizer.step, _backward(layer, poison=True))
         optimizer.zero_grad()
-        guard.raise_if_persistent(step, where="runs/x/checkpoints")
+        guard.raise_if_persistent(int(guard.consecutive), step, last_good=None)
     guard.step(optimizer.step, _backward(layer, poison=True))
-    with pytest.raises(NonFiniteLossError, match="3 optimizer steps in a row .* runs/x/checkpoints"):
-        guard.raise_if_persistent(3, where="runs/x/checkpoints")
+    with pytest.raises(NonFiniteLossError, match="3 optimizer steps in a row .* runs/x/checkpoints/step-2"):
+        guard.raise_if_persistent(int(guard.consecutive), 3, last_good="runs/x/checkpoints/step-2")
     assert torch.isfinite(layer.weight).all()

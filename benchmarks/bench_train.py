@@ -109,6 +109,8 @@ def _run_preset(args) -> int:
             # fp32 padded to 128 at batch 512 is nobody's choice and would take minutes: the tutorial set-up runs
             # at the batch sizes tutorials use.
             systems = [s for s in TRAINER_VARIANTS if batch <= 128 or s != "trainer_tutorial"] + ["distrinews"]
+            if not on_gpu and _cpu_has_bf16_units():
+                systems.append("distrinews_bf16")  # accelerate's bf16 autocast on AMX/AVX-512 bf16 units
             rows = [_spawn({**case, "system": system}, results, timeout=300) for system in systems]
             results["throughput"].extend(row for row in rows if row)
             save()
@@ -243,10 +245,18 @@ def _mixed_precision() -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
+def _cpu_has_bf16_units() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def _distrinews_throughput(case: dict) -> dict:
     import torch
 
-    os.environ.setdefault("ACCELERATE_MIXED_PRECISION", _mixed_precision())
+    os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16" if case["system"] == "distrinews_bf16" else _mixed_precision()
     from distrinews.config import TrainConfig
     from distrinews.train import train
 
@@ -268,7 +278,7 @@ def _summarise_log(case: dict, output_dir: Path, warmup: int, torch) -> dict:
     seconds = sum(r["window_seconds"] for r in windows)
     samples = sum(r["examples"] for r in windows)
     tokens = sum(r["tokens_per_s"] * r["window_seconds"] for r in windows)
-    row = dict(system="distrinews", model_name=case["model_name"], batch=case["batch"],
+    row = dict(system=case["system"], model_name=case["model_name"], batch=case["batch"],
                samples_per_s=round(samples / seconds, 1), tokens_per_s=round(tokens / seconds, 1),
                mixed_precision=os.environ.get("ACCELERATE_MIXED_PRECISION", "no"))
     if torch.cuda.is_available():
@@ -440,13 +450,13 @@ def _versions() -> dict:
 def _speedups(results: dict) -> list[dict]:
     rows = []
     for row in results["throughput"]:
-        if row["system"] != "distrinews":
+        if not row["system"].startswith("distrinews"):
             continue
         trainers = [r for r in results["throughput"] if r["system"].startswith("trainer")
                     and r["model_name"] == row["model_name"] and r["batch"] == row["batch"]]
         if trainers:
             best = max(trainers, key=lambda r: r["samples_per_s"])
-            rows.append(dict(model=row["model_name"], batch=row["batch"], best_trainer=best["system"],
+            rows.append(dict(model=row["model_name"], batch=row["batch"], system=row["system"], best_trainer=best["system"],
                              speedup=round(row["samples_per_s"] / best["samples_per_s"], 2)))
     return rows
 
@@ -459,7 +469,7 @@ def _print_table(results: dict) -> None:
               f"{row['tokens_per_s']:>12,.0f}{row.get('peak_memory_gb', float('nan')):>9.2f}"
               f"{row.get('mfu', float('nan')):>8.1%}")
     for speedup in _speedups(results):
-        print(f"speedup {speedup['model']} batch {speedup['batch']}: distrinews / {speedup['best_trainer']} = "
+        print(f"speedup {speedup['model']} batch {speedup['batch']}: {speedup['system']} / {speedup['best_trainer']} = "
               f"{speedup['speedup']}x")
     for row in results["accuracy"]:
         print(f"accuracy {row['system']:<18} recipe {row['recipe']:<11} lr {row['learning_rate']:g} epochs "
@@ -488,7 +498,7 @@ def _plot(results: dict, path: Path) -> None:
     if not rows:
         return
     labels = [f"{r['model_name']}\nb{r['batch']}\n{r['system'].replace('trainer_', 'Trainer ')}" for r in rows]
-    colors = ["tab:orange" if r["system"] == "distrinews" else "tab:gray" for r in rows]
+    colors = ["tab:orange" if r["system"].startswith("distrinews") else "tab:gray" for r in rows]
     fig, axis = plt.subplots(figsize=(max(6, len(rows) * 1.1), 4.5), dpi=120)
     axis.bar(range(len(rows)), [r["samples_per_s"] for r in rows], color=colors)
     axis.set_xticks(range(len(rows)), labels, fontsize=7)

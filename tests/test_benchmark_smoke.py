@@ -18,7 +18,8 @@ def test_benchmark_smoke_preset_runs_every_case(tmp_path):
     results = json.loads(output.read_text())
     assert results["errors"] == []
     systems = {row["system"] for row in results["throughput"]}
-    assert {"trainer_tutorial", "trainer_dynamic", "distrinews"} <= systems <= {*systems, "distrinews_bf16"}
+    expected = {"trainer_tutorial", "trainer_dynamic", "distrinews"}
+    assert expected <= systems and systems - expected <= {"distrinews_bf16"}  # bf16 only where the CPU has units
     assert all(row["samples_per_s"] > 0 and row["tokens_per_s"] > 0 for row in results["throughput"])
     assert {row["system"] for row in results["accuracy"]} == {"trainer_tutorial", "distrinews"}
     assert all(0 <= acc <= 1 for row in results["accuracy"] for acc in row["test_accuracy"])

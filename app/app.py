@@ -367,7 +367,7 @@ with gr.Blocks(title="DistriNews: news topic classifier") as demo:
         run_many.click(classify_many, [lines, upload], [table, download], api_name="classify_many")
     with gr.Tab("Explain"):
         gr.Markdown("Which words pushed the prediction? Each word is left out in turn (one batch of "
-                    "variants); red words pushed towards the predicted topic, blue ones away from it.")
+                    "variants); red words pushed towards the predicted topic, purple ones away from it.")
         explain_text = gr.Textbox(label="Headline", lines=3, value=EXAMPLES[3])
         run_explain = gr.Button("Explain", variant="primary")
         explain_label = gr.Label(num_top_classes=4, label="Topic")

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +168,10 @@ def _export_fp32(model, path: Path) -> None:
     except (AttributeError, ValueError):
         pass
     try:
-        with torch.no_grad():
+        # The TorchScript exporter is what quantize_dynamic + the BERT fuser handle well (the dynamo exporter
+        # needs onnxscript); its tracer warnings are about shape checks that are constant for these models.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.onnx.export(model, (input_ids, attention_mask), str(path), dynamo=False,
                               input_names=list(ONNX_INPUTS), output_names=["logits"], dynamic_axes=dynamic,
                               opset_version=17, do_constant_folding=True)

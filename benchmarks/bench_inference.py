@@ -1,0 +1,321 @@
+"""CPU inference benchmark, side by side in one run: transformers.pipeline, ONNX Runtime int8, and the Space.
+
+    python benchmarks/bench_inference.py                                   # DistilBERT-base size, real AG News
+    python benchmarks/bench_inference.py --accuracy-model runs/minilm/model # + accuracy on the full test split
+
+What it measures, on real AG News test text (title + description, ../shared/data/ag_news/test.csv):
+
+1. ``pipeline``: ``transformers.pipeline("text-classification")`` fp32, one text per call (how most people serve
+   a model), and with ``batch_size=32`` for reference.
+2. ``ort-int8``: the ONNX Runtime dynamic int8 recipe that ``optimum``'s ``ORTQuantizer`` (avx512_vnni, dynamic)
+   applies: ``torch.onnx.export`` + ``onnxruntime.quantization.quantize_dynamic``, called in-process. optimum
+   itself is not used: ``optimum[onnxruntime]`` downgrades transformers to 4.57 (see ../shared/docs/BASELINES.md).
+3. ``space-fp32`` and ``space``: the app itself (``uvicorn app.app:app``) with QUANTIZE=none (fp32 torch) and
+   QUANTIZE=auto (int8 where the CPU has VNNI), over HTTP on 127.0.0.1, so every number includes HTTP, JSON,
+   validation and the micro-batcher.
+
+Latency: single texts, one after another, p50/p99. Throughput: 32 concurrent clients, texts/s. (For the
+in-process baselines "32 clients" is their sequential rate: one model on 2 cores serves one call at a time.)
+The HTTP clients run on the same 2 cores as the server, so the space numbers pay for their own load generator.
+
+The latency model is DistilBERT-base (66M) built from ../shared/data/distilbert-base-uncased/config.json
+with random weights and the real uncased tokenizer: no DistilBERT weights are available offline, and the compute
+cost does not depend on the weight values. Its "agreement" is the share of identical argmax predictions between
+fp32 and each int8 path on the same texts. Accuracy on the full 7,600-row test split needs a trained model:
+pass ``--accuracy-model`` (e.g. MiniLM-L6 fine-tuned with ``python -m distrinews.train``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+SHARED = REPO_ROOT.parent / "shared" / "data"
+LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+
+
+def read_ag_news(path: Path) -> tuple[list[str], list[int]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = [row for row in csv.reader(handle) if row]
+    texts = [f"{title} {description}".replace("\\", " ").strip() for _, title, description in rows]
+    return texts, [int(label) - 1 for label, _, _ in rows]
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    cuts = statistics.quantiles(seconds, n=100)
+    return {"p50_ms": round(cuts[49] * 1000, 2), "p99_ms": round(cuts[98] * 1000, 2)}
+
+
+def time_each(call, texts: list[str], warmup: int = 5) -> list[float]:
+    for text in texts[:warmup]:
+        call(text)
+    seconds = []
+    for text in texts:
+        started = time.perf_counter()
+        call(text)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def build_distilbert_base(folder: Path, config_dir: Path) -> Path:
+    import torch
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = DistilBertConfig.from_pretrained(config_dir, num_labels=4, id2label=dict(enumerate(LABELS)),
+                                              label2id={n: i for i, n in enumerate(LABELS)})
+    DistilBertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(config_dir).save_pretrained(folder)
+    return folder
+
+
+def plain_ort_int8(model, folder: Path):
+    """optimum's dynamic-int8 recipe without optimum: export, quantize_dynamic (int8 weights), no fusion."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from distrinews.backends import usable_cores
+
+    ids = torch.ones((2, 16), dtype=torch.long)
+    mask = torch.ones((2, 16), dtype=torch.long)
+    mask[1, 9:] = 0
+    dynamic = {"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}, "logits": {0: "b"}}
+    with torch.no_grad():
+        torch.onnx.export(model.eval(), (ids, mask), str(folder / "plain.onnx"), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_axes=dynamic)
+    quantize_dynamic(str(folder / "plain.onnx"), str(folder / "plain.int8.onnx"), weight_type=QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = usable_cores()
+    session = ort.InferenceSession(str(folder / "plain.int8.onnx"), options, providers=["CPUExecutionProvider"])
+
+    def probabilities(batch):
+        (logits,) = session.run(["logits"], batch)
+        exp = np.exp(logits - logits.max(-1, keepdims=True))
+        return exp / exp.sum(-1, keepdims=True)
+
+    return probabilities
+
+
+class SpaceServer:
+    """``uvicorn app.app:app`` as a subprocess on a free loopback port."""
+
+    def __init__(self, model: str, cache_dir: Path, log_path: Path, **settings: str):
+        import socket
+        import subprocess
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        env = {**os.environ, "MODEL_ID": model, "ONNX_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(REPO_ROOT),
+               "GRADIO_ANALYTICS_ENABLED": "False", **settings}
+        self.log = log_path.open("w")
+        self.process = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.app:app", "--host", "127.0.0.1",
+                                         "--port", str(self.port), "--no-access-log", "--log-level", "warning"],
+                                        cwd=REPO_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 900) -> dict:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited; see {self.log.name}")
+            try:
+                if httpx.get(self.url + "/api/ready", timeout=5).status_code == 200:
+                    return httpx.get(self.url + "/api/info", timeout=5).json()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError("server not ready")
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+        self.log.close()
+
+
+async def concurrent_clients(url: str, texts: list[str], clients: int) -> tuple[float, dict[int, int], list]:
+    import httpx
+
+    statuses: dict[int, int] = {}
+    labels: list = [None] * len(texts)
+
+    async def client_loop(client, worker: int):
+        for i in range(worker, len(texts), clients):
+            response = await client.post("/api/predict", json={"text": texts[i]})
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            if response.status_code == 200:
+                labels[i] = response.json()["predictions"][0]["label"]
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client, w) for w in range(clients)))
+        return time.perf_counter() - started, statuses, labels
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=SHARED / "ag_news" / "test.csv")
+    parser.add_argument("--base-config", type=Path, default=SHARED / "distilbert-base-uncased")
+    parser.add_argument("--latency-texts", type=int, default=200, help="Single-text calls timed per path.")
+    parser.add_argument("--throughput-texts", type=int, default=1000, help="Texts sent by the 32 clients.")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--accuracy-model", help="A trained model folder: accuracy of fp32 / int8 paths on --data.")
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "inference.json")
+    args = parser.parse_args(argv)
+
+    import httpx
+    import numpy as np
+    import torch
+    import transformers
+
+    from distrinews.backends import cpu_has_int8_dot_product, usable_cores
+    from distrinews.modeling import load_classifier
+    from distrinews.predict import label_names, predict_with, torch_probabilities
+
+    torch.set_num_threads(usable_cores())
+    texts, gold = read_ag_news(args.data)
+    order = list(range(len(texts)))
+    random.Random(0).shuffle(order)
+    latency_texts = [texts[i] for i in order[:args.latency_texts]]
+    throughput_texts = [texts[i] for i in order[:args.throughput_texts]]
+    work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    model_dir = build_distilbert_base(work / "distilbert-base", args.base_config)
+    results: dict = {"machine": {"cores": usable_cores(), "int8_dot_product": cpu_has_int8_dot_product(),
+                                 "load_average_at_start": os.getloadavg(), "python": platform.python_version(),
+                                 "torch": torch.__version__, "transformers": transformers.__version__},
+                     "model": "distilbert-base-uncased architecture, random init, real tokenizer",
+                     "data": str(args.data), "latency_texts": len(latency_texts),
+                     "throughput_texts": len(throughput_texts), "clients": args.clients, "paths": {}}
+    paths = results["paths"]
+
+    # 1. transformers.pipeline, fp32
+    classifier = transformers.pipeline("text-classification", model=str(model_dir), device=-1)
+    pipeline_seconds = time_each(lambda text: classifier(text, truncation=True, max_length=128), latency_texts)
+    started = time.perf_counter()
+    pipeline_labels = [r["label"] for r in classifier(throughput_texts, truncation=True, max_length=128,
+                                                      batch_size=32)]
+    batched_rate = len(throughput_texts) / (time.perf_counter() - started)
+    paths["pipeline"] = {**percentiles(pipeline_seconds), "texts_per_s_32_clients": round(
+        len(pipeline_seconds) / sum(pipeline_seconds), 1), "texts_per_s_batch_32": round(batched_rate, 1)}
+    print(f"pipeline: {paths['pipeline']}", flush=True)
+
+    # 2. plain ONNX Runtime dynamic int8 (optimum's recipe), in-process
+    model, tokenizer = load_classifier(str(model_dir))
+    labels = label_names(model)
+    fp32 = torch_probabilities(model.eval())
+    plain = plain_ort_int8(model, work)
+
+    def one(probabilities_of):
+        return lambda text: predict_with(probabilities_of, tokenizer, labels, [text], max_length=128)
+
+    ort_seconds = time_each(one(plain), latency_texts)
+    started = time.perf_counter()
+    plain_labels = [p.label for p in predict_with(plain, tokenizer, labels, throughput_texts, max_length=128,
+                                                  batch_size=32)]
+    paths["ort-int8"] = {**percentiles(ort_seconds), "texts_per_s_32_clients": round(
+        len(ort_seconds) / sum(ort_seconds), 1), "texts_per_s_batch_32": round(
+        len(throughput_texts) / (time.perf_counter() - started), 1)}
+    print(f"ort-int8: {paths['ort-int8']}", flush=True)
+    fp32_labels = [p.label for p in predict_with(fp32, tokenizer, labels, throughput_texts, max_length=128)]
+
+    # 3. the Space over HTTP, with its fp32 torch backend and with the backend it picks for this CPU
+    space_labels = {}
+    for name, quantize in (("space-fp32", "none"), ("space", "auto")):
+        server = SpaceServer(str(model_dir), work / "onnx-cache", work / f"uvicorn-{name}.log", QUANTIZE=quantize)
+        try:
+            info = server.wait_ready()
+            with httpx.Client(base_url=server.url, timeout=60) as client:
+                space_seconds = time_each(
+                    lambda text: client.post("/api/predict", json={"text": text}).raise_for_status(), latency_texts)
+            elapsed, statuses, space_labels[name] = asyncio.run(
+                concurrent_clients(server.url, throughput_texts, args.clients))
+        finally:
+            server.close()
+        paths[name] = {**percentiles(space_seconds), "texts_per_s_32_clients": round(
+            len(throughput_texts) / elapsed, 1), "statuses": statuses, "quantization": info["quantization"]}
+        print(f"{name}: {paths[name]}", flush=True)
+
+    def agreement(a, b):
+        return round(100 * sum(x == y for x, y in zip(a, b)) / len(a), 2)
+
+    paths["pipeline"]["agreement_with_fp32_pct"] = agreement(pipeline_labels, fp32_labels)
+    paths["ort-int8"]["agreement_with_fp32_pct"] = agreement(plain_labels, fp32_labels)
+    for name, predicted in space_labels.items():
+        paths[name]["agreement_with_fp32_pct"] = agreement(predicted, fp32_labels)
+
+    if args.accuracy_model:
+        results["accuracy"] = measure_accuracy(args.accuracy_model, texts, gold, work)
+
+    base = paths["pipeline"]
+    results["ratios"] = {
+        "p50_speedup_vs_pipeline": round(base["p50_ms"] / paths["space"]["p50_ms"], 2),
+        "p50_vs_ort_int8": round(paths["ort-int8"]["p50_ms"] / paths["space"]["p50_ms"], 2),
+        "throughput_vs_pipeline_sequential": round(paths["space"]["texts_per_s_32_clients"]
+                                                   / base["texts_per_s_32_clients"], 2),
+        "throughput_vs_pipeline_batch_32": round(paths["space"]["texts_per_s_32_clients"]
+                                                 / base["texts_per_s_batch_32"], 2),
+    }
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2))
+    print_table(results)
+    print(f"\nwritten: {args.output}")
+    return 0
+
+
+def measure_accuracy(model_path: str, texts: list[str], gold: list[int], work: Path) -> dict:
+    """Accuracy of fp32 torch, plain ORT int8 and the Space's backend on every text of the split."""
+    from distrinews.backends import build_backend, cache_folder_name
+    from distrinews.modeling import load_classifier
+    from distrinews.predict import label_names, predict_with, torch_probabilities
+
+    model, tokenizer = load_classifier(model_path)
+    labels = label_names(model)
+    paths = {"fp32 (torch)": torch_probabilities(model.eval()),
+             "ort-int8 (plain recipe)": plain_ort_int8(model, work),
+             "space int8 (fused)": build_backend(model, "int8", cache_dir=work / "acc-cache",
+                                                 cache_key=cache_folder_name(model_path, "bench")).probabilities}
+    predicted = {}
+    for name, probabilities_of in paths.items():
+        predictions = predict_with(probabilities_of, tokenizer, labels, texts, max_length=128, batch_size=64)
+        predicted[name] = [labels.index(p.label) for p in predictions]
+    reference = predicted["fp32 (torch)"]
+    return {"model": model_path, "texts": len(texts), "paths": {
+        name: {"accuracy_pct": round(100 * sum(p == g for p, g in zip(labels_, gold)) / len(gold), 2),
+               "agreement_with_fp32_pct": round(100 * sum(p == r for p, r in zip(labels_, reference)) / len(gold), 2)}
+        for name, labels_ in predicted.items()}}
+
+
+def print_table(results: dict) -> None:
+    print("\n| path | single p50 | single p99 | texts/s, 32 clients | texts/s, batch 32 | agreement with fp32 |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, r in results["paths"].items():
+        print(f"| {name} | {r['p50_ms']} ms | {r['p99_ms']} ms | {r['texts_per_s_32_clients']} | "
+              f"{r.get('texts_per_s_batch_32', '-')} | {r['agreement_with_fp32_pct']}% |")
+    print(f"\nratios: {results['ratios']}")
+    if "accuracy" in results:
+        print(f"\naccuracy on {results['accuracy']['texts']} texts with {results['accuracy']['model']}:")
+        for name, r in results["accuracy"]["paths"].items():
+            print(f"  {name}: {r['accuracy_pct']}% (agrees with fp32 on {r['agreement_with_fp32_pct']}%)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

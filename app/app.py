@@ -33,6 +33,7 @@ from distrinews.serving import ClassifierService, ServingConfig, texts_from_csv
 
 log = logging.getLogger("distrinews.app")
 
+BATCH_TAB_LIMIT = 2000  # texts per upload in the Batch tab
 EXAMPLES = [  # one headline per class
     "Rebels and government sign ceasefire as UN envoy arrives in the capital",
     "Striker scores twice as champions win the league title on the final day",
@@ -324,17 +325,23 @@ async def explain(text: str) -> list[tuple[str, float | None]]:
 
 async def classify_many(lines: str, upload: str | None):
     service = _service_or_error()
-    limit = service.config.max_queue
     try:
-        texts = texts_from_csv(upload, limit) if upload else [t.strip() for t in (lines or "").splitlines()
-                                                                if t.strip()]
+        texts = texts_from_csv(upload, BATCH_TAB_LIMIT) if upload else [
+            t.strip() for t in (lines or "").splitlines() if t.strip()]
     except (ValueError, UnicodeDecodeError, OSError) as err:
         raise gr.Error(f"Cannot read the file: {err}") from None
     if not texts:
         raise gr.Error("Paste one text per line, or upload a CSV.")
-    if len(texts) > limit:
-        raise gr.Error(f"{len(texts)} texts; at most {limit} at once.")
-    predictions = await service.predict(texts)
+    if len(texts) > BATCH_TAB_LIMIT:
+        raise gr.Error(f"{len(texts)} texts; at most {BATCH_TAB_LIMIT} at once.")
+    # Request-sized pieces, one after another, so a big upload shares the queue with API callers.
+    step = service.config.max_texts_per_request
+    predictions = []
+    try:
+        for start in range(0, len(texts), step):
+            predictions += await service.predict(texts[start:start + step])
+    except QueueFull as err:
+        raise gr.Error(str(err)) from None
     header = ["text", "label", "score", *service.labels, "truncated"]
     rows = [[text, p.label, round(p.score, 4), *(round(p.probabilities[name], 4) for name in service.labels),
              p.truncated] for text, p in zip(texts, predictions)]

@@ -14,9 +14,12 @@ What it measures, on real AG News test text (title + description, ../shared/data
    QUANTIZE=auto (int8 where the CPU has VNNI), over HTTP on 127.0.0.1, so every number includes HTTP, JSON,
    validation and the micro-batcher.
 
-Latency: single texts, one after another, p50/p99. Throughput: 32 concurrent clients, texts/s. (For the
-in-process baselines "32 clients" is their sequential rate: one model on 2 cores serves one call at a time.)
-The HTTP clients run on the same 2 cores as the server, so the space numbers pay for their own load generator.
+Latency: single texts, one after another, p50/p99; each text goes through all four paths back to back, so
+the load of other users of a shared machine falls on every path alike. Throughput: 32 concurrent HTTP clients
+for the Space, texts/s; the paths take turns on slices of the texts. For the in-process baselines "32 clients"
+is their one-text-per-call rate (a server calling the pipeline per request cannot do better on 2 cores: calls
+would only contend), and "batch 32" is their rate on 32-text batches, given for reference. The HTTP clients
+run on the same 2 cores as the server, so the Space's numbers pay for their own load generator.
 
 The latency model is DistilBERT-base (66M) built from ../shared/data/distilbert-base-uncased/config.json
 with random weights and the real uncased tokenizer: no DistilBERT weights are available offline, and the compute
@@ -175,14 +178,14 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, default=SHARED / "ag_news" / "test.csv")
     parser.add_argument("--base-config", type=Path, default=SHARED / "distilbert-base-uncased")
     parser.add_argument("--latency-texts", type=int, default=200, help="Single-text calls timed per path.")
-    parser.add_argument("--throughput-texts", type=int, default=1000, help="Texts sent by the 32 clients.")
+    parser.add_argument("--throughput-texts", type=int, default=1024, help="Texts per path in the throughput phase.")
+    parser.add_argument("--rounds", type=int, default=4, help="Throughput phases alternate paths in this many rounds.")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--accuracy-model", help="A trained model folder: accuracy of fp32 / int8 paths on --data.")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "inference.json")
     args = parser.parse_args(argv)
 
     import httpx
-    import numpy as np
     import torch
     import transformers
 
@@ -204,62 +207,85 @@ def main(argv=None) -> int:
                      "model": "distilbert-base-uncased architecture, random init, real tokenizer",
                      "data": str(args.data), "latency_texts": len(latency_texts),
                      "throughput_texts": len(throughput_texts), "clients": args.clients, "paths": {}}
-    paths = results["paths"]
 
-    # 1. transformers.pipeline, fp32
     classifier = transformers.pipeline("text-classification", model=str(model_dir), device=-1)
-    pipeline_seconds = time_each(lambda text: classifier(text, truncation=True, max_length=128), latency_texts)
-    started = time.perf_counter()
-    pipeline_labels = [r["label"] for r in classifier(throughput_texts, truncation=True, max_length=128,
-                                                      batch_size=32)]
-    batched_rate = len(throughput_texts) / (time.perf_counter() - started)
-    paths["pipeline"] = {**percentiles(pipeline_seconds), "texts_per_s_32_clients": round(
-        len(pipeline_seconds) / sum(pipeline_seconds), 1), "texts_per_s_batch_32": round(batched_rate, 1)}
-    print(f"pipeline: {paths['pipeline']}", flush=True)
-
-    # 2. plain ONNX Runtime dynamic int8 (optimum's recipe), in-process
     model, tokenizer = load_classifier(str(model_dir))
     labels = label_names(model)
     fp32 = torch_probabilities(model.eval())
     plain = plain_ort_int8(model, work)
+    servers = {name: SpaceServer(str(model_dir), work / "onnx-cache", work / f"uvicorn-{name}.log", QUANTIZE=quantize)
+               for name, quantize in (("space-fp32", "none"), ("space", "auto"))}
+    http = {}
+    try:
+        info = {name: server.wait_ready() for name, server in servers.items()}
+        http = {name: httpx.Client(base_url=server.url, timeout=60) for name, server in servers.items()}
 
-    def one(probabilities_of):
-        return lambda text: predict_with(probabilities_of, tokenizer, labels, [text], max_length=128)
+        def via_http(name):
+            return lambda text: http[name].post("/api/predict", json={"text": text}).raise_for_status()
 
-    ort_seconds = time_each(one(plain), latency_texts)
-    started = time.perf_counter()
-    plain_labels = [p.label for p in predict_with(plain, tokenizer, labels, throughput_texts, max_length=128,
-                                                  batch_size=32)]
-    paths["ort-int8"] = {**percentiles(ort_seconds), "texts_per_s_32_clients": round(
-        len(ort_seconds) / sum(ort_seconds), 1), "texts_per_s_batch_32": round(
-        len(throughput_texts) / (time.perf_counter() - started), 1)}
-    print(f"ort-int8: {paths['ort-int8']}", flush=True)
-    fp32_labels = [p.label for p in predict_with(fp32, tokenizer, labels, throughput_texts, max_length=128)]
+        single = {
+            "pipeline": lambda text: classifier(text, truncation=True, max_length=128),
+            "ort-int8": lambda text: predict_with(plain, tokenizer, labels, [text], max_length=128),
+            "space-fp32": via_http("space-fp32"),
+            "space": via_http("space"),
+        }
+        # Latency: every text goes through every path back to back, so load from other users of the shared
+        # cores lands on all paths alike instead of on whichever path happened to run during a busy minute.
+        latencies = {name: [] for name in single}
+        for name, call in single.items():
+            for text in latency_texts[:5]:
+                call(text)
+        for i, text in enumerate(latency_texts):
+            names = list(single)
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                started = time.perf_counter()
+                single[name](text)
+                latencies[name].append(time.perf_counter() - started)
 
-    # 3. the Space over HTTP, with its fp32 torch backend and with the backend it picks for this CPU
-    space_labels = {}
-    for name, quantize in (("space-fp32", "none"), ("space", "auto")):
-        server = SpaceServer(str(model_dir), work / "onnx-cache", work / f"uvicorn-{name}.log", QUANTIZE=quantize)
-        try:
-            info = server.wait_ready()
-            with httpx.Client(base_url=server.url, timeout=60) as client:
-                space_seconds = time_each(
-                    lambda text: client.post("/api/predict", json={"text": text}).raise_for_status(), latency_texts)
-            elapsed, statuses, space_labels[name] = asyncio.run(
-                concurrent_clients(server.url, throughput_texts, args.clients))
-        finally:
+        # Throughput: the paths take turns on slices of the texts (rounds), elapsed time summed per path.
+        batched = {
+            "pipeline": lambda part: [r["label"] for r in classifier(part, truncation=True, max_length=128,
+                                                                      batch_size=32)],
+            "ort-int8": lambda part: [p.label for p in predict_with(plain, tokenizer, labels, part, max_length=128,
+                                                                    batch_size=32)],
+        }
+        elapsed = {name: 0.0 for name in single}
+        predicted = {name: [] for name in single}
+        statuses = {name: {} for name in servers}
+        step = -(-len(throughput_texts) // args.rounds)
+        for start in range(0, len(throughput_texts), step):
+            part = throughput_texts[start:start + step]
+            for name, run in batched.items():
+                started = time.perf_counter()
+                predicted[name] += run(part)
+                elapsed[name] += time.perf_counter() - started
+            for name, server in servers.items():
+                seconds, codes, labels_ = asyncio.run(concurrent_clients(server.url, part, args.clients))
+                elapsed[name] += seconds
+                predicted[name] += labels_
+                for code, count in codes.items():
+                    statuses[name][code] = statuses[name].get(code, 0) + count
+    finally:
+        for client in http.values():
+            client.close()
+        for server in servers.values():
             server.close()
-        paths[name] = {**percentiles(space_seconds), "texts_per_s_32_clients": round(
-            len(throughput_texts) / elapsed, 1), "statuses": statuses, "quantization": info["quantization"]}
-        print(f"{name}: {paths[name]}", flush=True)
 
-    def agreement(a, b):
-        return round(100 * sum(x == y for x, y in zip(a, b)) / len(a), 2)
-
-    paths["pipeline"]["agreement_with_fp32_pct"] = agreement(pipeline_labels, fp32_labels)
-    paths["ort-int8"]["agreement_with_fp32_pct"] = agreement(plain_labels, fp32_labels)
-    for name, predicted in space_labels.items():
-        paths[name]["agreement_with_fp32_pct"] = agreement(predicted, fp32_labels)
+    fp32_labels = [p.label for p in predict_with(fp32, tokenizer, labels, throughput_texts, max_length=128)]
+    paths = results["paths"]
+    for name in single:
+        row = {**percentiles(latencies[name])}
+        if name in batched:
+            # one text per call, as a server calling this path per request would run
+            row["texts_per_s_32_clients"] = round(len(latencies[name]) / sum(latencies[name]), 1)
+            row["texts_per_s_batch_32"] = round(len(throughput_texts) / elapsed[name], 1)
+        else:
+            row["texts_per_s_32_clients"] = round(len(throughput_texts) / elapsed[name], 1)
+            row.update(statuses=statuses[name], quantization=info[name]["quantization"])
+        row["agreement_with_fp32_pct"] = round(
+            100 * sum(a == b for a, b in zip(predicted[name], fp32_labels)) / len(fp32_labels), 2)
+        paths[name] = row
+        print(f"{name}: {row}", flush=True)
 
     if args.accuracy_model:
         results["accuracy"] = measure_accuracy(args.accuracy_model, texts, gold, work)

@@ -1,7 +1,7 @@
 """An asyncio micro-batcher: texts from concurrent requests share one model call.
 
 One worker task takes the first waiting text, gathers more for at most ``max_wait_ms`` (or until
-``max_batch_size``), and runs the batch in a single inference thread, so the event loop keeps accepting
+``max_batch_size``; no waiting at all right after an idle spell), and runs the batch in a single inference thread, so the event loop keeps accepting
 requests and the cores are never split between two batches. While a batch runs, new texts queue up and form
 the next one, so batches grow with load by themselves; the wait only matters when the server is idle.
 
@@ -101,9 +101,12 @@ class MicroBatcher(Generic[Result]):
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
+        last_batch_size = 0
         while True:
             batch = [await self._queue.get()]
-            deadline = loop.time() + self.max_wait_s
+            # Waiting for company only pays when requests are arriving together: after a lone text the
+            # server was idle, so the next text runs at once instead of paying max_wait in latency.
+            deadline = loop.time() + (self.max_wait_s if last_batch_size > 1 else 0.0)
             while len(batch) < self.max_batch_size:
                 if not self._queue.empty():
                     batch.append(self._queue.get_nowait())
@@ -115,6 +118,7 @@ class MicroBatcher(Generic[Result]):
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))
                 except asyncio.TimeoutError:
                     break
+            last_batch_size = len(batch)
             live = [(text, future) for text, future in batch if not future.done()]  # skip cancelled callers
             if not live:
                 continue

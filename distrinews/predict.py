@@ -1,7 +1,7 @@
 """The one prediction path: texts in, label + every class probability out.
 
 Used by ``distrinews predict``, the notebook and the Space. Texts are tokenized once, sorted by length and
-batched, so padding stays small, and the original order is restored before returning. The model itself is
+cut into batches whose padding stays small, and the original order is restored before returning. The model itself is
 any ``ProbabilityFn`` (a padded batch of token ids in, class probabilities out): the torch model here, or the
 ONNX Runtime session of ``distrinews.backends``; both go through ``predict_with`` so they cannot drift apart.
 """
@@ -63,6 +63,26 @@ def pad_batch(token_ids: Sequence[Sequence[int]], pad_id: int, multiple_of: int 
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
+def length_sorted_chunks(lengths: Sequence[int], max_rows: int, max_padding: float = 0.25) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of at most ``max_rows`` whose padding stays under
+    ``max_padding`` of their real tokens. On a CPU every padded token costs as much as a real one, so a batch
+    padded to its longest text is slower per text than single texts (../shared/docs/BASELINES.md)."""
+    chunks: list[list[int]] = []
+    chunk: list[int] = []
+    real_tokens = 0
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        length = lengths[index]
+        # Sorted ascending, so adding this text pads every row of the chunk to its length.
+        if chunk and (len(chunk) == max_rows or (len(chunk) + 1) * length > (1 + max_padding) * (real_tokens + length)):
+            chunks.append(chunk)
+            chunk, real_tokens = [], 0
+        chunk.append(index)
+        real_tokens += length
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
 def predict_with(probabilities_of: ProbabilityFn, tokenizer, labels: Sequence[str], texts: Sequence[str], *,
                  max_length: int, batch_size: int = 64) -> list[Prediction]:
     """Classify ``texts`` with any ``ProbabilityFn``: length-sorted batches, results in the input order."""
@@ -71,11 +91,9 @@ def predict_with(probabilities_of: ProbabilityFn, tokenizer, labels: Sequence[st
     if not texts:
         return []
     token_ids, truncated = encode_texts(tokenizer, texts, max_length)
-    order = sorted(range(len(texts)), key=lambda i: len(token_ids[i]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     results: list[Prediction | None] = [None] * len(texts)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+    for chunk in length_sorted_chunks([len(ids) for ids in token_ids], batch_size):
         probabilities = probabilities_of(pad_batch([token_ids[i] for i in chunk], pad_id))
         for row, index in zip(probabilities.tolist(), chunk):
             best = max(range(len(row)), key=row.__getitem__)

@@ -13,7 +13,8 @@ from distrinews.backends import OnnxInt8Backend, cache_folder_name, export_int8_
 from distrinews.batching import MicroBatcher, QueueFull
 from distrinews.explain import explain_text
 from distrinews.modeling import load_classifier
-from distrinews.predict import Prediction, encode_texts, pad_batch, predict_with, torch_probabilities
+from distrinews.predict import Prediction, encode_texts, length_sorted_chunks, pad_batch, predict_with, \
+    torch_probabilities
 from distrinews.serving import ServingConfig, ServingConfigError, texts_from_csv
 
 
@@ -37,6 +38,20 @@ def test_int8_onnx_export_agrees_with_fp32_on_padded_batches_and_is_cached(tiny_
     modified = path.stat().st_mtime_ns
     assert export_int8_onnx(model, tmp_path, cache_folder_name(str(tiny_model), "local:abc")) == path
     assert path.stat().st_mtime_ns == modified and not list(tmp_path.glob(".*"))  # reused; no staging left
+
+
+def test_length_sorted_chunks_cover_every_text_once_with_little_padding():
+    import random
+
+    lengths = [random.Random(1).randint(5, 128) for _ in range(300)]
+    chunks = length_sorted_chunks(lengths, max_rows=32)
+    assert sorted(i for chunk in chunks for i in chunk) == list(range(300))
+    for chunk in chunks:
+        sizes = [lengths[i] for i in chunk]
+        assert len(chunk) <= 32 and sizes == sorted(sizes)
+        assert len(chunk) * max(sizes) <= 1.25 * sum(sizes) + 1e-9
+    assert length_sorted_chunks([7], 4) == [[0]] and length_sorted_chunks([], 4) == []
+    assert length_sorted_chunks([10] * 9, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
 
 
 def test_quantization_choice_and_config_errors_name_the_variable():

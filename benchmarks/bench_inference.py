@@ -10,6 +10,8 @@ What it measures, on real AG News test text (title + description, ../shared/data
 2. ``ort-int8``: the ONNX Runtime dynamic int8 recipe that ``optimum``'s ``ORTQuantizer`` (avx512_vnni, dynamic)
    applies: ``torch.onnx.export`` + ``onnxruntime.quantization.quantize_dynamic``, called in-process. optimum
    itself is not used: ``optimum[onnxruntime]`` downgrades transformers to 4.57 (see ../shared/docs/BASELINES.md).
+   The Space's int8 backend (``distrinews.backends``) is the same recipe, so the gap between these rows is
+   the serving path: HTTP, JSON, validation, micro-batching, padding.
 3. ``space-fp32`` and ``space``: the app itself (``uvicorn app.app:app``) with QUANTIZE=none (fp32 torch) and
    QUANTIZE=auto (int8 where the CPU has VNNI), over HTTP on 127.0.0.1, so every number includes HTTP, JSON,
    validation and the micro-batcher.
@@ -107,7 +109,7 @@ def plain_ort_int8(model, folder: Path):
     session = ort.InferenceSession(str(folder / "plain.int8.onnx"), options, providers=["CPUExecutionProvider"])
 
     def probabilities(batch):
-        (logits,) = session.run(["logits"], batch)
+        (logits,) = session.run(["logits"], {name: batch[name] for name in ("input_ids", "attention_mask")})
         exp = np.exp(logits - logits.max(-1, keepdims=True))
         return exp / exp.sum(-1, keepdims=True)
 
@@ -225,7 +227,9 @@ def main(argv=None) -> int:
 
         single = {
             "pipeline": lambda text: classifier(text, truncation=True, max_length=128),
-            "ort-int8": lambda text: predict_with(plain, tokenizer, labels, [text], max_length=128),
+            # as a user would call it: tokenize one text, run the session, softmax
+            "ort-int8": lambda text: plain(dict(tokenizer([text], truncation=True, max_length=128,
+                                                          return_tensors="np"))),
             "space-fp32": via_http("space-fp32"),
             "space": via_http("space"),
         }
@@ -238,6 +242,7 @@ def main(argv=None) -> int:
         for i, text in enumerate(latency_texts):
             names = list(single)
             for name in names[i % len(names):] + names[:i % len(names)]:
+                time.sleep(0.002)  # let the previous path's worker threads stop spinning before timing the next
                 started = time.perf_counter()
                 single[name](text)
                 latencies[name].append(time.perf_counter() - started)
@@ -247,7 +252,7 @@ def main(argv=None) -> int:
             "pipeline": lambda part: [r["label"] for r in classifier(part, truncation=True, max_length=128,
                                                                       batch_size=32)],
             "ort-int8": lambda part: [p.label for p in predict_with(plain, tokenizer, labels, part, max_length=128,
-                                                                    batch_size=32)],
+                                                                    batch_size=32, pad_to_multiple_of=1)],
         }
         elapsed = {name: 0.0 for name in single}
         predicted = {name: [] for name in single}
@@ -308,22 +313,23 @@ def main(argv=None) -> int:
 
 
 def measure_accuracy(model_path: str, texts: list[str], gold: list[int], work: Path) -> dict:
-    """Accuracy of fp32 torch, plain ORT int8 and the Space's backend on every text of the split."""
+    """Accuracy of the Space's two backends (fp32 torch, ONNX Runtime int8) on every text of the split."""
     from distrinews.backends import build_backend, cache_folder_name
     from distrinews.modeling import load_classifier
     from distrinews.predict import label_names, predict_with, torch_probabilities
 
     model, tokenizer = load_classifier(model_path)
     labels = label_names(model)
-    paths = {"fp32 (torch)": torch_probabilities(model.eval()),
-             "ort-int8 (plain recipe)": plain_ort_int8(model, work),
-             "space int8 (fused)": build_backend(model, "int8", cache_dir=work / "acc-cache",
-                                                 cache_key=cache_folder_name(model_path, "bench")).probabilities}
+    paths = {"fp32 (torch, QUANTIZE=none)": torch_probabilities(model.eval()),
+             "int8 (ONNX Runtime, QUANTIZE=int8)": build_backend(
+                 model, "int8", cache_dir=work / "acc-cache", cache_key=cache_folder_name(model_path, "bench")
+             ).probabilities}
     predicted = {}
     for name, probabilities_of in paths.items():
-        predictions = predict_with(probabilities_of, tokenizer, labels, texts, max_length=128, batch_size=64)
+        predictions = predict_with(probabilities_of, tokenizer, labels, texts, max_length=128, batch_size=64,
+                                   pad_to_multiple_of=1)
         predicted[name] = [labels.index(p.label) for p in predictions]
-    reference = predicted["fp32 (torch)"]
+    reference = predicted["fp32 (torch, QUANTIZE=none)"]
     return {"model": model_path, "texts": len(texts), "paths": {
         name: {"accuracy_pct": round(100 * sum(p == g for p, g in zip(labels_, gold)) / len(gold), 2),
                "agreement_with_fp32_pct": round(100 * sum(p == r for p, r in zip(labels_, reference)) / len(gold), 2)}

@@ -2,9 +2,11 @@
 
 Both are a ``ProbabilityFn`` handed to ``distrinews.predict.predict_with``, so tokenization, padding and
 label mapping are shared. The int8 model is exported from the already loaded torch model (the one loader,
-``load_classifier``, stays the only way in), fused with ONNX Runtime's transformer optimizer, quantized with
-``onnxruntime.quantization.quantize_dynamic`` (int8 weights, int8 activations scaled per batch at run time)
-and cached on disk under a key made of the model id and its resolved revision, so a restart skips the export.
+``load_classifier``, stays the only way in) with ``torch.onnx.export``, quantized with
+``onnxruntime.quantization.quantize_dynamic`` (int8 weights, activations quantized per batch at run time: the
+VNNI int8 dot-product path) and cached on disk under the model id and its resolved revision, so a restart
+skips the export. ONNX Runtime's BERT fuser was tried on top and left out: on this CPU its quantized fused
+attention (QAttention) ran DistilBERT-base at 33 ms per headline against 14 ms for the unfused int8 graph.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .predict import ProbabilityFn, torch_probabilities
 log = logging.getLogger(__name__)
 
 QUANTIZATION_CHOICES = ("auto", "none", "int8")
+EXPORT_RECIPE = "onnx17-int8-dynamic-v1"  # part of the cache key: change it when the export recipe changes
 ONNX_INPUTS = ("input_ids", "attention_mask")
 
 
@@ -77,7 +80,7 @@ class TorchBackend:
 
 
 class OnnxInt8Backend:
-    """ONNX Runtime session over the fused, dynamically int8-quantized export of a loaded torch model."""
+    """ONNX Runtime session over the dynamically int8-quantized export of a loaded torch model."""
 
     quantization = "int8"
 
@@ -88,6 +91,9 @@ class OnnxInt8Backend:
         options.intra_op_num_threads = threads or usable_cores()
         options.inter_op_num_threads = 1  # one batch at a time is served; parallelism lives inside each op
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle worker threads sleep instead of spinning: a spinning pool burned ~4 ms of CPU per request that the
+        # event loop on the same 2 cores needed (server CPU per request 6.5 -> 1.8 ms, latency no worse).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = onnx_path
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.input_names = [node.name for node in self.session.get_inputs()]
@@ -124,8 +130,8 @@ def cache_folder_name(model_id: str, revision: str) -> str:
 
 
 def export_int8_onnx(model, cache_dir: Path, cache_key: str) -> Path:
-    """``cache_dir/cache_key/model.int8.onnx``, exported + fused + quantized on first use, atomically."""
-    target = Path(cache_dir) / cache_key / "model.int8.onnx"
+    """``cache_dir/cache_key/model.int8.onnx``, exported + quantized on first use, atomically."""
+    target = Path(cache_dir) / f"{cache_key}--{EXPORT_RECIPE}" / "model.int8.onnx"
     if target.is_file():
         log.info("int8 ONNX model from cache: %s", target)
         return target
@@ -135,13 +141,10 @@ def export_int8_onnx(model, cache_dir: Path, cache_key: str) -> Path:
     try:
         fp32 = staging / "model.fp32.onnx"
         _export_fp32(model, fp32)
-        fused = _fuse_transformer_ops(model, fp32, staging / "model.fused.onnx")
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(fused), str(staging / target.name), weight_type=QuantType.QInt8,
-                         extra_options={"DefaultTensorType": 1})  # 1 = FLOAT, for outputs of fused contrib ops
-        for leftover in (fp32, fused):
-            leftover.unlink(missing_ok=True)
+        quantize_dynamic(str(fp32), str(staging / target.name), weight_type=QuantType.QInt8)
+        fp32.unlink()
         try:
             staging.rename(target.parent)
         except OSError:  # another process won the race; its copy is as good as ours
@@ -161,38 +164,10 @@ def _export_fp32(model, path: Path) -> None:
     attention_mask[1, 9:] = 0
     dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
                "logits": {0: "batch"}}
-    previous_attention = getattr(model.config, "_attn_implementation", None)
-    try:
-        # The eager attention graph is the pattern ONNX Runtime's fuser recognises as one Attention op.
-        model.set_attn_implementation("eager")
-    except (AttributeError, ValueError):
-        pass
-    try:
-        # The TorchScript exporter is what quantize_dynamic + the BERT fuser handle well (the dynamo exporter
-        # needs onnxscript); its tracer warnings are about shape checks that are constant for these models.
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (input_ids, attention_mask), str(path), dynamo=False,
-                              input_names=list(ONNX_INPUTS), output_names=["logits"], dynamic_axes=dynamic,
-                              opset_version=17, do_constant_folding=True)
-    finally:
-        if previous_attention and previous_attention != "eager":
-            model.set_attn_implementation(previous_attention)
-
-
-def _fuse_transformer_ops(model, source: Path, target: Path) -> Path:
-    """Fuse attention / LayerNorm / GELU with ONNX Runtime's BERT optimizer; the plain export if it cannot."""
-    config = model.config
-    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", None)
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", None)
-    try:
-        from onnxruntime.transformers.optimizer import optimize_model
-
-        optimized = optimize_model(str(source), model_type="bert", num_heads=heads or 0, hidden_size=hidden or 0,
-                                   opt_level=1)
-        optimized.save_model_to_file(str(target))
-        log.info("fused operators: %s", {k: v for k, v in optimized.get_fused_operator_statistics().items() if v})
-        return target
-    except Exception as err:  # noqa: BLE001 - fusion is an optimisation; the unfused graph is still correct
-        log.warning("ONNX Runtime transformer fusion failed (%s); quantizing the unfused export", err)
-        return source
+    # The TorchScript exporter: the dynamo exporter needs onnxscript, and its graph is what quantize_dynamic
+    # handles well. Its tracer warnings are about shape checks that are constant for these encoders.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (input_ids, attention_mask), str(path), dynamo=False,
+                          input_names=list(ONNX_INPUTS), output_names=["logits"], dynamic_axes=dynamic,
+                          opset_version=17, do_constant_folding=True)

@@ -15,6 +15,11 @@ import httpx
 
 from conftest import REPO_ROOT, free_port, write_tiny_model
 
+# `app` is the Space folder, not an installed package: make `import app.app` work under plain `pytest` too
+# (only `python -m pytest` puts the working directory on sys.path).
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 CARD_TEST_ACCURACY = 0.9123
 ARTIFACTS = REPO_ROOT / "test-artifacts"

@@ -1,15 +1,21 @@
 """The one prediction path: texts in, label + every class probability out.
 
-Used by ``distrinews predict``, the notebook and the Space. Texts are sorted by length and batched, so
-padding stays small, and the original order is restored before returning.
+Used by ``distrinews predict``, the notebook and the Space. Texts are tokenized once, sorted by length and
+cut into batches whose padding stays small, and the original order is restored before returning. The model itself is
+any ``ProbabilityFn`` (a padded batch of token ids in, class probabilities out): the torch model here, or the
+ONNX Runtime session of ``distrinews.backends``; both go through ``predict_with`` so they cannot drift apart.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
+
+# A padded batch ({"input_ids", "attention_mask"} as int64 arrays of shape (rows, length)) -> (rows, classes).
+ProbabilityFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
 @dataclass
@@ -30,30 +36,93 @@ def model_max_length(model, tokenizer) -> int:
     return min((c for c in candidates if isinstance(c, int) and 0 < c < 100_000), default=512)
 
 
-@torch.inference_mode()
-def predict_texts(model, tokenizer, texts: Sequence[str], *, max_length: int | None = None,
-                  batch_size: int = 64) -> list[Prediction]:
+def label_names(model) -> list[str]:
+    return [model.config.id2label[i] for i in range(model.config.num_labels)]
+
+
+def encode_texts(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], list[bool]]:
+    """Token ids cut to ``max_length`` (special tokens kept), and whether each text had to be cut."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)
+    if encoded.encodings is not None:  # fast tokenizers report what truncation cut off: one pass, no re-tokenizing
+        truncated = [bool(encoding.overflowing) for encoding in encoded.encodings]
+    else:
+        full = tokenizer(list(texts), truncation=False, add_special_tokens=True)["input_ids"]
+        truncated = [len(ids) > max_length for ids in full]
+    return encoded["input_ids"], truncated
+
+
+def pad_batch(token_ids: Sequence[Sequence[int]], pad_id: int, multiple_of: int = 8) -> dict[str, np.ndarray]:
+    """Right-pad to the longest row (rounded up to ``multiple_of``) with the matching attention mask."""
+    longest = max(len(ids) for ids in token_ids)
+    width = -(-longest // multiple_of) * multiple_of
+    input_ids = np.full((len(token_ids), width), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(token_ids), width), dtype=np.int64)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, :len(ids)] = ids
+        attention_mask[row, :len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def length_sorted_chunks(lengths: Sequence[int], max_rows: int, max_padding: float = 0.25) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of at most ``max_rows`` whose padding stays under
+    ``max_padding`` of their real tokens. On a CPU every padded token costs as much as a real one, so a batch
+    padded to its longest text is slower per text than single texts (../shared/docs/BASELINES.md)."""
+    chunks: list[list[int]] = []
+    chunk: list[int] = []
+    real_tokens = 0
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        length = lengths[index]
+        # Sorted ascending, so adding this text pads every row of the chunk to its length.
+        if chunk and (len(chunk) == max_rows or (len(chunk) + 1) * length > (1 + max_padding) * (real_tokens + length)):
+            chunks.append(chunk)
+            chunk, real_tokens = [], 0
+        chunk.append(index)
+        real_tokens += length
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
+def predict_with(probabilities_of: ProbabilityFn, tokenizer, labels: Sequence[str], texts: Sequence[str], *,
+                 max_length: int, batch_size: int = 64, pad_to_multiple_of: int = 8) -> list[Prediction]:
+    """Classify ``texts`` with any ``ProbabilityFn``: length-sorted batches, results in the input order.
+
+    ``pad_to_multiple_of`` 8 suits GPU tensor cores; on a CPU every padded token is wasted work, so serving
+    there uses 1."""
     if isinstance(texts, str):
-        raise TypeError("predict_texts takes a sequence of texts, not one string")
+        raise TypeError("predict takes a sequence of texts, not one string")
     if not texts:
         return []
-    max_length = max_length or model_max_length(model, tokenizer)
-    encoded = tokenizer(list(texts), truncation=False, add_special_tokens=True)["input_ids"]
-    truncated = [len(ids) > max_length for ids in encoded]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    token_ids, truncated = encode_texts(tokenizer, texts, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     results: list[Prediction | None] = [None] * len(texts)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        batch = tokenizer([texts[i] for i in chunk], truncation=True, max_length=max_length, padding=True,
-                          pad_to_multiple_of=8, return_tensors="pt").to(device)
-        probabilities = model(**batch).logits.float().softmax(dim=-1).cpu()
+    for chunk in length_sorted_chunks([len(ids) for ids in token_ids], batch_size):
+        probabilities = probabilities_of(pad_batch([token_ids[i] for i in chunk], pad_id, pad_to_multiple_of))
         for row, index in zip(probabilities.tolist(), chunk):
             best = max(range(len(row)), key=row.__getitem__)
             results[index] = Prediction(label=labels[best], score=row[best],
                                         probabilities=dict(zip(labels, row)), truncated=truncated[index])
-    model.train(was_training)
     return results
+
+
+def torch_probabilities(model) -> ProbabilityFn:
+    """A ``ProbabilityFn`` running a torch model (put in eval mode by the caller) on its own device."""
+    device = next(model.parameters()).device
+
+    @torch.inference_mode()
+    def probabilities_of(batch: dict[str, np.ndarray]) -> np.ndarray:
+        inputs = {name: torch.from_numpy(array).to(device) for name, array in batch.items()}
+        return model(**inputs).logits.float().softmax(dim=-1).cpu().numpy()
+
+    return probabilities_of
+
+
+def predict_texts(model, tokenizer, texts: Sequence[str], *, max_length: int | None = None,
+                  batch_size: int = 64) -> list[Prediction]:
+    was_training = model.training
+    model.eval()
+    try:
+        return predict_with(torch_probabilities(model), tokenizer, label_names(model), texts,
+                            max_length=max_length or model_max_length(model, tokenizer), batch_size=batch_size)
+    finally:
+        model.train(was_training)

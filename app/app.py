@@ -1,0 +1,386 @@
+"""The DistriNews Space: a FastAPI app with the Gradio demo mounted at ``/`` and a JSON API under ``/api``.
+
+    MODEL_ID=USER/NAME uvicorn app.app:app --port 7860            # from the repository root
+    MODEL_ID=runs/ag_news/model QUANTIZE=none uvicorn app.app:app  # a local folder, fp32 torch
+    curl -s localhost:7860/api/predict -H 'content-type: application/json' -d '{"text": "Stocks rally"}'
+
+Settings come from the environment (``distrinews.serving.ServingConfig``: MODEL_ID, MODEL_REVISION, QUANTIZE,
+MAX_BATCH_SIZE, BATCH_WAIT_MS, MAX_QUEUE, ...). The model is loaded and warmed in the background as the
+server starts (``/api/ready`` answers 503 until it is done), so the port is up at once for the Space's
+health check. No model logic lives here: loading, prediction, batching and explanation are the package's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import json
+import logging
+import tempfile
+from typing import Any
+
+import gradio as gr
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from distrinews import __version__
+from distrinews.batching import QueueFull
+from distrinews.serving import ClassifierService, ServingConfig, texts_from_csv
+
+log = logging.getLogger("distrinews.app")
+
+BATCH_TAB_LIMIT = 2000  # texts per upload in the Batch tab
+EXAMPLES = [  # one headline per class
+    "Rebels and government sign ceasefire as UN envoy arrives in the capital",
+    "Striker scores twice as champions win the league title on the final day",
+    "Oil prices fall and stocks rally after the central bank holds interest rates",
+    "NASA researchers test new chip that speeds up wireless internet for satellites",
+]
+
+
+# ---------------------------------------------------------------- request / response models (shown in /docs)
+
+class PredictRequest(BaseModel):
+    """One text (``text``) or several (``texts``), never both."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": EXAMPLES[2]},
+                                                                            {"texts": EXAMPLES[:2]}]})
+    text: StrictStr | None = Field(None, description="A headline or short news text.")
+    texts: list[StrictStr] | None = Field(None, description="Several texts, classified together.")
+
+    @model_validator(mode="after")
+    def _exactly_one_non_blank(self) -> "PredictRequest":
+        if (self.text is None) == (self.texts is None):
+            raise ValueError('send exactly one of "text" (a string) or "texts" (a list of strings)')
+        if self.text is not None and not self.text.strip():
+            raise ValueError('"text" is empty or only whitespace')
+        if self.texts is not None:
+            if not self.texts:
+                raise ValueError('"texts" is an empty list')
+            blank = [i for i, text in enumerate(self.texts) if not text.strip()]
+            if blank:
+                raise ValueError(f'"texts" items {blank[:10]} are empty or only whitespace')
+        return self
+
+    def as_list(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts)
+
+
+class TextPrediction(BaseModel):
+    label: str = Field(description="The most likely class.")
+    score: float = Field(description="Probability of that class.")
+    probabilities: dict[str, float] = Field(description="Probability of every class.")
+    truncated: bool = Field(description="The text was longer than max_length tokens; only its start was read.")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[TextPrediction]
+    model_id: str
+    revision: str
+    quantization: str
+    max_length: int = Field(description="Tokens read per text.")
+    warnings: list[str] = Field(default_factory=list, description="E.g. which texts were truncated.")
+
+
+class CardMetric(BaseModel):
+    name: str
+    value: float
+    dataset: str | None = None
+    split: str | None = None
+
+
+class InfoResponse(BaseModel):
+    model_id: str
+    revision: str | None = Field(description="The revision asked for (MODEL_REVISION), if any.")
+    resolved_revision: str = Field(description="The commit sha loaded (local:<hash> for a folder).")
+    labels: list[str]
+    test_metrics: list[CardMetric] = Field(description="From the model card's model-index; empty if none.")
+    quantization: str
+    max_length: int
+    max_texts_per_request: int
+    max_batch_size: int
+    load_seconds: float
+    version: str
+
+
+class Status(BaseModel):
+    status: str
+    detail: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+# ---------------------------------------------------------------- state and lifespan
+
+class ServingState:
+    """What the routes see: the config, and the service once it has loaded (or the error that stopped it)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.config: ServingConfig | None = None
+        self.service: ClassifierService | None = None
+        self.error: str | None = None
+
+    def require_service(self) -> ClassifierService:
+        if self.service is None:
+            raise StarletteHTTPException(503, self.error or "the model is still loading; retry shortly",
+                                         headers={"Retry-After": "5"})
+        return self.service
+
+
+state = ServingState()
+
+
+async def _load(config: ServingConfig) -> None:
+    try:
+        service = await asyncio.to_thread(ClassifierService.load, config)
+        await service.start()
+        state.service = service
+    except Exception as err:  # noqa: BLE001 - reported by /api/ready and every request; the process stays up
+        log.exception("loading %s failed", config.model_id)
+        state.error = f"model {config.model_id!r} failed to load: {err}"
+
+
+@contextlib.asynccontextmanager
+async def lifespan(_: FastAPI):
+    state.reset()
+    state.config = ServingConfig.from_env()
+    loading = asyncio.create_task(_load(state.config), name="load-model")
+    try:
+        yield
+    finally:
+        if not loading.done():
+            loading.cancel()
+        with contextlib.suppress(BaseException):
+            await loading
+        if state.service is not None:
+            await state.service.stop()
+
+
+api = FastAPI(title="DistriNews", version=__version__, lifespan=lifespan, docs_url="/api/docs",
+              openapi_url="/openapi.json", description="AG News topic classifier (World, Sports, Business, "
+                                                       "Sci/Tech). The demo UI is at /.")
+
+
+class BodySizeLimit:
+    """Refuse /api request bodies over ``max_bytes`` with 413, whether or not Content-Length is sent.
+
+    Pure ASGI (no BaseHTTPMiddleware), and reading at most max_bytes + one chunk, so a huge body never sits in
+    memory. The limit is read when the first request arrives, after the lifespan has read the config."""
+
+    def __init__(self, app, prefix: str = "/api"):
+        self.app = app
+        self.prefix = prefix
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix) or state.config is None:
+            return await self.app(scope, receive, send)
+        limit = state.config.max_body_bytes
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return await self._too_large(send, limit)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                return await self._too_large(send, limit)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _too_large(send, limit: int) -> None:
+        body = json.dumps({"detail": f"request body larger than {limit} bytes (MAX_BODY_BYTES)"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+api.add_middleware(BodySizeLimit)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    # One readable line per problem, e.g. "body.texts.2: Input should be a valid string"; pydantic's raw
+    # errors may hold the offending bytes or exception objects, which are not JSON, so they are rebuilt.
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        if error.get("type") == "json_invalid":
+            where, message = "body", f"not valid JSON: {error.get('ctx', {}).get('error', message)}"
+        elif error.get("loc") == ("body",) and error.get("type") in ("model_attributes_type", "dict_type"):
+            message = 'must be a JSON object like {"text": "..."} or {"texts": ["...", "..."]}'
+        problems.append(f"{where}: {message}" if where else message)
+    return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
+
+
+@api.exception_handler(QueueFull)
+async def _queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after_s)})
+
+
+# ---------------------------------------------------------------- JSON API
+
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (413, 422, 429, 503)}
+
+
+@api.post("/api/predict", response_model=PredictResponse, responses=ERRORS)
+async def predict(request: PredictRequest) -> PredictResponse:
+    """Classify one text or a list of texts: the top label and every class probability, per text."""
+    service = state.require_service()
+    texts = request.as_list()
+    if len(texts) > service.config.max_texts_per_request:
+        raise StarletteHTTPException(422, f'"texts" has {len(texts)} items; at most '
+                                          f'{service.config.max_texts_per_request} per request (MAX_TEXTS_PER_REQUEST)')
+    predictions = await service.predict(texts)
+    truncated = [i for i, p in enumerate(predictions) if p.truncated]
+    warnings = [f"texts {truncated[:20]} were longer than {service.max_length} tokens; only their start was read"
+                ] if truncated else []
+    return PredictResponse(predictions=[TextPrediction(**p.to_dict()) for p in predictions],
+                           model_id=service.config.model_id, revision=service.resolved_revision,
+                           quantization=service.quantization, max_length=service.max_length, warnings=warnings)
+
+
+@api.get("/api/health", response_model=Status)
+async def health() -> Status:
+    """The process is up (the model may still be loading: see /api/ready)."""
+    return Status(status="ok")
+
+
+@api.get("/api/ready", response_model=Status, responses={503: {"model": Status}})
+async def ready():
+    """200 once the model is loaded and warm; 503 while loading or if loading failed (detail says why)."""
+    if state.service is not None:
+        return Status(status="ready")
+    status = "failed" if state.error else "loading"
+    return JSONResponse(Status(status=status, detail=state.error).model_dump(), status_code=503,
+                        headers={"Retry-After": "5"})
+
+
+@api.get("/api/info", response_model=InfoResponse, responses={503: {"model": ErrorResponse}})
+async def info() -> InfoResponse:
+    """Model id, resolved revision, labels, test metrics from the model card, quantization, version."""
+    return InfoResponse(**state.require_service().info())
+
+
+# ---------------------------------------------------------------- Gradio demo (presentation only)
+
+def _service_or_error() -> ClassifierService:
+    if state.service is None:
+        raise gr.Error(state.error or "The model is still loading; try again in a few seconds.")
+    return state.service
+
+
+def _model_summary() -> str:
+    if state.service is None:
+        return f"**Model:** {state.error or 'loading…'}"
+    info = state.service.info()
+    accuracy = state.service.test_accuracy()
+    accuracy_text = f"{accuracy:.2%}" if accuracy is not None else "not in the model card"
+    return (f"**Model:** `{info['model_id']}` · **revision** `{info['resolved_revision'][:12]}` · "
+            f"**test accuracy** {accuracy_text} · **backend** {info['quantization']}")
+
+
+async def classify(text: str) -> dict[str, float]:
+    if not text or not text.strip():
+        raise gr.Error("Type a headline first.")
+    try:
+        (prediction,) = await _service_or_error().predict([text])
+    except QueueFull as err:
+        raise gr.Error(str(err)) from None
+    return prediction.probabilities
+
+
+async def explain(text: str) -> list[tuple[str, float | None]]:
+    if not text or not text.strip():
+        raise gr.Error("Type a headline first.")
+    try:
+        explanation = await _service_or_error().explain(text)
+    except QueueFull as err:
+        raise gr.Error(str(err)) from None
+    return explanation.highlighted()
+
+
+async def classify_many(lines: str, upload: str | None):
+    service = _service_or_error()
+    try:
+        texts = texts_from_csv(upload, BATCH_TAB_LIMIT) if upload else [
+            t.strip() for t in (lines or "").splitlines() if t.strip()]
+    except (ValueError, UnicodeDecodeError, OSError) as err:
+        raise gr.Error(f"Cannot read the file: {err}") from None
+    if not texts:
+        raise gr.Error("Paste one text per line, or upload a CSV.")
+    if len(texts) > BATCH_TAB_LIMIT:
+        raise gr.Error(f"{len(texts)} texts; at most {BATCH_TAB_LIMIT} at once.")
+    # Request-sized pieces, one after another, so a big upload shares the queue with API callers.
+    step = service.config.max_texts_per_request
+    predictions = []
+    try:
+        for start in range(0, len(texts), step):
+            predictions += await service.predict(texts[start:start + step])
+    except QueueFull as err:
+        raise gr.Error(str(err)) from None
+    header = ["text", "label", "score", *service.labels, "truncated"]
+    rows = [[text, p.label, round(p.score, 4), *(round(p.probabilities[name], 4) for name in service.labels),
+             p.truncated] for text, p in zip(texts, predictions)]
+    with tempfile.NamedTemporaryFile("w", suffix=".csv", prefix="distrinews-", delete=False, newline="",
+                                     encoding="utf-8") as handle:
+        csv.writer(handle).writerows([header, *rows])
+    return gr.update(value=rows, headers=header), handle.name
+
+
+with gr.Blocks(title="DistriNews: news topic classifier") as demo:
+    gr.Markdown("# DistriNews\nClassify a news headline as **World**, **Sports**, **Business** or **Sci/Tech**.")
+    summary = gr.Markdown("**Model:** loading…")
+    with gr.Tab("Classify"):
+        with gr.Row():
+            with gr.Column():
+                headline = gr.Textbox(label="Headline", lines=3, placeholder="Paste a news headline…",
+                                      elem_id="headline")
+                run = gr.Button("Classify", variant="primary", elem_id="classify")
+                gr.Examples(EXAMPLES, inputs=headline)
+            label = gr.Label(num_top_classes=4, label="Topic", elem_id="topic")
+        run.click(classify, headline, label, api_name="classify")
+        headline.submit(classify, headline, label)
+    with gr.Tab("Batch"):
+        lines = gr.Textbox(label="One text per line", lines=8)
+        upload = gr.File(label="…or a CSV (a 'text' column, or AG News class,title,description rows)",
+                         file_types=[".csv"], type="filepath")
+        run_many = gr.Button("Classify all", variant="primary")
+        table = gr.Dataframe(label="Predictions", interactive=False, wrap=True)
+        download = gr.File(label="Download as CSV")
+        run_many.click(classify_many, [lines, upload], [table, download], api_name="classify_many")
+    with gr.Tab("Explain"):
+        gr.Markdown("Which words pushed the prediction? Each word is left out in turn (one batch of "
+                    "variants); red words pushed towards the predicted topic, purple ones away from it.")
+        explain_text = gr.Textbox(label="Headline", lines=3, value=EXAMPLES[3])
+        run_explain = gr.Button("Explain", variant="primary")
+        explain_label = gr.Label(num_top_classes=4, label="Topic")
+        highlighted = gr.HighlightedText(label="Word influence", combine_adjacent=False, show_legend=True)
+        run_explain.click(classify, explain_text, explain_label).then(explain, explain_text, highlighted,
+                                                                       api_name="explain")
+    demo.load(_model_summary, None, summary)
+
+app = gr.mount_gradio_app(api, demo, path="/", max_file_size="5mb", footer_links=["api"])

@@ -1,0 +1,122 @@
+"""The real Space under uvicorn on 127.0.0.1: HTTP, a bounded load test, a full queue, and a real browser.
+
+The server loads its model by id (``space_model_id``): a local folder today; a repo id served by the local
+Hub mirror fixture can be dropped in without touching the tests. The browser is Debian's headless Chromium
+driven by Playwright (no ``playwright install``: its own browser download cannot work offline); the test
+skips when /usr/bin/chromium or playwright is missing and saves a screenshot under test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import statistics
+import time
+
+import httpx
+import pytest
+
+from conftest import ag_news_rows
+from space_support import ARTIFACTS, CARD_TEST_ACCURACY, LABELS, uvicorn_server, write_space_model
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+QUEUE_TEXTS = 65  # the smallest queue the config allows: one full request (64) or one explanation fits
+
+
+@pytest.fixture(scope="module")
+def space_model_id(tmp_path_factory) -> str:
+    """What MODEL_ID the server gets: a local folder here (a mirrored Hub repo id works the same way)."""
+    return str(write_space_model(tmp_path_factory.mktemp("space-model")))
+
+
+@pytest.fixture(scope="module")
+def server(space_model_id, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("server")
+    with uvicorn_server(space_model_id, folder / "onnx", folder / "uvicorn.log", QUANTIZE="auto",
+                        MAX_QUEUE=str(QUEUE_TEXTS), MAX_TEXTS_PER_REQUEST="64") as base_url:
+        yield base_url
+
+
+def test_predict_and_info_over_http(server, space_model_id):
+    info = httpx.get(f"{server}/api/info").json()
+    assert info["model_id"] == space_model_id and info["labels"] == LABELS
+    assert info["test_metrics"][0]["value"] == CARD_TEST_ACCURACY
+    response = httpx.post(f"{server}/api/predict", json={"texts": ["Stocks rally", "Striker scores twice"]})
+    assert response.status_code == 200, response.text
+    assert [set(p["probabilities"]) for p in response.json()["predictions"]] == [set(LABELS)] * 2
+    assert httpx.post(f"{server}/api/predict", json={"text": "   "}).status_code == 422
+
+
+def test_load_2000_requests_at_concurrency_32_all_answered_without_errors(server):
+    texts = [f"{title} {body}" for _, title, body in ag_news_rows(200, seed=3)]
+    total, concurrency = 2000, 32
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+
+    async def client_loop(client: httpx.AsyncClient, worker: int) -> None:
+        for i in range(worker, total, concurrency):
+            started = time.perf_counter()
+            response = await client.post("/api/predict", json={"text": texts[i % len(texts)]})
+            latencies.append(time.perf_counter() - started)
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            if response.status_code == 200:
+                assert len(response.json()["predictions"]) == 1
+
+    async def run() -> float:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=server, limits=limits, timeout=60) as client:
+            started = time.perf_counter()
+            await asyncio.wait_for(asyncio.gather(*(client_loop(client, w) for w in range(concurrency))), 300)
+            return time.perf_counter() - started
+
+    elapsed = asyncio.run(run())
+    cuts = statistics.quantiles(latencies, n=100)
+    print(f"\nload test: {total} requests, concurrency {concurrency}: {total / elapsed:.0f} req/s, "
+          f"p50 {cuts[49] * 1000:.1f} ms, p99 {cuts[98] * 1000:.1f} ms, statuses {statuses}")
+    assert statuses == {200: total} and len(latencies) == total
+
+
+def test_a_full_queue_answers_429_with_retry_after_and_every_request_gets_one_answer(server):
+    batch = {"texts": [f"{title} {body}" for _, title, body in ag_news_rows(64, seed=5)]}
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server, timeout=60,
+                                     limits=httpx.Limits(max_connections=40)) as client:
+            return await asyncio.gather(*(client.post("/api/predict", json=batch) for _ in range(40)))
+
+    responses = asyncio.run(flood())
+    codes = [r.status_code for r in responses]
+    assert len(responses) == 40 and set(codes) <= {200, 429} and codes.count(200) >= 1 and 429 in codes, codes
+    for response in responses:
+        if response.status_code == 429:
+            assert int(response.headers["retry-after"]) >= 1 and "server busy" in response.json()["detail"]
+        else:
+            assert len(response.json()["predictions"]) == 64
+    assert httpx.post(f"{server}/api/predict", json={"text": "still serving"}).status_code == 200
+
+
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian's chromium (apt-get install chromium)")
+def test_a_person_in_a_browser_classifies_a_headline(server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(server + "/", wait_until="domcontentloaded")
+            sync_api.expect(page.get_by_text("test accuracy")).to_be_visible(timeout=30_000)
+            page.locator("#headline textarea").fill("Oil prices fall and stocks rally as the central bank holds rates")
+            page.locator("#classify").click()
+            top = page.locator("#topic [data-testid='label-output-value']")
+            sync_api.expect(top).to_be_visible(timeout=30_000)
+            assert top.inner_text().strip() in LABELS
+            rows = page.locator("#topic [data-testid$='-confidence-set']")
+            sync_api.expect(rows).to_have_count(4)
+            shares = rows.locator("dd.confidence").all_inner_texts()
+            assert len(shares) == 4 and all(share.strip().endswith("%") for share in shares), shares
+            assert sorted(rows.locator("dt").all_inner_texts()) == sorted(LABELS)
+            page.screenshot(path=str(ARTIFACTS / "space_classify.png"), full_page=True)
+        finally:
+            browser.close()

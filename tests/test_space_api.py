@@ -112,6 +112,9 @@ def test_invalid_json_oversized_body_and_wrong_content_type_are_4xx(client):
     huge = client.post("/api/predict", content=json.dumps({"text": "x" * 5000}),
                        headers={"content-type": "application/json"})
     assert huge.status_code == 413 and "larger than 4096 bytes" in huge.json()["detail"]
+    for literal in (b'{"text": NaN}', b'{"texts": [Infinity]}', b'\xff\xfe', b'{"text": "a"} trailing'):
+        odd = client.post("/api/predict", content=literal, headers={"content-type": "application/json"})
+        assert odd.status_code == 422, (literal, odd.text)
     form = client.post("/api/predict", content=b"text=hello", headers={"content-type": "text/plain"})
     assert 400 <= form.status_code < 500
     assert 400 <= client.get("/api/predict").status_code < 500  # the Gradio mount at / answers 404
@@ -146,7 +149,7 @@ def test_quantize_auto_picks_a_backend_and_reports_it(monkeypatch, space_model, 
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12)
 request_like = st.fixed_dictionaries({}, optional={"text": json_values | st.text(max_size=200),

@@ -1,7 +1,7 @@
 """The real Space under uvicorn on 127.0.0.1: HTTP, a bounded load test, a full queue, and a real browser.
 
-The server loads its model by id (``space_model_id``): a local folder today; a repo id served by the local
-Hub mirror fixture can be dropped in without touching the tests. The browser is Debian's headless Chromium
+The server loads its model by Hub repo id, pinned to a commit sha, from a real Hub-compatible server on
+loopback (olah, tests/hub_mirror.py), exactly as the Space pulls from the Hub. The browser is Debian's headless Chromium
 driven by Playwright (no ``playwright install``: its own browser download cannot work offline); the test
 skips when /usr/bin/chromium or playwright is missing and saves a screenshot under test-artifacts/.
 """
@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from conftest import ag_news_rows
+from hub_mirror import HubMirror
 from space_support import ARTIFACTS, CARD_TEST_ACCURACY, LABELS, uvicorn_server, write_space_model
 
 CHROMIUM = "/usr/bin/chromium"
@@ -25,23 +26,39 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 QUEUE_TEXTS = 65  # the smallest queue the config allows: one full request (64) or one explanation fits
 
 
-@pytest.fixture(scope="module")
-def space_model_id(tmp_path_factory) -> str:
-    """What MODEL_ID the server gets: a local folder here (a mirrored Hub repo id works the same way)."""
-    return str(write_space_model(tmp_path_factory.mktemp("space-model")))
+REPO_ID = "distrinews/ag-news-tiny"
 
 
 @pytest.fixture(scope="module")
-def server(space_model_id, tmp_path_factory):
+def hub_mirror(tmp_path_factory):
+    with HubMirror(tmp_path_factory.mktemp("hub")) as mirror:
+        yield mirror
+
+
+@pytest.fixture(scope="module")
+def pinned_commit(hub_mirror, tmp_path_factory) -> str:
+    """The Space's model as a Hub repo on the mirror; the sha of the commit the server is pinned to."""
+    return hub_mirror.commit(REPO_ID, write_space_model(tmp_path_factory.mktemp("space-model")), "Add the model")
+
+
+@pytest.fixture(scope="module")
+def space_model_id() -> str:
+    return REPO_ID
+
+
+@pytest.fixture(scope="module")
+def server(hub_mirror, pinned_commit, space_model_id, tmp_path_factory):
     folder = tmp_path_factory.mktemp("server")
     with uvicorn_server(space_model_id, folder / "onnx", folder / "uvicorn.log", QUANTIZE="auto",
-                        MAX_QUEUE=str(QUEUE_TEXTS), MAX_TEXTS_PER_REQUEST="64") as base_url:
+                        MAX_QUEUE=str(QUEUE_TEXTS), MAX_TEXTS_PER_REQUEST="64", MODEL_REVISION=pinned_commit,
+                        **hub_mirror.client_env(folder / "hf-home")) as base_url:
         yield base_url
 
 
-def test_predict_and_info_over_http(server, space_model_id):
+def test_predict_and_info_over_http(server, space_model_id, pinned_commit):
     info = httpx.get(f"{server}/api/info").json()
     assert info["model_id"] == space_model_id and info["labels"] == LABELS
+    assert info["revision"] == info["resolved_revision"] == pinned_commit  # pulled from the mirror at the pin
     assert info["test_metrics"][0]["value"] == CARD_TEST_ACCURACY
     response = httpx.post(f"{server}/api/predict", json={"texts": ["Stocks rally", "Striker scores twice"]})
     assert response.status_code == 200, response.text

@@ -24,7 +24,7 @@ from .backends import QUANTIZATION_CHOICES, build_backend, cache_folder_name, re
     usable_cores, weights_fingerprint
 from .batching import MicroBatcher
 from .explain import MAX_WORDS, Explanation, explanation_from, occlusion_texts
-from .modeling import load_classifier
+from .modeling import load_classifier, resolve_model_folder
 from .predict import Prediction, label_names, model_max_length, predict_with
 
 log = logging.getLogger(__name__)
@@ -126,11 +126,9 @@ def resolve_revision(model_id: str, revision: str | None) -> str:
     folder = Path(model_id)
     if folder.is_dir():
         return f"local:{weights_fingerprint(folder)}"
-    from huggingface_hub import hf_hub_download
-
-    # The loader already fetched config.json, so this is a cache hit; the cache lays files out as
-    # .../snapshots/<commit sha>/<file>, which is the resolved commit even when revision was a branch.
-    return Path(hf_hub_download(model_id, "config.json", revision=revision or None)).parent.name
+    # The loader's own snapshot (already in the cache) lives in .../snapshots/<commit sha>: the resolved
+    # commit even when revision was a branch.
+    return resolve_model_folder(model_id, revision).name
 
 
 class ClassifierService:

@@ -79,10 +79,13 @@ def mirror(trained_run, tiny_model, tmp_path_factory):
     tokenizer.save_pretrained(pickle_only)
     torch.save(model.state_dict(), pickle_only / "pytorch_model.bin")
 
-    with HubMirror(root / "server") as server:
-        first = server.commit(REPO_ID, trained_run / "model", "Add fine-tuned model")
-        second = server.commit(REPO_ID, changed, "Shift the classifier bias")
-        server.commit(PICKLE_REPO_ID, pickle_only, "Pickle weights only")
+    # Commit before olah starts: olah keeps its own branch -> commit mapping for file downloads for a while,
+    # so a branch it has already served can lag behind a new commit (seen as main serving the old weights).
+    server = HubMirror(root / "server")
+    first = server.commit(REPO_ID, trained_run / "model", "Add fine-tuned model")
+    second = server.commit(REPO_ID, changed, "Shift the classifier bias")
+    server.commit(PICKLE_REPO_ID, pickle_only, "Pickle weights only")
+    with server:
         yield server, first, second
 
 

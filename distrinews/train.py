@@ -114,7 +114,7 @@ def _train(config: TrainConfig, stop_request: StopRequest) -> dict:
 
     steps_per_epoch = len(sampler) // config.gradient_accumulation_steps
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(tokenized['train'])} training examples give no full optimizer step of "
+        raise ConfigError(f"{len(tokenized['train'])} training examples give no full optimizer step of "
                          f"{config.total_train_batch_size(accelerator.num_processes)} examples")
     total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.num_train_epochs * steps_per_epoch)
     micro_batches_per_epoch = steps_per_epoch * config.gradient_accumulation_steps
@@ -388,7 +388,8 @@ def _find_resume_checkpoint(config: TrainConfig, checkpoint_root: Path) -> Path 
         return checkpoint.latest_checkpoint(checkpoint_root)
     path = Path(config.resume)
     if not (path / checkpoint.COMPLETE_MARKER).is_file():
-        raise ValueError(f"resume={config.resume!r} is not a complete checkpoint (no {checkpoint.COMPLETE_MARKER} marker)")
+        raise ConfigError(f"resume={config.resume!r} is not a complete checkpoint (no {checkpoint.COMPLETE_MARKER} "
+                          "marker): pass a checkpoints/step-* folder, 'auto' or 'none'")
     return path
 
 

@@ -62,3 +62,14 @@ def test_unknown_key_in_file_is_an_error(tmp_path):
 def test_unknown_flag_is_an_error():
     with pytest.raises(SystemExit):
         parse_train_config(["--learning_rat", "1e-4"])
+
+
+def test_resume_from_an_incomplete_checkpoint_is_a_one_line_error(tiny_model, ag_news_dir, tmp_path, capsys):
+    from conftest import tiny_train_args
+    from distrinews.cli import main as cli_main
+
+    half_written = tmp_path / "step-00000004"
+    half_written.mkdir()
+    code = cli_main(["train", *tiny_train_args(tiny_model, ag_news_dir, tmp_path / "out", resume=half_written)])
+    assert code == 2
+    assert "is not a complete checkpoint (no COMPLETE marker)" in capsys.readouterr().err

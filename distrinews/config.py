@@ -47,6 +47,11 @@ class TrainConfig:
     per_device_train_batch_size: int = _doc("Training examples per process per micro-batch.", default=32)
     per_device_eval_batch_size: int = _doc("Evaluation examples per process per batch.", default=128)
     learning_rate: float = _doc("Peak learning rate of AdamW.", default=5e-5)
+    head_learning_rate: float = _doc("Peak learning rate of the task head (the parameters outside the pretrained "
+                                     "base model, which start from scratch); 0 = learning_rate.", default=0.0)
+    layer_lr_decay: float = _doc("Layer-wise learning-rate decay: each encoder layer below the top trains at this "
+                                 "factor times the rate of the one above it (1 = the same rate everywhere).",
+                                 default=1.0)
     weight_decay: float = _doc("AdamW weight decay (never applied to biases and LayerNorm weights).", default=0.01)
     warmup_ratio: float = _doc("Fraction of the optimizer steps spent warming the learning rate up.", default=0.06)
     lr_scheduler_type: str = _doc(f"Learning-rate schedule after warmup: one of {', '.join(LR_SCHEDULERS)}.", default="linear")
@@ -119,6 +124,8 @@ class TrainConfig:
                      "dataloader_num_workers", "weight_decay", "max_grad_norm"):
             need(getattr(self, name) >= 0, name, "must be >= 0")
         need(0 < self.learning_rate < 1, "learning_rate", "must be in (0, 1)")
+        need(0 <= self.head_learning_rate < 1, "head_learning_rate", "must be in [0, 1) (0 = learning_rate)")
+        need(0 < self.layer_lr_decay <= 1, "layer_lr_decay", "must be in (0, 1]")
         need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
         need(0 < self.validation_fraction < 1, "validation_fraction", "must be in (0, 1)")
         need(self.torch_compile in ("auto", "true", "false"), "torch_compile", "must be auto, true or false")

@@ -49,6 +49,7 @@ from .model_card import write_model_card
 from .modeling import ModelLoadError, load_classifier
 from .preemption import EXIT_STOPPED, StopRequest, TrainingStopped, ignore_stop_signals
 from .reporting import RunLog, plot_confusion_matrix, plot_loss, write_json
+from .optimization import parameter_settings
 from .sampling import ResumableBatchSampler
 from .stability import NonFiniteGuard, NonFiniteLossError
 
@@ -358,20 +359,14 @@ def _should_compile(config: TrainConfig, device: torch.device) -> bool:
 
 
 def _build_optimizer(model: torch.nn.Module, config: TrainConfig, fused: bool) -> torch.optim.Optimizer:
-    # Weight decay on biases and normalisation weights only hurts; decay the matrices alone.
-    no_decay = set()
-    for module in model.modules():
-        if isinstance(module, torch.nn.LayerNorm) or "norm" in type(module).__name__.lower():
-            no_decay.update(id(p) for p in module.parameters(recurse=False))
-    for name, parameter in model.named_parameters():
-        if name.endswith("bias"):
-            no_decay.add(id(parameter))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) not in no_decay], "weight_decay": config.weight_decay},
-              {"params": [p for p in trainable if id(p) in no_decay], "weight_decay": 0.0}]
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, parameter, learning_rate, weight_decay in parameter_settings(model, config):
+        groups.setdefault((learning_rate, weight_decay), []).append(parameter)
     # Fused AdamW: one kernel per step instead of a dozen per tensor group, and it can skip a step on the
-    # device (distrinews/stability.py).
-    return torch.optim.AdamW(groups, lr=config.learning_rate, fused=fused or None)
+    # device (distrinews/stability.py). The scheduler scales every group's own peak rate.
+    return torch.optim.AdamW([{"params": params, "lr": lr, "weight_decay": decay}
+                              for (lr, decay), params in groups.items()], lr=config.learning_rate,
+                             fused=fused or None)
 
 
 def _data_loader(dataset, collator, config: TrainConfig, device: torch.device, **batching) -> DataLoader:

@@ -114,6 +114,22 @@ def test_a_full_queue_answers_429_with_retry_after_and_every_request_gets_one_an
     assert httpx.post(f"{server}/api/predict", json={"text": "still serving"}).status_code == 200
 
 
+def test_an_idle_server_lets_the_cores_sleep(server):
+    """Gradio's queue polls for UI events every 1 ms by default: an idle Space woke ~900 times a second (6.5% of a
+    core, and a stall for any parallel inference step it lands on). The app slows the idle polling down."""
+    import psutil
+
+    port = server.rsplit(":", 1)[1]
+    process = next(p for p in psutil.process_iter(["cmdline"])
+                   if "app.app:app" in (p.info["cmdline"] or []) and port in (p.info["cmdline"] or []))
+    assert httpx.get(server + "/").status_code == 200  # the UI side is up, as when someone has the page open
+    time.sleep(1)
+    before, started = process.num_ctx_switches().voluntary, time.monotonic()
+    time.sleep(3)
+    per_second = (process.num_ctx_switches().voluntary - before) / (time.monotonic() - started)
+    assert per_second < 300, f"the idle server woke {per_second:.0f} times a second"
+
+
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian's chromium (apt-get install chromium)")
 def test_a_person_in_a_browser_classifies_a_headline(server):
     sync_api = pytest.importorskip("playwright.sync_api")

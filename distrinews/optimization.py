@@ -1,0 +1,58 @@
+"""Per-parameter learning rate and weight decay: which AdamW group each parameter of a classifier joins.
+
+Works for any ``AutoModelForSequenceClassification``: the pretrained body is what sits under the model's
+``base_model_prefix`` (``distilbert``, ``bert``, ``roberta``, ...), the task head is everything else. The
+head starts from random weights, so it may take a higher rate (``head_learning_rate``); with
+``layer_lr_decay`` < 1 the lower encoder layers, which hold the most general features, move less than the
+top ones (layer-wise decay, as in ULMFiT and ELECTRA).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterator
+
+import torch
+
+from .config import TrainConfig
+
+# "...layer.3.", "...layers.3.", "...h.3.", "...block.3." : the index of a transformer block in its stack.
+_LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+def _layer_index(name: str) -> int | None:
+    match = _LAYER_INDEX.search(name)
+    return int(match.group(1)) if match else None
+
+
+def _no_decay(model: torch.nn.Module) -> set[int]:
+    """Biases and normalisation weights: weight decay on them only hurts."""
+    ids = set()
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm) or "norm" in type(module).__name__.lower():
+            ids.update(id(p) for p in module.parameters(recurse=False))
+    for name, parameter in model.named_parameters():
+        if name.endswith("bias"):
+            ids.add(id(parameter))
+    return ids
+
+
+def parameter_settings(model: torch.nn.Module, config: TrainConfig
+                       ) -> Iterator[tuple[str, torch.nn.Parameter, float, float]]:
+    """``(name, parameter, learning_rate, weight_decay)`` for every trainable parameter."""
+    no_decay = _no_decay(model)
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    in_body = {name: bool(prefix) and name.startswith(prefix + ".") for name, _ in named}
+    indices = [index for name, _ in named if in_body[name] and (index := _layer_index(name)) is not None]
+    depth = max(indices) + 1 if indices else 0
+    for name, parameter in named:
+        if not in_body[name]:
+            learning_rate = config.head_learning_rate or config.learning_rate
+        else:
+            index = _layer_index(name)
+            # Embeddings sit below layer 0; anything else in the body (a pooler) sits on top with the last layer.
+            if index is None:
+                index = -1 if "embed" in name else depth - 1
+            learning_rate = config.learning_rate * config.layer_lr_decay ** (depth - 1 - index)
+        yield name, parameter, learning_rate, 0.0 if id(parameter) in no_decay else config.weight_decay

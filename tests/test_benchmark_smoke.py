@@ -27,3 +27,30 @@ def test_benchmark_smoke_preset_runs_every_case(tmp_path):
     assert output.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     table = done.stdout[done.stdout.index("hardware:"):]
     assert "speedup tiny batch 8" in table and "DDP scaling on CPU" in table
+
+
+def test_inference_benchmark_runs_every_path_at_a_tiny_size(tmp_path):
+    """bench_inference.py end to end with a tiny model: the pipeline, the bare int8 session, and both Space
+    servers under uvicorn on loopback (single-text latency and 4 concurrent clients), plus the accuracy part."""
+    from conftest import write_ag_news_folder, write_tiny_model
+
+    data = write_ag_news_folder(tmp_path / "ag_news", n_train=8, n_test=48)
+    model = write_tiny_model(tmp_path / "tiny")
+    output = tmp_path / "inference.json"
+    done = subprocess.run([sys.executable, "benchmarks/bench_inference.py", "--data", str(data / "test.csv"),
+                           "--base-config", str(model), "--latency-texts", "12", "--throughput-texts", "24",
+                           "--rounds", "2", "--clients", "4", "--accuracy-model", str(model), "--output", str(output)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    assert set(results["paths"]) == {"pipeline", "ort-int8", "space-fp32", "space"}
+    for name, row in results["paths"].items():
+        assert 0 < row["p50_ms"] <= row["p99_ms"] and row["texts_per_s_32_clients"] > 0, (name, row)
+    for name in ("space-fp32", "space"):
+        assert results["paths"][name]["statuses"] == {"200": 24}  # every request answered, no errors
+    assert results["paths"]["space"]["quantization"] in {"int8", "none"}
+    assert results["paths"]["space-fp32"]["agreement_with_fp32_pct"] == 100.0
+    accuracy = results["accuracy"]["paths"]
+    assert results["accuracy"]["texts"] == 48 and accuracy["fp32 (torch, QUANTIZE=none)"]["agreement_with_fp32_pct"] == 100
+    assert set(results["ratios"]) >= {"p50_speedup_vs_pipeline", "p50_vs_ort_int8", "throughput_vs_pipeline_batch_32"}
+    assert "| space |" in done.stdout

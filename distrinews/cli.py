@@ -4,6 +4,7 @@
     distrinews evaluate --model runs/ag_news/model --dataset DATA_DIR --split test
     distrinews predict --model USER/NAME [--revision SHA] "Stocks rally as oil slides" [--json]
     distrinews push runs/ag_news --repo-id USER/NAME [--private] [--revision BRANCH]
+    distrinews deploy-space USER/SPACE --model-id USER/NAME [--revision SHA] [--private] [--stage-only FOLDER]
 """
 
 from __future__ import annotations
@@ -13,10 +14,7 @@ import json
 import sys
 from typing import Callable, Sequence
 
-from .config import ConfigError
-from .data import DataError
 from .hub import HubPushError
-from .modeling import ModelLoadError
 
 
 def _train(argv: Sequence[str]) -> int:
@@ -106,12 +104,52 @@ def _push(argv: Sequence[str]) -> int:
     return 0
 
 
+def _deploy_space(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="distrinews deploy-space", description="Deploy the serving Space (app/ and the distrinews package, "
+        "Docker SDK) to the Hugging Face Hub in one commit, wired to a model repo: the README header's `models:` "
+        "names it and the Space variables MODEL_ID (and MODEL_REVISION) are set. Run from a clone of the "
+        "repository. The token comes from HF_TOKEN or `hf auth login`; it is never printed or stored.")
+    parser.add_argument("space_id", help="Space repo to deploy to, USER/NAME (created if missing).")
+    parser.add_argument("--model-id", required=True, help="Model repo the Space serves, USER/NAME.")
+    parser.add_argument("--revision", default=None, help="Pin the model to this commit sha (or branch/tag) via "
+                                                         "MODEL_REVISION; without it the Space follows main.")
+    parser.add_argument("--private", action="store_true", help="Create the Space as private (an existing Space "
+                                                               "keeps its visibility).")
+    parser.add_argument("--stage-only", metavar="FOLDER", default=None,
+                        help="Only write the Space repo into FOLDER (new or empty) and upload nothing, e.g. to "
+                             "inspect it or `docker build FOLDER`.")
+    args = parser.parse_args(argv)
+
+    from .space_deploy import check_repo_id, deploy_space, stage_space
+
+    if args.stage_only:
+        check_repo_id(args.space_id, "space id")
+        folder = stage_space(args.stage_only, args.model_id, args.revision)
+        record = {"space_id": args.space_id, "model_id": args.model_id, "revision": args.revision,
+                  "staged": str(folder)}
+    else:
+        record = deploy_space(args.space_id, args.model_id, revision=args.revision, private=args.private)
+    print(json.dumps(record))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": _train,
     "evaluate": _evaluate,
     "predict": _predict,
     "push": _push,
+    "deploy-space": _deploy_space,
 }
+
+
+def _input_error_types() -> tuple[type[Exception], ...]:
+    # Imported only if the command already imported them (distrinews.data and .modeling pull in torch and
+    # transformers, ~10 s, which push and deploy-space never need): an error class whose module was never
+    # imported cannot have been raised.
+    names = {"distrinews.config": "ConfigError", "distrinews.data": "DataError",
+             "distrinews.modeling": "ModelLoadError"}
+    return tuple(getattr(sys.modules[module], name) for module, name in names.items() if module in sys.modules)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,9 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except (ConfigError, DataError, ModelLoadError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except HubPushError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except Exception as err:
+        if not isinstance(err, _input_error_types()):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -62,6 +62,12 @@ def resolve_hub_token() -> str:
     return token
 
 
+def check_repo_id(repo_id: str, what: str = "repo id") -> None:
+    """Refuse anything but USER/NAME before a request is made (the Hub's own error would come after the upload)."""
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id) or ".." in repo_id:
+        raise HubPushError(f"{what} {repo_id!r} must look like USER/NAME (letters, digits, '-', '_', '.')")
+
+
 def check_push_ready() -> None:
     """Fail before training, not after it, when a push at the end cannot work."""
     if constants.HF_HUB_OFFLINE:
@@ -81,8 +87,7 @@ def push_run_to_hub(run_dir: str | Path, repo_id: str, *, private: bool = False,
     """
     run_dir = Path(run_dir)
     model_dir = run_dir / "model"
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id) or ".." in repo_id:
-        raise HubPushError(f"repo id {repo_id!r} must look like USER/NAME (letters, digits, '-', '_', '.')")
+    check_repo_id(repo_id)
     if not (model_dir / "config.json").is_file() or not list(model_dir.glob("*.safetensors")):
         raise HubPushError(f"{model_dir} holds no saved model (config.json and *.safetensors): "
                            "is RUN_DIR the output_dir of a finished training run?")
@@ -109,7 +114,8 @@ def push_run_to_hub(run_dir: str | Path, repo_id: str, *, private: bool = False,
         return repo_url, commit, api.repo_info(repo_id, revision=commit.oid).private
 
     log(f"Pushing {model_dir} to {repo_id}" + (f" (branch {revision})" if revision else "") + " ...")
-    repo_url, commit, is_private = _with_retries(push_once, repo_id, run_dir, attempts, backoff_seconds, log)
+    later = f"The run is saved in {run_dir}; push it later with `distrinews push {run_dir} --repo-id {repo_id}`."
+    repo_url, commit, is_private = _with_retries(push_once, repo_id, later, attempts, backoff_seconds, log)
     if private and not is_private:
         log(f"Warning: {repo_id} already existed as a public repo and stays public; change its visibility in "
             "the repo settings on the Hub if it should be private.")
@@ -123,8 +129,9 @@ def push_run_to_hub(run_dir: str | Path, repo_id: str, *, private: bool = False,
     return record
 
 
-def _with_retries(push_once, repo_id: str, run_dir: Path, attempts: int, backoff_seconds: float, log):
-    later = f"The run is saved in {run_dir}; push it later with `distrinews push {run_dir} --repo-id {repo_id}`."
+def _with_retries(push_once, repo_id: str, later: str, attempts: int, backoff_seconds: float, log):
+    """Call ``push_once`` until it succeeds, retrying transient failures; ``later`` ends every error message
+    (what the user can do next). Auth and other client errors raise HubPushError at once."""
     for attempt in range(1, attempts + 1):
         try:
             return push_once()

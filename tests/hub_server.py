@@ -7,8 +7,15 @@ commit. It checks what the real Hub checks that matters here (bearer token, LFS 
 binary files must go through LFS, branch existence) and records every request, with the process id
 of the client that sent it, so tests can count commits and grep traffic for leaked secrets.
 
+Spaces (for ``distrinews deploy-space``): ``create_repo(repo_type="space", space_sdk=...)``, the same
+revision/tree/preupload/commit routes under ``/api/spaces/``, and the Space variables API
+(``add_space_variable``: POST ``{"key", "value"[, "description"]}``, ``delete_space_variable``: DELETE
+``{"key"}``; both answer with all variables). Spaces live in their own namespace, as on the Hub. The LFS
+routes serve model repos only (a Space deploy uploads only text files).
+
     with FakeHub(token="hf_...") as hub:          # hub.endpoint -> HF_ENDPOINT
         ...                                       # hub.requests, hub.repos["user/name"].files("main")
+        ...                                       # hub.spaces["user/space"].sdk, .variables, .files("main")
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ LFS_PATTERNS = ["*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.ftz", "*.gz", 
                 "*.zst", "*tfevents*"]
 GITATTRIBUTES = "".join(f"{pattern} filter=lfs diff=lfs merge=lfs -text\n" for pattern in LFS_PATTERNS).encode()
 REGULAR_FILE_LIMIT = 10 * 1024 * 1024
+SPACE_SDKS = ("gradio", "docker", "static", "streamlit")
 
 
 @dataclass
@@ -52,6 +60,9 @@ class Repo:
     private: bool
     commits: dict[str, Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
+    repo_type: str = "model"
+    sdk: str | None = None  # spaces only
+    variables: dict[str, str] = field(default_factory=dict)  # spaces only: key -> value
 
     def files(self, revision: str = "main") -> dict[str, bytes]:
         return self.commits[self.branches.get(revision, revision)].files
@@ -84,7 +95,8 @@ class FakeHub:
     def __init__(self, token: str, commit_delay_s: float = 0.0) -> None:
         self.token = token
         self.commit_delay_s = commit_delay_s
-        self.repos: dict[str, Repo] = {}
+        self.repos: dict[str, Repo] = {}  # model repos
+        self.spaces: dict[str, Repo] = {}  # space repos (their own namespace, as on the Hub)
         self.lfs_objects: dict[str, bytes] = {}
         self.requests: list[RecordedRequest] = []
         self._faults: list[tuple[str, str, int]] = []
@@ -106,11 +118,14 @@ class FakeHub:
         """Answer the next ``times`` requests whose path matches ``path_pattern`` (a regex) with ``status``."""
         self._faults.extend([(method, path_pattern, status)] * times)
 
-    def seed(self, repo_id: str, files: dict[str, bytes]) -> None:
-        """An existing repo holding ``files`` on main, as an earlier push would have left it."""
-        repo = Repo(repo_id, private=False)
+    def seed(self, repo_id: str, files: dict[str, bytes], *, space_sdk: str | None = None,
+             variables: dict[str, str] | None = None) -> None:
+        """An existing repo holding ``files`` on main, as an earlier push would have left it; with ``space_sdk``
+        a Space (with ``variables``) instead of a model repo."""
+        repo = Repo(repo_id, private=False, repo_type="space" if space_sdk else "model", sdk=space_sdk,
+                    variables=dict(variables or {}))
         self._add_commit(repo, "main", None, "earlier push", "", {".gitattributes": GITATTRIBUTES, **files})
-        self.repos[repo_id] = repo
+        (self.spaces if space_sdk else self.repos)[repo_id] = repo
 
     def commits_made(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == "POST" and "/commit/" in r.path and r.status == 200]
@@ -134,21 +149,26 @@ class FakeHub:
         if match and method == "POST":
             return self._lfs_batch(match[1], json.loads(body)) if match[2] == "batch" else \
                 self._lfs_verify(json.loads(body))
-        match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(revision|tree|preupload|commit|branch)/([^/]+)(/.*)?", path)
+        match = re.fullmatch(r"/api/spaces/([^/]+/[^/]+)/variables", path)
+        if match:
+            return self._space_variables(method, match[1], json.loads(body) if body else {})
+        match = re.fullmatch(r"/api/(models|spaces)/([^/]+/[^/]+)/(revision|tree|preupload|commit|branch)/"
+                             r"([^/]+)(/.*)?", path)
         if not match:
             raise _HubError(404, f"no such route: {method} {path}")
-        repo = self.repos.get(match[1])
+        repo = (self.repos if match[1] == "models" else self.spaces).get(match[2])
         if repo is None:
             raise _HubError(404, "Repository not found", "RepoNotFound")
-        action, revision = match[2], unquote(match[3])
+        action, revision = match[3], unquote(match[4])
         if action == "branch" and method == "POST":
             return self._create_branch(repo, revision, json.loads(body) if body else {})
         if revision not in repo.branches and revision not in repo.commits:
             raise _HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
         if action == "revision" and method == "GET":
             sha = repo.branches.get(revision, revision)
-            return {"id": repo.repo_id, "modelId": repo.repo_id, "sha": sha, "private": repo.private,
+            info = {"id": repo.repo_id, "sha": sha, "private": repo.private,
                     "siblings": [{"rfilename": name} for name in sorted(repo.files(sha))]}
+            return {**info, "sdk": repo.sdk} if repo.repo_type == "space" else {**info, "modelId": repo.repo_id}
         if action == "tree" and method == "GET":
             return [{"type": "file", "path": name, "size": len(data), "oid": _git_sha1(data)}
                     for name, data in sorted(repo.files(revision).items())]
@@ -160,14 +180,35 @@ class FakeHub:
 
     def _create_repo(self, payload: dict):
         repo_id = f"{payload['organization']}/{payload['name']}"
-        if payload.get("type", "model") != "model":
-            raise _HubError(400, "this endpoint only hosts model repos")
-        if repo_id in self.repos:  # the Hub names the existing repo, and clients rely on it
-            raise _HubError(409, "You already created this model repo", url=f"{self.endpoint}/{repo_id}")
-        repo = Repo(repo_id, private=payload.get("visibility") == "private" or bool(payload.get("private")))
+        repo_type = payload.get("type", "model")
+        if repo_type not in ("model", "space"):
+            raise _HubError(400, "this endpoint only hosts model and space repos")
+        if repo_type == "space" and payload.get("sdk") not in SPACE_SDKS:
+            raise _HubError(400, f"a Space needs an sdk, one of {SPACE_SDKS}")
+        repos, url = (self.spaces, f"{self.endpoint}/spaces/{repo_id}") if repo_type == "space" else \
+            (self.repos, f"{self.endpoint}/{repo_id}")
+        if repo_id in repos:  # the Hub names the existing repo, and clients rely on it
+            raise _HubError(409, f"You already created this {repo_type} repo", url=url)
+        repo = Repo(repo_id, private=payload.get("visibility") == "private" or bool(payload.get("private")),
+                    repo_type=repo_type, sdk=payload.get("sdk") if repo_type == "space" else None)
         self._add_commit(repo, "main", None, "initial commit", "", {".gitattributes": GITATTRIBUTES})
-        self.repos[repo_id] = repo
-        return {"url": f"{self.endpoint}/{repo_id}", "name": repo_id}
+        repos[repo_id] = repo
+        return {"url": url, "name": repo_id}
+
+    def _space_variables(self, method: str, space_id: str, payload: dict):
+        space = self.spaces.get(space_id)
+        if space is None:
+            raise _HubError(404, "Repository not found", "RepoNotFound")
+        if method == "POST":
+            if not isinstance(payload.get("key"), str) or not isinstance(payload.get("value"), str):
+                raise _HubError(400, "a variable needs a string key and value")
+            space.variables[payload["key"]] = payload["value"]
+        elif method == "DELETE":
+            space.variables.pop(payload.get("key"), None)
+        elif method != "GET":
+            raise _HubError(405, f"{method} not allowed on /api/spaces/{space_id}/variables")
+        return {key: {"value": value, "updatedAt": "2026-01-01T00:00:00.000Z"}
+                for key, value in space.variables.items()}
 
     def _create_branch(self, repo: Repo, branch: str, payload: dict):
         if branch in repo.branches:
@@ -325,7 +366,7 @@ def _make_handler(hub: FakeHub):
             self.end_headers()
             self.wfile.write(data)
 
-        do_GET = do_POST = do_PUT = _serve
+        do_GET = do_POST = do_PUT = do_DELETE = _serve
 
     return Handler
 

@@ -29,6 +29,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -381,3 +382,20 @@ def _is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError as err:
         return err.start > len(data) - 4  # a multi-byte character cut at the end of the sample is fine
     return True
+
+
+def assert_token_absent(token: str, texts: list[str], folders: list[Path], hub: "FakeHub") -> None:
+    """The token is nowhere but in Authorization headers: outputs, files, request bodies/paths, committed files."""
+    needle = token.encode()
+    leaks = [f"output #{i}" for i, text in enumerate(texts) if token in text]
+    for folder in folders:
+        leaks += [str(path) for path in folder.rglob("*") if path.is_file() and needle in path.read_bytes()]
+    for request in hub.requests:
+        visible = {key: value for key, value in request.headers.items() if key != "authorization"}
+        if needle in request.body or token in json.dumps(visible) or token in request.path:
+            leaks.append(f"request {request.method} {request.path}")
+    for repo in [*hub.repos.values(), *hub.spaces.values()]:
+        leaks += [f"{repo.repo_id}:{name}" for commit in repo.commits.values()
+                  for name, data in commit.files.items() if needle in data]
+        leaks += [f"{repo.repo_id} variable {key}" for key, value in repo.variables.items() if token in value]
+    assert not leaks, f"the token leaked into: {leaks}"

@@ -20,7 +20,7 @@ from huggingface_hub import ModelCard
 
 from conftest import REPO_ROOT, accelerate_launch, tiny_train_args
 from distrinews.model_card import build_model_card
-from hub_server import FakeHub
+from hub_server import FakeHub, assert_token_absent
 
 REPO_ID = "distrinews-test/ag-news-tiny"
 MODEL_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
@@ -37,21 +37,6 @@ def _hub_env(hub: FakeHub, token: str | None, hf_home: Path) -> dict[str, str]:
     env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0", "HF_HOME": str(hf_home),
            "HF_TOKEN": token or ""}
     return env
-
-
-def _assert_token_absent(token: str, texts: list[str], folders: list[Path], hub: FakeHub) -> None:
-    needle = token.encode()
-    leaks = [f"output #{i}" for i, text in enumerate(texts) if token in text]
-    for folder in folders:
-        leaks += [str(path) for path in folder.rglob("*") if path.is_file() and needle in path.read_bytes()]
-    for request in hub.requests:
-        visible = {key: value for key, value in request.headers.items() if key != "authorization"}
-        if needle in request.body or token in json.dumps(visible) or token in request.path:
-            leaks.append(f"request {request.method} {request.path}")
-    for repo in hub.repos.values():
-        leaks += [f"{repo.repo_id}:{name}" for commit in repo.commits.values()
-                  for name, data in commit.files.items() if needle in data]
-    assert not leaks, f"the token leaked into: {leaks}"
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +127,7 @@ def test_token_never_leaves_the_authorization_header(pushed_run):
     output_dir, hf_home, token, hub, result = pushed_run
     assert all(r.headers.get("authorization") == f"Bearer {token}" for r in hub.requests
                if not r.path.startswith("/lfs-upload/")), "the planted token was not the one used"
-    _assert_token_absent(token, [result.stdout, result.stderr], [output_dir, hf_home], hub)
+    assert_token_absent(token, [result.stdout, result.stderr], [output_dir, hf_home], hub)
 
 
 def _push(run_dir: Path, hub: FakeHub, token: str | None, hf_home: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -177,7 +162,7 @@ def test_push_command_retries_transient_errors_and_replaces_stale_weights(pushed
     assert record["private"] is False
     assert record["url"].endswith(f"/{REPO_ID}/tree/candidate")
     assert json.loads((run_dir / "metrics.json").read_text())["hub"] == record
-    _assert_token_absent(token, [output], [run_dir, tmp_path / "hf-home"], hub)
+    assert_token_absent(token, [output], [run_dir, tmp_path / "hf-home"], hub)
 
 
 def test_push_command_auth_errors_are_clear(pushed_run, tmp_path):
@@ -193,7 +178,7 @@ def test_push_command_auth_errors_are_clear(pushed_run, tmp_path):
     assert "Traceback" not in rejected.stderr
     assert missing.returncode == 1 and missing.stderr.startswith("error: no Hugging Face token found")
     assert not hub.commits_made()
-    _assert_token_absent(wrong_token, [rejected.stdout, rejected.stderr], [run_dir], hub)
+    assert_token_absent(wrong_token, [rejected.stdout, rejected.stderr], [run_dir], hub)
 
 
 def test_training_with_push_fails_before_training_without_a_token(tiny_model, ag_news_dir, tmp_path):

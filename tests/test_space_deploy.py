@@ -24,7 +24,7 @@ import distrinews
 from conftest import REPO_ROOT
 from distrinews.hub import HubPushError
 from distrinews.space_deploy import stage_space
-from hub_server import FakeHub
+from hub_server import FakeHub, assert_token_absent
 
 SPACE_ID = "distrinews-test/news-space"
 MODEL_ID = "distrinews-test/ag-news-tiny"
@@ -111,22 +111,6 @@ def _deploy(hub: FakeHub, token: str | None, hf_home: Path, *args: str) -> subpr
                           capture_output=True, text=True, timeout=120)
 
 
-def _assert_token_absent(token: str, texts: list[str], folders: list[Path], hub: FakeHub) -> None:
-    needle = token.encode()
-    leaks = [f"output #{i}" for i, text in enumerate(texts) if token in text]
-    for folder in folders:
-        leaks += [str(path) for path in folder.rglob("*") if path.is_file() and needle in path.read_bytes()]
-    for request in hub.requests:
-        visible = {key: value for key, value in request.headers.items() if key != "authorization"}
-        if needle in request.body or token in json.dumps(visible) or token in request.path:
-            leaks.append(f"request {request.method} {request.path}")
-    for repo in [*hub.repos.values(), *hub.spaces.values()]:
-        leaks += [f"{repo.repo_id}:{name}" for commit in repo.commits.values()
-                  for name, data in commit.files.items() if needle in data]
-        leaks += [f"{repo.repo_id} variable {key}" for key, value in repo.variables.items() if token in value]
-    assert not leaks, f"the token leaked into: {leaks}"
-
-
 def test_deploy_space_creates_the_space_in_one_commit_with_its_variables(tmp_path):
     token, hf_home = _fake_token(), tmp_path / "hf-home"
     with FakeHub(token) as hub:
@@ -164,7 +148,7 @@ def test_deploy_space_creates_the_space_in_one_commit_with_its_variables(tmp_pat
 
     assert all(r.headers.get("authorization") == f"Bearer {token}" for r in hub.requests), \
         "the planted token was not the one used"
-    _assert_token_absent(token, [staged.stdout, staged.stderr, result.stdout, result.stderr],
+    assert_token_absent(token, [staged.stdout, staged.stderr, result.stdout, result.stderr],
                          [tmp_path / "staged", hf_home], hub)
 
 

@@ -72,6 +72,10 @@ def data_fingerprint(lengths: Sequence[int], labels: Sequence[int]) -> str:
     return f"{len(lengths)} examples, crc32 {crc:08x}"
 
 
+# Signature keys newer than some checkpoints, with the value every run had before they existed.
+SIGNATURE_KEYS_ADDED_LATER = {"head_learning_rate": 0.0, "layer_lr_decay": 1.0}
+
+
 def run_signature(config: TrainConfig, num_processes: int, train_data: str, total_steps: int) -> dict:
     """The settings a resumed run must share with the checkpoint to continue the same training.
 
@@ -88,6 +92,8 @@ def run_signature(config: TrainConfig, num_processes: int, train_data: str, tota
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "total_steps": total_steps,
         "learning_rate": config.learning_rate,
+        "head_learning_rate": config.head_learning_rate,
+        "layer_lr_decay": config.layer_lr_decay,
         "lr_scheduler_type": config.lr_scheduler_type,
         "warmup_ratio": config.warmup_ratio,
         "weight_decay": config.weight_decay,
@@ -96,6 +102,7 @@ def run_signature(config: TrainConfig, num_processes: int, train_data: str, tota
 
 def check_resumable(checkpoint: Path, saved: dict, current: dict) -> None:
     """Raise CheckpointMismatchError naming every setting that differs from the checkpoint's run."""
+    saved = {**SIGNATURE_KEYS_ADDED_LATER, **saved}  # checkpoints written before these settings existed
     differences = [f"{key}: checkpoint {saved.get(key, '(not recorded)')!r}, this run {value!r}"
                    for key, value in current.items() if saved.get(key) != value]
     if differences:

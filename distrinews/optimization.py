@@ -1,8 +1,10 @@
 """Per-parameter learning rate and weight decay: which AdamW group each parameter of a classifier joins.
 
 Works for any ``AutoModelForSequenceClassification``: the pretrained body is what sits under the model's
-``base_model_prefix`` (``distilbert``, ``bert``, ``roberta``, ...), the task head is everything else. The
-head starts from random weights, so it may take a higher rate (``head_learning_rate``); with
+``base_model_prefix`` (``distilbert``, ``bert``, ``roberta``, ...), the task head is everything else, plus
+a pooler (BERT-style models keep the head's first layer, ``pooler``, inside the base model; in a sentence
+encoder such as all-MiniLM-L6-v2, trained with mean pooling, it was never trained for this). The head
+starts from random or unrelated weights, so it may take a higher rate (``head_learning_rate``); with
 ``layer_lr_decay`` < 1 the lower encoder layers, which hold the most general features, move less than the
 top ones (layer-wise decay, as in ULMFiT and ELECTRA).
 """
@@ -43,7 +45,7 @@ def parameter_settings(model: torch.nn.Module, config: TrainConfig
     no_decay = _no_decay(model)
     prefix = getattr(model, "base_model_prefix", "") or ""
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    in_body = {name: bool(prefix) and name.startswith(prefix + ".") for name, _ in named}
+    in_body = {name: bool(prefix) and name.startswith(prefix + ".") and ".pooler." not in name for name, _ in named}
     indices = [index for name, _ in named if in_body[name] and (index := _layer_index(name)) is not None]
     depth = max(indices) + 1 if indices else 0
     for name, parameter in named:
@@ -51,7 +53,7 @@ def parameter_settings(model: torch.nn.Module, config: TrainConfig
             learning_rate = config.head_learning_rate or config.learning_rate
         else:
             index = _layer_index(name)
-            # Embeddings sit below layer 0; anything else in the body (a pooler) sits on top with the last layer.
+            # Embeddings sit below layer 0; anything else in the body sits on top with the last layer.
             if index is None:
                 index = -1 if "embed" in name else depth - 1
             learning_rate = config.learning_rate * config.layer_lr_decay ** (depth - 1 - index)

@@ -136,3 +136,16 @@ def test_state_round_trips_with_its_signature(tmp_path):
     state.save(tmp_path / "s.json")
     assert TrainerState.load(tmp_path / "s.json") == state
     assert json.loads((tmp_path / "s.json").read_text())["run_signature"] == {"seed": 7}
+
+
+def test_per_parameter_rates_are_part_of_the_signature_and_old_checkpoints_still_resume(tmp_path):
+    config = TrainConfig(seed=7)
+    current = checkpoint.run_signature(config, 2, "216 examples, crc32 0001", 26)
+    older = {key: value for key, value in current.items() if key not in ("head_learning_rate", "layer_lr_decay")}
+    checkpoint.check_resumable(tmp_path, older, current)  # written before these settings existed: the defaults
+    changed = checkpoint.run_signature(TrainConfig(seed=7, head_learning_rate=1e-3, layer_lr_decay=0.9), 2,
+                                       "216 examples, crc32 0001", 26)
+    with pytest.raises(CheckpointMismatchError) as error:
+        checkpoint.check_resumable(tmp_path, older, changed)
+    assert "head_learning_rate: checkpoint 0.0, this run 0.001" in str(error.value)
+    assert "layer_lr_decay: checkpoint 1.0, this run 0.9" in str(error.value)

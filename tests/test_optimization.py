@@ -59,3 +59,15 @@ def test_optimizer_groups_carry_each_rate_and_the_scheduler_scales_them_together
     rates = sorted({group["lr"] for group in optimizer.param_groups})
     assert rates == pytest.approx([0.5 * lr for lr in (2.5e-5, 5e-5, 1e-4, 1e-3)])
     assert all(isinstance(p, torch.nn.Parameter) for group in optimizer.param_groups for p in group["params"])
+
+
+def test_a_bert_pooler_trains_with_the_head():
+    """BERT keeps the head's first layer (the pooler) inside the base model; it takes the head's rate."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, num_labels=4)
+    settings = _settings(BertForSequenceClassification(config), head_learning_rate=1e-3, layer_lr_decay=0.5)
+    assert settings["bert.pooler.dense.weight"][0] == settings["classifier.weight"][0] == 1e-3
+    assert settings["bert.encoder.layer.1.output.dense.weight"][0] == pytest.approx(1e-4)
+    assert settings["bert.embeddings.word_embeddings.weight"][0] == pytest.approx(2.5e-5)

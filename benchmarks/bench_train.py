@@ -41,13 +41,13 @@ PRESETS = {
                 accuracy_model=None, accuracy_seeds=[], ddp_scaling=True, recipes=[], validation_fraction=0.02),
     "gpu": dict(throughput_models=["distilbert"], batches=[32, 128, 512], warmup_steps=30, measure_steps=60,
                 accuracy_model="minilm", accuracy_seeds=[0, 1, 2],
-                recipes=["baseline", "lr1e-4_4ep", "lr2e-4_4ep", "head1e-3", "lr1e-4_head2e-3_llrd0.8",
-                         "lr1e-4_head1e-3"],
+                recipes=["baseline", "lr1e-4_4ep", "lr2e-4_4ep", "head1e-3", "head3e-3", "head1e-3_4ep",
+                         "lr1e-4_head2e-3_llrd0.8", "lr1e-4_head1e-3"],
                 ddp_scaling=False, validation_fraction=0.02),
     # The accuracy recipes on a CPU (bf16 where it has bf16 units), one seed: ~7 min per run on 2 cores.
     "cpu_recipes": dict(throughput_models=[], batches=[], warmup_steps=0, measure_steps=0, accuracy_model="minilm",
-                        accuracy_seeds=[0], recipes=["baseline", "head1e-3", "lr1e-4_head2e-3_llrd0.8",
-                                                     "lr1e-4_head1e-3"],
+                        accuracy_seeds=[0], recipes=["baseline", "head1e-3", "head3e-3", "head1e-3_4ep",
+                                                     "lr1e-4_head2e-3_llrd0.8", "lr1e-4_head1e-3"],
                         ddp_scaling=False, validation_fraction=0.02),
 }
 # Trainer set-ups people actually use: the tutorial's (fp32, pad everything to max_length) and the informed
@@ -63,6 +63,9 @@ RECIPES = {
     "lr2e-4_4ep": dict(learning_rate=2e-4, num_train_epochs=4, per_device_train_batch_size=32, warmup_ratio=0.1),
     # The randomly initialised head (classifier, and a BERT pooler) at a higher rate; layer-wise decay below it.
     "head1e-3": dict(learning_rate=5e-5, head_learning_rate=1e-3, num_train_epochs=3, per_device_train_batch_size=32),
+    "head3e-3": dict(learning_rate=5e-5, head_learning_rate=3e-3, num_train_epochs=3, per_device_train_batch_size=32),
+    "head1e-3_4ep": dict(learning_rate=5e-5, head_learning_rate=1e-3, num_train_epochs=4,
+                         per_device_train_batch_size=32),
     "lr1e-4_head1e-3": dict(learning_rate=1e-4, head_learning_rate=1e-3, num_train_epochs=3,
                             per_device_train_batch_size=32),
     "lr1e-4_head2e-3_llrd0.8": dict(learning_rate=1e-4, head_learning_rate=2e-3, layer_lr_decay=0.8,

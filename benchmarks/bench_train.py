@@ -271,11 +271,9 @@ def _accuracy_precision() -> str:
 
 
 def _cpu_has_bf16_units() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    from distrinews.backends import cpu_flags
+
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
 def _distrinews_throughput(case: dict) -> dict:

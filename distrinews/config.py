@@ -48,7 +48,7 @@ class TrainConfig:
     per_device_eval_batch_size: int = _doc("Evaluation examples per process per batch.", default=128)
     learning_rate: float = _doc("Peak learning rate of AdamW.", default=5e-5)
     head_learning_rate: float = _doc("Peak learning rate of the task head (the parameters outside the pretrained "
-                                     "base model, which start from scratch); 0 = learning_rate.", default=0.0)
+                                     "base model, plus a BERT-style pooler); 0 = learning_rate.", default=0.0)
     layer_lr_decay: float = _doc("Layer-wise learning-rate decay: each encoder layer below the top trains at this "
                                  "factor times the rate of the one above it (1 = the same rate everywhere).",
                                  default=1.0)

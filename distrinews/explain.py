@@ -9,7 +9,7 @@ negative ones pulled away. It is model-agnostic and exact for what it measures, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .predict import Prediction
 
@@ -32,24 +32,17 @@ class Explanation:
 def occlusion_texts(text: str, max_words: int = MAX_WORDS) -> tuple[list[str], list[str]]:
     """The words of ``text`` and the variants to score: the text itself, then one per left-out word."""
     words = text.split()
+    if not words:
+        raise ValueError("cannot explain an empty text")
     scored = words[:max_words]
     variants = [" ".join(words)]
     variants += [" ".join(words[:i] + words[i + 1:]) for i in range(len(scored))]
     return words, variants
 
 
-def explanation_from(words: list[str], predictions: Sequence[Prediction], max_words: int = MAX_WORDS) -> Explanation:
+def explanation_from(words: list[str], predictions: Sequence[Prediction]) -> Explanation:
     """Turn the predictions for ``occlusion_texts(...)[1]`` into per-word weights."""
     full, *without = predictions
     weights: list[float | None] = [full.score - p.probabilities[full.label] for p in without]
     weights += [None] * (len(words) - len(weights))
     return Explanation(prediction=full, words=words, weights=weights)
-
-
-def explain_text(predict: Callable[[list[str]], Sequence[Prediction]], text: str,
-                 max_words: int = MAX_WORDS) -> Explanation:
-    """Occlusion explanation of ``text`` with any batch predict function (e.g. a bound ``predict_with``)."""
-    words, variants = occlusion_texts(text, max_words)
-    if not words:
-        raise ValueError("cannot explain an empty text")
-    return explanation_from(words, predict(variants), max_words)

@@ -16,9 +16,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from .data import LABEL_NAMES
 
 PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
-# What loading a classifier needs: config, safetensors weights and tokenizer files. An allow-list, so pickle
-# weights, ONNX/TF/Flax exports and images in the repo are never even downloaded.
-LOADABLE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+# What loading a classifier needs: config, safetensors weights and tokenizer files, plus the model card (the
+# Space shows its test metrics, from the same commit as the weights). An allow-list, so pickle weights,
+# ONNX/TF/Flax exports and images in the repo are never even downloaded.
+LOADABLE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja", "README.md"]
 
 
 class ModelLoadError(RuntimeError):

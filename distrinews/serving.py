@@ -99,36 +99,28 @@ class ModelCardMetric:
     split: str | None = None
 
 
-def read_card_metrics(model_id: str, revision: str | None) -> list[ModelCardMetric]:
+def read_card_metrics(model_folder: Path) -> list[ModelCardMetric]:
     """Evaluation results from the model card's ``model-index``; empty when there is no card or no results."""
-    from huggingface_hub import ModelCard, hf_hub_download
+    from huggingface_hub import ModelCard
 
+    card_path = model_folder / "README.md"
+    if not card_path.is_file():
+        return []
     try:
-        folder = Path(model_id)
-        if folder.is_dir():
-            card_path = folder / "README.md"
-            if not card_path.is_file():
-                return []
-        else:
-            card_path = Path(hf_hub_download(model_id, "README.md", revision=revision or None))
         card = ModelCard.load(card_path, ignore_metadata_errors=True)
         results = getattr(card.data, "eval_results", None) or []
         return [ModelCardMetric(name=r.metric_type, value=float(r.metric_value), dataset=r.dataset_name,
                                 split=getattr(r, "dataset_split", None))
                 for r in results if isinstance(r.metric_value, (int, float))]
-    except Exception as err:  # noqa: BLE001 - a missing or malformed card must not stop the model serving
-        log.warning("no test metrics from the model card of %s: %s", model_id, err)
+    except Exception as err:  # noqa: BLE001 - a malformed card must not stop the model serving
+        log.warning("no test metrics from the model card in %s: %s", model_folder, err)
         return []
 
 
-def resolve_revision(model_id: str, revision: str | None) -> str:
-    """The commit sha a Hub model was loaded at; ``local:<weights hash>`` for a folder."""
-    folder = Path(model_id)
-    if folder.is_dir():
-        return f"local:{weights_fingerprint(folder)}"
-    # The loader's own snapshot (already in the cache) lives in .../snapshots/<commit sha>: the resolved
-    # commit even when revision was a branch.
-    return resolve_model_folder(model_id, revision).name
+def resolved_revision(model_id: str, model_folder: Path) -> str:
+    """The commit sha a Hub model was loaded at (its snapshot folder is named after it, even when the revision
+    asked for was a branch); ``local:<weights hash>`` for a local folder."""
+    return f"local:{weights_fingerprint(model_folder)}" if Path(model_id).is_dir() else model_folder.name
 
 
 class ClassifierService:
@@ -151,13 +143,15 @@ class ClassifierService:
     @classmethod
     def load(cls, config: ServingConfig) -> "ClassifierService":
         started = time.perf_counter()
-        model, tokenizer = load_classifier(config.model_id, config.revision or None)
-        revision = resolve_revision(config.model_id, config.revision or None)
+        # One snapshot (one commit) gives the weights, the tokenizer, the card and the revision shown.
+        folder = resolve_model_folder(config.model_id, config.revision or None)
+        model, tokenizer = load_classifier(str(folder))
+        revision = resolved_revision(config.model_id, folder)
         quantization = resolve_quantization(config.quantize)
         backend = build_backend(model, quantization, cache_dir=Path(config.onnx_cache_dir),
                                 cache_key=cache_folder_name(config.model_id, revision),
                                 threads=config.threads or usable_cores())
-        service = cls(config, model, tokenizer, backend, revision, read_card_metrics(config.model_id, revision),
+        service = cls(config, model, tokenizer, backend, revision, read_card_metrics(folder),
                       load_seconds=0.0)
         service.warm_up()
         service.load_seconds = time.perf_counter() - started
@@ -193,9 +187,7 @@ class ClassifierService:
 
     async def explain(self, text: str) -> Explanation:
         words, variants = occlusion_texts(text, MAX_WORDS)
-        if not words:
-            raise ValueError("cannot explain an empty text")
-        return explanation_from(words, await self.predict(variants), MAX_WORDS)
+        return explanation_from(words, await self.predict(variants))
 
     def test_accuracy(self) -> float | None:
         for metric in self.card_metrics:

@@ -48,8 +48,8 @@ from .hub import HubPushError, check_push_ready, push_run_to_hub
 from .model_card import write_model_card
 from .modeling import ModelLoadError, load_classifier
 from .preemption import EXIT_STOPPED, StopRequest, TrainingStopped, ignore_stop_signals
-from .reporting import RunLog, plot_confusion_matrix, plot_loss, write_json
 from .optimization import parameter_settings
+from .reporting import RunLog, plot_confusion_matrix, plot_loss, write_json
 from .sampling import ResumableBatchSampler
 from .stability import NonFiniteGuard, NonFiniteLossError
 

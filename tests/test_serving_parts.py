@@ -11,7 +11,7 @@ import pytest
 
 from distrinews.backends import OnnxInt8Backend, cache_folder_name, export_int8_onnx, resolve_quantization
 from distrinews.batching import MicroBatcher, QueueFull
-from distrinews.explain import explain_text
+from distrinews.explain import explanation_from, occlusion_texts
 from distrinews.modeling import load_classifier
 from distrinews.predict import Prediction, encode_texts, length_sorted_chunks, pad_batch, predict_with, \
     torch_probabilities
@@ -159,6 +159,12 @@ def _keyword_classifier(texts):
         best = max(labels, key=probabilities.get)
         results.append(Prediction(best, probabilities[best], probabilities, False))
     return results
+
+
+def explain_text(predict, text):
+    """What ClassifierService.explain does, with a synchronous predict function."""
+    words, variants = occlusion_texts(text)
+    return explanation_from(words, predict(variants))
 
 
 def test_occlusion_gives_the_driving_words_the_largest_weight():

@@ -73,7 +73,7 @@ def data_fingerprint(lengths: Sequence[int], labels: Sequence[int]) -> str:
 
 
 # Signature keys newer than some checkpoints, with the value every run had before they existed.
-SIGNATURE_KEYS_ADDED_LATER = {"head_learning_rate": 0.0, "layer_lr_decay": 1.0}
+SIGNATURE_KEYS_ADDED_LATER = {"head_learning_rate": 0.0, "layer_lr_decay": 1.0, "model_selection": "best_validation"}
 
 
 def run_signature(config: TrainConfig, num_processes: int, train_data: str, total_steps: int) -> dict:
@@ -82,6 +82,7 @@ def run_signature(config: TrainConfig, num_processes: int, train_data: str, tota
     The data position is a global batch index, so the global micro-batch (per-device batch x processes)
     and gradient accumulation must match; the number of processes alone may change. The optimizer and
     scheduler state carry the learning-rate schedule, which a changed value would silently not reach.
+    ``model_selection`` decides which evaluations kept weights before the checkpoint, so it cannot change either.
     """
     return {
         "model_name_or_path": config.model_name_or_path,
@@ -97,6 +98,7 @@ def run_signature(config: TrainConfig, num_processes: int, train_data: str, tota
         "lr_scheduler_type": config.lr_scheduler_type,
         "warmup_ratio": config.warmup_ratio,
         "weight_decay": config.weight_decay,
+        "model_selection": config.model_selection,
     }
 
 

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import yaml
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+MODEL_SELECTIONS = ("last", "best_validation")
 
 
 class ConfigError(ValueError):
@@ -63,6 +64,11 @@ class TrainConfig:
     max_train_samples: int = _doc("Use at most this many training examples (0 = all).", default=0)
     max_eval_samples: int = _doc("Use at most this many validation and test examples (0 = all).", default=0)
     eval_every: int = _doc("Evaluate on validation every N optimizer steps (0 = at each epoch end only).", default=0)
+    model_selection: str = _doc(
+        "Which weights become the model: 'last' (the final step's, as the HF Trainer keeps by default) or "
+        "'best_validation' (the evaluation with the best validation accuracy). The default validation split "
+        "is 5% of train: on the 5,000-row sample that is 250 rows, one row = 0.4 points, too few to choose "
+        "between steps reliably.", default="last")
     checkpoint_every: int = _doc("Write a resumable checkpoint every N optimizer steps (0 = at each epoch end only).", default=0)
     keep_last: int = _doc("Complete checkpoints kept on disk (the newest ones).", default=2)
     resume: str = _doc("'auto' (newest complete checkpoint in output_dir, if any), a checkpoint path, or 'none' "
@@ -128,6 +134,7 @@ class TrainConfig:
         need(0 < self.layer_lr_decay <= 1, "layer_lr_decay", "must be in (0, 1]")
         need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
         need(0 < self.validation_fraction < 1, "validation_fraction", "must be in (0, 1)")
+        need(self.model_selection in MODEL_SELECTIONS, "model_selection", f"must be one of {', '.join(MODEL_SELECTIONS)}")
         need(self.torch_compile in ("auto", "true", "false"), "torch_compile", "must be auto, true or false")
         need(self.lr_scheduler_type in LR_SCHEDULERS, "lr_scheduler_type", f"must be one of {', '.join(LR_SCHEDULERS)}")
         need(self.resume in ("auto", "none") or Path(self.resume).is_dir(), "resume",

@@ -141,9 +141,9 @@ def _body(metrics, config, model_config, *, repo_id, model_name, base_model, dat
 
         "## Evaluation",
         f"Validation: {validation['num_examples']:,} examples held out (stratified) from the training data "
-        f"(`validation_fraction={config['validation_fraction']}`, `seed={config['seed']}`); the weights of the "
-        f"step with the best validation accuracy (step {metrics['best_step']} of {metrics['global_step']}) are the "
-        f"ones published. Test: the AG News test split, never used for training or model selection.\n\n"
+        f"(`validation_fraction={config['validation_fraction']}`, `seed={config['seed']}`). "
+        f"{_selection_sentence(metrics)} Test: the AG News test split, never used for training or model "
+        f"selection.\n\n"
         "| split | examples | accuracy | macro-F1 |\n| --- | ---: | ---: | ---: |\n"
         + "\n".join(f"| {name} | {split['num_examples']:,} | {split['accuracy']:.4f} | {split['macro_f1']:.4f} |"
                     for name, split in (("validation", validation), ("test", test))),
@@ -189,6 +189,14 @@ def _body(metrics, config, model_config, *, repo_id, model_name, base_model, dat
         "any commercial use of this model. If you use the dataset, cite:\n\n```bibtex\n" + CITATION + "\n```",
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def _selection_sentence(metrics: dict) -> str:
+    step, total = metrics["selected_step"], metrics["global_step"]
+    if metrics["model_selection"] == "best_validation":
+        return (f"The weights published are those of the evaluation with the best validation accuracy "
+                f"(step {step} of {total}).")
+    return f"The weights published are the final ones (step {step} of {total}); validation was only reported."
 
 
 def _per_class_table(title: str, split: dict, labels: list[str]) -> str:

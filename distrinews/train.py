@@ -58,7 +58,7 @@ EXIT_PUSH_FAILED, EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_CHECKPOINT_WRITE_FAILED =
 
 
 def train(config: TrainConfig) -> dict:
-    """Run training, model selection on validation and the final test evaluation; return metrics.json."""
+    """Run training, pick the weights to keep and evaluate them on test; return metrics.json."""
     stop_request = StopRequest()
     try:
         return _train(config, stop_request)
@@ -164,7 +164,7 @@ def _train(config: TrainConfig, stop_request: StopRequest) -> dict:
         accelerator.print(f"step {state.global_step}: validation accuracy {metrics['accuracy']:.4f}, "
                           f"macro-F1 {metrics['macro_f1']:.4f}")
         # Every rank sees the same gathered metrics, so they agree on "best" without another collective.
-        if metrics["accuracy"] > state.best_validation_accuracy:
+        if config.model_selection == "best_validation" and metrics["accuracy"] > state.best_validation_accuracy:
             state.best_validation_accuracy, state.best_step = metrics["accuracy"], state.global_step
             if accelerator.is_main_process:
                 staging = output_dir / f".{BEST_WEIGHTS}.tmp"
@@ -290,21 +290,24 @@ def _train(config: TrainConfig, stop_request: StopRequest) -> dict:
 
 
 def _finish(accelerator, model, tokenizer, tokenized, validation_loader, test_loader, state, config, run_log) -> dict:
-    """Reload the best weights, evaluate validation and test once, and write the run's outputs."""
+    """Pick the weights (``model_selection``), evaluate validation and test once, and write the run's outputs."""
     output_dir = Path(config.output_dir)
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
-    if (output_dir / BEST_WEIGHTS).is_file():
+    selected_step = state.global_step
+    if config.model_selection == "best_validation" and (output_dir / BEST_WEIGHTS).is_file():
         load_model(unwrapped, str(output_dir / BEST_WEIGHTS))  # copied onto each parameter's device
+        selected_step = state.best_step
     results = {}
     for name, loader in (("validation", validation_loader), ("test", test_loader)):
         results[name] = evaluate_split(model, loader, expected_count=len(tokenized[name]), label_names=LABEL_NAMES,
                                        gather=accelerator.gather_for_metrics)
-        run_log.write("eval", split=name, step=state.best_step, final=True,
+        run_log.write("eval", split=name, step=selected_step, final=True,
                       accuracy=results[name]["accuracy"], macro_f1=results[name]["macro_f1"])
     metrics = {
         **results,
-        "best_step": state.best_step,
+        "model_selection": config.model_selection,
+        "selected_step": selected_step,
         "global_step": state.global_step,
         "train": _describe_training(accelerator, config, state, len(tokenized["train"])),
     }

@@ -149,3 +149,13 @@ def test_per_parameter_rates_are_part_of_the_signature_and_old_checkpoints_still
         checkpoint.check_resumable(tmp_path, older, changed)
     assert "head_learning_rate: checkpoint 0.0, this run 0.001" in str(error.value)
     assert "layer_lr_decay: checkpoint 1.0, this run 0.9" in str(error.value)
+
+
+def test_checkpoints_from_before_model_selection_resume_as_the_best_validation_runs_they_were(tmp_path):
+    signature = {name: checkpoint.run_signature(TrainConfig(seed=7, model_selection=name), 2, "216 examples", 26)
+                 for name in ("last", "best_validation")}
+    older = {key: value for key, value in signature["last"].items() if key != "model_selection"}
+    checkpoint.check_resumable(tmp_path, older, signature["best_validation"])
+    with pytest.raises(CheckpointMismatchError) as error:
+        checkpoint.check_resumable(tmp_path, older, signature["last"])
+    assert "model_selection: checkpoint 'best_validation', this run 'last'" in str(error.value)

@@ -27,7 +27,8 @@ from conftest import REPO_ROOT, free_port, tiny_train_args
 from distrinews import faults
 
 TOTAL_STEPS = 26  # 2 epochs of 13 steps: 216 examples, 2 processes x 8
-RUN = dict(logging_steps=1, checkpoint_every=4)
+# best_validation: resuming must also restore the best-weights file
+RUN = dict(model_selection="best_validation", logging_steps=1, checkpoint_every=4)
 ATTEMPT_TIMEOUT = 300
 
 
@@ -123,7 +124,7 @@ def assert_same_run(reference: Path, output_dir: Path) -> None:
     assert [step for step, _, _ in losses[0]] == list(range(1, TOTAL_STEPS + 1)), "a step is missing or repeated"
     assert losses[0] == losses[1]
     ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (output_dir, reference))
-    for key in ("validation", "test", "best_step", "global_step"):
+    for key in ("validation", "test", "selected_step", "global_step"):
         assert ours[key] == theirs[key], key
 
 

@@ -17,7 +17,9 @@ from distrinews import faults
 from distrinews.train import main as train_main
 
 STEPS_PER_EPOCH = 13  # 216 training examples // 16 per step
-RUN = dict(per_device_train_batch_size=16, logging_steps=1, checkpoint_every=4, keep_last=20)
+# best_validation: resuming must also restore the best-weights file
+RUN = dict(model_selection="best_validation", per_device_train_batch_size=16, logging_steps=1, checkpoint_every=4,
+           keep_last=20)
 
 
 def _train(tiny_model, ag_news_dir, output_dir, **overrides) -> int:
@@ -66,8 +68,8 @@ def test_resume_matches_uninterrupted_run(step, reference, tiny_model, ag_news_d
     for name in ("model/model.safetensors", "best_model.safetensors", "checkpoints/step-00000026/model.safetensors"):
         assert_same_weights(reference / name, output_dir / name)
     ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (output_dir, reference))
-    assert (ours["validation"], ours["test"], ours["best_step"]) == \
-        (theirs["validation"], theirs["test"], theirs["best_step"])
+    assert (ours["validation"], ours["test"], ours["selected_step"]) == \
+        (theirs["validation"], theirs["test"], theirs["selected_step"])
 
 
 def test_nan_loss_stops_with_message_and_keeps_the_last_good_checkpoint(reference, tiny_model, ag_news_dir, tmp_path,

@@ -74,12 +74,16 @@ def test_saved_config_round_trips(two_process_run, tiny_model):
     assert saved["per_device_train_batch_size"] == 8
 
 
-def test_best_model_is_the_saved_model(two_process_run):
+def test_the_saved_model_is_the_final_step_by_default(two_process_run):
     output_dir, _ = two_process_run
-    best = load_file(output_dir / "best_model.safetensors")
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["model_selection"] == "last"
+    assert metrics["selected_step"] == metrics["global_step"]
+    final = load_file(output_dir / "checkpoints" / f"step-{metrics['global_step']:08d}" / "model.safetensors")
     saved = load_file(output_dir / "model" / "model.safetensors")
-    assert best.keys() == saved.keys()
-    assert all((best[k] == saved[k]).all() for k in best)
+    assert final.keys() == saved.keys()
+    assert all((final[k] == saved[k]).all() for k in final)
+    assert not (output_dir / "best_model.safetensors").exists()  # nothing chosen on validation, nothing kept
 
 
 def test_progress_and_logs_come_from_main_process_only(two_process_run):

@@ -17,7 +17,9 @@ What it measures, on real AG News test text (title + description, ../shared/data
    validation and the micro-batcher.
 
 Latency: single texts, one after another, p50/p99; each text goes through all four paths back to back, so
-the load of other users of a shared machine falls on every path alike. Throughput: 32 concurrent HTTP clients
+the load of other users of a shared machine falls on every path alike. After each text, one ``GET /api/health``
+to the int8 Space is timed too: the HTTP round trip with no model call, the part of the Space's latency that
+an in-process call never pays. Throughput: 32 concurrent HTTP clients
 for the Space, texts/s; the paths take turns on slices of the texts. For the in-process baselines "32 clients"
 is their one-text-per-call rate (a server calling the pipeline per request cannot do better on 2 cores: calls
 would only contend), and "batch 32" is their rate on 32-text batches, given for reference. The HTTP clients
@@ -234,6 +236,14 @@ class KeepAliveClient:
         body = json.dumps({"text": text}).encode()
         self.sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                           b"Content-Length: %d\r\n\r\n%s" % (self.host.encode(), len(body), body))
+        return self._reply()
+
+    def health(self) -> dict:
+        """``GET /api/health``: the same HTTP stack with no model call, i.e. what the transport alone costs."""
+        self.sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: %s\r\n\r\n" % self.host.encode())
+        return self._reply()
+
+    def _reply(self) -> dict:
         status = self.reader.readline()
         length = None
         while (line := self.reader.readline()) not in (b"\r\n", b""):
@@ -330,6 +340,7 @@ def main(argv=None) -> int:
         # Latency: every text goes through every path back to back, so load from other users of the shared
         # cores lands on all paths alike instead of on whichever path happened to run during a busy minute.
         latencies = {name: [] for name in single}
+        round_trips = []  # the Space's HTTP round trip without a model call, timed along with the paths
         for name, call in single.items():
             for text in latency_texts[:5]:
                 call(text)
@@ -338,6 +349,10 @@ def main(argv=None) -> int:
             for name in names[i % len(names):] + names[:i % len(names)]:
                 time.sleep(SETTLE_S)  # the previous path's worker threads stop spinning before the next is timed
                 latencies[name].append(single[name](text))
+            time.sleep(SETTLE_S)
+            started = time.perf_counter()
+            http["space"].health()
+            round_trips.append(time.perf_counter() - started)
 
         # Throughput: the paths take turns on slices of the texts (rounds), elapsed time summed per path.
         batched = {
@@ -387,6 +402,8 @@ def main(argv=None) -> int:
         else:
             row["texts_per_s_32_clients"] = round(len(throughput_texts) / elapsed[name], 1)
             row.update(statuses=statuses[name], quantization=info[name]["quantization"])
+            if name == "space":
+                row["health_round_trip_p50_ms"] = percentiles(round_trips)["p50_ms"]
         row["agreement_with_fp32_pct"] = round(
             100 * sum(a == b for a, b in zip(predicted[name], fp32_labels)) / len(fp32_labels), 2)
         paths[name] = row
@@ -445,6 +462,8 @@ def print_table(results: dict) -> None:
         print(f"| {name} | {r['p50_ms']} ms | {r['p99_ms']} ms | {r['texts_per_s_32_clients']} | "
               f"{r.get('texts_per_s_batch_32', '-')} | {r['agreement_with_fp32_pct']}% |")
     print(f"\nratios: {results['ratios']}")
+    print(f"HTTP round trip of the Space without a model call (GET /api/health), p50: "
+          f"{results['paths']['space']['health_round_trip_p50_ms']} ms")
     if "accuracy" in results:
         print(f"\naccuracy on {results['accuracy']['texts']} texts with {results['accuracy']['model']}:")
         for name, r in results["accuracy"]["paths"].items():

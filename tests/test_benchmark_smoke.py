@@ -49,6 +49,7 @@ def test_inference_benchmark_runs_every_path_at_a_tiny_size(tmp_path):
     for name in ("space-fp32", "space"):
         assert results["paths"][name]["statuses"] == {"200": 24}  # every request answered, no errors
     assert results["paths"]["space"]["quantization"] in {"int8", "none"}
+    assert 0 < results["paths"]["space"]["health_round_trip_p50_ms"] < results["paths"]["space"]["p50_ms"]
     assert results["paths"]["space-fp32"]["agreement_with_fp32_pct"] == 100.0
     accuracy = results["accuracy"]["paths"]
     assert results["accuracy"]["texts"] == 48 and accuracy["fp32 (torch, QUANTIZE=none)"]["agreement_with_fp32_pct"] == 100

@@ -72,6 +72,10 @@ def test_resume_matches_uninterrupted_run(step, reference, tiny_model, ag_news_d
         (theirs["validation"], theirs["test"], theirs["selected_step"])
 
 
+def test_best_validation_publishes_the_best_weights(reference):
+    assert_same_weights(reference / "best_model.safetensors", reference / "model" / "model.safetensors")
+
+
 def test_nan_loss_stops_with_message_and_keeps_the_last_good_checkpoint(reference, tiny_model, ag_news_dir, tmp_path,
                                                                          monkeypatch, capsys):
     output_dir = tmp_path / "out"

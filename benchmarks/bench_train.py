@@ -426,7 +426,8 @@ def _accuracy(case: dict) -> dict:
         if case["system"] == "distrinews":
             metrics = _distrinews_metrics(case, recipe, seed)
             test.append(metrics["test"]["accuracy"])
-            validation.append(metrics["validation"]["accuracy"])
+            if metrics["validation"]:
+                validation.append(metrics["validation"]["accuracy"])
         else:
             test.append(_trainer_accuracy(case, recipe, seed))
         seconds.append(time.perf_counter() - started)

@@ -60,7 +60,9 @@ class TrainConfig:
     gradient_accumulation_steps: int = _doc("Micro-batches per optimizer step.", default=1)
     max_grad_norm: float = _doc("Gradient clipping norm; 0 disables clipping.", default=1.0)
     seed: int = _doc("Seed for the model head, data order, validation split and dropout.", default=42)
-    validation_fraction: float = _doc("Fraction of train carved out (stratified) as the validation split.", default=0.05)
+    validation_fraction: float = _doc(
+        "Fraction of train carved out (stratified) as the validation split; 0 = no validation split, every "
+        "training row is trained on (the data's own validation file, if it has one, is still used).", default=0.05)
     max_train_samples: int = _doc("Use at most this many training examples (0 = all).", default=0)
     max_eval_samples: int = _doc("Use at most this many validation and test examples (0 = all).", default=0)
     eval_every: int = _doc("Evaluate on validation every N optimizer steps (0 = at each epoch end only).", default=0)
@@ -133,7 +135,7 @@ class TrainConfig:
         need(0 <= self.head_learning_rate < 1, "head_learning_rate", "must be in [0, 1) (0 = learning_rate)")
         need(0 < self.layer_lr_decay <= 1, "layer_lr_decay", "must be in (0, 1]")
         need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
-        need(0 < self.validation_fraction < 1, "validation_fraction", "must be in (0, 1)")
+        need(0 <= self.validation_fraction < 1, "validation_fraction", "must be in [0, 1) (0 = no validation split)")
         need(self.model_selection in MODEL_SELECTIONS, "model_selection", f"must be one of {', '.join(MODEL_SELECTIONS)}")
         need(self.torch_compile in ("auto", "true", "false"), "torch_compile", "must be auto, true or false")
         need(self.lr_scheduler_type in LR_SCHEDULERS, "lr_scheduler_type", f"must be one of {', '.join(LR_SCHEDULERS)}")

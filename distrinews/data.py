@@ -1,7 +1,8 @@
 """AG News loading, validation and tokenization.
 
-``load_ag_news`` returns a ``DatasetDict`` with ``train``/``validation``/``test`` splits, each holding a
-``text`` string and a ``label`` (``ClassLabel`` 0..3). Sources: a Hub dataset id, or a local folder with
+``load_ag_news`` returns a ``DatasetDict`` with ``train``/``validation``/``test`` splits (no ``validation``
+when ``validation_fraction`` is 0 and the data has no validation file), each holding a ``text`` string and a
+``label`` (``ClassLabel`` 0..3). Sources: a Hub dataset id, or a local folder with
 either the original AG News CSVs (no header: class_index 1..4, title, description) or files with
 ``text``/``label`` columns (csv, jsonl, parquet). Every problem is reported before training starts,
 naming the file, the row and what is wrong.
@@ -35,7 +36,7 @@ def load_ag_news(source: str, *, validation_fraction: float, seed: int,
     features = datasets.Features({"text": datasets.Value("string"), "label": ClassLabel(names=list(LABEL_NAMES))})
     raw = DatasetDict({name: split.cast(features) for name, split in raw.items()})
 
-    if "validation" not in raw:
+    if "validation" not in raw and validation_fraction > 0:
         expected = math.ceil(validation_fraction * len(raw["train"]))
         if expected < len(LABEL_NAMES):
             raise DataError(f"validation_fraction={validation_fraction} of {len(raw['train'])} training rows gives "
@@ -43,12 +44,14 @@ def load_ag_news(source: str, *, validation_fraction: float, seed: int,
         # Stratified and seeded, so every run with the same seed sees the same validation set.
         parts = raw["train"].train_test_split(test_size=validation_fraction, stratify_by_column="label", seed=seed)
         raw = DatasetDict(train=parts["train"], validation=parts["test"], test=raw["test"])
-    splits = DatasetDict(train=raw["train"], validation=raw["validation"], test=raw["test"])
+    # validation_fraction 0 and no validation file: no validation split, every training row is trained on.
+    splits = DatasetDict({name: raw[name] for name in ("train", "validation", "test") if name in raw})
     if max_train_samples:
         splits["train"] = _first_n_shuffled(splits["train"], max_train_samples, seed)
     if max_eval_samples:
         for name in ("validation", "test"):
-            splits[name] = _first_n_shuffled(splits[name], max_eval_samples, seed)
+            if name in splits:
+                splits[name] = _first_n_shuffled(splits[name], max_eval_samples, seed)
     return splits
 
 

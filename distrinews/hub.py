@@ -176,8 +176,9 @@ def _commit_description(metrics: dict) -> str:
     return (f"Trained with DistriNews {__version__} on {train['num_processes']} process(es) "
             f"({train['hardware']}), mixed precision {train['mixed_precision']}, effective batch size "
             f"{train['total_train_batch_size']}, {metrics['global_step']} optimizer steps; weights from step "
-            f"{metrics['selected_step']} ({metrics['model_selection']}), validation accuracy "
-            f"{metrics['validation']['accuracy']:.4f}.")
+            f"{metrics['selected_step']} ({metrics['model_selection']}), "
+            + (f"validation accuracy {metrics['validation']['accuracy']:.4f}." if metrics["validation"]
+               else "no validation split."))
 
 
 def _kaggle_secret(label: str) -> str | None:

@@ -21,7 +21,7 @@ AG_NEWS_HUB_ID = "fancyzhx/ag_news"
 AG_NEWS_TEST_SIZE = 7600
 # DistilBERT, the default base model, is Apache-2.0; pass another license for a base model under other terms.
 DEFAULT_LICENSE = "apache-2.0"
-PLOTS = (("confusion_matrix.png", "Test confusion matrix"), ("loss.png", "Training loss and validation accuracy"))
+PLOTS = ("confusion_matrix.png", "loss.png")
 
 CITATION = """\
 @inproceedings{zhang2015character,
@@ -51,7 +51,7 @@ def write_model_card(run_dir: str | Path, repo_id: str | None = None, *, license
     metrics = _read_json(run_dir / "metrics.json")
     config = _read_json(run_dir / "train_config.json")
     model_config = _read_json(model_dir / "config.json")
-    for name, _ in PLOTS:
+    for name in PLOTS:
         source = run_dir / "plots" / name
         if not source.is_file():
             raise ModelCardError(f"{source} is missing: the card shows it, and a finished run writes it")
@@ -140,15 +140,13 @@ def _body(metrics, config, model_config, *, repo_id, model_name, base_model, dat
         "| id | label |\n| --- | --- |\n" + "\n".join(f"| {i} | {name} |" for i, name in enumerate(labels)),
 
         "## Evaluation",
-        f"Validation: {validation['num_examples']:,} examples held out (stratified) from the training data "
-        f"(`validation_fraction={config['validation_fraction']}`, `seed={config['seed']}`). "
-        f"{_selection_sentence(metrics)} Test: the AG News test split, never used for training or model "
-        f"selection.\n\n"
+        f"{_validation_sentence(validation, config)} {_selection_sentence(metrics)} "
+        "Test: the AG News test split, never used for training or model selection.\n\n"
         "| split | examples | accuracy | macro-F1 |\n| --- | ---: | ---: | ---: |\n"
         + "\n".join(f"| {name} | {split['num_examples']:,} | {split['accuracy']:.4f} | {split['macro_f1']:.4f} |"
-                    for name, split in (("validation", validation), ("test", test))),
+                    for name, split in (("validation", validation), ("test", test)) if split),
         _per_class_table("Test", test, labels),
-        _per_class_table("Validation", validation, labels),
+        *([_per_class_table("Validation", validation, labels)] if validation else []),
         "Test confusion matrix (rows: true label, columns: predicted):\n\n"
         "| true \\ predicted | " + " | ".join(labels) + " |\n| --- |" + " ---: |" * len(labels) + "\n"
         + "\n".join(f"| {name} | " + " | ".join(str(count) for count in row) + " |"
@@ -156,7 +154,8 @@ def _body(metrics, config, model_config, *, repo_id, model_name, base_model, dat
         + "\n\n![Test confusion matrix](confusion_matrix.png)",
 
         "## Training",
-        f"Data: {data_source}, {train['train_examples']:,} training examples after the validation split.\n\n"
+        f"Data: {data_source}, {train['train_examples']:,} training examples "
+        f"{'after the validation split' if validation else '(no validation split held out)'}.\n\n"
         "| hyperparameter | value |\n| --- | --- |\n" + "\n".join(f"| {key} | {value} |" for key, value in (
             ("base model", base),
             ("training length", f"{steps} ({metrics['global_step']} optimizer steps)"),
@@ -168,8 +167,8 @@ def _body(metrics, config, model_config, *, repo_id, model_name, base_model, dat
             ("gradient accumulation steps", config["gradient_accumulation_steps"]),
             ("effective batch size", f"{train['total_train_batch_size']} (= per-device batch x accumulation x processes)"),
             ("optimizer", f"AdamW, weight decay {config['weight_decay']} (not on biases and norms)"),
-            ("learning rate", f"{config['learning_rate']:g}, {config['lr_scheduler_type']} schedule, "
-                              f"warmup ratio {config['warmup_ratio']}"),
+            ("learning rate", f"{config['learning_rate']:g}{_per_layer_rates(config)}, "
+                              f"{config['lr_scheduler_type']} schedule, warmup ratio {config['warmup_ratio']}"),
             ("max gradient norm", config["max_grad_norm"] or "no clipping"),
             ("max sequence length", config["max_length"]),
             ("length-grouped batches", config["group_by_length"]),
@@ -177,7 +176,7 @@ def _body(metrics, config, model_config, *, repo_id, model_name, base_model, dat
         )),
         f"Training time: {_duration(train['train_seconds'])} of optimizer steps (evaluation and checkpointing "
         f"excluded), {train['samples_per_s']:,.1f} training examples/s, on {train['hardware']}.\n\n"
-        "![Training loss and validation accuracy](loss.png)",
+        f"![Training loss{' and validation accuracy' if validation else ''}](loss.png)",
 
         "## Framework versions",
         "\n".join(f"- {name}: {version}" for name, version in train["versions"].items()),
@@ -191,12 +190,27 @@ def _body(metrics, config, model_config, *, repo_id, model_name, base_model, dat
     return "\n\n".join(sections) + "\n"
 
 
+def _per_layer_rates(config: dict) -> str:
+    # .get: runs from before these settings existed have no such keys.
+    head, decay = config.get("head_learning_rate", 0.0), config.get("layer_lr_decay", 1.0)
+    return (f" (task head and pooler {head:g})" if head else "") + \
+        (f", x{decay:g} per encoder layer further down" if decay != 1 else "")
+
+
+def _validation_sentence(validation: dict | None, config: dict) -> str:
+    if validation is None:
+        return "Validation: none (`validation_fraction=0`): every training row was trained on."
+    return (f"Validation: {validation['num_examples']:,} examples held out (stratified) from the training data "
+            f"(`validation_fraction={config['validation_fraction']}`, `seed={config['seed']}`).")
+
+
 def _selection_sentence(metrics: dict) -> str:
     step, total = metrics["selected_step"], metrics["global_step"]
     if metrics["model_selection"] == "best_validation":
         return (f"The weights published are those of the evaluation with the best validation accuracy "
                 f"(step {step} of {total}).")
-    return f"The weights published are the final ones (step {step} of {total}); validation was only reported."
+    reported = "; validation was only reported" if metrics["validation"] else ""
+    return f"The weights published are the final ones (step {step} of {total}){reported}."
 
 
 def _per_class_table(title: str, split: dict, labels: list[str]) -> str:

@@ -80,7 +80,7 @@ def plot_loss(records: Sequence[dict], path: Path) -> None:
         accuracy_axis.plot([r["step"] for r in evals], [100 * r["accuracy"] for r in evals], "o-",
                            color="tab:orange", label="validation accuracy")
         accuracy_axis.set_ylabel("validation accuracy (%)", color="tab:orange")
-    loss_axis.set_title("Training loss and validation accuracy")
+    loss_axis.set_title("Training loss and validation accuracy" if evals else "Training loss")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -112,10 +112,11 @@ def metrics_markdown_table(metrics: dict, splits: Sequence[str] = ("validation",
     missing = [split for split in splits if split not in metrics]
     if missing:
         raise KeyError(f"metrics has no {', '.join(missing)} section (it has: {', '.join(metrics) or 'nothing'})")
-    label_names = list(metrics[splits[0]]["per_class"])
+    shown = [split for split in splits if metrics[split] is not None]  # validation is None in a run without one
+    label_names = list(metrics[shown[0]]["per_class"])
     lines = ["| split | examples | accuracy | macro-F1 | " + " | ".join(f"F1 {name}" for name in label_names) + " |",
              "|---" * (4 + len(label_names)) + "|"]
-    for split in splits:
+    for split in shown:
         scores = metrics[split]
         per_class = " | ".join(f"{scores['per_class'][name]['f1']:.4f}" for name in label_names)
         lines.append(f"| {split} | {scores['num_examples']} | {scores['accuracy']:.4f} | {scores['macro_f1']:.4f} "

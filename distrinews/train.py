@@ -87,6 +87,10 @@ def _train(config: TrainConfig, stop_request: StopRequest) -> dict:
     # some waiting in a collective; nothing has been written to output_dir yet.
     splits = load_ag_news(config.dataset, validation_fraction=config.validation_fraction, seed=config.seed,
                           max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples)
+    has_validation = "validation" in splits
+    if config.model_selection == "best_validation" and not has_validation:
+        raise ConfigError("model_selection=best_validation needs a validation split: set validation_fraction > 0 "
+                          "or give the data a validation file")
     with accelerator.main_process_first():  # download once, then read from the cache
         model, tokenizer = load_classifier(config.model_name_or_path, for_training=True)
     with accelerator.local_main_process_first():  # tokenize once per machine; the others hit the cache
@@ -109,9 +113,9 @@ def _train(config: TrainConfig, stop_request: StopRequest) -> dict:
                                 batch_sampler=sampler)
     # Evaluation batches are sorted by length (padding is nearly free) and sharded by accelerate, whose
     # gather_for_metrics drops the duplicates it adds to even out the last batch.
-    validation_loader, test_loader = accelerator.prepare(
-        *(_data_loader(sorted_by_length(tokenized[name]), collator, config, device,
-                       batch_size=config.per_device_eval_batch_size) for name in ("validation", "test")))
+    eval_loaders = {name: accelerator.prepare(_data_loader(sorted_by_length(tokenized[name]), collator, config, device,
+                                                          batch_size=config.per_device_eval_batch_size))
+                    for name in ("validation", "test") if name in tokenized}
 
     steps_per_epoch = len(sampler) // config.gradient_accumulation_steps
     if steps_per_epoch == 0:
@@ -152,12 +156,13 @@ def _train(config: TrainConfig, stop_request: StopRequest) -> dict:
     examples_per_step = config.total_train_batch_size(accelerator.num_processes)
     accelerator.print(
         f"Training {config.model_name_or_path} on {len(tokenized['train'])} examples "
-        f"({len(tokenized['validation'])} validation, {len(tokenized['test'])} test): {total_steps} steps of "
+        f"({len(tokenized['validation']) if has_validation else 'no'} validation, {len(tokenized['test'])} test): "
+        f"{total_steps} steps of "
         f"{examples_per_step} examples on {accelerator.num_processes} process(es), "
         f"{accelerator.device.type}, mixed precision {accelerator.mixed_precision}")
 
     def validate_and_select() -> None:
-        metrics = evaluate_split(model, validation_loader, expected_count=len(tokenized["validation"]),
+        metrics = evaluate_split(model, eval_loaders["validation"], expected_count=len(tokenized["validation"]),
                                  label_names=LABEL_NAMES, gather=accelerator.gather_for_metrics)
         run_log.write("eval", split="validation", step=state.global_step, epoch=state.epoch,
                       accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"])
@@ -271,7 +276,8 @@ def _train(config: TrainConfig, stop_request: StopRequest) -> dict:
                 window_start = time.perf_counter()
 
             evaluated = checkpointed = False
-            if finished or epoch_finished or (config.eval_every and state.global_step % config.eval_every == 0):
+            if has_validation and (finished or epoch_finished
+                                   or (config.eval_every and state.global_step % config.eval_every == 0)):
                 validate_and_select()
                 evaluated = True
             if finished or epoch_finished or (config.checkpoint_every
@@ -286,11 +292,11 @@ def _train(config: TrainConfig, stop_request: StopRequest) -> dict:
                 stop_after_checkpoint(checkpointed)
     stop_request.uninstall()
     progress.close()
-    return _finish(accelerator, model, tokenizer, tokenized, validation_loader, test_loader, state, config, run_log)
+    return _finish(accelerator, model, tokenizer, tokenized, eval_loaders, state, config, run_log)
 
 
-def _finish(accelerator, model, tokenizer, tokenized, validation_loader, test_loader, state, config, run_log) -> dict:
-    """Pick the weights (``model_selection``), evaluate validation and test once, and write the run's outputs."""
+def _finish(accelerator, model, tokenizer, tokenized, eval_loaders, state, config, run_log) -> dict:
+    """Pick the weights (``model_selection``), evaluate validation (if any) and test once, write the outputs."""
     output_dir = Path(config.output_dir)
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
@@ -298,8 +304,8 @@ def _finish(accelerator, model, tokenizer, tokenized, validation_loader, test_lo
     if config.model_selection == "best_validation" and (output_dir / BEST_WEIGHTS).is_file():
         load_model(unwrapped, str(output_dir / BEST_WEIGHTS))  # copied onto each parameter's device
         selected_step = state.best_step
-    results = {}
-    for name, loader in (("validation", validation_loader), ("test", test_loader)):
+    results = {"validation": None}  # stays None without a validation split
+    for name, loader in eval_loaders.items():
         results[name] = evaluate_split(model, loader, expected_count=len(tokenized[name]), label_names=LABEL_NAMES,
                                        gather=accelerator.gather_for_metrics)
         run_log.write("eval", split=name, step=selected_step, final=True,

@@ -47,6 +47,7 @@ def test_saved_config_loads_back(tmp_path):
     (["--learning_rate", "nan"], "learning_rate='nan': must be a finite number"),
     (["--head_learning_rate", "-0.1"], "head_learning_rate=-0.1: must be in [0, 1)"),
     (["--layer_lr_decay", "0"], "layer_lr_decay=0.0: must be in (0, 1]"),
+    (["--validation_fraction", "1"], "validation_fraction=1.0: must be in [0, 1)"),
 ])
 def test_bad_values_name_the_field(flags, message):
     with pytest.raises(ConfigError) as caught:

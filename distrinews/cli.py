@@ -40,13 +40,16 @@ def _evaluate(argv: Sequence[str]) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from .data import LABEL_NAMES, PaddingCollator, load_ag_news, sorted_by_length, tokenize_splits
+    from .data import LABEL_NAMES, DataError, PaddingCollator, load_ag_news, sorted_by_length, tokenize_splits
     from .evaluation import evaluate_split
     from .modeling import load_classifier
 
     model, tokenizer = load_classifier(args.model, args.revision)
     splits = load_ag_news(args.dataset, validation_fraction=args.validation_fraction, seed=args.seed,
                           max_eval_samples=args.max_samples)
+    if args.split not in splits:
+        raise DataError(f"{args.dataset} has no {args.split} split with --validation_fraction "
+                        f"{args.validation_fraction:g} (it has: {', '.join(splits)})")
     split = sorted_by_length(tokenize_splits(splits, tokenizer, args.max_length)[args.split])
     loader = DataLoader(split, batch_size=args.batch_size,
                         collate_fn=PaddingCollator(tokenizer.pad_token_id))

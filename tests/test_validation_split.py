@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from conftest import tiny_train_args
+from distrinews.cli import main as cli_main
 from distrinews.data import load_ag_news
 from distrinews.reporting import metrics_markdown_table
 from distrinews.train import main as train_main
@@ -27,10 +30,16 @@ def test_a_validation_file_is_still_used(ag_news_dir, tmp_path):
     assert len(splits["train"]) == TRAIN_ROWS and len(splits["validation"]) == len(splits["test"]) == 61
 
 
-def test_a_run_without_validation_reports_test_only(tiny_model, ag_news_dir, tmp_path):
-    output_dir = tmp_path / "out"
+@pytest.fixture(scope="module")
+def run_without_validation(tiny_model, ag_news_dir, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("run") / "out"
     assert train_main(tiny_train_args(tiny_model, ag_news_dir, output_dir, validation_fraction=0,
                                       num_train_epochs=1, head_learning_rate=0.01)) == 0
+    return output_dir
+
+
+def test_a_run_without_validation_reports_test_only(run_without_validation):
+    output_dir = run_without_validation
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["validation"] is None
     assert metrics["train"]["train_examples"] == TRAIN_ROWS
@@ -54,3 +63,15 @@ def test_best_validation_needs_a_validation_split(tiny_model, ag_news_dir, tmp_p
     assert code == 2
     assert "model_selection=best_validation needs a validation split" in capsys.readouterr().err
     assert not output_dir.exists()
+
+
+def test_evaluate_command_scores_the_saved_model(run_without_validation, ag_news_dir, tmp_path, capsys):
+    output = tmp_path / "test_metrics.json"
+    assert cli_main(["evaluate", "--model", str(run_without_validation / "model"), "--dataset", str(ag_news_dir),
+                     "--max_length", "64", "--output", str(output)]) == 0
+    assert "test: accuracy" in capsys.readouterr().out
+    trained = json.loads((run_without_validation / "metrics.json").read_text())["test"]
+    assert json.loads(output.read_text())["confusion_matrix"] == trained["confusion_matrix"]
+    assert cli_main(["evaluate", "--model", str(run_without_validation / "model"), "--dataset", str(ag_news_dir),
+                     "--split", "validation", "--validation_fraction", "0"]) == 2
+    assert "has no validation split with --validation_fraction 0 (it has: train, test)" in capsys.readouterr().err

@@ -193,7 +193,7 @@ def _body(metrics, config, model_config, *, repo_id, model_name, base_model, dat
 def _per_layer_rates(config: dict) -> str:
     # .get: runs from before these settings existed have no such keys.
     head, decay = config.get("head_learning_rate", 0.0), config.get("layer_lr_decay", 1.0)
-    return (f" (task head and pooler {head:g})" if head else "") + \
+    return (f" (task head {head:g})" if head else "") + \
         (f", x{decay:g} per encoder layer further down" if decay != 1 else "")
 
 

@@ -51,7 +51,7 @@ def test_a_run_without_validation_reports_test_only(run_without_validation):
     assert "Validation: none (`validation_fraction=0`)" in card
     assert "| validation |" not in card and "Validation per class" not in card
     assert f"{TRAIN_ROWS:,} training examples (no validation split held out)" in card
-    assert "| learning rate | 0.005 (task head and pooler 0.01), linear schedule" in card
+    assert "| learning rate | 0.005 (task head 0.01), linear schedule" in card
     table = metrics_markdown_table(metrics)
     assert "| test | 61 |" in table and "validation" not in table
 

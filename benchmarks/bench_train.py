@@ -88,11 +88,15 @@ def main() -> int:
     parser.add_argument("--peak_tflops", type=float, default=790.0, help="Measured bf16 peak for MFU (H200: 790)")
     parser.add_argument("--seeds", default=None,
                         help="Comma-separated seeds for the accuracy runs, instead of the preset's (e.g. 0,1,2)")
+    parser.add_argument("--recipes", default=None,
+                        help=f"Comma-separated accuracy recipes, instead of the preset's (any of: {', '.join(RECIPES)})")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--parts", default="throughput,accuracy,ddp_scaling",
                         help="Comma-separated subset of throughput, accuracy, ddp_scaling")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.recipes and (unknown := set(args.recipes.split(",")) - RECIPES.keys()):
+        parser.error(f"unknown recipe(s): {', '.join(sorted(unknown))}")
     if args.worker:
         print("RESULT " + json.dumps(_run_worker(json.loads(args.worker))), flush=True)
         return 0
@@ -140,7 +144,7 @@ def _run_preset(args) -> int:
             save()
     seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else preset["accuracy_seeds"]
     if preset.get("accuracy_model") and "accuracy" in parts:
-        for recipe in preset["recipes"]:
+        for recipe in args.recipes.split(",") if args.recipes else preset["recipes"]:
             for system in (["trainer_tutorial", "distrinews"] if recipe == "baseline" else ["distrinews"]):
                 case = dict(kind="accuracy", system=system, recipe=recipe, model=str(models[preset["accuracy_model"]]),
                             data=str(data["accuracy"]), seeds=seeds, workdir=str(workdir))
@@ -421,12 +425,13 @@ def _add_mfu(row: dict, case: dict) -> dict:
 
 def _accuracy(case: dict) -> dict:
     recipe = RECIPES[case["recipe"]]
-    test, validation, seconds = [], [], []
+    test, validation, seconds, precision = [], [], [], None
     for seed in case["seeds"]:
         started = time.perf_counter()
         if case["system"] == "distrinews":
             metrics = _distrinews_metrics(case, recipe, seed)
             test.append(metrics["test"]["accuracy"])
+            precision = metrics["train"]["mixed_precision"]
             if metrics["validation"]:
                 validation.append(metrics["validation"]["accuracy"])
         else:
@@ -434,6 +439,8 @@ def _accuracy(case: dict) -> dict:
         seconds.append(time.perf_counter() - started)
     row = dict(system=case["system"], recipe=case["recipe"], **recipe, seeds=case["seeds"], test_accuracy=test,
                mean=round(statistics.mean(test), 4), seconds_per_run=round(statistics.mean(seconds), 1))
+    if precision:
+        row["mixed_precision"] = precision  # ACCELERATE_MIXED_PRECISION=no in the environment runs fp32
     if validation:
         row["validation_accuracy"] = validation
         row["validation_mean"] = round(statistics.mean(validation), 4)

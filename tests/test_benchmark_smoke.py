@@ -23,10 +23,17 @@ def test_benchmark_smoke_preset_runs_every_case(tmp_path):
     assert all(row["samples_per_s"] > 0 and row["tokens_per_s"] > 0 for row in results["throughput"])
     assert {row["system"] for row in results["accuracy"]} == {"trainer_tutorial", "distrinews"}
     assert all(0 <= acc <= 1 for row in results["accuracy"] for acc in row["test_accuracy"])
+    assert [row["mixed_precision"] for row in results["accuracy"] if row["system"] == "distrinews"][0] in {"bf16", "no"}
     assert results["ddp_scaling"]["samples_per_s_2"] > 0 and results["ddp_scaling"]["efficiency"] > 0
     assert output.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     table = done.stdout[done.stdout.index("hardware:"):]
     assert "speedup tiny batch 8" in table and "DDP scaling on CPU" in table
+
+
+def test_an_unknown_recipe_is_refused_before_anything_runs():
+    done = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--preset", "cpu_recipes", "--recipes",
+                           "baseline_all,nope"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "unknown recipe(s): nope" in done.stderr
 
 
 def test_inference_benchmark_runs_every_path_at_a_tiny_size(tmp_path):

@@ -44,9 +44,8 @@ def test_a_run_without_validation_reports_test_only(run_without_validation):
     assert metrics["validation"] is None
     assert metrics["train"]["train_examples"] == TRAIN_ROWS
     assert metrics["test"]["num_examples"] == 61
-    evals = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()
-             if json.loads(line)["type"] == "eval"]
-    assert [record["split"] for record in evals] == ["test"]  # once, at the end
+    records = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
+    assert [record["split"] for record in records if record["type"] == "eval"] == ["test"]  # once, at the end
     card = (output_dir / "model" / "README.md").read_text()
     assert "Validation: none (`validation_fraction=0`)" in card
     assert "| validation |" not in card and "Validation per class" not in card

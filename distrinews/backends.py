@@ -7,6 +7,9 @@ label mapping are shared. The int8 model is exported from the already loaded tor
 VNNI int8 dot-product path) and cached on disk under the model id and its resolved revision, so a restart
 skips the export. ONNX Runtime's BERT fuser was tried on top and left out: on this CPU its quantized fused
 attention (QAttention) ran DistilBERT-base at 33 ms per headline against 14 ms for the unfused int8 graph.
+
+Both backends serve the model with its last layer computing only the position the head reads
+(``distrinews.first_position``): the same logits for ~9% less time per headline.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .first_position import read_first_position_only
 from .predict import ProbabilityFn, torch_probabilities
 
 log = logging.getLogger(__name__)
 
 QUANTIZATION_CHOICES = ("auto", "none", "int8")
-EXPORT_RECIPE = "onnx17-int8-dynamic-v1"  # part of the cache key: change it when the export recipe changes
+EXPORT_RECIPE = "onnx17-int8-dynamic-first-position-v2"  # part of the cache key: change it when the export recipe changes
 ONNX_INPUTS = ("input_ids", "attention_mask")
 
 
@@ -109,12 +113,14 @@ class OnnxInt8Backend:
 
 
 def build_backend(model, quantization: str, *, cache_dir: Path, cache_key: str, threads: int | None = None):
-    """The backend for an already resolved ``quantization`` (``none`` or ``int8``)."""
+    """The backend for an already resolved ``quantization`` (``none`` or ``int8``). ``model`` is rewritten in place
+    for serving (``read_first_position_only``): do not train it or read its hidden states afterwards."""
+    if quantization not in ("none", "int8"):
+        raise ValueError(f"unknown quantization {quantization!r}; resolve 'auto' with resolve_quantization first")
+    read_first_position_only(model)
     if quantization == "none":
         return TorchBackend(model, threads)
-    if quantization == "int8":
-        return OnnxInt8Backend(export_int8_onnx(model, cache_dir, cache_key), threads)
-    raise ValueError(f"unknown quantization {quantization!r}; resolve 'auto' with resolve_quantization first")
+    return OnnxInt8Backend(export_int8_onnx(model, cache_dir, cache_key), threads)
 
 
 def weights_fingerprint(model_dir: Path) -> str:

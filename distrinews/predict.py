@@ -8,8 +8,10 @@ ONNX Runtime session of ``distrinews.backends``; both go through ``predict_with`
 
 from __future__ import annotations
 
+import copy
+import weakref
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -40,15 +42,42 @@ def label_names(model) -> list[str]:
     return [model.config.id2label[i] for i in range(model.config.num_labels)]
 
 
+# tokenizer -> {max_length: its Rust encoder, copied, with truncation set}; weak so a dropped tokenizer is freed
+_TRUNCATING_ENCODERS: "weakref.WeakKeyDictionary[Any, dict[int, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _truncating_encoder(tokenizer, max_length: int):
+    """A fast tokenizer's own Rust encoder, copied once per ``max_length`` with truncation switched on, or None.
+
+    Calling the transformers tokenizer re-applies its truncation settings and wraps the result in a
+    ``BatchEncoding`` on every call: for one headline that took 0.8 ms after an idle spell against 0.5 ms for the
+    encoder alone, here. The copy leaves the caller's tokenizer untouched."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    try:
+        per_length = _TRUNCATING_ENCODERS.setdefault(tokenizer, {})
+    except TypeError:  # not weak-referenceable: use the transformers call
+        return None
+    if max_length not in per_length:
+        encoder = copy.deepcopy(backend)
+        encoder.no_padding()
+        encoder.enable_truncation(max_length, strategy="longest_first",
+                                  direction=getattr(tokenizer, "truncation_side", "right"))
+        per_length[max_length] = encoder
+    return per_length[max_length]
+
+
 def encode_texts(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], list[bool]]:
-    """Token ids cut to ``max_length`` (special tokens kept), and whether each text had to be cut."""
+    """Token ids cut to ``max_length`` (special tokens kept), and whether each text had to be cut: the same ids
+    as ``tokenizer(texts, truncation=True, max_length=max_length)``."""
+    encoder = _truncating_encoder(tokenizer, max_length)
+    if encoder is not None:  # fast tokenizers report what truncation cut off: one pass, no re-tokenizing
+        encodings = encoder.encode_batch(list(texts), add_special_tokens=True)
+        return [encoding.ids for encoding in encodings], [bool(encoding.overflowing) for encoding in encodings]
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)
-    if encoded.encodings is not None:  # fast tokenizers report what truncation cut off: one pass, no re-tokenizing
-        truncated = [bool(encoding.overflowing) for encoding in encoded.encodings]
-    else:
-        full = tokenizer(list(texts), truncation=False, add_special_tokens=True)["input_ids"]
-        truncated = [len(ids) > max_length for ids in full]
-    return encoded["input_ids"], truncated
+    full = tokenizer(list(texts), truncation=False, add_special_tokens=True)["input_ids"]
+    return encoded["input_ids"], [len(ids) > max_length for ids in full]
 
 
 def pad_batch(token_ids: Sequence[Sequence[int]], pad_id: int, multiple_of: int = 8) -> dict[str, np.ndarray]:

@@ -26,6 +26,7 @@ def test_int8_onnx_export_agrees_with_fp32_on_padded_batches_and_is_cached(tiny_
     texts = ["the", "shares profit investors quarterly earnings merger", "nasa " * 40, "coach league"]
     ids, truncated = encode_texts(tokenizer, texts, max_length=32)
     assert truncated == [False, False, True, False] and max(map(len, ids)) == 32
+    assert ids == tokenizer(texts, truncation=True, max_length=32)["input_ids"]  # the Rust shortcut changes nothing
     batch = pad_batch(ids, tokenizer.pad_token_id)
     assert batch["input_ids"].shape == (4, 32) and batch["attention_mask"].sum(1).tolist() == list(map(len, ids))
     fp32 = torch_probabilities(model)(batch)
@@ -146,6 +147,28 @@ def test_inference_runs_off_the_event_loop_in_one_thread():
 
     asyncio.run(scenario())
     assert len(threads) == 1 and threads.pop().startswith("inference")
+
+
+def test_a_lone_text_runs_on_the_event_loop_and_a_text_with_others_waiting_does_not():
+    threads = []
+
+    def run_batch(texts):
+        threads.append((texts[0], threading.current_thread().name))
+        return texts
+
+    async def scenario():
+        batcher = MicroBatcher(run_batch, max_batch_size=1, max_wait_ms=0, max_queue=10)
+        await batcher.start()
+        await batcher.submit(["alone"])
+        await asyncio.gather(*(batcher.submit([str(i)]) for i in range(3)))
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    loop_thread = threading.current_thread().name
+    # "0" and "1" had company in the queue; "2" was the last one, alone again.
+    assert [text for text, _ in threads] == ["alone", "0", "1", "2"]
+    assert [name == loop_thread for _, name in threads] == [True, False, False, True]
+    assert all(name.startswith("inference") for _, name in threads[1:3])
 
 
 def _keyword_classifier(texts):

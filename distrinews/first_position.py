@@ -1,0 +1,152 @@
+"""Serving shortcut: the encoder's last layer computes only the position the classification head reads.
+
+Encoder classifiers (BERT, DistilBERT, RoBERTa, ELECTRA and their kin) read one position of the last layer, the
+first ([CLS] / <s>). That layer still computes every position, and all but one are thrown away: their query
+projection, attention output projection, feed-forward block and LayerNorms, 10 of the layer's 12 d x d matmuls per
+token, about 14% of a 6-layer model's work. ``read_first_position_only`` replaces the last layer with one that
+computes position 0 alone; keys and values still come from every position, so the result is the same math on fewer
+rows. It reuses the layer's own submodules and is checked before it is kept: the rewritten model must reproduce
+the original logits on a padded probe batch, or the original layer is put back. Layers it does not recognise are
+left alone, so any ``AutoModelForSequenceClassification`` still serves, just without the shortcut.
+
+Serving only: the rewritten model returns a last hidden state of length 1, which training and feature extraction
+must not see.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+log = logging.getLogger(__name__)
+
+PROBE_TOLERANCE = 1e-4  # largest logit difference accepted between the rewritten and the original model
+
+
+def _split_heads(states: torch.Tensor, head_size: int) -> torch.Tensor:
+    batch, length, _ = states.shape
+    return states.view(batch, length, -1, head_size).transpose(1, 2)
+
+
+def _first_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
+    """Attention of one query row over all keys, as (batch, 1, hidden)."""
+    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] != 1:
+        attention_mask = attention_mask[:, :, :1]  # the mask rows of the other queries are not needed
+    # Both of the masks transformers builds (bool "attend here", or additive float) are what SDPA takes.
+    context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)
+    batch, heads, _, head_size = context.shape
+    return context.transpose(1, 2).reshape(batch, 1, heads * head_size)
+
+
+class _FirstPositionBertLayer(nn.Module):
+    """``BertLayer`` (and its copies: RoBERTa, ELECTRA, XLM-R, ...) for position 0 only."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
+        attention = self.layer.attention.self
+        first = hidden_states[:, :1]
+        head_size = attention.attention_head_size
+        context = _first_query_attention(_split_heads(attention.query(first), head_size),
+                                         _split_heads(attention.key(hidden_states), head_size),
+                                         _split_heads(attention.value(hidden_states), head_size),
+                                         attention_mask, attention.scaling)
+        attention_output = self.layer.attention.output(context, first)
+        return self.layer.feed_forward_chunk(attention_output)
+
+
+class _FirstPositionDistilBertLayer(nn.Module):
+    """DistilBERT's ``TransformerBlock`` for position 0 only."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
+        attention = self.layer.attention
+        first = hidden_states[:, :1]
+        head_size = attention.attention_head_size
+        context = _first_query_attention(_split_heads(attention.q_lin(first), head_size),
+                                         _split_heads(attention.k_lin(hidden_states), head_size),
+                                         _split_heads(attention.v_lin(hidden_states), head_size),
+                                         attention_mask, attention.scaling)
+        attended = self.layer.sa_layer_norm(attention.out_lin(context) + first)
+        return self.layer.output_layer_norm(self.layer.ffn(attended) + attended)
+
+
+def _has(module: nn.Module, *paths: str) -> bool:
+    for path in paths:
+        target = module
+        for name in path.split("."):
+            if not hasattr(target, name):
+                return False
+            target = getattr(target, name)
+    return True
+
+
+def _first_position_layer_for(layer: nn.Module) -> Callable[[nn.Module], nn.Module] | None:
+    if getattr(layer, "is_decoder", False) or hasattr(layer, "crossattention"):
+        return None  # causal or cross-attending layers are not encoder classifiers
+    if _has(layer, "attention.self.query", "attention.self.key", "attention.self.value", "attention.self.scaling",
+            "attention.self.attention_head_size", "attention.output", "feed_forward_chunk"):
+        return _FirstPositionBertLayer
+    if _has(layer, "attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin", "attention.scaling",
+            "attention.attention_head_size", "sa_layer_norm", "ffn", "output_layer_norm"):
+        return _FirstPositionDistilBertLayer
+    return None
+
+
+def _encoder_layers(model: nn.Module) -> nn.ModuleList | None:
+    base = getattr(model, "base_model", model)
+    for path in ("encoder.layer", "transformer.layer"):
+        layers = base
+        for name in path.split("."):
+            layers = getattr(layers, name, None)
+        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+            return layers
+    return None
+
+
+def _probe_batch(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Two rows of varied token ids, the second padded, within the model's vocabulary."""
+    vocab = int(getattr(model.config, "vocab_size", 100))
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(min(5, vocab - 1), vocab, (2, 12), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 7:] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+@torch.inference_mode()
+def read_first_position_only(model: nn.Module) -> bool:
+    """Rewrite ``model`` (in eval mode, in place) so its last layer computes position 0 only; True if kept."""
+    layers = _encoder_layers(model)
+    rewrite = _first_position_layer_for(layers[-1]) if layers is not None else None
+    if rewrite is None:
+        log.info("%s: last layer not recognised; served without the first-position shortcut",
+                 type(model).__name__)
+        return False
+    model.eval()
+    probe = {name: tensor.to(next(model.parameters()).device) for name, tensor in _probe_batch(model).items()}
+    expected = model(**probe).logits
+    original = layers[-1]
+    layers[-1] = rewrite(original)
+    try:
+        difference = (model(**probe).logits - expected).abs().max().item()
+    except Exception as err:  # noqa: BLE001 - any failure means the shortcut does not fit this model
+        difference, failure = float("inf"), err
+    else:
+        failure = None
+    if not difference <= PROBE_TOLERANCE * max(1.0, expected.abs().max().item()):
+        layers[-1] = original
+        log.warning("%s: the first-position shortcut changed the logits (%s); served without it",
+                    type(model).__name__, failure or f"max difference {difference:.2e}")
+        return False
+    return True

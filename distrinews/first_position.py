@@ -32,14 +32,17 @@ def _split_heads(states: torch.Tensor, head_size: int) -> torch.Tensor:
     return states.view(batch, length, -1, head_size).transpose(1, 2)
 
 
-def _first_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                           attention_mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
-    """Attention of one query row over all keys, as (batch, 1, hidden)."""
+def _first_position_attention(query: nn.Module, key: nn.Module, value: nn.Module, head_size: int, scaling: float,
+                              hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention of position 0 over every position, as (batch, 1, hidden), with the layer's own projections."""
     if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] != 1:
         attention_mask = attention_mask[:, :, :1]  # the mask rows of the other queries are not needed
     # Both of the masks transformers builds (bool "attend here", or additive float) are what SDPA takes.
-    context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)
-    batch, heads, _, head_size = context.shape
+    context = F.scaled_dot_product_attention(_split_heads(query(hidden_states[:, :1]), head_size),
+                                             _split_heads(key(hidden_states), head_size),
+                                             _split_heads(value(hidden_states), head_size),
+                                             attn_mask=attention_mask, scale=scaling)
+    batch, heads, _, _ = context.shape
     return context.transpose(1, 2).reshape(batch, 1, heads * head_size)
 
 
@@ -52,13 +55,10 @@ class _FirstPositionBertLayer(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
         attention = self.layer.attention.self
-        first = hidden_states[:, :1]
-        head_size = attention.attention_head_size
-        context = _first_query_attention(_split_heads(attention.query(first), head_size),
-                                         _split_heads(attention.key(hidden_states), head_size),
-                                         _split_heads(attention.value(hidden_states), head_size),
-                                         attention_mask, attention.scaling)
-        attention_output = self.layer.attention.output(context, first)
+        context = _first_position_attention(attention.query, attention.key, attention.value,
+                                            attention.attention_head_size, attention.scaling, hidden_states,
+                                            attention_mask)
+        attention_output = self.layer.attention.output(context, hidden_states[:, :1])
         return self.layer.feed_forward_chunk(attention_output)
 
 
@@ -71,13 +71,10 @@ class _FirstPositionDistilBertLayer(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
         attention = self.layer.attention
-        first = hidden_states[:, :1]
-        head_size = attention.attention_head_size
-        context = _first_query_attention(_split_heads(attention.q_lin(first), head_size),
-                                         _split_heads(attention.k_lin(hidden_states), head_size),
-                                         _split_heads(attention.v_lin(hidden_states), head_size),
-                                         attention_mask, attention.scaling)
-        attended = self.layer.sa_layer_norm(attention.out_lin(context) + first)
+        context = _first_position_attention(attention.q_lin, attention.k_lin, attention.v_lin,
+                                            attention.attention_head_size, attention.scaling, hidden_states,
+                                            attention_mask)
+        attended = self.layer.sa_layer_norm(attention.out_lin(context) + hidden_states[:, :1])
         return self.layer.output_layer_norm(self.layer.ffn(attended) + attended)
 
 

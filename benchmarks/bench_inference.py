@@ -10,8 +10,8 @@ What it measures, on real AG News test text (title + description, ../shared/data
 2. ``ort-int8``: the ONNX Runtime dynamic int8 recipe that ``optimum``'s ``ORTQuantizer`` (avx512_vnni, dynamic)
    applies: ``torch.onnx.export`` + ``onnxruntime.quantization.quantize_dynamic``, called in-process. optimum
    itself is not used: ``optimum[onnxruntime]`` downgrades transformers to 4.57 (see ../shared/docs/BASELINES.md).
-   The Space's int8 backend (``distrinews.backends``) is the same recipe, so the gap between these rows is
-   the serving path: HTTP, JSON, validation, micro-batching, padding.
+   The Space's int8 backend (``distrinews.backends``) quantizes the same way, from a model whose last layer
+   computes only the position the head reads (``distrinews.first_position``: same logits, less work).
 3. ``space-fp32`` and ``space``: the app itself (``uvicorn app.app:app``) with QUANTIZE=none (fp32 torch) and
    QUANTIZE=auto (int8 where the CPU has VNNI), over HTTP on 127.0.0.1, so every number includes HTTP, JSON,
    validation and the micro-batcher.
@@ -432,23 +432,28 @@ def main(argv=None) -> int:
 
 
 def measure_accuracy(model_path: str, texts: list[str], gold: list[int], work: Path) -> dict:
-    """Accuracy of the Space's two backends (fp32 torch, ONNX Runtime int8) on every text of the split."""
+    """Accuracy on every text of the split: the model as trained (fp32 torch, untouched) and the Space's two
+    backends, which serve it with the last layer computing position 0 only (``distrinews.first_position``)."""
     from distrinews.backends import build_backend, cache_folder_name
     from distrinews.modeling import load_classifier
     from distrinews.predict import label_names, predict_with, torch_probabilities
 
     model, tokenizer = load_classifier(model_path)
     labels = label_names(model)
-    paths = {"fp32 (torch, QUANTIZE=none)": torch_probabilities(model.eval()),
-             "int8 (ONNX Runtime, QUANTIZE=int8)": build_backend(
-                 model, "int8", cache_dir=work / "acc-cache", cache_key=cache_folder_name(model_path, "bench")
-             ).probabilities}
+
+    def served(quantization: str):
+        return build_backend(load_classifier(model_path)[0], quantization, cache_dir=work / "acc-cache",
+                             cache_key=cache_folder_name(model_path, "bench")).probabilities
+
+    paths = {"fp32 (torch, as trained)": torch_probabilities(model.eval()),
+             "fp32 (QUANTIZE=none)": served("none"),
+             "int8 (ONNX Runtime, QUANTIZE=int8)": served("int8")}
     predicted = {}
     for name, probabilities_of in paths.items():
         predictions = predict_with(probabilities_of, tokenizer, labels, texts, max_length=128, batch_size=64,
                                    pad_to_multiple_of=1)
         predicted[name] = [labels.index(p.label) for p in predictions]
-    reference = predicted["fp32 (torch, QUANTIZE=none)"]
+    reference = predicted["fp32 (torch, as trained)"]
     return {"model": model_path, "texts": len(texts), "paths": {
         name: {"accuracy_pct": round(100 * sum(p == g for p, g in zip(labels_, gold)) / len(gold), 2),
                "agreement_with_fp32_pct": round(100 * sum(p == r for p, r in zip(labels_, reference)) / len(gold), 2)}

@@ -23,7 +23,7 @@ from typing import Any
 import gradio as gr
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -248,7 +248,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for co
 
 
 @api.post("/api/predict", response_model=PredictResponse, responses=ERRORS)
-async def predict(request: PredictRequest) -> PredictResponse:
+async def predict(request: PredictRequest) -> Response:
     """Classify one text or a list of texts: the top label and every class probability, per text."""
     service = state.require_service()
     texts = request.as_list()
@@ -259,9 +259,12 @@ async def predict(request: PredictRequest) -> PredictResponse:
     truncated = [i for i, p in enumerate(predictions) if p.truncated]
     warnings = [f"texts {truncated[:20]} were longer than {service.max_length} tokens; only their start was read"
                 ] if truncated else []
-    return PredictResponse(predictions=[TextPrediction(**p.to_dict()) for p in predictions],
-                           model_id=service.config.model_id, revision=service.resolved_revision,
-                           quantization=service.quantization, max_length=service.max_length, warnings=warnings)
+    response = PredictResponse(predictions=[TextPrediction(**p.to_dict()) for p in predictions],
+                               model_id=service.config.model_id, revision=service.resolved_revision,
+                               quantization=service.quantization, max_length=service.max_length, warnings=warnings)
+    # Serialized here: returning the model would make FastAPI validate and serialize it a second time, 0.2 ms
+    # of a ~13 ms int8 request on this machine. response_model above still documents it in /docs.
+    return Response(response.model_dump_json(), media_type="application/json")
 
 
 @api.get("/api/health", response_model=Status)

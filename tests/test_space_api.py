@@ -61,6 +61,10 @@ def test_predict_one_and_many_match_the_package_predict_path(client, space_model
     many = client.post("/api/predict", json={"texts": texts})
     assert one.status_code == many.status_code == 200, (one.text, many.text)
     body = many.json()
+    assert many.headers["content-type"] == "application/json"
+    from app.app import PredictResponse
+
+    assert PredictResponse.model_validate(body).model_dump() == body  # exactly the documented schema
     assert body["quantization"] == info["quantization"] and body["revision"] == info["resolved_revision"]
     assert [len(p["probabilities"]) for p in body["predictions"]] == [4, 4, 4]
     model, tokenizer = load_classifier(str(space_model))

@@ -20,7 +20,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +34,17 @@ def _split_heads(states: torch.Tensor, head_size: int) -> torch.Tensor:
 def _first_position_attention(query: nn.Module, key: nn.Module, value: nn.Module, head_size: int, scaling: float,
                               hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """Attention of position 0 over every position, as (batch, 1, hidden), with the layer's own projections."""
-    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] != 1:
-        attention_mask = attention_mask[:, :, :1]  # the mask rows of the other queries are not needed
-    # Both of the masks transformers builds (bool "attend here", or additive float) are what SDPA takes.
-    context = F.scaled_dot_product_attention(_split_heads(query(hidden_states[:, :1]), head_size),
-                                             _split_heads(key(hidden_states), head_size),
-                                             _split_heads(value(hidden_states), head_size),
-                                             attn_mask=attention_mask, scale=scaling)
+    scores = torch.matmul(_split_heads(query(hidden_states[:, :1]), head_size),
+                          _split_heads(key(hidden_states), head_size).transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dim() == 4 and attention_mask.shape[-2] != 1:
+            attention_mask = attention_mask[:, :, :1]  # the mask rows of the other queries are not needed
+        # transformers builds a bool "attend here" mask for SDPA and an additive float one for eager attention.
+        scores = (scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+                  if attention_mask.dtype == torch.bool else scores + attention_mask)
+    # Plain matmul + softmax rather than SDPA: one query row is cheap either way, and SDPA's ONNX export adds
+    # NaN guards and mask conversions.
+    context = torch.matmul(scores.softmax(dim=-1), _split_heads(value(hidden_states), head_size))
     batch, heads, _, _ = context.shape
     return context.transpose(1, 2).reshape(batch, 1, heads * head_size)
 

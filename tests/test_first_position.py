@@ -81,7 +81,9 @@ def test_decoder_classifiers_are_left_alone():
 def test_the_served_int8_graph_matches_the_unmodified_model(tiny_model, tmp_path):
     model, tokenizer = load_classifier(str(tiny_model))
     reference = torch_probabilities(copy.deepcopy(model).eval())
+    attention = model.config._attn_implementation
     backend = build_backend(model, "int8", cache_dir=tmp_path, cache_key="tiny")
+    assert model.config._attn_implementation == attention  # exported with eager attention, then put back
     assert "FirstPosition" in type(_last_layer(model)).__name__  # the export came from the rewritten model
     assert isinstance(backend, OnnxInt8Backend)
     texts = ["the", "shares profit investors quarterly earnings merger", "nasa " * 40, "coach league"]

@@ -9,7 +9,8 @@ skips the export. ONNX Runtime's BERT fuser was tried on top and left out: on th
 attention (QAttention) ran DistilBERT-base at 33 ms per headline against 14 ms for the unfused int8 graph.
 
 Both backends serve the model with its last layer computing only the position the head reads
-(``distrinews.first_position``): the same logits for ~9% less time per headline.
+(``distrinews.first_position``): the same logits, and 12.7 -> 11.6 ms per int8 headline in an interleaved A/B
+of DistilBERT-base graphs here.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from .predict import ProbabilityFn, torch_probabilities
 log = logging.getLogger(__name__)
 
 QUANTIZATION_CHOICES = ("auto", "none", "int8")
-EXPORT_RECIPE = "onnx17-eager-int8-dynamic-first-position-v3"  # part of the cache key: change it when the export recipe changes
+# Part of the cache key: change it whenever the export recipe changes, so no stale graph is served.
+EXPORT_RECIPE = "onnx17-eager-int8-dynamic-first-position-v3"
 ONNX_INPUTS = ("input_ids", "attention_mask")
 
 

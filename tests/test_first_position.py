@@ -70,6 +70,19 @@ def test_a_head_that_reads_other_positions_keeps_the_full_layer():
         assert torch.equal(model(**_batch()).logits, expected)
 
 
+def test_a_rewrite_that_fails_to_run_leaves_the_model_serving_as_before():
+    torch.manual_seed(0)
+    model = ENCODERS["distilbert"]("sdpa").eval()
+    original_layer = _last_layer(model)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unexpected layer internals")
+
+    original_layer.output_layer_norm.forward = broken  # the original layer needs it too: the probe itself fails
+    assert not read_first_position_only(model)
+    assert _last_layer(model) is original_layer
+
+
 def test_decoder_classifiers_are_left_alone():
     model = GPT2ForSequenceClassification(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=99, num_labels=4,
                                                      pad_token_id=0, bos_token_id=1, eos_token_id=2)).eval()

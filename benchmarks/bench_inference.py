@@ -434,6 +434,8 @@ def main(argv=None) -> int:
 def measure_accuracy(model_path: str, texts: list[str], gold: list[int], work: Path) -> dict:
     """Accuracy on every text of the split: the model as trained (fp32 torch, untouched) and the Space's two
     backends, which serve it with the last layer computing position 0 only (``distrinews.first_position``)."""
+    import copy
+
     from distrinews.backends import build_backend, cache_folder_name
     from distrinews.modeling import load_classifier
     from distrinews.predict import label_names, predict_with, torch_probabilities
@@ -441,8 +443,8 @@ def measure_accuracy(model_path: str, texts: list[str], gold: list[int], work: P
     model, tokenizer = load_classifier(model_path)
     labels = label_names(model)
 
-    def served(quantization: str):
-        return build_backend(load_classifier(model_path)[0], quantization, cache_dir=work / "acc-cache",
+    def served(quantization: str):  # a copy: serving rewrites the model it is given
+        return build_backend(copy.deepcopy(model), quantization, cache_dir=work / "acc-cache",
                              cache_key=cache_folder_name(model_path, "bench")).probabilities
 
     paths = {"fp32 (torch, as trained)": torch_probabilities(model.eval()),

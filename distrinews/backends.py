@@ -9,8 +9,8 @@ skips the export. ONNX Runtime's BERT fuser was tried on top and left out: on th
 attention (QAttention) ran DistilBERT-base at 33 ms per headline against 14 ms for the unfused int8 graph.
 
 Both backends serve the model with its last layer computing only the position the head reads
-(``distrinews.first_position``): the same logits, and 12.7 -> 11.6 ms per int8 headline in an interleaved A/B
-of DistilBERT-base graphs here.
+(``distrinews.first_position``): the same logits, and 12.7 -> 11.6 ms per int8 headline in a one-off interleaved
+A/B of DistilBERT-base graphs here.
 """
 
 from __future__ import annotations

@@ -81,14 +81,15 @@ class _FirstPositionDistilBertLayer(nn.Module):
         return self.layer.output_layer_norm(self.layer.ffn(attended) + attended)
 
 
+def _attribute(module: nn.Module, path: str):
+    """``module.a.b.c`` for the path ``"a.b.c"``, or None where a link is missing."""
+    for name in path.split("."):
+        module = getattr(module, name, None)
+    return module
+
+
 def _has(module: nn.Module, *paths: str) -> bool:
-    for path in paths:
-        target = module
-        for name in path.split("."):
-            if not hasattr(target, name):
-                return False
-            target = getattr(target, name)
-    return True
+    return all(_attribute(module, path) is not None for path in paths)
 
 
 def _first_position_layer_for(layer: nn.Module) -> Callable[[nn.Module], nn.Module] | None:
@@ -105,10 +106,8 @@ def _first_position_layer_for(layer: nn.Module) -> Callable[[nn.Module], nn.Modu
 
 def _encoder_layers(model: nn.Module) -> nn.ModuleList | None:
     base = getattr(model, "base_model", model)
-    for path in ("encoder.layer", "transformer.layer"):
-        layers = base
-        for name in path.split("."):
-            layers = getattr(layers, name, None)
+    for path in ("encoder.layer", "transformer.layer"):  # BERT-style, DistilBERT
+        layers = _attribute(base, path)
         if isinstance(layers, nn.ModuleList) and len(layers) > 0:
             return layers
     return None

@@ -55,10 +55,7 @@ def _truncating_encoder(tokenizer, max_length: int):
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    try:
-        per_length = _TRUNCATING_ENCODERS.setdefault(tokenizer, {})
-    except TypeError:  # not weak-referenceable: use the transformers call
-        return None
+    per_length = _TRUNCATING_ENCODERS.setdefault(tokenizer, {})
     if max_length not in per_length:
         encoder = copy.deepcopy(backend)
         encoder.no_padding()

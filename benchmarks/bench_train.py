@@ -76,6 +76,9 @@ RECIPES = {
     "baseline_all": dict(learning_rate=5e-5, num_train_epochs=3, per_device_train_batch_size=32, validation_fraction=0),
     "lr1e-4_head1e-3_all": dict(learning_rate=1e-4, head_learning_rate=1e-3, num_train_epochs=3,
                                 per_device_train_batch_size=32, validation_fraction=0),
+    # Each text also as its opening words and as the rest (text_part_views): 3x the rows per epoch, so 2 epochs.
+    "views_lr1e-4_head1e-3_all": dict(learning_rate=1e-4, head_learning_rate=1e-3, num_train_epochs=2,
+                                      per_device_train_batch_size=32, validation_fraction=0, text_part_views=True),
 }
 
 

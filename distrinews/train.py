@@ -42,7 +42,9 @@ from transformers import get_scheduler
 from . import checkpoint, faults
 from .checkpoint import CheckpointMismatchError, CheckpointWriteError, OutputDirError, TrainerState
 from .config import ConfigError, TrainConfig, parse_train_config
-from .data import LABEL_NAMES, DataError, PaddingCollator, load_ag_news, sorted_by_length, tokenize_splits
+from .cpu_dropout import use_cpu_dropout
+from .data import (LABEL_NAMES, DataError, PaddingCollator, add_text_part_views, load_ag_news, sorted_by_length,
+                   tokenize_splits)
 from .evaluation import evaluate_split
 from .hub import HubPushError, check_push_ready, push_run_to_hub
 from .model_card import write_model_card
@@ -87,6 +89,8 @@ def _train(config: TrainConfig, stop_request: StopRequest) -> dict:
     # some waiting in a collective; nothing has been written to output_dir yet.
     splits = load_ag_news(config.dataset, validation_fraction=config.validation_fraction, seed=config.seed,
                           max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples)
+    if config.text_part_views:
+        splits["train"] = add_text_part_views(splits["train"], seed=config.seed)
     has_validation = "validation" in splits
     if config.model_selection == "best_validation" and not has_validation:
         raise ConfigError("model_selection=best_validation needs a validation split: set validation_fraction > 0 "
@@ -95,6 +99,9 @@ def _train(config: TrainConfig, stop_request: StopRequest) -> dict:
         model, tokenizer = load_classifier(config.model_name_or_path, for_training=True)
     with accelerator.local_main_process_first():  # tokenize once per machine; the others hit the cache
         tokenized = tokenize_splits(splits, tokenizer, config.max_length)
+
+    if device.type == "cpu" and config.cpu_dropout_masks:
+        accelerator.print(f"CPU dropout masks from 16-bit random numbers: {use_cpu_dropout(model)}")
 
     checkpoint_root = output_dir / "checkpoints"
     # On every rank, so all fail together before training (each rank writes into checkpoints).
@@ -380,9 +387,12 @@ def _build_optimizer(model: torch.nn.Module, config: TrainConfig, fused: bool) -
 
 def _data_loader(dataset, collator, config: TrainConfig, device: torch.device, **batching) -> DataLoader:
     workers = config.dataloader_num_workers
+    # A private generator: each new iterator draws its worker seed from it, not from torch's global RNG, which
+    # then feeds dropout alone. Otherwise a resumed run (one iterator more than the run it resumes) would
+    # draw different dropout masks from the checkpointed RNG state.
     return DataLoader(dataset, collate_fn=collator, num_workers=workers, persistent_workers=workers > 0,
                       pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals if workers else None,
-                      **batching)
+                      generator=torch.Generator().manual_seed(config.seed), **batching)
 
 
 def _find_resume_checkpoint(config: TrainConfig, checkpoint_root: Path) -> Path | None:

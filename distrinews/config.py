@@ -57,11 +57,6 @@ class TrainConfig:
     warmup_ratio: float = _doc("Fraction of the optimizer steps spent warming the learning rate up.", default=0.06)
     lr_scheduler_type: str = _doc(f"Learning-rate schedule after warmup: one of {', '.join(LR_SCHEDULERS)}.", default="linear")
     max_length: int = _doc("Tokens per example after truncation.", default=128)
-    text_part_views: bool = _doc(
-        "Also train on two parts of every training text, each with the text's label: its opening words (15-50% "
-        "of them, drawn per text) and the rest. The model learns to classify from either part (on AG News: mostly "
-        "the headline, and the body). Triples the training rows per epoch; validation and test are untouched.",
-        default=False)
     gradient_accumulation_steps: int = _doc("Micro-batches per optimizer step.", default=1)
     max_grad_norm: float = _doc("Gradient clipping norm; 0 disables clipping.", default=1.0)
     seed: int = _doc("Seed for the model head, data order, validation split and dropout.", default=42)

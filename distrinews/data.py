@@ -189,27 +189,6 @@ def _check_rows(split: Dataset, where: str, first_row: int) -> None:
             raise DataError(f"{where}: row {index + first_row}: empty text")
 
 
-def add_text_part_views(train: Dataset, seed: int) -> Dataset:
-    """``train`` followed by two views of each text: its opening words alone and the rest alone.
-
-    The cut falls at a word boundary 15-50% of the way in, drawn per text from ``seed`` (the same rows for the
-    same seed, as resuming needs). On AG News the opening fifth of a text is usually its headline, so the views
-    approximate headline-only and body-only examples without needing the boundary, which the Hub copy of the
-    data no longer has. Texts of one word get no views.
-    """
-    rng = np.random.default_rng(seed)
-    texts, labels = [], []
-    for text, label in zip(train["text"], train["label"]):
-        words = text.split()
-        if len(words) < 2:
-            continue
-        cut = min(len(words) - 1, max(1, round(len(words) * rng.uniform(0.15, 0.5))))
-        texts += [" ".join(words[:cut]), " ".join(words[cut:])]
-        labels += [label, label]
-    views = Dataset.from_dict({"text": texts, "label": labels}, features=train.features)
-    return datasets.concatenate_datasets([train, views])
-
-
 def tokenize_splits(splits: DatasetDict, tokenizer, max_length: int) -> DatasetDict:
     """Tokenize without padding (the collator pads each batch) and record each example's length."""
 

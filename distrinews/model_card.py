@@ -154,8 +154,7 @@ def _body(metrics, config, model_config, *, repo_id, model_name, base_model, dat
         + "\n\n![Test confusion matrix](confusion_matrix.png)",
 
         "## Training",
-        f"Data: {data_source}, {train['train_examples']:,} training examples"
-        f"{' (texts and their part views, see below)' if config.get('text_part_views') else ''} "
+        f"Data: {data_source}, {train['train_examples']:,} training examples "
         f"{'after the validation split' if validation else '(no validation split held out)'}.\n\n"
         "| hyperparameter | value |\n| --- | --- |\n" + "\n".join(f"| {key} | {value} |" for key, value in (
             ("base model", base),
@@ -172,8 +171,6 @@ def _body(metrics, config, model_config, *, repo_id, model_name, base_model, dat
                               f"{config['lr_scheduler_type']} schedule, warmup ratio {config['warmup_ratio']}"),
             ("max gradient norm", config["max_grad_norm"] or "no clipping"),
             ("max sequence length", config["max_length"]),
-            ("text part views", "each training text also trained on as its opening words (15-50%) and as the rest"
-             if config.get("text_part_views") else "no"),
             ("length-grouped batches", config["group_by_length"]),
             ("seed", config["seed"]),
         )),

@@ -43,8 +43,7 @@ from . import checkpoint, faults
 from .checkpoint import CheckpointMismatchError, CheckpointWriteError, OutputDirError, TrainerState
 from .config import ConfigError, TrainConfig, parse_train_config
 from .cpu_dropout import use_cpu_dropout
-from .data import (LABEL_NAMES, DataError, PaddingCollator, add_text_part_views, load_ag_news, sorted_by_length,
-                   tokenize_splits)
+from .data import LABEL_NAMES, DataError, PaddingCollator, load_ag_news, sorted_by_length, tokenize_splits
 from .evaluation import evaluate_split
 from .hub import HubPushError, check_push_ready, push_run_to_hub
 from .model_card import write_model_card
@@ -89,8 +88,6 @@ def _train(config: TrainConfig, stop_request: StopRequest) -> dict:
     # some waiting in a collective; nothing has been written to output_dir yet.
     splits = load_ag_news(config.dataset, validation_fraction=config.validation_fraction, seed=config.seed,
                           max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples)
-    if config.text_part_views:
-        splits["train"] = add_text_part_views(splits["train"], seed=config.seed)
     has_validation = "validation" in splits
     if config.model_selection == "best_validation" and not has_validation:
         raise ConfigError("model_selection=best_validation needs a validation split: set validation_fraction > 0 "

@@ -19,7 +19,8 @@ def test_benchmark_smoke_preset_runs_every_case(tmp_path):
     assert results["errors"] == []
     systems = {row["system"] for row in results["throughput"]}
     expected = {"trainer_tutorial", "trainer_dynamic", "distrinews"}
-    assert expected <= systems and systems - expected <= {"distrinews_bf16"}  # bf16 only where the CPU has units
+    # bf16 (and bf16 with torch's own dropout masks) only where the CPU has bf16 units
+    assert expected <= systems and systems - expected <= {"distrinews_bf16", "distrinews_bf16_torch_dropout"}
     assert all(row["samples_per_s"] > 0 and row["tokens_per_s"] > 0 for row in results["throughput"])
     assert {row["system"] for row in results["accuracy"]} == {"trainer_tutorial", "distrinews"}
     assert all(0 <= acc <= 1 for row in results["accuracy"] for acc in row["test_accuracy"])

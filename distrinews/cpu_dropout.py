@@ -9,7 +9,7 @@ bf16 MiniLM-L6 training step on this project's 2-core benchmark CPU that was 27%
   exact inverse of the real keep rate, so every activation keeps its expected value;
 - the masks come from torch's default CPU generator, so ``set_seed`` and the RNG state saved in checkpoints
   decide them exactly as they decided torch's own masks, and a resumed run repeats them;
-- on any other device, in eval mode or with ``p == 0`` the module is ``nn.Dropout`` unchanged.
+- on any other device, in eval mode, and for ``p`` 0 or 1 the module is ``nn.Dropout`` unchanged.
 
 The attention probabilities are dropped inside transformers' attention function, not by a module, so
 :func:`use_cpu_dropout` also registers an attention function that is ``sdpa`` except for that mask.
@@ -46,13 +46,15 @@ class CPUDropout(nn.Dropout):
     """``nn.Dropout`` whose CPU training masks come from :func:`keep_mask`; same ``p``, same state dict."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or input.device.type != "cpu" or not input.is_floating_point():
+        if not (self.training and input.device.type == "cpu" and input.is_floating_point() and _representable(self.p)):
             return super().forward(input)
-        if self.p == 1:
-            return torch.zeros_like(input)
         keep, scale = keep_mask(input.shape, self.p)
         return torch.where(keep, input, 0) * scale
 
+
+def _representable(p: float) -> bool:
+    """Whether 16-bit numbers express ``p`` (0 and 1 exactly, and rates within 1/131072 of them, do not)."""
+    return 0 < round(p * _CHUNKS) < _CHUNKS
 
 
 def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -67,7 +69,7 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
     """
     plain = (kwargs.get("position_bias") is None and kwargs.get("softcap") is None
              and getattr(module, "num_key_value_groups", 1) == 1)
-    if not (module.training and dropout > 0 and query.device.type == "cpu" and plain):
+    if not (module.training and query.device.type == "cpu" and plain and _representable(dropout)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     q_length, kv_length = query.shape[2], key.shape[2]

@@ -66,6 +66,11 @@ def test_eval_and_zero_p_are_identity_and_p1_drops_all():
     assert torch.equal(CPUDropout(0.5).eval()(x), x)
     assert torch.equal(CPUDropout(0.0).train()(x), x)
     assert torch.count_nonzero(CPUDropout(1.0).train()(x)) == 0
+    for p in (1e-6, 1 - 1e-6):  # no 16-bit rate expresses these: torch's own dropout, not a 1/0 scale
+        torch.manual_seed(0)
+        ours = CPUDropout(p).train()(x)
+        torch.manual_seed(0)
+        assert torch.equal(ours, torch.nn.functional.dropout(x, p))
 
 
 def test_swap_keeps_state_and_skips_dropout_subclasses():

@@ -171,7 +171,7 @@ def test_eager_attention_is_left_alone():
 
 
 @pytest.mark.parametrize("cpu_dropout_masks", ["true", "false"], ids=["cpu-dropout-masks", "torch-dropout"])
-def test_resumed_run_repeats_the_masks(cpu_dropout_masks, tiny_model, ag_news_dir, tmp_path):
+def test_resumed_run_repeats_the_masks(cpu_dropout_masks, tiny_model, ag_news_dir, tmp_path, capsys):
     """Dropout masks come from the RNG state that checkpoints save: a resumed run ends on the same weights."""
     import json
     import shutil
@@ -189,6 +189,11 @@ def test_resumed_run_repeats_the_masks(cpu_dropout_masks, tiny_model, ag_news_di
     run = dict(num_train_epochs=1, per_device_train_batch_size=16, checkpoint_every=4, keep_last=20,
                validation_fraction=0, cpu_dropout_masks=cpu_dropout_masks)
     assert train_main(tiny_train_args(model, ag_news_dir, tmp_path / "whole", **run)) == 0
+    # Equal weights would prove nothing without dropout: the run trained with it, through the masks asked for.
+    saved = json.loads((tmp_path / "whole" / "model" / "config.json").read_text())
+    assert saved["dropout"] == saved["attention_dropout"] == 0.2
+    swapped = "CPU dropout masks from 16-bit random numbers: 6 dropout module(s), attention probabilities"
+    assert (swapped in capsys.readouterr().out) == (cpu_dropout_masks == "true")
     resumed = tmp_path / "resumed"
     shutil.copytree(tmp_path / "whole" / "checkpoints" / "step-00000008", resumed / "checkpoints" / "step-00000008")
     assert train_main(tiny_train_args(model, ag_news_dir, resumed, **run)) == 0

@@ -276,7 +276,12 @@ def main(argv=None) -> int:
     parser.add_argument("--accuracy-model", help="A trained model folder: accuracy of fp32 / int8 paths on --data.")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "inference.json")
     args = parser.parse_args(argv)
+    # The model, its ONNX exports and the servers' logs go here; it goes when the run does.
+    with tempfile.TemporaryDirectory(prefix="bench-inference-") as work:
+        return run(args, Path(work))
 
+
+def run(args, work: Path) -> int:
     import torch
     import transformers
 
@@ -290,7 +295,6 @@ def main(argv=None) -> int:
     random.Random(0).shuffle(order)
     latency_texts = [texts[i] for i in order[:args.latency_texts]]
     throughput_texts = [texts[i] for i in order[:args.throughput_texts]]
-    work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
     model_dir = build_distilbert_base(work / "distilbert-base", args.base_config)
     results: dict = {"machine": {"cores": usable_cores(), "int8_dot_product": cpu_has_int8_dot_product(),
                                  "load_average_at_start": os.getloadavg(), "python": platform.python_version(),

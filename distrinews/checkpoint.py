@@ -73,7 +73,8 @@ def data_fingerprint(lengths: Sequence[int], labels: Sequence[int]) -> str:
 
 
 # Signature keys newer than some checkpoints, with the value every run had before they existed.
-SIGNATURE_KEYS_ADDED_LATER = {"head_learning_rate": 0.0, "layer_lr_decay": 1.0, "model_selection": "best_validation"}
+SIGNATURE_KEYS_ADDED_LATER = {"head_learning_rate": 0.0, "layer_lr_decay": 1.0, "model_selection": "best_validation",
+                              "rdrop_weight": 0.0}
 
 
 def run_signature(config: TrainConfig, num_processes: int, train_data: str, total_steps: int) -> dict:
@@ -98,6 +99,7 @@ def run_signature(config: TrainConfig, num_processes: int, train_data: str, tota
         "lr_scheduler_type": config.lr_scheduler_type,
         "warmup_ratio": config.warmup_ratio,
         "weight_decay": config.weight_decay,
+        "rdrop_weight": config.rdrop_weight,
         "model_selection": config.model_selection,
     }
 

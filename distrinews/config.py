@@ -53,6 +53,10 @@ class TrainConfig:
     layer_lr_decay: float = _doc("Layer-wise learning-rate decay: each encoder layer below the top trains at this "
                                  "factor times the rate of the one above it (1 = the same rate everywhere).",
                                  default=1.0)
+    rdrop_weight: float = _doc(
+        "R-Drop (distrinews/rdrop.py): each batch runs twice with different dropout masks and the loss adds this "
+        "weight times the symmetric KL divergence between the two predictions; 0 = off. A step costs ~2x.",
+        default=0.0)
     weight_decay: float = _doc("AdamW weight decay (never applied to biases and LayerNorm weights).", default=0.01)
     warmup_ratio: float = _doc("Fraction of the optimizer steps spent warming the learning rate up.", default=0.06)
     lr_scheduler_type: str = _doc(f"Learning-rate schedule after warmup: one of {', '.join(LR_SCHEDULERS)}.", default="linear")
@@ -63,6 +67,9 @@ class TrainConfig:
     validation_fraction: float = _doc(
         "Fraction of train carved out (stratified) as the validation split; 0 = no validation split, every "
         "training row is trained on (the data's own validation file, if it has one, is still used).", default=0.05)
+    headline_views: bool = _doc(
+        "Also train on each article's headline alone and its description alone (3 texts per article). Needs data "
+        "that keeps the two apart: the original AG News CSVs do, the Hub copy joined them.", default=False)
     max_train_samples: int = _doc("Use at most this many training examples (0 = all).", default=0)
     max_eval_samples: int = _doc("Use at most this many validation and test examples (0 = all).", default=0)
     eval_every: int = _doc("Evaluate on validation every N optimizer steps (0 = at each epoch end only).", default=0)
@@ -138,6 +145,7 @@ class TrainConfig:
         need(0 < self.learning_rate < 1, "learning_rate", "must be in (0, 1)")
         need(0 <= self.head_learning_rate < 1, "head_learning_rate", "must be in [0, 1) (0 = learning_rate)")
         need(0 < self.layer_lr_decay <= 1, "layer_lr_decay", "must be in (0, 1]")
+        need(0 <= self.rdrop_weight < math.inf, "rdrop_weight", "must be a finite number >= 0 (0 = off)")
         need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
         need(0 <= self.validation_fraction < 1, "validation_fraction", "must be in [0, 1) (0 = no validation split)")
         need(self.model_selection in MODEL_SELECTIONS, "model_selection", f"must be one of {', '.join(MODEL_SELECTIONS)}")

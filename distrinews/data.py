@@ -6,6 +6,10 @@ when ``validation_fraction`` is 0 and the data has no validation file), each hol
 either the original AG News CSVs (no header: class_index 1..4, title, description) or files with
 ``text``/``label`` columns (csv, jsonl, parquet). Every problem is reported before training starts,
 naming the file, the row and what is wrong.
+
+With ``headline_views`` the training split also holds each article's headline alone and its description alone
+(with its label), next to the joined text. Only the original CSVs keep the two apart; the Hub copy of AG News
+joined them into one ``text``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from datasets import ClassLabel, Dataset, DatasetDict
 LABEL_NAMES = ("World", "Sports", "Business", "Sci/Tech")
 SPLIT_FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 _ORIGINAL_COLUMNS = ["class_index", "title", "description"]
+_PARTS = ("title", "description")  # kept beside "text" from the original CSVs, for headline_views
 
 
 class DataError(ValueError):
@@ -29,12 +34,11 @@ class DataError(ValueError):
 
 
 def load_ag_news(source: str, *, validation_fraction: float, seed: int,
-                 max_train_samples: int = 0, max_eval_samples: int = 0) -> DatasetDict:
+                 max_train_samples: int = 0, max_eval_samples: int = 0, headline_views: bool = False) -> DatasetDict:
     """Load, validate and split AG News-style data into train/validation/test."""
     folder = Path(source)
     raw = _load_local_folder(folder) if folder.is_dir() else _load_hub_dataset(source)
-    features = datasets.Features({"text": datasets.Value("string"), "label": ClassLabel(names=list(LABEL_NAMES))})
-    raw = DatasetDict({name: split.cast(features) for name, split in raw.items()})
+    raw = DatasetDict({name: split.cast(_features(split)) for name, split in raw.items()})
 
     if "validation" not in raw and validation_fraction > 0:
         expected = math.ceil(validation_fraction * len(raw["train"]))
@@ -52,7 +56,31 @@ def load_ag_news(source: str, *, validation_fraction: float, seed: int,
         for name in ("validation", "test"):
             if name in splits:
                 splits[name] = _first_n_shuffled(splits[name], max_eval_samples, seed)
-    return splits
+    if headline_views:  # after the validation split and the subsetting: views of the training articles only
+        splits["train"] = _with_headline_views(splits["train"], source)
+    return DatasetDict({name: split.select_columns(["text", "label"]) for name, split in splits.items()})
+
+
+def _features(split: Dataset) -> datasets.Features:
+    features = {"text": datasets.Value("string"), "label": ClassLabel(names=list(LABEL_NAMES))}
+    features.update({name: datasets.Value("string") for name in _PARTS if name in split.column_names})
+    return datasets.Features(features)
+
+
+def _with_headline_views(train: Dataset, source: str) -> Dataset:
+    """The articles, then each one's headline alone and description alone (where it has both)."""
+    if not set(_PARTS) <= set(train.column_names):
+        raise DataError(f"headline_views needs data that keeps each headline apart from its description, as the "
+                        f"original AG News CSVs do (rows of class_index,title,description); {source!r} has one "
+                        f"text per row. Set headline_views=false, or train on the original CSVs.")
+    views = {"text": [], "label": []}
+    for title, description, label in zip(train["title"], train["description"], train["label"]):
+        if title.strip() and description.strip():
+            views["text"] += [title.strip(), description.strip()]
+            views["label"] += [label, label]
+    extra = Dataset.from_dict(views, features=datasets.Features({"text": datasets.Value("string"),
+                                                                   "label": train.features["label"]}))
+    return datasets.concatenate_datasets([train.select_columns(["text", "label"]), extra])
 
 
 def _first_n_shuffled(split: Dataset, n: int, seed: int) -> Dataset:
@@ -119,7 +147,7 @@ def _load_split_file(path: Path) -> Dataset:
     missing = {"text", "label"} - set(split.column_names)
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))} (found: {', '.join(split.column_names)})")
-    split = split.select_columns(["text", "label"])
+    split = split.select_columns(["text", "label", *(name for name in _PARTS if name in split.column_names)])
     _check_rows(split, str(path), first_row)
     return split
 
@@ -147,7 +175,7 @@ def _load_original_ag_news_csv(path: Path) -> Dataset:
         return {"text": [f"{t} {d}".strip() for t, d in zip(batch["title"], batch["description"])],
                 "label": [int(c) - 1 for c in batch["class_index"]]}
 
-    return split.map(to_text_label, batched=True, remove_columns=_ORIGINAL_COLUMNS)
+    return split.map(to_text_label, batched=True, remove_columns=["class_index"])
 
 
 def _check_utf8(path: Path) -> None:

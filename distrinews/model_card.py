@@ -170,6 +170,10 @@ def _body(metrics, config, model_config, *, repo_id, model_name, base_model, dat
             ("learning rate", f"{config['learning_rate']:g}{_per_layer_rates(config)}, "
                               f"{config['lr_scheduler_type']} schedule, warmup ratio {config['warmup_ratio']}"),
             ("max gradient norm", config["max_grad_norm"] or "no clipping"),
+            # .get: runs from before R-Drop existed have no such key.
+            ("R-Drop weight", config.get("rdrop_weight", 0.0) or "off"),
+            ("headline views", "each headline and each description also trained on alone"
+             if config.get("headline_views") else "off"),
             ("max sequence length", config["max_length"]),
             ("length-grouped batches", config["group_by_length"]),
             ("seed", config["seed"]),

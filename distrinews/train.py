@@ -48,8 +48,9 @@ from .evaluation import evaluate_split
 from .hub import HubPushError, check_push_ready, push_run_to_hub
 from .model_card import write_model_card
 from .modeling import ModelLoadError, load_classifier
-from .preemption import EXIT_STOPPED, StopRequest, TrainingStopped, ignore_stop_signals
 from .optimization import parameter_settings
+from .preemption import EXIT_STOPPED, StopRequest, TrainingStopped, ignore_stop_signals
+from .rdrop import rdrop_loss
 from .reporting import RunLog, plot_confusion_matrix, plot_loss, write_json
 from .sampling import ResumableBatchSampler
 from .stability import NonFiniteGuard, NonFiniteLossError
@@ -87,7 +88,8 @@ def _train(config: TrainConfig, stop_request: StopRequest) -> dict:
     # Every rank validates the data itself, so a bad file fails them all at once instead of leaving
     # some waiting in a collective; nothing has been written to output_dir yet.
     splits = load_ag_news(config.dataset, validation_fraction=config.validation_fraction, seed=config.seed,
-                          max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples)
+                          max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
+                          headline_views=config.headline_views)
     has_validation = "validation" in splits
     if config.model_selection == "best_validation" and not has_validation:
         raise ConfigError("model_selection=best_validation needs a validation split: set validation_fraction > 0 "
@@ -228,7 +230,8 @@ def _train(config: TrainConfig, stop_request: StopRequest) -> dict:
             window_tokens += int(batch["attention_mask"].sum())  # still a CPU tensor: no device sync
             batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
             with accelerator.accumulate(model):
-                loss = forward_model(**batch).loss
+                loss = (rdrop_loss(forward_model, batch, config.rdrop_weight) if config.rdrop_weight
+                        else forward_model(**batch).loss)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)

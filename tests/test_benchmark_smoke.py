@@ -4,6 +4,7 @@ executes end to end at a tiny size and lands in the JSON, the chart and the prin
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,8 +13,11 @@ from conftest import REPO_ROOT
 
 def test_benchmark_smoke_preset_runs_every_case(tmp_path):
     output = tmp_path / "smoke.json"
+    scratch = tmp_path / "tmp"  # the benchmark's TMPDIR: its work folder (models, data, checkpoints) must not outlive it
+    scratch.mkdir()
     done = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--preset", "smoke", "--output", str(output)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "TMPDIR": str(scratch)})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(output.read_text())
     assert results["errors"] == []
@@ -25,10 +29,12 @@ def test_benchmark_smoke_preset_runs_every_case(tmp_path):
     assert {row["system"] for row in results["accuracy"]} == {"trainer_tutorial", "distrinews"}
     assert all(0 <= acc <= 1 for row in results["accuracy"] for acc in row["test_accuracy"])
     assert [row["mixed_precision"] for row in results["accuracy"] if row["system"] == "distrinews"][0] in {"bf16", "no"}
-    assert results["ddp_scaling"]["samples_per_s_2"] > 0 and results["ddp_scaling"]["efficiency"] > 0
+    scaling = results["ddp_scaling"]
+    assert scaling["samples_per_s_2"] > 0 and scaling["efficiency"] > 0 and scaling["efficiency_equal_threads"] > 0
     assert output.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     table = done.stdout[done.stdout.index("hardware:"):]
     assert "speedup tiny batch 8" in table and "DDP scaling on CPU" in table
+    assert not list(scratch.glob("bench_train_*"))
 
 
 def test_an_unknown_recipe_is_refused_before_anything_runs():
@@ -45,10 +51,13 @@ def test_inference_benchmark_runs_every_path_at_a_tiny_size(tmp_path):
     data = write_ag_news_folder(tmp_path / "ag_news", n_train=8, n_test=48)
     model = write_tiny_model(tmp_path / "tiny")
     output = tmp_path / "inference.json"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     done = subprocess.run([sys.executable, "benchmarks/bench_inference.py", "--data", str(data / "test.csv"),
                            "--base-config", str(model), "--latency-texts", "12", "--throughput-texts", "24",
                            "--rounds", "2", "--clients", "4", "--accuracy-model", str(model), "--output", str(output)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TMPDIR": str(scratch)})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(output.read_text())
     assert set(results["paths"]) == {"pipeline", "ort-int8", "space-fp32", "space"}
@@ -66,3 +75,4 @@ def test_inference_benchmark_runs_every_path_at_a_tiny_size(tmp_path):
     assert accuracy["fp32 (QUANTIZE=none)"]["agreement_with_fp32_pct"] == 100
     assert set(results["ratios"]) >= {"p50_speedup_vs_pipeline", "p50_vs_ort_int8", "throughput_vs_pipeline_batch_32"}
     assert "| space |" in done.stdout
+    assert not list(scratch.glob("bench-inference-*"))  # the model and its ONNX exports went with the run

@@ -155,7 +155,9 @@ def _body(metrics, config, model_config, *, repo_id, model_name, base_model, dat
 
         "## Training",
         f"Data: {data_source}, {train['train_examples']:,} training examples "
-        f"{'after the validation split' if validation else '(no validation split held out)'}.\n\n"
+        f"{'after the validation split' if validation else '(no validation split held out)'}"
+        f"{': the articles, then each headline and each description alone' if config.get('headline_views') else ''}"
+        ".\n\n"
         "| hyperparameter | value |\n| --- | --- |\n" + "\n".join(f"| {key} | {value} |" for key, value in (
             ("base model", base),
             ("training length", f"{steps} ({metrics['global_step']} optimizer steps)"),

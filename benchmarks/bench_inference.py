@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -276,6 +277,8 @@ def main(argv=None) -> int:
     parser.add_argument("--accuracy-model", help="A trained model folder: accuracy of fp32 / int8 paths on --data.")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "inference.json")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: the servers and workers are closed (finally) and the work folder removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     # The model, its ONNX exports and the servers' logs go here; it goes when the run does.
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as work:
         return run(args, Path(work))

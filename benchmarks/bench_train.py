@@ -21,6 +21,7 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -120,6 +121,9 @@ def main() -> int:
 # ----------------------------------------------------------------------------- orchestration (parent process)
 
 def _run_preset(args) -> int:
+    # SIGTERM (a job scheduler, `kill`) unwinds like Ctrl-C: subprocess.run kills the running case's worker and
+    # the work folder is removed, instead of both outliving this process.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     # Models, data and every run's checkpoints go here: gigabytes at the real sizes, so it goes when the run does.
     with tempfile.TemporaryDirectory(prefix="bench_train_") as workdir:
         return _run_preset_in(args, Path(workdir))

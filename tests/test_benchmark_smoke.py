@@ -37,6 +37,29 @@ def test_benchmark_smoke_preset_runs_every_case(tmp_path):
     assert not list(scratch.glob("bench_train_*"))
 
 
+def test_sigterm_stops_the_running_case_and_removes_the_work_folder(tmp_path):
+    import signal
+    import time
+
+    import psutil
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    parent = subprocess.Popen([sys.executable, "benchmarks/bench_train.py", "--preset", "smoke", "--output",
+                               str(tmp_path / "smoke.json")], cwd=REPO_ROOT, env={**os.environ, "TMPDIR": str(scratch)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (workers := psutil.Process(parent.pid).children(recursive=True)):  # the first case has started
+        assert parent.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    assert list(scratch.glob("bench_train_*"))
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive
+    assert not list(scratch.glob("bench_train_*"))
+
+
 def test_an_unknown_recipe_is_refused_before_anything_runs():
     done = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--preset", "cpu_recipes", "--recipes",
                            "baseline_all,nope"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)

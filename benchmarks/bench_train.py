@@ -269,11 +269,13 @@ def _ddp_scaling(model: Path, data: Path, preset: dict, workdir: Path, results: 
     the single process also runs on half the cores: 2 processes against that is the scaling of the DDP machinery
     itself (gradient all-reduce, the sampler's strided shares), the figure a second machine or GPU would see.
     Efficiencies compare tokens/s: a few measured steps of 1 and of 2 processes hold different examples, and on
-    CPU a step's time follows its tokens (one run had 46 tokens per example with 2 processes, 59 with 1)."""
+    CPU a step's time follows its tokens (results/cpu_ddp_first_run.log: 46 tokens per example with 2 processes,
+    59 with 1)."""
     batch = preset["batches"][0]
     cores = os.cpu_count() or 2
+    half = max(1, cores // 2)
     rows = []
-    for processes, threads in ((1, cores), (1, max(1, cores // 2)), (2, max(1, cores // 2))):
+    for processes, threads in ((1, cores), (1, half), (2, half)):
         case = dict(kind="throughput_launch", system="distrinews", model=str(model), model_name=Path(model).name,
                     batch=batch, data=str(data), warmup=preset["warmup_steps"], measure=preset["measure_steps"],
                     workdir=str(workdir), processes=processes, threads=threads,
@@ -283,7 +285,7 @@ def _ddp_scaling(model: Path, data: Path, preset: dict, workdir: Path, results: 
             return None
         rows.append(row)
     one, one_half, two = rows
-    return {"batch_per_process": batch, "threads_per_process_2": max(1, cores // 2),
+    return {"batch_per_process": batch, "threads_per_process_2": half,
             "samples_per_s_1": one["samples_per_s"], "samples_per_s_1_half_threads": one_half["samples_per_s"],
             "samples_per_s_2": two["samples_per_s"], "tokens_per_s_1": one["tokens_per_s"],
             "tokens_per_s_1_half_threads": one_half["tokens_per_s"], "tokens_per_s_2": two["tokens_per_s"],

@@ -131,12 +131,13 @@ def _load_local_folder(folder: Path) -> DatasetDict:
 def _load_split_file(path: Path) -> Dataset:
     if path.suffix in (".csv", ".jsonl", ".json"):
         _check_utf8(path)
+    parts = ()  # only the original CSVs hand their headline and description on (for headline_views)
     if path.suffix == ".csv":
         header = _read_csv_header(path)
         if {"text", "label"} <= set(header):
             split, first_row = _load_with_datasets("csv", path), 2  # row 1 is the header
         elif len(header) == 3 and header[0].strip().isdigit():
-            split, first_row = _load_original_ag_news_csv(path), 1
+            split, first_row, parts = _load_original_ag_news_csv(path), 1, _PARTS
         else:
             raise DataError(f"{path}: row 1: not an AG News CSV: expected a header with 'text' and 'label' columns, "
                             f"or rows of class_index,title,description; found {header!r}")
@@ -147,7 +148,7 @@ def _load_split_file(path: Path) -> Dataset:
     missing = {"text", "label"} - set(split.column_names)
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))} (found: {', '.join(split.column_names)})")
-    split = split.select_columns(["text", "label", *(name for name in _PARTS if name in split.column_names)])
+    split = split.select_columns(["text", "label", *parts])
     _check_rows(split, str(path), first_row)
     return split
 

@@ -65,3 +65,15 @@ def test_training_run_uses_the_views(tiny_model, ag_news_dir, tmp_path, capsys):
     card = (tmp_path / "run" / "model" / "README.md").read_text()
     assert "| headline views | each headline and each description also trained on alone |" in card
     assert "720 training examples (no validation split held out): the articles, then each headline" in card
+
+
+def test_other_files_keep_only_text_and_label_whatever_else_they_hold(tmp_path):
+    """Only the original CSVs hand their parts on: a file's own 'title' column, of any type, is not read."""
+    folder = tmp_path / "extra-columns"
+    folder.mkdir()
+    row = {"text": "Rebels seize town", "label": 0, "title": {"nested": 1}, "description": ["a", "list"]}
+    for name in ("train", "test"):
+        (folder / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
+    assert load_ag_news(str(folder), validation_fraction=0, seed=0)["train"].column_names == ["text", "label"]
+    with pytest.raises(DataError, match="headline_views needs"):
+        load_ag_news(str(folder), validation_fraction=0, seed=0, headline_views=True)

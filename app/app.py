@@ -28,11 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from distrinews import __version__
-from distrinews.batching import QueueFull
+from distrinews.batching import InferenceFailed, QueueFull
 from distrinews.serving import ClassifierService, ServingConfig, texts_from_csv
+from distrinews.texts import TextError, clean_text
 
 log = logging.getLogger("distrinews.app")
 
+NOTHING_TO_CLASSIFY = "empty or only whitespace, control or invisible characters"
 BATCH_TAB_LIMIT = 2000  # texts per upload in the Batch tab
 GRADIO_IDLE_POLL_S = 0.02
 EXAMPLES = [  # one headline per class
@@ -54,17 +56,20 @@ class PredictRequest(BaseModel):
     texts: list[StrictStr] | None = Field(None, description="Several texts, classified together.")
 
     @model_validator(mode="after")
-    def _exactly_one_non_blank(self) -> "PredictRequest":
+    def _exactly_one_with_something_to_classify(self) -> "PredictRequest":
+        # Every string JSON can carry gets here (lone surrogates, NUL, bidi marks...): each is cleaned now
+        # (distrinews.texts), before it can share a batch with anyone else's text, and one with nothing left
+        # is refused by name.
         if (self.text is None) == (self.texts is None):
             raise ValueError('send exactly one of "text" (a string) or "texts" (a list of strings)')
-        if self.text is not None and not self.text.strip():
-            raise ValueError('"text" is empty or only whitespace')
+        if self.text is not None and not clean_text(self.text):
+            raise ValueError(f'"text" is {NOTHING_TO_CLASSIFY}')
         if self.texts is not None:
             if not self.texts:
                 raise ValueError('"texts" is an empty list')
-            blank = [i for i, text in enumerate(self.texts) if not text.strip()]
+            blank = [i for i, text in enumerate(self.texts) if not clean_text(text)]
             if blank:
-                raise ValueError(f'"texts" items {blank[:10]} are empty or only whitespace')
+                raise ValueError(f'"texts" items {blank[:10]} are {NOTHING_TO_CLASSIFY}')
         return self
 
     def as_list(self) -> list[str]:
@@ -234,12 +239,61 @@ async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONRespo
         elif error.get("loc") == ("body",) and error.get("type") in ("model_attributes_type", "dict_type"):
             message = 'must be a JSON object like {"text": "..."} or {"texts": ["...", "..."]}'
         problems.append(f"{where}: {message}" if where else message)
-    return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
+    return JSONResponse({"detail": _printable("; ".join(problems) or "invalid request")}, status_code=422)
 
 
 @api.exception_handler(QueueFull)
 async def _queue_full(_: Request, exc: QueueFull) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after_s)})
+
+
+@api.exception_handler(TextError)
+async def _nothing_to_classify(_: Request, exc: TextError) -> JSONResponse:
+    return JSONResponse({"detail": _printable(str(exc))}, status_code=422)
+
+
+@api.exception_handler(InferenceFailed)
+async def _inference_failed(_: Request, exc: InferenceFailed) -> JSONResponse:
+    # A bug (every cleaned text should classify), kept to the request whose texts caused it: the batcher already
+    # reran its batch one text at a time, so the others who shared it got their answers; answered here, not
+    # raised, so the server keeps this client's connection open.
+    return JSONResponse({"detail": _printable(str(exc))}, status_code=500)
+
+
+class ContainErrors:
+    """Any exception a route lets through becomes a logged JSON 500 here instead of reaching the server.
+
+    Starlette's outermost error middleware re-raises after sending its 500, and uvicorn then closes the
+    connection, so a keep-alive client lost its connection along with the one request that failed."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:  # noqa: BLE001 - logged with its traceback; the client gets a 500
+            log.exception("unhandled error in %s %s", scope.get("method"), _printable(scope.get("path", "")))
+            if started:
+                raise  # half a response is out: only closing the connection ends it cleanly
+            await JSONResponse({"detail": "internal server error (logged)"}, status_code=500)(scope, receive, send)
+
+
+api.add_middleware(ContainErrors)
+
+
+def _printable(text: str) -> str:
+    """``text`` safe to encode as UTF-8 (a lone surrogate from a request would fail the error response too)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # ---------------------------------------------------------------- JSON API
@@ -308,51 +362,55 @@ def _model_summary() -> str:
 
 
 async def classify(text: str) -> dict[str, float]:
-    if not text or not text.strip():
-        raise gr.Error("Type a headline first.")
-    try:
-        (prediction,) = await _service_or_error().predict([text])
-    except QueueFull as err:
-        raise gr.Error(str(err)) from None
+    (prediction,) = await _demo_call(lambda service: service.predict([_typed_text(text)]))
     return prediction.probabilities
 
 
 async def explain(text: str) -> list[tuple[str, float | None]]:
-    if not text or not text.strip():
-        raise gr.Error("Type a headline first.")
-    try:
-        explanation = await _service_or_error().explain(text)
-    except QueueFull as err:
-        raise gr.Error(str(err)) from None
+    explanation = await _demo_call(lambda service: service.explain(_typed_text(text)))
     return explanation.highlighted()
 
 
 async def classify_many(lines: str, upload: str | None):
-    service = _service_or_error()
     try:
         texts = texts_from_csv(upload, BATCH_TAB_LIMIT) if upload else [
-            t.strip() for t in (lines or "").splitlines() if t.strip()]
-    except (ValueError, UnicodeDecodeError, OSError) as err:
-        raise gr.Error(f"Cannot read the file: {err}") from None
+            t for t in (lines or "").splitlines() if clean_text(t)]
+    except (ValueError, OSError) as err:
+        raise gr.Error(f"Cannot read the file: {_printable(str(err))}") from None
     if not texts:
         raise gr.Error("Paste one text per line, or upload a CSV.")
     if len(texts) > BATCH_TAB_LIMIT:
         raise gr.Error(f"{len(texts)} texts; at most {BATCH_TAB_LIMIT} at once.")
-    # Request-sized pieces, one after another, so a big upload shares the queue with API callers.
-    step = service.config.max_texts_per_request
-    predictions = []
-    try:
-        for start in range(0, len(texts), step):
-            predictions += await service.predict(texts[start:start + step])
-    except QueueFull as err:
-        raise gr.Error(str(err)) from None
-    header = ["text", "label", "score", *service.labels, "truncated"]
-    rows = [[text, p.label, round(p.score, 4), *(round(p.probabilities[name], 4) for name in service.labels),
+    texts = [clean_text(text) for text in texts]  # what the model reads, and safe to show and to save as UTF-8
+
+    async def predict_in_pieces(service: ClassifierService):
+        # Request-sized pieces, one after another, so a big upload shares the queue with API callers.
+        step = service.config.max_texts_per_request
+        return [p for start in range(0, len(texts), step) for p in await service.predict(texts[start:start + step])]
+
+    predictions = await _demo_call(predict_in_pieces)
+    labels = state.service.labels
+    header = ["text", "label", "score", *labels, "truncated"]
+    rows = [[text, p.label, round(p.score, 4), *(round(p.probabilities[name], 4) for name in labels),
              p.truncated] for text, p in zip(texts, predictions)]
     with tempfile.NamedTemporaryFile("w", suffix=".csv", prefix="distrinews-", delete=False, newline="",
                                      encoding="utf-8") as handle:
         csv.writer(handle).writerows([header, *rows])
     return gr.update(value=rows, headers=header), handle.name
+
+
+def _typed_text(text: str | None) -> str:
+    if not text or not clean_text(text):
+        raise gr.Error("Type a headline first.")
+    return text
+
+
+async def _demo_call(call):
+    """``await call(service)``, with every way it can fail shown to the visitor as a message, not a crash."""
+    try:
+        return await call(_service_or_error())
+    except (QueueFull, TextError, InferenceFailed) as err:
+        raise gr.Error(_printable(str(err))) from None
 
 
 with gr.Blocks(title="DistriNews: news topic classifier") as demo:

@@ -11,11 +11,18 @@ attention (QAttention) ran DistilBERT-base at 33 ms per headline against 14 ms f
 Both backends serve the model with its last layer computing only the position the head reads
 (``distrinews.first_position``): the same logits, and 12.7 -> 11.6 ms per int8 headline in a one-off interleaved
 A/B of DistilBERT-base graphs here.
+
+The int8 graph can ship with the model (``write_shipped_graph``: ``onnx/model.int8.onnx`` plus ``onnx/export.json``
+naming the export recipe and the weights it was made from; ``distrinews push`` writes it). A Space that finds a
+matching one serves it straight away, without torch or transformers: those are imported only to export a graph
+on a miss, or for the fp32 torch backend.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import logging
 import os
 import re
@@ -25,9 +32,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .first_position import read_first_position_only
 from .predict import ProbabilityFn, torch_probabilities
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,8 @@ QUANTIZATION_CHOICES = ("auto", "none", "int8")
 # Part of the cache key: change it whenever the export recipe changes, so no stale graph is served.
 EXPORT_RECIPE = "onnx17-eager-int8-dynamic-first-position-v3"
 ONNX_INPUTS = ("input_ids", "attention_mask")
+SHIPPED_GRAPH = "onnx/model.int8.onnx"  # beside the weights, in the model folder or repo
+SHIPPED_GRAPH_INFO = "onnx/export.json"  # {"recipe": EXPORT_RECIPE, "weights": {file: sha256}}
 
 
 def usable_cores() -> int:
@@ -62,16 +69,19 @@ def cpu_has_int8_dot_product() -> bool:
 
 
 def resolve_quantization(requested: str) -> str:
-    """``auto`` -> ``int8`` where the CPU has int8 dot-product units and onnxruntime is installed, else ``none``."""
+    """``auto`` -> ``int8`` where onnxruntime is installed and either the CPU has int8 dot-product units or torch
+    is not installed (a lean Space image), else ``none``."""
     if requested not in QUANTIZATION_CHOICES:
         raise ValueError(f"QUANTIZE must be one of {', '.join(QUANTIZATION_CHOICES)}, got {requested!r}")
     if requested != "auto":
         return requested
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
+    if not _installed("onnxruntime"):
         return "none"
-    return "int8" if cpu_has_int8_dot_product() else "none"
+    return "int8" if cpu_has_int8_dot_product() or not _installed("torch") else "none"
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 class TorchBackend:
@@ -80,6 +90,8 @@ class TorchBackend:
     quantization = "none"
 
     def __init__(self, model, threads: int | None = None):
+        import torch
+
         torch.set_num_threads(threads or usable_cores())
         self.model = model.eval()
         self.probabilities: ProbabilityFn = torch_probabilities(self.model)
@@ -119,6 +131,8 @@ def build_backend(model, quantization: str, *, cache_dir: Path, cache_key: str, 
     for serving (``read_first_position_only``): do not train it or read its hidden states afterwards."""
     if quantization not in ("none", "int8"):
         raise ValueError(f"unknown quantization {quantization!r}; resolve 'auto' with resolve_quantization first")
+    from .first_position import read_first_position_only
+
     read_first_position_only(model)
     if quantization == "none":
         return TorchBackend(model, threads)
@@ -127,12 +141,72 @@ def build_backend(model, quantization: str, *, cache_dir: Path, cache_key: str, 
 
 def weights_fingerprint(model_dir: Path) -> str:
     """A short content hash of a local model's weights and config, so a retrained folder gets a new cache entry."""
+    files = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("config.json"))
+    return _hash_files(files).hexdigest()[:16]
+
+
+def weight_hashes(model_dir: Path) -> dict[str, str]:
+    """The sha256 of each ``*.safetensors`` file. In a Hub snapshot each file links to a blob named after its
+    sha256 (the LFS object id), so nothing is read there; a plain file is hashed."""
+    hashes = {}
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        blob = Path(os.readlink(file)).name if file.is_symlink() else ""
+        if re.fullmatch(r"[0-9a-f]{64}", blob):
+            hashes[file.name] = blob
+        else:
+            hashes[file.name] = _hash_files([file]).hexdigest()
+    return hashes
+
+
+def _hash_files(files) -> "hashlib._Hash":
     digest = hashlib.sha256()
-    for file in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("config.json")):
+    for file in files:
         with file.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest
+
+
+def shipped_graph(model_dir: Path) -> Path | None:
+    """The model's own int8 graph, if it was made by this export recipe from exactly these weights."""
+    graph, info_file = Path(model_dir) / SHIPPED_GRAPH, Path(model_dir) / SHIPPED_GRAPH_INFO
+    if not graph.is_file() or not info_file.is_file():
+        return None
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+        recipe, weights = info["recipe"], info["weights"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("ignoring the shipped int8 graph in %s: unreadable %s (%s)", model_dir, SHIPPED_GRAPH_INFO, err)
+        return None
+    if recipe != EXPORT_RECIPE:
+        log.warning("ignoring the shipped int8 graph in %s: made by export recipe %r, this version uses %r",
+                    model_dir, recipe, EXPORT_RECIPE)
+        return None
+    if weights != weight_hashes(model_dir):
+        log.warning("ignoring the shipped int8 graph in %s: it was exported from other weights", model_dir)
+        return None
+    return graph
+
+
+def write_shipped_graph(model, model_dir: Path) -> Path:
+    """Export ``model`` (loaded from ``model_dir``) to ``model_dir/onnx/``, unless a matching graph is there.
+
+    ``model`` is rewritten for serving (``read_first_position_only``): pass a copy you will not train."""
+    existing = shipped_graph(model_dir)
+    if existing is not None:
+        return existing
+    from .first_position import read_first_position_only
+
+    read_first_position_only(model)
+    target = Path(model_dir) / SHIPPED_GRAPH
+    with _staging_folder(target.parent) as staging:
+        _export_int8(model, staging / target.name)
+        (staging / Path(SHIPPED_GRAPH_INFO).name).write_text(json.dumps(
+            {"recipe": EXPORT_RECIPE, "weights": weight_hashes(model_dir)}, indent=2) + "\n", encoding="utf-8")
+        shutil.rmtree(target.parent, ignore_errors=True)  # a stale graph from other weights or another recipe
+        staging.rename(target.parent)
+    log.info("int8 ONNX graph written to %s", target)
+    return target
 
 
 def cache_folder_name(model_id: str, revision: str) -> str:
@@ -140,34 +214,55 @@ def cache_folder_name(model_id: str, revision: str) -> str:
     return f"{readable}--{re.sub(r'[^A-Za-z0-9._-]+', '-', revision)[:64]}"
 
 
+def cached_graph(cache_dir: Path, cache_key: str) -> Path:
+    """Where ``export_int8_onnx`` keeps the graph for ``cache_key``; it may not exist yet."""
+    return Path(cache_dir) / f"{cache_key}--{EXPORT_RECIPE}" / "model.int8.onnx"
+
+
 def export_int8_onnx(model, cache_dir: Path, cache_key: str) -> Path:
     """``cache_dir/cache_key/model.int8.onnx``, exported + quantized on first use, atomically."""
-    target = Path(cache_dir) / f"{cache_key}--{EXPORT_RECIPE}" / "model.int8.onnx"
+    target = cached_graph(cache_dir, cache_key)
     if target.is_file():
         log.info("int8 ONNX model from cache: %s", target)
         return target
-    target.parent.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a private folder and rename it into place, so two workers starting together never read a half file.
-    staging = Path(tempfile.mkdtemp(prefix=f".{cache_key}.", dir=target.parent.parent))
-    try:
-        fp32 = staging / "model.fp32.onnx"
-        _export_fp32(model, fp32)
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantize_dynamic(str(fp32), str(staging / target.name), weight_type=QuantType.QInt8)
-        fp32.unlink()
+    with _staging_folder(target.parent) as staging:
+        _export_int8(model, staging / target.name)
         try:
             staging.rename(target.parent)
         except OSError:  # another process won the race; its copy is as good as ours
-            shutil.rmtree(staging, ignore_errors=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+            pass
     log.info("int8 ONNX model written to %s", target)
     return target
 
 
+class _staging_folder:
+    """A private folder beside ``final``, removed on exit unless it was renamed into place, so two processes
+    exporting together never read a half-written file."""
+
+    def __init__(self, final: Path):
+        self.final = Path(final)
+
+    def __enter__(self) -> Path:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", dir=self.final.parent))
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _export_int8(model, target: Path) -> None:
+    fp32 = target.with_name("model.fp32.onnx")
+    _export_fp32(model, fp32)
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8)
+    fp32.unlink()
+
+
 def _export_fp32(model, path: Path) -> None:
+    import torch
+
     model = model.eval()
     # Trace with real padding in the mask: a mask of all ones lets the masking code skip itself during tracing.
     input_ids = torch.full((2, 16), 1, dtype=torch.long)

@@ -9,8 +9,9 @@ event loop itself, which is then busy for one single-text call (a few ms with in
 trip to the inference thread and back.
 
 The queue is bounded in texts: a request that does not fit is refused whole with ``QueueFull`` (HTTP 429)
-before anything of it is queued, so memory stays bounded and every accepted request gets exactly one answer:
-its results, or the error its batch raised.
+before anything of it is queued, so memory stays bounded and every accepted request gets exactly one answer.
+A batch that raises is run again one text at a time, so only the callers of the texts that fail on their own
+get an error (``InferenceFailed``, naming them); everyone who shared the batch still gets a result.
 """
 
 from __future__ import annotations
@@ -34,12 +35,22 @@ class QueueFull(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
+class InferenceFailed(RuntimeError):
+    """``run_batch`` raised for these texts of a request even when each ran alone."""
+
+    def __init__(self, indices: list[int], error: BaseException):
+        super().__init__(f"inference failed for texts {indices[:20]}: {type(error).__name__}: {error}")
+        self.indices = indices
+
+
 @dataclass
 class BatchStats:
     batches: int = 0
     texts: int = 0
     largest_batch: int = 0
     refused_requests: int = 0
+    isolated_batches: int = 0  # batches that raised and were rerun one text at a time
+    failed_texts: int = 0
 
 
 class MicroBatcher(Generic[Result]):
@@ -85,7 +96,8 @@ class MicroBatcher(Generic[Result]):
         return self._queue.qsize() if self._queue is not None else 0
 
     async def submit(self, texts: Sequence[str]) -> list[Result]:
-        """Results for ``texts`` in order; raises ``QueueFull`` (nothing queued) when they do not fit."""
+        """Results for ``texts`` in order; raises ``QueueFull`` (nothing queued) when they do not fit, and
+        ``InferenceFailed`` when ``run_batch`` raised for some of them."""
         if self._queue is None:
             raise RuntimeError("MicroBatcher.start() has not been awaited")
         if len(texts) > self.max_queue:
@@ -100,7 +112,11 @@ class MicroBatcher(Generic[Result]):
             future = loop.create_future()
             self._queue.put_nowait((text, future))
             futures.append(future)
-        return list(await asyncio.gather(*futures))
+        outcomes = await asyncio.gather(*futures)
+        failed = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, _Failure)]
+        if failed:
+            raise InferenceFailed(failed, outcomes[failed[0]].error)
+        return list(outcomes)
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -126,23 +142,7 @@ class MicroBatcher(Generic[Result]):
             if not live:
                 continue
             started = loop.time()
-            try:
-                texts = [text for text, _ in live]
-                if len(texts) == 1 and self._queue.empty():
-                    # A lone text at an idle server runs right here: handing it to the inference thread and back
-                    # costs two thread wake-ups (0.2-0.6 ms of a ~13 ms headline on this 2-core machine), and a
-                    # text arriving meanwhile would have waited for this call anyway (one model call at a time).
-                    results = self.run_batch(texts)
-                else:
-                    results = await loop.run_in_executor(self._executor, self.run_batch, texts)
-                if len(results) != len(live):
-                    raise RuntimeError(f"run_batch returned {len(results)} results for {len(live)} texts")
-            except Exception as err:  # noqa: BLE001 - the error goes to exactly the callers of this batch
-                log.exception("inference failed for a batch of %d texts", len(live))
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(err)
-                continue
+            results = await self._run_isolating([text for text, _ in live], alone_is_cheap=self._queue.empty())
             elapsed = loop.time() - started
             self._seconds_per_text = 0.8 * self._seconds_per_text + 0.2 * elapsed / len(live)
             self.stats.batches += 1
@@ -151,3 +151,36 @@ class MicroBatcher(Generic[Result]):
             for (_, future), result in zip(live, results):
                 if not future.done():
                     future.set_result(result)
+
+    async def _run_isolating(self, texts: list[str], alone_is_cheap: bool = False) -> list:
+        """``run_batch(texts)``; if it raises, each text again on its own, so a text that fails only fails
+        itself (its slot holds a ``_Failure``)."""
+        try:
+            results = await self._run(texts, alone_is_cheap)
+            if len(results) != len(texts):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(texts)} texts")
+            return list(results)
+        except Exception as err:  # noqa: BLE001 - contained to the texts that cause it
+            if len(texts) == 1:
+                log.exception("inference failed for one text of %d characters", len(texts[0]))
+                self.stats.failed_texts += 1
+                return [_Failure(err)]
+            log.warning("inference failed for a batch of %d texts (%s: %s); running them one at a time",
+                        len(texts), type(err).__name__, err)
+            self.stats.isolated_batches += 1
+        return [(await self._run_isolating([text]))[0] for text in texts]
+
+    async def _run(self, texts: list[str], alone_is_cheap: bool):
+        if len(texts) == 1 and alone_is_cheap:
+            # A lone text at an idle server runs right here: handing it to the inference thread and back
+            # costs two thread wake-ups (0.2-0.6 ms of a ~13 ms headline on this 2-core machine), and a
+            # text arriving meanwhile would have waited for this call anyway (one model call at a time).
+            return self.run_batch(texts)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_batch, texts)
+
+
+@dataclass
+class _Failure:
+    """In a result slot: the error ``run_batch`` raised for this text alone."""
+
+    error: BaseException

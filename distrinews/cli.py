@@ -4,6 +4,7 @@
     distrinews evaluate --model runs/ag_news/model --dataset DATA_DIR --split test
     distrinews predict --model USER/NAME [--revision SHA] "Stocks rally as oil slides" [--json]
     distrinews push runs/ag_news --repo-id USER/NAME [--private] [--revision BRANCH]
+    distrinews export-onnx runs/ag_news/model                                # the int8 graph the Space serves
     distrinews deploy-space USER/SPACE --model-id USER/NAME [--revision SHA] [--private] [--stage-only FOLDER]
 """
 
@@ -73,14 +74,20 @@ def _predict(argv: Sequence[str]) -> int:
     parser.add_argument("--json", action="store_true", help="Print one JSON object per text.")
     parser.add_argument("texts", nargs="+", help="Texts to classify.")
     args = parser.parse_args(argv)
-    if any(not text.strip() for text in args.texts):
-        parser.error("every text must contain something besides whitespace")
+    from .texts import clean_text
+
+    # Cleaned before the model loads (a bad argument costs no wait), and printed cleaned: an argument with bytes
+    # that are not UTF-8 arrives as lone surrogates, which stdout cannot encode.
+    texts = [clean_text(text) for text in args.texts]
+    for number, (text, cleaned) in enumerate(zip(args.texts, texts), start=1):
+        if not cleaned:
+            parser.error(f"text {number} ({ascii(text)}) is empty or only whitespace, control or invisible characters")
 
     from .modeling import load_classifier
     from .predict import predict_texts
 
     model, tokenizer = load_classifier(args.model, args.revision)
-    for text, prediction in zip(args.texts, predict_texts(model, tokenizer, args.texts)):
+    for text, prediction in zip(texts, predict_texts(model, tokenizer, texts)):
         if args.json:
             print(json.dumps({"text": text, **prediction.to_dict()}))
         else:
@@ -105,6 +112,18 @@ def _push(argv: Sequence[str]) -> int:
     record = push_run_to_hub(args.run_dir, args.repo_id, private=args.private, revision=args.revision)
     print(json.dumps(record))
     return 0
+
+
+def _export_onnx(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="distrinews export-onnx", description="Write the int8 ONNX graph the Space serves into MODEL_DIR/onnx/ "
+        "(distrinews push does this too). A Space that finds it starts without torch and without exporting.")
+    parser.add_argument("model_dir", help="A saved model folder, e.g. RUN_DIR/model.")
+    args = parser.parse_args(argv)
+
+    from .hub import ship_serving_graph
+
+    return 0 if ship_serving_graph(args.model_dir) is not None else 1
 
 
 def _deploy_space(argv: Sequence[str]) -> int:
@@ -142,6 +161,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "evaluate": _evaluate,
     "predict": _predict,
     "push": _push,
+    "export-onnx": _export_onnx,
     "deploy-space": _deploy_space,
 }
 
@@ -151,7 +171,7 @@ def _input_error_types() -> tuple[type[Exception], ...]:
     # transformers, ~10 s, which push and deploy-space never need): an error class whose module was never
     # imported cannot have been raised.
     names = {"distrinews.config": "ConfigError", "distrinews.data": "DataError",
-             "distrinews.modeling": "ModelLoadError"}
+             "distrinews.model_files": "ModelLoadError"}
     return tuple(getattr(sys.modules[module], name) for module, name in names.items() if module in sys.modules)
 
 

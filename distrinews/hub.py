@@ -31,7 +31,7 @@ TRANSIENT_STATUS_CODES = (408, 429, 500, 502, 503, 504)
 # Weights from an earlier push that this commit does not overwrite would be loaded instead of (or mixed
 # with) the new ones, e.g. an old shard index next to a new single file; the commit deletes them.
 STALE_WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.h5",
-                         "*.msgpack"]
+                         "*.msgpack", "onnx/*"]
 
 
 def _transport_errors() -> tuple[type[Exception], ...]:
@@ -98,6 +98,7 @@ def push_run_to_hub(run_dir: str | Path, repo_id: str, *, private: bool = False,
         write_model_card(run_dir, repo_id)  # its usage snippet names the repo pushed to
     except ModelCardError as err:
         raise HubPushError(f"{err}; nothing was pushed") from None
+    ship_serving_graph(model_dir, log)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     api = HfApi(token=token, library_name="distrinews", library_version=__version__)
 
@@ -127,6 +128,24 @@ def push_run_to_hub(run_dir: str | Path, repo_id: str, *, private: bool = False,
     write_json(run_dir / "metrics.json", metrics)
     log(f"Pushed to {url} in commit {commit.oid} ({commit.commit_url})")
     return record
+
+
+def ship_serving_graph(model_dir: Path, log: Callable[[str], None] = print) -> Path | None:
+    """Write the int8 graph the Space serves into ``model_dir/onnx/`` (unless a matching one is there), so a
+    Space starts without torch and without exporting. A model the exporter cannot handle is pushed without it
+    (the Space then exports at start, which needs torch there)."""
+    from .backends import write_shipped_graph
+    from .modeling import load_classifier
+
+    started = time.perf_counter()
+    try:
+        model, _ = load_classifier(str(model_dir))
+        graph = write_shipped_graph(model, model_dir)
+    except Exception as err:  # noqa: BLE001 - the weights are what matters; the graph is a start-up shortcut
+        log(f"Warning: no int8 ONNX graph for the Space ({type(err).__name__}: {err}); pushing without it")
+        return None
+    log(f"int8 ONNX graph for the Space: {graph} ({time.perf_counter() - started:.1f} s)")
+    return graph
 
 
 def _with_retries(push_once, repo_id: str, later: str, attempts: int, backoff_seconds: float, log):

@@ -10,20 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from huggingface_hub import snapshot_download
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .data import LABEL_NAMES
+from .labels import LABEL_NAMES
+from .model_files import PICKLE_WEIGHT_FILES, ModelLoadError, describe_model, resolve_model_folder
 
-PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
-# What loading a classifier needs: config, safetensors weights and tokenizer files, plus the model card (the
-# Space shows its test metrics, from the same commit as the weights). An allow-list, so pickle weights,
-# ONNX/TF/Flax exports and images in the repo are never even downloaded.
-LOADABLE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja", "README.md"]
-
-
-class ModelLoadError(RuntimeError):
-    """A model that cannot be loaded safely; the message says which and why."""
+__all__ = ["ModelLoadError", "load_classifier", "resolve_model_folder"]
 
 
 def load_classifier(model_id_or_path: str, revision: str | None = None, *,
@@ -50,33 +42,8 @@ def load_classifier(model_id_or_path: str, revision: str | None = None, *,
         model = AutoModelForSequenceClassification.from_pretrained(
             folder, use_safetensors=True, trust_remote_code=False, **head_options)
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot load model {_describe(model_id_or_path, revision)}: {err}") from err
+        raise ModelLoadError(f"cannot load model {describe_model(model_id_or_path, revision)}: {err}") from err
     return model, tokenizer
-
-
-def resolve_model_folder(model_id_or_path: str, revision: str | None = None) -> Path:
-    """The local folder holding the model: the folder itself, or the HF-cache snapshot of a Hub repo.
-
-    Tokenizer and weights then come from one snapshot, i.e. one commit, even if the branch moves while
-    loading. ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and the HF cache apply as in any huggingface_hub call.
-    The snapshot folder is named after the commit sha it holds.
-    """
-    folder = Path(model_id_or_path)
-    if folder.is_dir():
-        if revision:
-            raise ModelLoadError(f"revision {revision!r} applies to Hub repo ids only, but {model_id_or_path!r} "
-                                 "is a local folder")
-        return folder
-    try:
-        return Path(snapshot_download(model_id_or_path, revision=revision or None,
-                                      allow_patterns=LOADABLE_FILE_PATTERNS))
-    except (OSError, ValueError) as err:  # every huggingface_hub lookup error is one of these
-        raise ModelLoadError(f"cannot load model {_describe(model_id_or_path, revision)}: it is not a local folder, "
-                             f"and the Hub lookup failed: {type(err).__name__}: {err}") from err
-
-
-def _describe(model_id_or_path: str, revision: str | None) -> str:
-    return f"{model_id_or_path!r}" + (f" at revision {revision!r}" if revision else "")
 
 
 def _refuse_pickle_only_folder(folder: Path, model_id_or_path: str, revision: str | None) -> None:
@@ -84,6 +51,6 @@ def _refuse_pickle_only_folder(folder: Path, model_id_or_path: str, revision: st
         return
     pickles = [name for name in PICKLE_WEIGHT_FILES if (folder / name).is_file()]
     found = f"only pickle weights ({', '.join(pickles)})" if pickles else "no safetensors weights"
-    raise ModelLoadError(f"model {_describe(model_id_or_path, revision)} holds {found}; DistriNews loads safetensors "
-                         "only because unpickling can run arbitrary code. Re-save the model with "
+    raise ModelLoadError(f"model {describe_model(model_id_or_path, revision)} holds {found}; DistriNews loads "
+                         "safetensors only because unpickling can run arbitrary code. Re-save the model with "
                          "save_pretrained(safe_serialization=True) and load that.")

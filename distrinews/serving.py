@@ -1,7 +1,11 @@
 """The model behind the Space: one typed serving config, and a service that loads, warms and batches.
 
-``ClassifierService.load(config)`` goes through the one loader (``load_classifier``), picks the backend
-the CPU is best at (``distrinews.backends``), warms it up, and reads the test metrics from the model card.
+``ClassifierService.load(config)`` picks the backend the CPU is best at (``distrinews.backends``), warms it up,
+and reads the test metrics from the model card. With an int8 graph that matches the weights (shipped with the
+model, or cached from an earlier start) it reads only the graph, the tokenizer and the config: no torch, no
+transformers. Otherwise it goes through the one loader (``load_classifier``) and exports the graph.
+Every text is cleaned before it is batched (``distrinews.texts``), and a batch that fails anyway is retried
+one text at a time (``distrinews.batching``), so one client's text never fails another's request.
 ``await service.predict(texts)`` / ``await service.explain(text)`` go through the micro-batcher; the
 synchronous ``predict_now`` is the same path without batching (warm-up, scripts, benchmarks).
 
@@ -20,12 +24,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import __version__
-from .backends import QUANTIZATION_CHOICES, build_backend, cache_folder_name, resolve_quantization, \
-    usable_cores, weights_fingerprint
+from .backends import QUANTIZATION_CHOICES, SHIPPED_GRAPH, OnnxInt8Backend, build_backend, cache_folder_name, \
+    cached_graph, resolve_quantization, shipped_graph, usable_cores, weights_fingerprint
 from .batching import MicroBatcher
 from .explain import MAX_WORDS, Explanation, explanation_from, occlusion_texts
-from .modeling import load_classifier, resolve_model_folder
-from .predict import Prediction, label_names, model_max_length, predict_with
+from .model_files import ModelLoadError, read_serving_files, resolve_model_folder
+from .predict import Encoder, Prediction, encoder_for, label_names, model_max_length, predict_with
+from .texts import check_text, check_texts, clean_text
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +128,53 @@ def resolved_revision(model_id: str, model_folder: Path) -> str:
     return f"local:{weights_fingerprint(model_folder)}" if Path(model_id).is_dir() else model_folder.name
 
 
+@dataclass
+class ServedModel:
+    """A backend and what turns texts into its input and its output into labels."""
+
+    backend: Any  # TorchBackend or OnnxInt8Backend: .probabilities and .quantization
+    encoder: Any  # an Encoder, or a slow transformers tokenizer
+    labels: list[str]
+    max_length: int
+
+
+def load_served_model(folder: Path, quantization: str, *, max_length: int, cache_dir: Path, cache_key: str,
+                      threads: int) -> ServedModel:
+    """The model in ``folder`` behind the backend for ``quantization`` (``none`` or ``int8``)."""
+    if quantization == "int8":
+        graph = shipped_graph(folder) or _if_file(cached_graph(cache_dir, cache_key))
+        files = read_serving_files(folder) if graph else None
+        if graph and files:  # the cold-start path: no torch, no transformers
+            length = min(max_length or files.max_length, files.max_length)
+            return ServedModel(OnnxInt8Backend(graph, threads), Encoder.from_files(files, length), files.labels,
+                               length)
+    try:
+        from .modeling import load_classifier
+    except ImportError as err:
+        raise ModelLoadError(
+            f"{folder} has no int8 graph matching its weights ({SHIPPED_GRAPH}: `distrinews push` uploads one, "
+            f"`distrinews export-onnx MODEL_DIR` writes one), and serving without it needs torch and transformers, "
+            f"which are not installed ({err})") from None
+    model, tokenizer = load_classifier(str(folder))
+    length = min(max_length or 10**9, model_max_length(model, tokenizer))
+    backend = build_backend(model, quantization, cache_dir=cache_dir, cache_key=cache_key, threads=threads)
+    return ServedModel(backend, encoder_for(tokenizer, length) or tokenizer, label_names(model), length)
+
+
+def _if_file(path: Path) -> Path | None:
+    return path if path.is_file() else None
+
+
 class ClassifierService:
     """A loaded, warmed model behind a micro-batcher. Build with ``load``; ``start``/``stop`` the batcher."""
 
-    def __init__(self, config: ServingConfig, model, tokenizer, backend, resolved_revision: str,
+    def __init__(self, config: ServingConfig, served: ServedModel, resolved_revision: str,
                  card_metrics: list[ModelCardMetric], load_seconds: float):
         self.config = config
-        self.tokenizer = tokenizer
-        self.backend = backend
-        self.labels = label_names(model)
-        self.max_length = min(config.max_length or 10**9, model_max_length(model, tokenizer))
+        self.backend = served.backend
+        self.encoder = served.encoder
+        self.labels = served.labels
+        self.max_length = served.max_length
         self.resolved_revision = resolved_revision
         self.card_metrics = card_metrics
         self.load_seconds = load_seconds
@@ -143,16 +185,15 @@ class ClassifierService:
     @classmethod
     def load(cls, config: ServingConfig) -> "ClassifierService":
         started = time.perf_counter()
-        # One snapshot (one commit) gives the weights, the tokenizer, the card and the revision shown.
-        folder = resolve_model_folder(config.model_id, config.revision or None)
-        model, tokenizer = load_classifier(str(folder))
+        # One snapshot (one commit) gives the weights, the graph, the tokenizer, the card and the revision shown.
+        folder = resolve_model_folder(config.model_id, config.revision or None, extra_patterns=(SHIPPED_GRAPH,))
         revision = resolved_revision(config.model_id, folder)
         quantization = resolve_quantization(config.quantize)
-        backend = build_backend(model, quantization, cache_dir=Path(config.onnx_cache_dir),
-                                cache_key=cache_folder_name(config.model_id, revision),
-                                threads=config.threads or usable_cores())
-        service = cls(config, model, tokenizer, backend, revision, read_card_metrics(folder),
-                      load_seconds=0.0)
+        served = load_served_model(folder, quantization, max_length=config.max_length,
+                                   cache_dir=Path(config.onnx_cache_dir),
+                                   cache_key=cache_folder_name(config.model_id, revision),
+                                   threads=config.threads or usable_cores())
+        service = cls(config, served, revision, read_card_metrics(folder), load_seconds=0.0)
         service.warm_up()
         service.load_seconds = time.perf_counter() - started
         log.info("serving %s at %s with quantization=%s, loaded and warm in %.1f s", config.model_id, revision,
@@ -172,7 +213,7 @@ class ClassifierService:
 
     def predict_now(self, texts: Sequence[str]) -> list[Prediction]:
         """Synchronous, unbatched: the one predict path with this service's backend."""
-        return predict_with(self.backend.probabilities, self.tokenizer, self.labels, texts,
+        return predict_with(self.backend.probabilities, self.encoder, self.labels, texts,
                             max_length=self.max_length, batch_size=self.config.max_batch_size,
                             pad_to_multiple_of=1)  # CPU: padding is wasted work
 
@@ -183,11 +224,13 @@ class ClassifierService:
         await self.batcher.stop()
 
     async def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        return await self.batcher.submit(texts)
+        """Predictions for ``texts``; raises ``TextError`` naming the first text with nothing to classify, and
+        ``InferenceFailed`` naming the texts the model failed on (a bug: every cleaned text should classify)."""
+        return await self.batcher.submit(check_texts(texts))
 
     async def explain(self, text: str) -> Explanation:
-        words, variants = occlusion_texts(text, MAX_WORDS)
-        return explanation_from(words, await self.predict(variants))
+        words, variants = occlusion_texts(check_text(text), MAX_WORDS)
+        return explanation_from(words, await self.batcher.submit(variants))
 
     def test_accuracy(self) -> float | None:
         for metric in self.card_metrics:
@@ -209,9 +252,16 @@ class ClassifierService:
 
 def texts_from_csv(path: str | Path, limit: int) -> list[str]:
     """Texts from an uploaded CSV: its ``text`` column, or title + description in the AG News layout
-    (class, title, description), or else its first column. Blank rows are skipped; at most ``limit`` rows."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+    (class, title, description), or else its first column. Blank rows are skipped; at most ``limit`` rows.
+    A file that is not UTF-8 text in CSV form raises ``ValueError`` saying where."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            rows = [row for row in reader if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except csv.Error as err:
+        raise ValueError(f"line {reader.line_num}: {err}") from None
     if not rows:
         return []
     header = [cell.strip().lower() for cell in rows[0]]
@@ -222,7 +272,7 @@ def texts_from_csv(path: str | Path, limit: int) -> list[str]:
         texts = [f"{row[1]} {row[2]}" for row in rows if len(row) == 3]
     else:
         texts = [row[0] for row in rows]
-    texts = [text.strip() for text in texts if text.strip()]
+    texts = [text.strip() for text in texts if clean_text(text)]  # nothing visible: skipped like a blank row
     if len(texts) > limit:
         raise ValueError(f"the file has {len(texts)} texts; at most {limit} are classified at once")
     return texts

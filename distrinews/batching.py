@@ -95,9 +95,11 @@ class MicroBatcher(Generic[Result]):
     def waiting(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
 
-    async def submit(self, texts: Sequence[str]) -> list[Result]:
+    async def submit(self, texts: Sequence[str], timing: dict[str, float] | None = None) -> list[Result]:
         """Results for ``texts`` in order; raises ``QueueFull`` (nothing queued) when they do not fit, and
-        ``InferenceFailed`` when ``run_batch`` raised for some of them."""
+        ``InferenceFailed`` when ``run_batch`` raised for some of them. ``timing``, if given, receives the
+        seconds its texts waited for a batch (``queue``), their batches ran (``batch``) and the largest batch
+        (``batch_size``)."""
         if self._queue is None:
             raise RuntimeError("MicroBatcher.start() has not been awaited")
         if len(texts) > self.max_queue:
@@ -108,15 +110,20 @@ class MicroBatcher(Generic[Result]):
             raise QueueFull(self.waiting, self.max_queue, retry_after)
         loop = asyncio.get_running_loop()
         futures = []
+        enqueued = loop.time()
         for text in texts:  # no await in this loop: the capacity check above still holds when it ends
             future = loop.create_future()
             self._queue.put_nowait((text, future))
             futures.append(future)
-        outcomes = await asyncio.gather(*futures)
-        failed = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, _Failure)]
+        outcomes: list[_Outcome] = await asyncio.gather(*futures)
+        if timing is not None:
+            timing["queue"] = max(o.started for o in outcomes) - enqueued
+            timing["batch"] = max(o.finished - o.started for o in outcomes)
+            timing["batch_size"] = max(o.batch_size for o in outcomes)
+        failed = [i for i, outcome in enumerate(outcomes) if isinstance(outcome.result, _Failure)]
         if failed:
-            raise InferenceFailed(failed, outcomes[failed[0]].error)
-        return list(outcomes)
+            raise InferenceFailed(failed, outcomes[failed[0]].result.error)
+        return [outcome.result for outcome in outcomes]
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -143,14 +150,15 @@ class MicroBatcher(Generic[Result]):
                 continue
             started = loop.time()
             results = await self._run_isolating([text for text, _ in live], alone_is_cheap=self._queue.empty())
-            elapsed = loop.time() - started
+            finished = loop.time()
+            elapsed = finished - started
             self._seconds_per_text = 0.8 * self._seconds_per_text + 0.2 * elapsed / len(live)
             self.stats.batches += 1
             self.stats.texts += len(live)
             self.stats.largest_batch = max(self.stats.largest_batch, len(live))
             for (_, future), result in zip(live, results):
                 if not future.done():
-                    future.set_result(result)
+                    future.set_result(_Outcome(result, started, finished, len(live)))
 
     async def _run_isolating(self, texts: list[str], alone_is_cheap: bool = False) -> list:
         """``run_batch(texts)``; if it raises, each text again on its own, so a text that fails only fails
@@ -177,6 +185,16 @@ class MicroBatcher(Generic[Result]):
             # text arriving meanwhile would have waited for this call anyway (one model call at a time).
             return self.run_batch(texts)
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_batch, texts)
+
+
+@dataclass
+class _Outcome:
+    """What a text's future holds: its result (or ``_Failure``) and when its batch ran, in loop time."""
+
+    result: object
+    started: float
+    finished: float
+    batch_size: int
 
 
 @dataclass

@@ -130,6 +130,38 @@ def cleaned_texts(texts: Sequence[str]) -> list[str]:
     return each_text(clean_text, texts, where="text ")
 
 
+def pad_batch(token_ids: Sequence[Sequence[int]], pad_id: int, multiple_of: int = 8) -> dict[str, np.ndarray]:
+    """Right-pad to the longest row (rounded up to ``multiple_of``) with the matching attention mask."""
+    longest = max(len(ids) for ids in token_ids)
+    width = -(-longest // multiple_of) * multiple_of
+    input_ids = np.full((len(token_ids), width), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(token_ids), width), dtype=np.int64)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, :len(ids)] = ids
+        attention_mask[row, :len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def length_sorted_chunks(lengths: Sequence[int], max_rows: int, max_padding: float = 0.25) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of at most ``max_rows`` whose padding stays under
+    ``max_padding`` of their real tokens. On a CPU every padded token costs as much as a real one, so a batch
+    padded to its longest text can be slower per text than single texts."""
+    chunks: list[list[int]] = []
+    chunk: list[int] = []
+    real_tokens = 0
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        length = lengths[index]
+        # Sorted ascending, so adding this text pads every row of the chunk to its length.
+        if chunk and (len(chunk) == max_rows or (len(chunk) + 1) * length > (1 + max_padding) * (real_tokens + length)):
+            chunks.append(chunk)
+            chunk, real_tokens = [], 0
+        chunk.append(index)
+        real_tokens += length
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
 def predict_with(probabilities_of: ProbabilityFn, tokenizer, labels: Sequence[str], texts: Sequence[str], *,
                  max_length: int, batch_size: int = 64, pad_to_multiple_of: int = 8) -> list[Prediction]:
     """Classify ``texts`` with any ``ProbabilityFn``: length-sorted batches, results in the input order.

@@ -223,10 +223,11 @@ class ClassifierService:
     async def stop(self) -> None:
         await self.batcher.stop()
 
-    async def predict(self, texts: Sequence[str]) -> list[Prediction]:
+    async def predict(self, texts: Sequence[str], timing: dict[str, float] | None = None) -> list[Prediction]:
         """Predictions for ``texts``; raises ``TextError`` naming the first text with nothing to classify, and
-        ``InferenceFailed`` naming the texts the model failed on (a bug: every cleaned text should classify)."""
-        return await self.batcher.submit(check_texts(texts))
+        ``InferenceFailed`` naming the texts the model failed on (a bug: every cleaned text should classify).
+        ``timing`` receives where the time went (``MicroBatcher.submit``)."""
+        return await self.batcher.submit(check_texts(texts), timing)
 
     async def explain(self, text: str) -> Explanation:
         words, variants = occlusion_texts(check_text(text), MAX_WORDS)

@@ -145,13 +145,13 @@ def weights_fingerprint(model_dir: Path) -> str:
     return _hash_files(files).hexdigest()[:16]
 
 
-def weight_hashes(model_dir: Path) -> dict[str, str]:
-    """The sha256 of each ``*.safetensors`` file. In a Hub snapshot each file links to a blob named after its
-    sha256 (the LFS object id), so nothing is read there; a plain file is hashed."""
+def weight_hashes(model_dir: Path, trust_blob_names: bool = True) -> dict[str, str]:
+    """The sha256 of each ``*.safetensors`` file. In a Hub snapshot a weights file links to a blob named after
+    its sha256 (the LFS object id), so with ``trust_blob_names`` nothing is read there; a plain file is hashed."""
     hashes = {}
     for file in sorted(Path(model_dir).glob("*.safetensors")):
         blob = Path(os.readlink(file)).name if file.is_symlink() else ""
-        if re.fullmatch(r"[0-9a-f]{64}", blob):
+        if trust_blob_names and re.fullmatch(r"[0-9a-f]{64}", blob):
             hashes[file.name] = blob
         else:
             hashes[file.name] = _hash_files([file]).hexdigest()
@@ -182,7 +182,9 @@ def shipped_graph(model_dir: Path) -> Path | None:
         log.warning("ignoring the shipped int8 graph in %s: made by export recipe %r, this version uses %r",
                     model_dir, recipe, EXPORT_RECIPE)
         return None
-    if weights != weight_hashes(model_dir):
+    # Blob names are read first (free); the files themselves only if those differ, in case a store names its
+    # blobs by another 64-digit hash.
+    if weights != weight_hashes(model_dir) and weights != weight_hashes(model_dir, trust_blob_names=False):
         log.warning("ignoring the shipped int8 graph in %s: it was exported from other weights", model_dir)
         return None
     return graph

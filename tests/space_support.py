@@ -65,13 +65,13 @@ def wait_until_ready(base_url: str, timeout: float, process: subprocess.Popen | 
 
 
 @contextlib.contextmanager
-def uvicorn_server(model_id: str, cache_dir: Path, log_path: Path, timeout: float = 180,
+def uvicorn_server(model_id: str, cache_dir: Path, log_path: Path, timeout: float = 180, python: str = sys.executable,
                    **settings: str) -> Iterator[str]:
     """``python -m uvicorn app.app:app`` on a free loopback port; yields its base URL once /api/ready is 200."""
     port = free_port()
     env = {**os.environ, **space_env(model_id, cache_dir, **settings), "PYTHONPATH": str(REPO_ROOT)}
     with log_path.open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.app:app", "--host", "127.0.0.1",
+        process = subprocess.Popen([python, "-m", "uvicorn", "app.app:app", "--host", "127.0.0.1",
                                     "--port", str(port), "--no-access-log"], cwd=REPO_ROOT, env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
         base_url = f"http://127.0.0.1:{port}"

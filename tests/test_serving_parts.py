@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from distrinews.backends import OnnxInt8Backend, cache_folder_name, export_int8_onnx, resolve_quantization
-from distrinews.batching import MicroBatcher, QueueFull
+from distrinews.batching import InferenceFailed, MicroBatcher, QueueFull
 from distrinews.explain import explanation_from, occlusion_texts
 from distrinews.modeling import load_classifier
 from distrinews.predict import Prediction, encode_texts, length_sorted_chunks, pad_batch, predict_with, \
@@ -130,6 +130,32 @@ def test_a_failing_batch_fails_only_its_own_callers():
 
     ok, bad, fine = asyncio.run(scenario())
     assert ok == ["OK"] and fine == ["FINE"] and isinstance(bad, RuntimeError) and "exploded" in str(bad)
+
+
+def test_a_batch_that_fails_is_rerun_one_text_at_a_time_so_only_the_culprit_fails():
+    calls = []
+
+    def run_batch(texts):
+        calls.append(list(texts))
+        if "poison" in texts:
+            raise TypeError("tokenizer refused the batch")
+        return [text.upper() for text in texts]
+
+    async def scenario():
+        batcher = MicroBatcher(run_batch, max_batch_size=8, max_wait_ms=50, max_queue=64)
+        await batcher.start()
+        await batcher.submit(["warm", "up"])  # after a batch of two, the next one waits for company
+        outcomes = await asyncio.gather(*(batcher.submit([text]) for text in ["a", "b", "poison", "c"]),
+                                        batcher.submit(["d", "poison", "e"]), return_exceptions=True)
+        await batcher.stop()
+        return outcomes, batcher.stats
+
+    outcomes, stats = asyncio.run(scenario())
+    assert outcomes[:2] == [["A"], ["B"]] and outcomes[3] == ["C"]
+    for failed, index in ((outcomes[2], 0), (outcomes[4], 1)):
+        assert isinstance(failed, InferenceFailed) and failed.indices == [index] and "refused" in str(failed)
+    assert any(len(call) > 1 and "poison" in call for call in calls)  # they did share a batch
+    assert stats.isolated_batches >= 1 and stats.failed_texts == 2
 
 
 def test_inference_runs_off_the_event_loop_in_one_thread():

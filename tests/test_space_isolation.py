@@ -1,0 +1,284 @@
+"""One client's odd text never fails another's request: any string JSON can carry, over the predict function, the
+JSON API and a real server under hostile concurrent load; connections survive error answers.
+
+The strategies draw from every Unicode code point, lone surrogates included (hypothesis' default text strategy
+leaves them out, which is how a surrogate that failed whole batches went unnoticed). Bodies are sent as the
+JSON bytes a client would send: ``json.dumps`` writes a lone surrogate as the escape ``\\ud800``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import aiohttp
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import ag_news_rows
+from distrinews.backends import write_shipped_graph
+from distrinews.modeling import load_classifier
+from distrinews.predict import predict_texts
+from distrinews.texts import TextError, check_text, clean_text
+from space_support import LABELS, space_env, uvicorn_server, write_space_model
+
+# Every code point: surrogates (Cs) are excluded unless categories are given explicitly.
+ANY_CHARACTER = st.characters(codec=None, exclude_categories=())
+ANY_TEXT = st.text(ANY_CHARACTER, max_size=80)
+ODD_TEXTS = ["\ud800", "\udfff fine", "ok \ud83d lone high", "nul\x00inside", "\x1b[31mred\x1b[0m",
+             "\u202eevil override\u202c", "zero\u200bwidth\ufeff", "\u0000", "\u200b\u200d\u2060", "\U0010ffff",
+             "e\u0301\u0301\u0301", "東京 株価 上昇", "word" * 20_000, " \t\n\r\x0b\x0c "]
+
+
+@pytest.fixture(scope="module")
+def shipped_model(tmp_path_factory):
+    """The Space test model with its int8 graph shipped beside the weights, as ``distrinews push`` uploads it."""
+    folder = write_space_model(tmp_path_factory.mktemp("shipped-model"))
+    model, _ = load_classifier(str(folder))
+    write_shipped_graph(model, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(shipped_model):
+    model, tokenizer = load_classifier(str(shipped_model))
+    return model, tokenizer
+
+
+def _raw_json(body) -> bytes:
+    return json.dumps(body).encode("ascii")  # escapes every non-ASCII character, lone surrogates included
+
+
+# ---------------------------------------------------------------- the text rules and the predict function
+
+@settings(max_examples=300, deadline=None)
+@given(text=ANY_TEXT)
+def test_cleaning_any_string_gives_encodable_idempotent_text(text):
+    cleaned = clean_text(text)
+    cleaned.encode("utf-8")  # no surrogate survives
+    assert clean_text(cleaned) == cleaned
+    assert not any(ord(c) < 32 or ord(c) == 127 for c in cleaned)
+    assert cleaned == cleaned.strip() and "  " not in cleaned
+    try:
+        assert check_text(text) == cleaned and cleaned
+    except TextError:
+        assert cleaned == ""
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(ANY_TEXT, min_size=1, max_size=6))
+def test_the_predict_function_classifies_any_strings(reference, texts):
+    model, tokenizer = reference
+    predictions = predict_texts(model, tokenizer, texts, max_length=64)
+    assert len(predictions) == len(texts)
+    for prediction in predictions:
+        assert prediction.label in LABELS and abs(sum(prediction.probabilities.values()) - 1) < 1e-4
+
+
+def test_an_odd_text_gets_the_label_of_its_cleaned_form_in_any_company(reference):
+    model, tokenizer = reference
+    alone = [predict_texts(model, tokenizer, [text], max_length=64)[0].label for text in ODD_TEXTS]
+    together = [p.label for p in predict_texts(model, tokenizer, ODD_TEXTS, max_length=64)]
+    cleaned = [p.label for p in predict_texts(model, tokenizer, [clean_text(t) for t in ODD_TEXTS], max_length=64)]
+    assert alone == together == cleaned
+
+
+def test_a_megabyte_word_is_cut_before_tokenizing_and_flagged(reference):
+    model, tokenizer = reference
+    started = time.perf_counter()
+    (prediction,) = predict_texts(model, tokenizer, ["x" * 1_000_000], max_length=64)
+    assert prediction.truncated and time.perf_counter() - started < 0.5  # uncut: 0.6-2 s in the tokenizer
+
+
+# ---------------------------------------------------------------- the JSON API, in process
+
+@pytest.fixture(scope="module")
+def client(shipped_model, tmp_path_factory):
+    monkeypatch = pytest.MonkeyPatch()
+    for key, value in space_env(str(shipped_model), tmp_path_factory.mktemp("onnx"), QUANTIZE="int8",
+                                MAX_TEXTS_PER_REQUEST="8").items():
+        monkeypatch.setenv(key, value)
+    from app.app import app
+
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        deadline = time.monotonic() + 120
+        while test_client.get("/api/ready").status_code != 200:
+            assert time.monotonic() < deadline, test_client.get("/api/ready").text
+            time.sleep(0.05)
+        yield test_client
+    monkeypatch.undo()
+
+
+def _post(client, body):
+    return client.post("/api/predict", content=_raw_json(body), headers={"content-type": "application/json"})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=ANY_TEXT, others=st.lists(ANY_TEXT, min_size=1, max_size=8))
+def test_any_string_is_classified_or_refused_with_a_422_naming_it(client, text, others):
+    one = _post(client, {"text": text})
+    if clean_text(text):
+        assert one.status_code == 200, one.text
+        assert one.json()["predictions"][0]["label"] in LABELS
+    else:
+        assert one.status_code == 422 and '"text" is empty or only whitespace' in one.json()["detail"]
+    many = _post(client, {"texts": others})
+    blank = [i for i, t in enumerate(others) if not clean_text(t)]
+    if blank:
+        assert many.status_code == 422 and f"items {blank[:10]} are empty" in many.json()["detail"], many.text
+    else:
+        assert many.status_code == 200 and len(many.json()["predictions"]) == len(others), many.text
+
+
+def test_a_surrogate_anywhere_in_the_body_gets_a_4xx_never_a_500(client):
+    for body in ({"\ud800": 1}, {"text": "ok", "\udfff": "x"}, {"texts": ["ok", {"\ud800": []}]}, {"text": ["\ud800"]}):
+        response = _post(client, body)
+        assert response.status_code == 422, (body, response.text)
+        response.content.decode("utf-8")
+    assert _post(client, {"text": "\ud800"}).status_code == 200
+    assert _post(client, {"texts": ["ok", "\udfff fine"]}).status_code == 200
+
+
+def test_the_response_says_where_the_time_went(client):
+    response = _post(client, {"text": "stocks rally as the bank holds rates"})
+    stages = dict(part.strip().split(";", 1)[0:2] for part in response.headers["server-timing"].split(","))
+    assert set(stages) == {"queue", "batch", "respond", "handler"}
+    durations = {name: float(value.split("dur=")[1].split(";")[0]) for name, value in stages.items()}
+    assert 0 < durations["batch"] <= durations["handler"]
+
+
+# ---------------------------------------------------------------- a real server, hostile load, keep-alive
+
+@pytest.fixture(scope="module")
+def server(shipped_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("isolation-server")
+    with uvicorn_server(str(shipped_model), folder / "onnx", folder / "uvicorn.log", QUANTIZE="int8",
+                        MAX_BATCH_SIZE="24", BATCH_WAIT_MS="2") as base_url:
+        yield base_url, folder / "uvicorn.log"
+
+
+HOSTILE_BODIES = [*({"text": text} for text in ODD_TEXTS),
+                  {"texts": ["ok", "\udfff fine", "\x00"]}, {"text": 42}, {"texts": "no"}, [1, 2], {"text": ""}]
+
+
+def test_hostile_tenth_of_concurrent_traffic_fails_no_valid_request(server):
+    base_url, log_path = server
+    headlines = [f"{title} {body}" for _, title, body in ag_news_rows(120, seed=11)]
+    total, concurrency = 600, 32
+    plan = [(True, HOSTILE_BODIES[i % len(HOSTILE_BODIES)]) if i % 10 == 3 else (False, {"text": headlines[i % 120]})
+            for i in range(total)]
+    answers: list = [None] * total
+
+    async def send_all():
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+            async def one(i):
+                hostile, body = plan[i]
+                raw = _raw_json(body)
+                async with session.post(f"{base_url}/api/predict", data=raw,
+                                        headers={"content-type": "application/json"}) as response:
+                    answers[i] = (response.status, await response.json())
+
+            async def worker(w):
+                for i in range(w, total, concurrency):
+                    await one(i)
+            await asyncio.gather(*(worker(w) for w in range(concurrency)))
+
+    asyncio.run(send_all())
+    statuses = {}
+    for (hostile, body), (status, _) in zip(plan, answers):
+        statuses[(hostile, status)] = statuses.get((hostile, status), 0) + 1
+    assert not any(status >= 500 for _, status in statuses), statuses
+    valid = [(body["text"], answer[1]) for (hostile, body), answer in zip(plan, answers) if not hostile]
+    assert all(answer["predictions"] for _, answer in valid), statuses
+    # The same label as each text gets when sent alone, to an idle server.
+    alone = {}
+    with KeepAliveConnection(base_url) as connection:
+        for text in {text for text, _ in valid}:
+            alone[text] = connection.post({"text": text})["predictions"][0]["label"]
+    assert all(answer["predictions"][0]["label"] == alone[text] for text, answer in valid)
+    assert "inference failed" not in log_path.read_text()
+    print(f"hostile load: {total} requests, statuses (hostile?, status): {statuses}")
+
+
+class KeepAliveConnection:
+    """One keep-alive HTTP/1.1 connection over a plain socket (what the keep-alive tests need to see)."""
+
+    def __init__(self, base_url: str):
+        host, port = base_url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        self.reader = self.sock.makefile("rb")
+        self.host = f"{host}:{port}".encode()
+
+    def __enter__(self) -> "KeepAliveConnection":
+        return self
+
+    def __exit__(self, *exc):
+        self.reader.close()
+        self.sock.close()
+
+    def send(self, method: bytes, path: bytes, body: bytes = b"") -> tuple[int, bytes]:
+        self.sock.sendall(b"%s %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                          % (method, path, self.host, len(body), body))
+        status = int(self.reader.readline().split()[1])
+        length = 0
+        while (line := self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, self.reader.read(length)
+
+    def post(self, body) -> dict:
+        status, reply = self.send(b"POST", b"/api/predict", _raw_json(body))
+        assert status == 200, reply
+        return json.loads(reply)
+
+
+def test_a_keep_alive_connection_survives_4xx_answers(server):
+    base_url, _ = server
+    with KeepAliveConnection(base_url) as connection:
+        for body in (b'{"text": ""}', b'{"text": 1}', b"not json", b'{"texts": ["\\u200b"]}', b'{"text": "\\ud800"}'):
+            status, reply = connection.send(b"POST", b"/api/predict", body)
+            assert status in (200, 422), (body, status, reply)
+        assert connection.send(b"GET", b"/api/nothing-here")[0] == 404
+        assert connection.post({"text": "stocks rally"})["predictions"][0]["label"] in LABELS  # same socket
+
+
+def test_an_unexpected_error_is_a_json_500_and_the_connection_stays_open():
+    import uvicorn
+    from fastapi import FastAPI
+
+    from app.app import ContainErrors
+
+    app = FastAPI()
+
+    @app.post("/api/predict")
+    async def broken():
+        raise RuntimeError("a bug")
+
+    @app.get("/ok")
+    async def ok():
+        return {"fine": True}
+
+    app.add_middleware(ContainErrors)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with KeepAliveConnection(f"http://127.0.0.1:{port}") as connection:
+            status, reply = connection.send(b"POST", b"/api/predict", b"{}")
+            assert status == 500 and json.loads(reply) == {"detail": "internal server error (logged)"}
+            assert connection.send(b"GET", b"/ok") == (200, b'{"fine":true}')
+    finally:
+        server.should_exit = True
+        thread.join(30)

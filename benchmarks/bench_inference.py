@@ -9,21 +9,47 @@ What it measures, on real AG News test text (title + description, ../shared/data
    a model), and with ``batch_size=32`` for reference.
 2. ``ort-int8``: the ONNX Runtime dynamic int8 recipe that ``optimum``'s ``ORTQuantizer`` (avx512_vnni, dynamic)
    applies: ``torch.onnx.export`` + ``onnxruntime.quantization.quantize_dynamic``, called in-process. optimum
-   itself is not used: ``optimum[onnxruntime]`` downgrades transformers to 4.57 (see ../shared/docs/BASELINES.md).
-   The Space's int8 backend (``distrinews.backends``) quantizes the same way, from a model whose last layer
-   computes only the position the head reads (``distrinews.first_position``: same logits, less work).
+   itself is not used here: ``optimum[onnxruntime]`` requires transformers 4, and DistriNews runs on
+   transformers 5 (``--optimum-python`` adds it from a Python of its own). The Space's int8 backend
+   (``distrinews.backends``) quantizes the same way, from a model whose last layer computes only the position
+   the head reads (``distrinews.first_position``: same logits, less work).
 3. ``space-fp32`` and ``space``: the app itself (``uvicorn app.app:app``) with QUANTIZE=none (fp32 torch) and
    QUANTIZE=auto (int8 where the CPU has VNNI), over HTTP on 127.0.0.1, so every number includes HTTP, JSON,
-   validation and the micro-batcher.
+   validation and the micro-batcher. The int8 graph ships with the model first (``write_shipped_graph``, what
+   ``distrinews push`` / ``export-onnx`` do), so ``space`` starts as a deployed Space does: from the shipped
+   graph, without torch or transformers.
 
-Latency: single texts, one after another, p50/p99; each text goes through all four paths back to back, so
-the load of other users of a shared machine falls on every path alike. After each text, one ``GET /api/health``
-to the int8 Space is timed too: the HTTP round trip with no model call, the part of the Space's latency that
-an in-process call never pays. Throughput: 32 concurrent HTTP clients
-for the Space, texts/s; the paths take turns on slices of the texts. For the in-process baselines "32 clients"
-is their one-text-per-call rate (a server calling the pipeline per request cannot do better on 2 cores: calls
-would only contend), and "batch 32" is their rate on 32-text batches, given for reference. The HTTP clients
-run on the same 2 cores as the server, so the Space's numbers pay for their own load generator.
+Latency: single texts, one after another, in ``--latency-rounds`` rounds after one warm-up. In each round every
+text goes through every path back to back (the order rotating from text to text), so the load of other users
+of a shared machine falls on every path alike. Each path's p50 and p99 are taken per round; the table gives the
+median over rounds with the [min, max] of the rounds beside it, and the ratios between paths are taken per
+round too (median [min, max]): one busy minute moves the spread, not the result. After each text, one
+``GET /api/health`` to the int8 Space is timed too: the HTTP round trip with no model call, the part of the
+Space's latency that an in-process call never pays.
+
+Where a single request's time goes: every ``space`` request's ``Server-Timing`` header (queue: waiting for a
+batch; batch: the batch's tokenization and model call; respond: building the response; handler: the whole route
+handler), medians, plus what lies outside the handler (the round trip minus the handler: body parsing and
+validation, HTTP, and this client). The first request after the server became ready is reported on its own
+(the cold request). Beside them, in-process and on the same texts: the bare ``ort-int8`` path split into its
+tokenizer call and ``session.run`` + softmax, and the Space's own stack without HTTP (its Rust ``Encoder`` and
+``OnnxInt8Backend`` over the shipped graph, through ``predict_with`` as the batcher calls it) split into the
+session and everything around it.
+
+Cold start, ``--cold-starts`` repeats, the three taking turns in each: ``python -c "import gradio"`` (the floor:
+the Space imports gradio); the Space, from ``uvicorn`` process start until ``GET /api/ready`` answers 200
+(polled every 25 ms; a fresh empty ONNX cache, so only the shipped graph can serve); and the pipeline, a process
+that imports transformers, builds ``pipeline("text-classification")`` and classifies one text, start to exit.
+Medians with [min, max]. The files are in the OS page cache (the benchmark has just read them): this is a
+process's cold start, not a cold disk's. Whether the Space process loaded torch is read from its memory map
+(``/proc/PID/maps``: any ``libtorch`` library) once it is ready, and one separate process loads the service as
+the app does and lists which heavy modules (torch, transformers, ...) it imported.
+
+Throughput: 32 concurrent HTTP clients for the Space, texts/s; the paths take turns on slices of the texts. For
+the in-process baselines "32 clients" is their one-text-per-call rate (a server calling the pipeline per
+request cannot do better on 2 cores: calls would only contend), and "batch 32" is their rate on 32-text
+batches, given for reference. The HTTP clients run on the same 2 cores as the server, so the Space's numbers
+pay for their own load generator.
 
 The latency model is DistilBERT-base (66M) built from ../shared/data/distilbert-base-uncased/config.json
 with random weights and the real uncased tokenizer: no DistilBERT weights are available offline, and the compute
@@ -41,6 +67,7 @@ import json
 import os
 import platform
 import random
+import re
 import signal
 import statistics
 import sys
@@ -56,6 +83,28 @@ LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 # call returns (~5 ms of CPU per call measured here); with 2 cores, a path timed while the previous path's
 # threads still spin runs up to 2x slower, so every path waits them out.
 SETTLE_S = 0.03
+# How often the cold-start probe asks the Space whether it is ready: the start-up time is known to +-25 ms, and
+# a probe (a loopback connection and a 503) costs the starting server well under 1 ms of CPU each time.
+READY_POLL_S = 0.025
+# Imported by a Space only to export a graph or to serve fp32: the shipped-graph start must need none of them.
+# Server-Timing stages of a Space request, then the round trip outside the handler and the whole round trip.
+SPACE_STAGES = ("queue", "batch", "respond", "handler", "outside_handler", "total")
+HEAVY_MODULES = ("torch", "transformers", "datasets", "accelerate", "matplotlib")
+# The pipeline's cold start, as a user's script has it: import, build the pipeline, classify one text.
+PIPELINE_COLD_START = """
+import sys
+from transformers import pipeline
+classify = pipeline("text-classification", model=sys.argv[1], device=-1)
+classify(sys.argv[2], truncation=True, max_length=128)
+"""
+# The Space's model loading, as app.app's lifespan does it, then which heavy modules that imported.
+SPACE_IMPORTS = f"""
+import json, sys
+import app.app
+from distrinews.serving import ClassifierService, ServingConfig
+ClassifierService.load(ServingConfig.from_env())
+print(json.dumps(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)))
+"""
 
 
 def read_ag_news(path: Path) -> tuple[list[str], list[int]]:
@@ -70,15 +119,37 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     return {"p50_ms": round(cuts[49] * 1000, 2), "p99_ms": round(cuts[98] * 1000, 2)}
 
 
-def time_each(call, texts: list[str], warmup: int = 5) -> list[float]:
-    for text in texts[:warmup]:
-        call(text)
-    seconds = []
-    for text in texts:
-        started = time.perf_counter()
-        call(text)
-        seconds.append(time.perf_counter() - started)
-    return seconds
+def median_spread(values: list[float], digits: int = 2) -> tuple[float, list[float]]:
+    """The median and the [min, max] of per-round (or per-repeat) values."""
+    return round(statistics.median(values), digits), [round(min(values), digits), round(max(values), digits)]
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """``queue;dur=0.041, batch;dur=11.862;desc="1 texts", ...`` -> {"queue": 0.041, "batch": 11.862, ...} (ms)."""
+    return {name: float(value) for name, value in re.findall(r"([\w-]+);dur=([\d.]+)", header)}
+
+
+def http_status(port: int, path: str, timeout: float = 5) -> int | None:
+    """The status code of ``GET path`` on loopback, None while nothing listens. A bare socket, not httpx: while
+    the Space starts, the probe shares the 2 cores with it, and a new httpx client costs a few ms of CPU."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n" % path.encode())
+            with sock.makefile("rb") as reader:
+                status = reader.readline().split()
+    except OSError:
+        return None
+    return int(status[1]) if len(status) > 1 and status[1].isdigit() else None
+
+
+def maps_libtorch(pid: int) -> bool | None:
+    """Whether process ``pid`` has a torch shared library mapped (None where /proc is not readable)."""
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return None
 
 
 def build_distilbert_base(folder: Path, config_dir: Path) -> Path:
@@ -167,24 +238,24 @@ class SpaceServer:
         env = {**os.environ, "MODEL_ID": model, "ONNX_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(REPO_ROOT),
                "GRADIO_ANALYTICS_ENABLED": "False", **settings}
         self.log = log_path.open("w")
+        self.started = time.perf_counter()
         self.process = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.app:app", "--host", "127.0.0.1",
                                          "--port", str(self.port), "--no-access-log", "--log-level", "warning"],
                                         cwd=REPO_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.ready_s: float | None = None  # process start to the first 200 from /api/ready
 
-    def wait_ready(self, timeout: float = 900) -> dict:
-        import httpx  # only for polling readiness
+    def wait_ready(self, timeout: float = 900, poll_s: float = 0.5) -> dict:
+        import httpx  # only for /api/info, once ready
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited; see {self.log.name}")
-            try:
-                if httpx.get(self.url + "/api/ready", timeout=5).status_code == 200:
-                    return httpx.get(self.url + "/api/info", timeout=5).json()
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+            if http_status(self.port, "/api/ready") == 200:
+                self.ready_s = time.perf_counter() - self.started
+                return httpx.get(self.url + "/api/info", timeout=5).json()
+            time.sleep(poll_s)
         raise TimeoutError("server not ready")
 
     def close(self) -> None:
@@ -233,30 +304,30 @@ class KeepAliveClient:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = self.sock.makefile("rb")
 
-    def predict(self, text: str) -> dict:
+    def predict(self, text: str) -> tuple[dict, dict[str, str]]:
+        """The reply's JSON and its headers (lower-case names)."""
         body = json.dumps({"text": text}).encode()
         self.sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                           b"Content-Length: %d\r\n\r\n%s" % (self.host.encode(), len(body), body))
         return self._reply()
 
-    def health(self) -> dict:
+    def health(self) -> tuple[dict, dict[str, str]]:
         """``GET /api/health``: the same HTTP stack with no model call, i.e. what the transport alone costs."""
         self.sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: %s\r\n\r\n" % self.host.encode())
         return self._reply()
 
-    def _reply(self) -> dict:
+    def _reply(self) -> tuple[dict, dict[str, str]]:
         status = self.reader.readline()
-        length = None
+        headers = {}
         while (line := self.reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        if length is None:
+            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        if "content-length" not in headers:
             raise RuntimeError(f"reply without Content-Length: {status!r}")
-        reply = self.reader.read(length)
+        reply = self.reader.read(int(headers["content-length"]))
         if status.split()[1:2] != [b"200"]:
             raise RuntimeError(f"{status.decode().strip()}: {reply[:200]!r}")
-        return json.loads(reply)
+        return json.loads(reply), headers
 
     def close(self) -> None:
         self.reader.close()
@@ -267,16 +338,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=SHARED / "ag_news" / "test.csv")
     parser.add_argument("--base-config", type=Path, default=SHARED / "distilbert-base-uncased")
-    parser.add_argument("--latency-texts", type=int, default=200, help="Single-text calls timed per path.")
+    parser.add_argument("--latency-texts", type=int, default=200, help="Single-text calls timed per path and round.")
+    parser.add_argument("--latency-rounds", type=int, default=5,
+                        help="Latency rounds (every text through every path in each); medians over rounds.")
     parser.add_argument("--throughput-texts", type=int, default=1024, help="Texts per path in the throughput phase.")
     parser.add_argument("--rounds", type=int, default=4, help="Throughput phases alternate paths in this many rounds.")
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--cold-starts", type=int, default=3,
+                        help="Cold starts of each kind (import gradio, the Space, the pipeline), taking turns.")
     parser.add_argument("--optimum-python", default=os.environ.get("OPTIMUM_PYTHON"),
                         help="A Python with optimum[onnxruntime] installed (it needs transformers 4, so a venv of "
                              "its own): adds optimum's own int8 pipeline as a path. See benchmarks/optimum_worker.py.")
     parser.add_argument("--accuracy-model", help="A trained model folder: accuracy of fp32 / int8 paths on --data.")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "inference.json")
     args = parser.parse_args(argv)
+    for name, least in (("latency_texts", 2), ("latency_rounds", 1), ("cold_starts", 1), ("rounds", 1)):
+        if getattr(args, name) < least:
+            parser.error(f"--{name.replace('_', '-')} must be at least {least}")
     # SIGTERM unwinds like Ctrl-C: the servers and workers are closed (finally) and the work folder removed.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     # The model, its ONNX exports and the servers' logs go here; it goes when the run does.
@@ -285,12 +363,15 @@ def main(argv=None) -> int:
 
 
 def run(args, work: Path) -> int:
+    import copy
+
     import torch
     import transformers
 
-    from distrinews.backends import cpu_has_int8_dot_product, usable_cores
+    from distrinews.backends import OnnxInt8Backend, cpu_has_int8_dot_product, usable_cores, write_shipped_graph
+    from distrinews.model_files import read_serving_files
     from distrinews.modeling import load_classifier
-    from distrinews.predict import label_names, predict_with, torch_probabilities
+    from distrinews.predict import Encoder, label_names, predict_with, torch_probabilities
 
     torch.set_num_threads(usable_cores())
     texts, gold = read_ag_news(args.data)
@@ -304,13 +385,18 @@ def run(args, work: Path) -> int:
                                  "torch": torch.__version__, "transformers": transformers.__version__},
                      "model": "distilbert-base-uncased architecture, random init, real tokenizer",
                      "data": str(args.data), "latency_texts": len(latency_texts),
-                     "throughput_texts": len(throughput_texts), "clients": args.clients, "paths": {}}
+                     "latency_rounds": args.latency_rounds, "throughput_texts": len(throughput_texts),
+                     "clients": args.clients, "paths": {}}
 
     classifier = transformers.pipeline("text-classification", model=str(model_dir), device=-1)
     model, tokenizer = load_classifier(str(model_dir))
     labels = label_names(model)
     fp32 = torch_probabilities(model.eval())
     plain = plain_ort_int8(model, work)
+    # The int8 graph ships with the model, as `distrinews push` uploads it, so the `space` server (and every cold
+    # start below) serves it as a deployed Space does, without torch. A copy: shipping rewrites the model it is
+    # given (the last layer computes position 0 only), and `model` stays the fp32 reference.
+    shipped = write_shipped_graph(copy.deepcopy(model), model_dir)
     optimum = OptimumWorker(args.optimum_python, model_dir, usable_cores(), work / "optimum.log") \
         if args.optimum_python else None
     if optimum:
@@ -321,9 +407,14 @@ def run(args, work: Path) -> int:
     try:
         info = {name: server.wait_ready() for name, server in servers.items()}
         http = {name: KeepAliveClient(server.url) for name, server in servers.items()}
+        # The first request after the Space became ready, before any warm-up of ours: what its first user gets.
+        started = time.perf_counter()
+        _, headers = http["space"].predict(latency_texts[0])
+        cold_request = {**server_timing(headers["server-timing"]), "total": (time.perf_counter() - started) * 1000}
 
-        def via_http(name):
-            return lambda text: http[name].predict(text)
+        # Where each request's time went, per text: the Space's Server-Timing stages and round trip, and the
+        # stages of the two in-process int8 stacks (ms).
+        stage_log: dict[str, list[dict[str, float]]] = {"space": [], "ort-int8": [], "space-in-process": []}
 
         def timed(call):
             def run(text):
@@ -332,34 +423,81 @@ def run(args, work: Path) -> int:
                 return time.perf_counter() - started
             return run
 
+        def space_request(text):
+            started = time.perf_counter()
+            _, headers = http["space"].predict(text)
+            seconds = time.perf_counter() - started
+            stage_log["space"].append({**server_timing(headers["server-timing"]), "total": seconds * 1000})
+            return seconds
+
+        def bare_session(text):
+            """The bare session, as a user would call it: tokenize one text, run, softmax (no pipeline around it)."""
+            started = time.perf_counter()
+            batch = dict(tokenizer([text], truncation=True, max_length=128, return_tensors="np"))
+            tokenized = time.perf_counter()
+            plain(batch)
+            finished = time.perf_counter()
+            stage_log["ort-int8"].append({"tokenize": (tokenized - started) * 1000,
+                                          "session_run_softmax": (finished - tokenized) * 1000,
+                                          "total": (finished - started) * 1000})
+            return finished - started
+
+        # The Space's own int8 stack without HTTP or the batcher: its tokenizer (the model's tokenizer.json through
+        # the Rust Encoder) and its session over the shipped graph, called through predict_with as a batch is.
+        space_files = read_serving_files(model_dir)
+        space_encoder = Encoder.from_files(space_files, info["space"]["max_length"])
+        space_backend = OnnxInt8Backend(shipped)
+
+        def space_in_process(text):
+            session_s = 0.0
+
+            def probabilities(batch):
+                nonlocal session_s
+                started = time.perf_counter()
+                out = space_backend.probabilities(batch)
+                session_s += time.perf_counter() - started
+                return out
+
+            started = time.perf_counter()
+            predict_with(probabilities, space_encoder, space_files.labels, [text], max_length=space_encoder.max_length,
+                         batch_size=32, pad_to_multiple_of=1)
+            seconds = time.perf_counter() - started
+            stage_log["space-in-process"].append({"session": session_s * 1000, "around_session": (seconds - session_s)
+                                                  * 1000, "predict_with": seconds * 1000})
+
         # Each path: text -> seconds for one single-text call.
         single = {
             "pipeline": timed(lambda text: classifier(text, truncation=True, max_length=128)),
-            # the bare session, as a user would call it: tokenize one text, run, softmax (no pipeline around it)
-            "ort-int8": timed(lambda text: plain(dict(tokenizer([text], truncation=True, max_length=128,
-                                                                return_tensors="np")))),
-            "space-fp32": timed(via_http("space-fp32")),
-            "space": timed(via_http("space")),
+            "ort-int8": bare_session,
+            "space-fp32": timed(lambda text: http["space-fp32"].predict(text)),
+            "space": space_request,
         }
         if optimum:
             # timed inside the worker around optimum's pipeline call, so the pipe to it costs nothing
             single["optimum-int8"] = lambda text: optimum.run(text=text)[0]
-        # Latency: every text goes through every path back to back, so load from other users of the shared
-        # cores lands on all paths alike instead of on whichever path happened to run during a busy minute.
-        latencies = {name: [] for name in single}
-        round_trips = []  # the Space's HTTP round trip without a model call, timed along with the paths
-        for name, call in single.items():
+        for call in (*single.values(), space_in_process):
             for text in latency_texts[:5]:
                 call(text)
-        for i, text in enumerate(latency_texts):
-            names = list(single)
-            for name in names[i % len(names):] + names[:i % len(names)]:
-                time.sleep(SETTLE_S)  # the previous path's worker threads stop spinning before the next is timed
-                latencies[name].append(single[name](text))
-            time.sleep(SETTLE_S)
-            started = time.perf_counter()
-            http["space"].health()
-            round_trips.append(time.perf_counter() - started)
+        for entries in stage_log.values():
+            entries.clear()  # the warm-up is not measured
+        # Latency: every text goes through every path back to back, so load from other users of the shared
+        # cores lands on all paths alike instead of on whichever path happened to run during a busy minute; and
+        # all of that in rounds, so a busy minute shows as one round's outlier in the spread, not as the result.
+        latencies = {name: [[] for _ in range(args.latency_rounds)] for name in single}
+        round_trips = []  # the Space's HTTP round trip without a model call, timed along with the paths
+        names = list(single)
+        for round_ in range(args.latency_rounds):
+            for i, text in enumerate(latency_texts):
+                first = (i + round_) % len(names)  # each text meets the paths in another order each round
+                for name in names[first:] + names[:first]:
+                    time.sleep(SETTLE_S)  # the previous path's worker threads stop spinning before the next is timed
+                    latencies[name][round_].append(single[name](text))
+                time.sleep(SETTLE_S)
+                started = time.perf_counter()
+                http["space"].health()
+                round_trips.append(time.perf_counter() - started)
+                time.sleep(SETTLE_S)
+                space_in_process(text)
 
         # Throughput: the paths take turns on slices of the texts (rounds), elapsed time summed per path.
         batched = {
@@ -398,13 +536,22 @@ def run(args, work: Path) -> int:
         if optimum:
             optimum.close()
 
+    # With the benchmark's servers gone, so that nothing else of ours runs beside the starting processes.
+    results["cold_start"] = measure_cold_starts(args.cold_starts, model_dir, latency_texts[0], work)
+
     fp32_labels = [p.label for p in predict_with(fp32, tokenizer, labels, throughput_texts, max_length=128)]
     paths = results["paths"]
+    round_p50 = {}  # path -> its p50 in each round, for the per-round ratios
     for name in single:
-        row = {**percentiles(latencies[name])}
+        per_round = [percentiles(seconds) for seconds in latencies[name]]
+        round_p50[name] = [r["p50_ms"] for r in per_round]
+        row = {}
+        for key in ("p50_ms", "p99_ms"):
+            row[key], row[f"{key}_spread"] = median_spread([r[key] for r in per_round])
+        pooled = [s for seconds in latencies[name] for s in seconds]
         if name in batched:
             # one text per call, as a server calling this path per request would run
-            row["texts_per_s_32_clients"] = round(len(latencies[name]) / sum(latencies[name]), 1)
+            row["texts_per_s_32_clients"] = round(len(pooled) / sum(pooled), 1)
             row["texts_per_s_batch_32"] = round(len(throughput_texts) / elapsed[name], 1)
         else:
             row["texts_per_s_32_clients"] = round(len(throughput_texts) / elapsed[name], 1)
@@ -416,15 +563,32 @@ def run(args, work: Path) -> int:
         paths[name] = row
         print(f"{name}: {row}", flush=True)
 
+    space_rows = [{**r, "outside_handler": r["total"] - r["handler"]} for r in stage_log["space"]]
+    results["stages"] = {
+        "space": {"requests": len(space_rows), "median_ms": stage_medians(space_rows, SPACE_STAGES),
+                  "cold_request_ms": {key: round(value, 3) for key, value in
+                                      {**cold_request, "outside_handler": cold_request["total"]
+                                       - cold_request["handler"]}.items() if key in SPACE_STAGES}},
+        "space-in-process": {"texts": len(stage_log["space-in-process"]),
+                             "median_ms": stage_medians(stage_log["space-in-process"],
+                                                        ("around_session", "session", "predict_with"))},
+        "ort-int8": {"texts": len(stage_log["ort-int8"]),
+                     "median_ms": stage_medians(stage_log["ort-int8"], ("tokenize", "session_run_softmax", "total"))},
+    }
+
     if args.accuracy_model:
         results["accuracy"] = measure_accuracy(args.accuracy_model, texts, gold, work)
 
     base = paths["pipeline"]
+    ratios = {}
+    # Per round, then median [min, max]: both p50s of a ratio come from the same minutes of the same machine.
+    for key, other in (("p50_speedup_vs_pipeline", "pipeline"), ("p50_vs_ort_int8", "ort-int8"),
+                       ("p50_vs_optimum_int8", "optimum-int8")):
+        if other in paths:
+            ratios[key], ratios[f"{key}_spread"] = median_spread(
+                [theirs / ours for theirs, ours in zip(round_p50[other], round_p50["space"])])
     results["ratios"] = {
-        "p50_speedup_vs_pipeline": round(base["p50_ms"] / paths["space"]["p50_ms"], 2),
-        "p50_vs_ort_int8": round(paths["ort-int8"]["p50_ms"] / paths["space"]["p50_ms"], 2),
-        **({"p50_vs_optimum_int8": round(paths["optimum-int8"]["p50_ms"] / paths["space"]["p50_ms"], 2)}
-           if "optimum-int8" in paths else {}),
+        **ratios,
         "throughput_vs_pipeline_sequential": round(paths["space"]["texts_per_s_32_clients"]
                                                    / base["texts_per_s_32_clients"], 2),
         "throughput_vs_pipeline_batch_32": round(paths["space"]["texts_per_s_32_clients"]
@@ -436,6 +600,62 @@ def run(args, work: Path) -> int:
     print_table(results)
     print(f"\nwritten: {args.output}")
     return 0
+
+
+def stage_medians(rows: list[dict[str, float]], keys: tuple[str, ...]) -> dict[str, float]:
+    """The median of each stage over ``rows`` (one per request), in ms: per stage, so they need not add up."""
+    return {key: round(statistics.median(row[key] for row in rows), 3) for key in keys}
+
+
+def measure_cold_starts(repeats: int, model_dir: Path, text: str, work: Path) -> dict:
+    """Process start to ready, ``repeats`` times each, taking turns: ``import gradio`` (to exit), the Space (to
+    the first 200 from /api/ready), the pipeline (to exit after its first prediction). Seconds."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "GRADIO_ANALYTICS_ENABLED": "False"}
+
+    def process_seconds(*arguments: str) -> float:
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, *arguments], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"cold start {arguments[:2]} failed ({done.returncode}): {done.stderr[-2000:]}")
+        return seconds
+
+    runs: dict[str, list[float]] = {"gradio_import_s": [], "space_ready_s": [], "pipeline_first_prediction_s": []}
+    libtorch, quantization = [], set()
+    for i in range(repeats):
+        runs["gradio_import_s"].append(process_seconds("-c", "import gradio"))
+        # A fresh, empty export cache: the shipped graph is the only int8 graph this server can find.
+        server = SpaceServer(str(model_dir), Path(tempfile.mkdtemp(prefix="cold-cache-", dir=work)),
+                             work / f"uvicorn-cold-{i}.log", QUANTIZE="auto")
+        try:
+            quantization.add(server.wait_ready(timeout=600, poll_s=READY_POLL_S)["quantization"])
+            runs["space_ready_s"].append(server.ready_s)
+            libtorch.append(maps_libtorch(server.process.pid))
+        finally:
+            server.close()
+        runs["pipeline_first_prediction_s"].append(process_seconds("-c", PIPELINE_COLD_START, str(model_dir), text))
+    # Which heavy modules loading the model imports, from sys.modules (the memory map only shows shared libraries,
+    # and transformers has none): one process that imports the app and loads the service as its lifespan does.
+    imports = subprocess.run([sys.executable, "-c", SPACE_IMPORTS], cwd=REPO_ROOT, capture_output=True, text=True,
+                             env={**env, "MODEL_ID": str(model_dir), "QUANTIZE": "auto",
+                                  "ONNX_CACHE_DIR": tempfile.mkdtemp(prefix="cold-cache-", dir=work)})
+    if imports.returncode != 0:
+        raise RuntimeError(f"loading the Space's model failed ({imports.returncode}): {imports.stderr[-2000:]}")
+    result: dict = {"repeats": repeats}
+    for key, seconds in runs.items():
+        result[key], result[f"{key}_spread"] = median_spread(seconds)
+    for key, (numerator, denominator) in {"space_vs_gradio_import": ("space_ready_s", "gradio_import_s"),
+                                          "pipeline_vs_space": ("pipeline_first_prediction_s", "space_ready_s")
+                                          }.items():
+        result[key], result[f"{key}_spread"] = median_spread(
+            [a / b for a, b in zip(runs[numerator], runs[denominator])])
+    result.update(space_quantization=",".join(sorted(quantization)),
+                  space_imports_torch=None if None in libtorch else any(libtorch),
+                  space_heavy_modules=json.loads(imports.stdout.strip().splitlines()[-1]),
+                  runs_s={key: [round(s, 3) for s in seconds] for key, seconds in runs.items()})
+    return result
 
 
 def measure_accuracy(model_path: str, texts: list[str], gold: list[int], work: Path) -> dict:
@@ -470,14 +690,55 @@ def measure_accuracy(model_path: str, texts: list[str], gold: list[int], work: P
 
 
 def print_table(results: dict) -> None:
-    print("\n| path | single p50 | single p99 | texts/s, 32 clients | texts/s, batch 32 | agreement with fp32 |")
+    def spread(value, bounds) -> str:
+        return f"{value} [{bounds[0]}, {bounds[1]}]"
+
+    print(f"\nsingle-text latency: median over {results['latency_rounds']} rounds of {results['latency_texts']} texts "
+          f"each, [min, max] of the rounds")
+    print("| path | single p50, ms | single p99, ms | texts/s, 32 clients | texts/s, batch 32 | agreement with fp32 |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, r in results["paths"].items():
-        print(f"| {name} | {r['p50_ms']} ms | {r['p99_ms']} ms | {r['texts_per_s_32_clients']} | "
-              f"{r.get('texts_per_s_batch_32', '-')} | {r['agreement_with_fp32_pct']}% |")
-    print(f"\nratios: {results['ratios']}")
+        print(f"| {name} | {spread(r['p50_ms'], r['p50_ms_spread'])} | {spread(r['p99_ms'], r['p99_ms_spread'])} | "
+              f"{r['texts_per_s_32_clients']} | {r.get('texts_per_s_batch_32', '-')} | "
+              f"{r['agreement_with_fp32_pct']}% |")
+    ratios = results["ratios"]
+    print("\nratios (per round, median [min, max]): " + ", ".join(
+        f"{key} {spread(value, ratios[key + '_spread'])}" if key + "_spread" in ratios else f"{key} {value}"
+        for key, value in ratios.items() if not key.endswith("_spread")))
     print(f"HTTP round trip of the Space without a model call (GET /api/health), p50: "
           f"{results['paths']['space']['health_round_trip_p50_ms']} ms")
+
+    cold = results["cold_start"]
+    print(f"\ncold start, {cold['repeats']} repeats taking turns: median [min, max], seconds")
+    print("| process | start to ready |\n| --- | --- |")
+    for key, what in (("gradio_import_s", '`python -c "import gradio"`, to exit'),
+                      ("space_ready_s", f"the Space (QUANTIZE=auto: {cold['space_quantization']}), to /api/ready 200"),
+                      ("pipeline_first_prediction_s", "transformers.pipeline, to exit after one prediction")):
+        print(f"| {what} | {spread(cold[key], cold[key + '_spread'])} |")
+    print(f"Space / import gradio: {spread(cold['space_vs_gradio_import'], cold['space_vs_gradio_import_spread'])} "
+          f"(target <= 1.5); pipeline / Space: {spread(cold['pipeline_vs_space'], cold['pipeline_vs_space_spread'])}; "
+          f"libtorch mapped in the Space process: {cold['space_imports_torch']}; heavy modules loading the model "
+          f"imports: {cold['space_heavy_modules'] or 'none'}")
+
+    stages = results["stages"]
+    space, warm, first = stages["space"], stages["space"]["median_ms"], stages["space"]["cold_request_ms"]
+    print(f"\nwhere a single request's time goes, ms: medians over {space['requests']} requests (each stage on its "
+          f"own), and the first request after the Space became ready")
+    print("| stage | median | first request |\n| --- | --- | --- |")
+    for key, what in (("queue", "waiting for a batch (queue)"), ("batch", "tokenize + model call (batch)"),
+                      ("respond", "building the response (respond)"), ("handler", "route handler in all (handler)"),
+                      ("outside_handler", "outside the handler: parsing, validation, HTTP, client"),
+                      ("total", "HTTP round trip")):
+        print(f"| space: {what} | {warm[key]} | {first[key]} |")
+    in_process = stages["space-in-process"]["median_ms"]
+    for key, what in (("around_session", "clean, tokenize (Rust Encoder), pad, labels"),
+                      ("session", "session.run + softmax"), ("predict_with", "predict_with in all")):
+        print(f"| Space's stack in-process: {what} | {in_process[key]} | - |")
+    bare = stages["ort-int8"]["median_ms"]
+    for key, what in (("tokenize", "tokenizer([text], return_tensors='np')"),
+                      ("session_run_softmax", "session.run + softmax"), ("total", "in all")):
+        print(f"| ort-int8 in-process: {what} | {bare[key]} | - |")
+
     if "accuracy" in results:
         print(f"\naccuracy on {results['accuracy']['texts']} texts with {results['accuracy']['model']}:")
         for name, r in results["accuracy"]["paths"].items():

@@ -13,6 +13,7 @@ import json
 import socket
 import threading
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -282,3 +283,30 @@ def test_an_unexpected_error_is_a_json_500_and_the_connection_stays_open():
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def test_the_demo_tabs_take_any_text_and_any_upload(client, tmp_path):
+    import gradio as gr
+
+    from app.app import classify, classify_many, explain
+
+    async def scenario():
+        assert set(await classify("\ud800 stocks \x00 rally")) == set(LABELS)
+        words = [word for word, _ in await explain("\u202enasa\u202c \ud83d chip \x1b")]
+        assert "".join(words).encode("utf-8") and len(words) == 3
+        for blank in ("", "\u200b\ufeff", "\x00\x01"):
+            for tab in (classify, explain):
+                with pytest.raises(gr.Error, match="Type a headline first"):
+                    await tab(blank)
+        table, download = await classify_many("ok \ud800\n\u200b\nstocks\x00rally", None)
+        assert [row[0] for row in table["value"]] == ["ok \ufffd", "stocks rally"]
+        Path(download).read_text(encoding="utf-8")
+        bad_csv = tmp_path / "bad.csv"
+        bad_csv.write_bytes(b"text\n" + b"x" * 200_000 + b"\n")  # one field over the csv module's limit
+        with pytest.raises(gr.Error, match="Cannot read the file: line"):
+            await classify_many("", str(bad_csv))
+        bad_csv.write_bytes(b"text\n\xff\xfe broken\n")
+        with pytest.raises(gr.Error, match="not UTF-8"):
+            await classify_many("", str(bad_csv))
+
+    client.portal.call(scenario)

@@ -3,9 +3,9 @@
     distrinews train --output_dir runs/ag_news --num_train_epochs 3       # one process; use accelerate launch for more
     distrinews evaluate --model runs/ag_news/model --dataset DATA_DIR --split test
     distrinews predict --model USER/NAME [--revision SHA] "Stocks rally as oil slides" [--json]
-    distrinews push runs/ag_news --repo-id USER/NAME [--private] [--revision BRANCH]
+    distrinews push runs/ag_news --repo_id USER/NAME [--private] [--revision BRANCH]
     distrinews export-onnx runs/ag_news/model                                # the int8 graph the Space serves
-    distrinews deploy-space USER/SPACE --model-id USER/NAME [--revision SHA] [--private] [--stage-only FOLDER]
+    distrinews deploy-space USER/SPACE --model_id USER/NAME [--revision SHA] [--private] [--stage_only FOLDER]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import sys
 from typing import Callable, Sequence
 
+from . import __version__
 from .hub import HubPushError
 
 
@@ -25,7 +26,8 @@ def _train(argv: Sequence[str]) -> int:
 
 
 def _evaluate(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="distrinews evaluate", description="Evaluate a saved model on a split.")
+    parser = argparse.ArgumentParser(prog="distrinews evaluate", description="Evaluate a saved model on a split.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", required=True, help="Local folder or Hub repo id.")
     parser.add_argument("--revision", default=None, help="Branch, tag or commit sha of a Hub model.")
     parser.add_argument("--dataset", default="fancyzhx/ag_news", help="Hub dataset id or local folder.")
@@ -68,7 +70,8 @@ def _evaluate(argv: Sequence[str]) -> int:
 
 
 def _predict(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="distrinews predict", description="Classify headlines with a model.")
+    parser = argparse.ArgumentParser(prog="distrinews predict", description="Classify headlines with a model.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", required=True, help="Local folder or Hub repo id.")
     parser.add_argument("--revision", default=None, help="Branch, tag or commit sha of a Hub model.")
     parser.add_argument("--json", action="store_true", help="Print one JSON object per text.")
@@ -98,10 +101,11 @@ def _predict(argv: Sequence[str]) -> int:
 
 def _push(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="distrinews push", description="Push a finished run's model/ (with its model card) to the Hugging Face "
-        "Hub in one commit. The token comes from HF_TOKEN or `hf auth login`; it is never printed or stored.")
+        prog="distrinews push", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Push a finished run's model/ (with its model card and the int8 ONNX graph the Space serves) to "
+        "the Hugging Face Hub in one commit. The token comes from HF_TOKEN or `hf auth login`; it is never printed or stored.")
     parser.add_argument("run_dir", help="The output_dir of a finished training run.")
-    parser.add_argument("--repo-id", required=True, help="Hub repo to push to, USER/NAME (created if missing).")
+    parser.add_argument("--repo_id", "--repo-id", required=True, help="Hub repo to push to, USER/NAME (created if missing).")
     parser.add_argument("--private", action="store_true", help="Create the repo as private (an existing repo keeps "
                                                                "its visibility).")
     parser.add_argument("--revision", default=None, help="Branch to push to (created from main if missing).")
@@ -116,7 +120,7 @@ def _push(argv: Sequence[str]) -> int:
 
 def _export_onnx(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="distrinews export-onnx", description="Write the int8 ONNX graph the Space serves into MODEL_DIR/onnx/ "
+        prog="distrinews export-onnx", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description="Write the int8 ONNX graph the Space serves into MODEL_DIR/onnx/ "
         "(distrinews push does this too). A Space that finds it starts without torch and without exporting.")
     parser.add_argument("model_dir", help="A saved model folder, e.g. RUN_DIR/model.")
     args = parser.parse_args(argv)
@@ -128,17 +132,17 @@ def _export_onnx(argv: Sequence[str]) -> int:
 
 def _deploy_space(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="distrinews deploy-space", description="Deploy the serving Space (app/ and the distrinews package, "
+        prog="distrinews deploy-space", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description="Deploy the serving Space (app/ and the distrinews package, "
         "Docker SDK) to the Hugging Face Hub in one commit, wired to a model repo: the README header's `models:` "
         "names it and the Space variables MODEL_ID (and MODEL_REVISION) are set. Run from a clone of the "
         "repository. The token comes from HF_TOKEN or `hf auth login`; it is never printed or stored.")
     parser.add_argument("space_id", help="Space repo to deploy to, USER/NAME (created if missing).")
-    parser.add_argument("--model-id", required=True, help="Model repo the Space serves, USER/NAME.")
+    parser.add_argument("--model_id", "--model-id", required=True, help="Model repo the Space serves, USER/NAME.")
     parser.add_argument("--revision", default=None, help="Pin the model to this commit sha (or branch/tag) via "
                                                          "MODEL_REVISION; without it the Space follows main.")
     parser.add_argument("--private", action="store_true", help="Create the Space as private (an existing Space "
                                                                "keeps its visibility).")
-    parser.add_argument("--stage-only", metavar="FOLDER", default=None,
+    parser.add_argument("--stage_only", "--stage-only", metavar="FOLDER", default=None,
                         help="Only write the Space repo into FOLDER (new or empty) and upload nothing, e.g. to "
                              "inspect it or `docker build FOLDER`.")
     args = parser.parse_args(argv)
@@ -156,14 +160,22 @@ def _deploy_space(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
-    "train": _train,
-    "evaluate": _evaluate,
-    "predict": _predict,
-    "push": _push,
-    "export-onnx": _export_onnx,
-    "deploy-space": _deploy_space,
+COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
+    "train": (_train, "fine-tune a classifier (one process; `accelerate launch -m distrinews.train` for more)"),
+    "evaluate": (_evaluate, "accuracy, macro-F1 and per-class scores of a saved model on a split"),
+    "predict": (_predict, "classify texts with a local or Hub model"),
+    "push": (_push, "push a finished run's model, model card and int8 graph to the Hub"),
+    "export-onnx": (_export_onnx, "write the int8 ONNX graph the Space serves into a model folder"),
+    "deploy-space": (_deploy_space, "deploy the serving Space wired to a model repo"),
 }
+
+
+def _overview() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"usage: distrinews COMMAND [options]   (distrinews COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "options:", "  -h, --help  show this list", "  --version   print the version"]
+    return "\n".join(lines)
 
 
 def _input_error_types() -> tuple[type[Exception], ...]:
@@ -177,12 +189,18 @@ def _input_error_types() -> tuple[type[Exception], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(_overview())
+        return 0
+    if argv[:1] == ["--version"]:
+        print(f"distrinews {__version__}")
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        print(f"usage: distrinews {{{','.join(COMMANDS)}}} [options]   (distrinews COMMAND --help for details)",
-              file=sys.stderr)
+        problem = f"distrinews: unknown command {argv[0]!r}\n\n" if argv else ""
+        print(problem + _overview(), file=sys.stderr)
         return 2
     try:
-        return COMMANDS[argv[0]](argv[1:])
+        return COMMANDS[argv[0]][0](argv[1:])
     except HubPushError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

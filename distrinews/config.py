@@ -25,8 +25,8 @@ class ConfigError(ValueError):
     """A config value that cannot be used; the message names the field and the value."""
 
 
-def _doc(text: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": text}, **kwargs)
+def _doc(text: str, choices: Sequence[str] = (), **kwargs: Any) -> Any:
+    return field(metadata={"help": text, "choices": tuple(choices)}, **kwargs)
 
 
 @dataclass
@@ -59,7 +59,7 @@ class TrainConfig:
         default=0.0)
     weight_decay: float = _doc("AdamW weight decay (never applied to biases and LayerNorm weights).", default=0.01)
     warmup_ratio: float = _doc("Fraction of the optimizer steps spent warming the learning rate up.", default=0.06)
-    lr_scheduler_type: str = _doc(f"Learning-rate schedule after warmup: one of {', '.join(LR_SCHEDULERS)}.", default="linear")
+    lr_scheduler_type: str = _doc("Learning-rate schedule after warmup.", choices=LR_SCHEDULERS, default="linear")
     max_length: int = _doc("Tokens per example after truncation.", default=128)
     gradient_accumulation_steps: int = _doc("Micro-batches per optimizer step.", default=1)
     max_grad_norm: float = _doc("Gradient clipping norm; 0 disables clipping.", default=1.0)
@@ -77,7 +77,7 @@ class TrainConfig:
         "Which weights become the model: 'last' (the final step's, as the HF Trainer keeps by default) or "
         "'best_validation' (the evaluation with the best validation accuracy). The default validation split "
         "is 5% of train: on the 5,000-row sample that is 250 rows, one row = 0.4 points, too few to choose "
-        "between steps reliably.", default="last")
+        "between steps reliably.", choices=MODEL_SELECTIONS, default="last")
     checkpoint_every: int = _doc("Write a resumable checkpoint every N optimizer steps (0 = at each epoch end only).", default=0)
     keep_last: int = _doc("Complete checkpoints kept on disk (the newest ones).", default=2)
     resume: str = _doc("'auto' (newest complete checkpoint in output_dir, if any), a checkpoint path, or 'none' "
@@ -86,7 +86,7 @@ class TrainConfig:
     logging_steps: int = _doc("Log loss, learning rate and throughput every N optimizer steps.", default=20)
     group_by_length: bool = _doc("Batch examples of similar length together so padding is small.", default=True)
     torch_compile: str = _doc("Compile the model with torch.compile: 'auto' (on CUDA only), 'true' or 'false'.",
-                              default="auto")
+                              choices=("auto", "true", "false"), default="auto")
     cpu_dropout_masks: bool = _doc(
         "On the CPU, draw dropout masks from 16-bit random numbers (distrinews/cpu_dropout.py) instead of torch's "
         "per-element draws, which take a quarter of a bf16 training step there; same expected activations.",
@@ -215,15 +215,30 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def build_parser(prog: str = "distrinews train") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Fine-tune a text classifier on AG News.", allow_abbrev=False,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", help="YAML or JSON file of training-config fields (flags override it).")
+    """Every ``TrainConfig`` field as ``--field``, its help showing the default and the allowed values.
+
+    Parsed values default to "not given" (``SUPPRESS``), so a ``--config`` file can sit between the dataclass
+    defaults and the flags; the help states the dataclass default instead."""
+    parser = argparse.ArgumentParser(
+        prog=prog, allow_abbrev=False, description="Fine-tune a text classifier on AG News. Settings: the defaults "
+        "below < a --config file < flags. Run it under `accelerate launch` for several processes or GPUs.")
+    parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of the fields below (flags override it).")
     for f in dataclasses.fields(TrainConfig):
-        kwargs: dict[str, Any] = {"help": f.metadata["help"], "default": argparse.SUPPRESS}
+        text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{text} (default: {f.default!r})"}
+        if f.metadata["choices"]:
+            kwargs["choices"] = f.metadata["choices"]
         if f.type in (bool, "bool"):
-            # `--push_to_hub` alone means true; `--push_to_hub false` is accepted too.
+            # `--group_by_length` alone means true, `--group_by_length false` works too, and `--no_group_by_length`
+            # is the HF Trainer's spelling of false.
             kwargs.update(nargs="?", const="true", metavar="BOOL")
-        parser.add_argument(f"--{f.name}", **kwargs)
+            parser.add_argument(f"--{f.name}", **kwargs)
+            parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_const", const="false",
+                                default=argparse.SUPPRESS, help=f"Same as --{f.name} false.")
+        else:
+            if not f.metadata["choices"]:  # with choices, argparse shows them in place of a metavar
+                kwargs["metavar"] = str(f.type).upper()
+            parser.add_argument(f"--{f.name}", **kwargs)
     return parser
 
 

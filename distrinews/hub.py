@@ -1,6 +1,6 @@
 """Push a finished run's ``model/`` (weights, config, tokenizer, model card, plots) to the Hugging Face Hub.
 
-    distrinews push runs/ag_news --repo-id USER/NAME [--private] [--revision BRANCH]
+    distrinews push runs/ag_news --repo_id USER/NAME [--private] [--revision BRANCH]
     accelerate launch ... -m distrinews.train --push_to_hub --hub_model_id USER/NAME     # push at the end of training
 
 The token comes from ``HF_TOKEN``, the token stored by ``hf auth login`` (``huggingface-cli login``), or on
@@ -72,7 +72,7 @@ def check_push_ready() -> None:
     """Fail before training, not after it, when a push at the end cannot work."""
     if constants.HF_HUB_OFFLINE:
         raise HubPushError("push_to_hub is set but HF_HUB_OFFLINE=1 forbids network access: unset HF_HUB_OFFLINE, "
-                           "or train without push_to_hub and later run `distrinews push RUN_DIR --repo-id USER/NAME` "
+                           "or train without push_to_hub and later run `distrinews push RUN_DIR --repo_id USER/NAME` "
                            "on a machine with network access")
     resolve_hub_token()
 
@@ -115,7 +115,7 @@ def push_run_to_hub(run_dir: str | Path, repo_id: str, *, private: bool = False,
         return repo_url, commit, api.repo_info(repo_id, revision=commit.oid).private
 
     log(f"Pushing {model_dir} to {repo_id}" + (f" (branch {revision})" if revision else "") + " ...")
-    later = f"The run is saved in {run_dir}; push it later with `distrinews push {run_dir} --repo-id {repo_id}`."
+    later = f"The run is saved in {run_dir}; push it later with `distrinews push {run_dir} --repo_id {repo_id}`."
     repo_url, commit, is_private = _with_retries(push_once, repo_id, later, attempts, backoff_seconds, log)
     if private and not is_private:
         log(f"Warning: {repo_id} already existed as a public repo and stays public; change its visibility in "

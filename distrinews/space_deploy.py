@@ -1,7 +1,7 @@
 """Deploy the serving Space (app/ + the distrinews package, Docker SDK) wired to a model repo, in one command.
 
-    distrinews deploy-space USER/distrinews --model-id USER/NAME [--revision SHA] [--private]
-    distrinews deploy-space USER/distrinews --model-id USER/NAME --stage-only /tmp/space    # build the folder only
+    distrinews deploy-space USER/distrinews --model_id USER/NAME [--revision SHA] [--private]
+    distrinews deploy-space USER/distrinews --model_id USER/NAME --stage_only /tmp/space    # build the folder only
 
 Why a command: by hand a deploy is five steps (copy app/ and distrinews/, copy app/README.md and app/Dockerfile
 to the root, upload, then set MODEL_ID in the Space settings), and the one easiest to forget, the variable,
@@ -96,7 +96,7 @@ def deploy_space(space_id: str, model_id: str, *, revision: str | None = None, p
         raise HubPushError(f"HF_HUB_OFFLINE=1 forbids network access; unset it to deploy {space_id}")
     token = token or resolve_hub_token()
     api = HfApi(token=token, library_name="distrinews", library_version=__version__)
-    again = f"distrinews deploy-space {space_id} --model-id {model_id}" + \
+    again = f"distrinews deploy-space {space_id} --model_id {model_id}" + \
         (f" --revision {revision}" if revision else "")
     later = f"Run `{again}` again once the problem is fixed; repeating a deploy is safe."
 

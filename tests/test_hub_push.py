@@ -174,7 +174,7 @@ def test_push_command_auth_errors_are_clear(pushed_run, tmp_path):
         missing = _push(run_dir, hub, None, tmp_path / "empty-hf-home")
     assert rejected.returncode == 1
     assert rejected.stderr.startswith(f"error: the Hub rejected the token (HTTP 401) while pushing to {REPO_ID}")
-    assert "hf auth login" in rejected.stderr and f"distrinews push {run_dir} --repo-id {REPO_ID}" in rejected.stderr
+    assert "hf auth login" in rejected.stderr and f"distrinews push {run_dir} --repo_id {REPO_ID}" in rejected.stderr
     assert "Traceback" not in rejected.stderr
     assert missing.returncode == 1 and missing.stderr.startswith("error: no Hugging Face token found")
     assert not hub.commits_made()

@@ -117,7 +117,7 @@ def test_deploy_space_creates_the_space_in_one_commit_with_its_variables(tmp_pat
         staged = _deploy(hub, token, hf_home, SPACE_ID, "--model-id", MODEL_ID, "--revision", REVISION,
                          "--stage-only", str(tmp_path / "staged"))
         assert staged.returncode == 0, staged.stderr[-3000:]
-        assert not hub.requests, "--stage-only must not talk to the Hub"
+        assert not hub.requests, "--stage_only must not talk to the Hub"
         result = _deploy(hub, token, hf_home, SPACE_ID, "--model-id", MODEL_ID, "--revision", REVISION, "--private")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
@@ -138,7 +138,7 @@ def test_deploy_space_creates_the_space_in_one_commit_with_its_variables(tmp_pat
     files = space.files("main")
     assert {"README.md", "Dockerfile", "app/app.py", "distrinews/serving.py", ".gitattributes"} <= set(files)
     assert {name: data for name, data in files.items() if name != ".gitattributes"} == \
-        _files(tmp_path / "staged"), "the commit differs from what --stage-only writes"
+        _files(tmp_path / "staged"), "the commit differs from what --stage_only writes"
     assert SpaceCard(files["README.md"].decode()).data.models == [MODEL_ID]
 
     record = json.loads(result.stdout.strip().splitlines()[-1])

@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from .config import TrainConfig
+from .errors import CheckpointMismatchError, CheckpointWriteError, OutputDirError
 
 COMPLETE_MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
@@ -31,18 +32,6 @@ _PREFIX = "step-"
 _STAGING_PREFIX = ".staging-"
 _DELETING_PREFIX = ".deleting-"  # renamed away first, so a half-deleted checkpoint never looks complete
 BEST_WEIGHTS_LINK = "best_model.safetensors"
-
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint to resume from was written by a run with different data, model or batching."""
-
-
-class OutputDirError(OSError):
-    """output_dir cannot be written to, or has too little free space for this run."""
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (disk full, I/O error); the previous complete one is intact."""
 
 
 @dataclass

@@ -16,7 +16,7 @@ import sys
 from typing import Callable, Sequence
 
 from . import __version__
-from .hub import HubPushError
+from .errors import exit_code_for
 
 
 def _train(argv: Sequence[str]) -> int:
@@ -178,15 +178,6 @@ def _overview() -> str:
     return "\n".join(lines)
 
 
-def _input_error_types() -> tuple[type[Exception], ...]:
-    # Imported only if the command already imported them (distrinews.data and .modeling pull in torch and
-    # transformers, ~10 s, which push and deploy-space never need): an error class whose module was never
-    # imported cannot have been raised.
-    names = {"distrinews.config": "ConfigError", "distrinews.data": "DataError",
-             "distrinews.model_files": "ModelLoadError"}
-    return tuple(getattr(sys.modules[module], name) for module, name in names.items() if module in sys.modules)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["-h"], ["--help"]):
@@ -201,11 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[argv[0]][0](argv[1:])
-    except HubPushError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     except Exception as err:
-        if not isinstance(err, _input_error_types()):
+        code = exit_code_for(err)  # distrinews/errors.py: one line for the user, not a traceback
+        if code is None:
             raise
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return code

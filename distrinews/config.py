@@ -16,13 +16,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
+from .errors import ConfigError
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 MODEL_SELECTIONS = ("last", "best_validation")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot be used; the message names the field and the value."""
 
 
 def _doc(text: str, choices: Sequence[str] = (), **kwargs: Any) -> Any:
@@ -226,8 +223,6 @@ def build_parser(prog: str = "distrinews train") -> argparse.ArgumentParser:
     for f in dataclasses.fields(TrainConfig):
         text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{text} (default: {f.default!r})"}
-        if f.metadata["choices"]:
-            kwargs["choices"] = f.metadata["choices"]
         if f.type in (bool, "bool"):
             # `--group_by_length` alone means true, `--group_by_length false` works too, and `--no_group_by_length`
             # is the HF Trainer's spelling of false.
@@ -236,8 +231,9 @@ def build_parser(prog: str = "distrinews train") -> argparse.ArgumentParser:
             parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_const", const="false",
                                 default=argparse.SUPPRESS, help=f"Same as --{f.name} false.")
         else:
-            if not f.metadata["choices"]:  # with choices, argparse shows them in place of a metavar
-                kwargs["metavar"] = str(f.type).upper()
+            # Allowed values are shown, not enforced here: TrainConfig checks them, for flags and files alike.
+            choices = f.metadata["choices"]
+            kwargs["metavar"] = "{" + ",".join(choices) + "}" if choices else str(f.type).upper()
             parser.add_argument(f"--{f.name}", **kwargs)
     return parser
 

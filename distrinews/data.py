@@ -23,15 +23,12 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict
 
+from .errors import DataError
 from .labels import LABEL_NAMES
 
 SPLIT_FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 _ORIGINAL_COLUMNS = ["class_index", "title", "description"]
 _PARTS = ("title", "description")  # kept beside "text" from the original CSVs, for headline_views
-
-
-class DataError(ValueError):
-    """Input data that cannot be trained on; the message names the file, row and problem."""
 
 
 def load_ag_news(source: str, *, validation_fraction: float, seed: int,

@@ -1,5 +1,9 @@
 """TEST-ONLY fault injection. Nothing here does anything unless DISTRINEWS_FAULT_INJECT is set.
 
+The training loop calls one hook, ``inject(point, run)``, at two points: ``"start"`` (after resume, before the
+first step) and ``"checkpoint_files_written"`` (every rank's files are written, the checkpoint is not yet marked
+complete). Without the variable it returns at once.
+
 The reliability tests (tests/test_reliability.py) inject most faults from outside -- kill -9, SIGTERM,
 file-size limits -- and use this hook only for the two faults that cannot be timed from outside:
 
@@ -36,17 +40,20 @@ def requested_faults() -> dict[str, int]:
     return faults
 
 
-def crash_point(name: str, step: int) -> None:
-    """Die here, as from kill -9, if the test asked for fault ``name`` at ``step``."""
-    if requested_faults().get(name) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def install_nan_loss(model: torch.nn.Module, current_step: Callable[[], int]) -> None:
-    """Make the training loss NaN from the requested step on (a forward hook; evaluation is untouched)."""
-    first_bad_step = requested_faults().get("nan_loss")
-    if first_bad_step is None:
+def inject(point: str, run) -> None:
+    """The one hook the training loop calls (``run`` is its ``distrinews.train.Run``)."""
+    faults = requested_faults()
+    if not faults:
         return
+    if point == "start" and "nan_loss" in faults:
+        _install_nan_loss(run.accelerator.unwrap_model(run.model), faults["nan_loss"],
+                          current_step=lambda: run.state.global_step + 1)
+    if point == "checkpoint_files_written" and faults.get("crash_during_checkpoint") == run.state.global_step:
+        os.kill(os.getpid(), signal.SIGKILL)  # as from kill -9
+
+
+def _install_nan_loss(model: torch.nn.Module, first_bad_step: int, current_step: Callable[[], int]) -> None:
+    """Make the training loss NaN from ``first_bad_step`` on (a forward hook; evaluation is untouched)."""
 
     def poison(module, args, kwargs, output):
         if module.training and current_step() >= first_bad_step:

@@ -26,6 +26,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from . import __version__
 from .model_card import ModelCardError, write_model_card
 from .reporting import write_json
+from .errors import HubPushError
 
 TRANSIENT_STATUS_CODES = (408, 429, 500, 502, 503, 504)
 # Weights from an earlier push that this commit does not overwrite would be loaded instead of (or mixed
@@ -47,10 +48,6 @@ def _transport_errors() -> tuple[type[Exception], ...]:
 
 
 TRANSPORT_ERRORS = _transport_errors()
-
-
-class HubPushError(RuntimeError):
-    """The push did not happen; the message says why and how to push the saved run later."""
 
 
 def resolve_hub_token() -> str:

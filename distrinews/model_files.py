@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import ModelLoadError
+
 PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
 # What loading a classifier needs: config, safetensors weights and tokenizer files, plus the model card (the
 # Space shows its test metrics, from the same commit as the weights). An allow-list, so pickle weights,
@@ -21,10 +23,6 @@ PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_
 LOADABLE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja", "README.md"]
 # Tokenizers without a limit report a huge sentinel (int(1e30)) as their maximum length.
 _NO_LIMIT = 100_000
-
-
-class ModelLoadError(RuntimeError):
-    """A model that cannot be loaded safely; the message says which and why."""
 
 
 def describe_model(model_id_or_path: str, revision: str | None) -> str:

@@ -20,15 +20,10 @@ import os
 import signal
 import time
 
-# EX_TEMPFAIL from sysexits.h: "temporary failure, the user is invited to retry" -- exactly this case.
-# Distinct from 1 (a crash), 2 (bad input), 3 (non-finite loss) and 128+N (killed by signal N).
-EXIT_STOPPED = 75
+from .errors import EXIT_STOPPED, TrainingStopped
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 REPEAT_WINDOW_SECONDS = 2.0
-
-
-class TrainingStopped(Exception):
-    """Raised by the training loop after the stop checkpoint is written; main() turns it into EXIT_STOPPED."""
 
 
 class StopRequest:

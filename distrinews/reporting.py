@@ -1,5 +1,7 @@
 """What a run writes for people and programs: ``log.jsonl``, ``metrics.json`` and the plots.
 
+matplotlib is imported by the plotting functions only: ``distrinews push`` and the Space write JSON through here.
+
 Non-main ranks get a ``RunLog`` with ``enabled=False``: a no-op, so the loop needs no rank checks.
 """
 
@@ -10,10 +12,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: training machines and CI have no display
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 class RunLog:
@@ -68,9 +66,19 @@ def write_json(path: Path, data: dict) -> None:
     staging.replace(path)
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: training machines and CI have no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_loss(records: Sequence[dict], path: Path) -> None:
     train = [r for r in records if r["type"] == "train"]
     evals = [r for r in records if r["type"] == "eval" and r.get("split") == "validation"]
+    plt = _pyplot()
     fig, loss_axis = plt.subplots(figsize=(7, 4), dpi=120)
     loss_axis.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="training loss")
     loss_axis.set_xlabel("optimizer step")
@@ -88,6 +96,7 @@ def plot_loss(records: Sequence[dict], path: Path) -> None:
 
 def plot_confusion_matrix(confusion: Sequence[Sequence[int]], label_names: Sequence[str], path: Path,
                           title: str = "Test confusion matrix") -> None:
+    plt = _pyplot()
     fig, axis = plt.subplots(figsize=(5.5, 4.8), dpi=120)
     image = axis.imshow(confusion, cmap="Blues")
     size = len(label_names)

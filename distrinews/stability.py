@@ -14,10 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced non-finite gradients for too many steps in a row."""
+from .errors import NonFiniteLossError
 
 
 class NonFiniteGuard:

@@ -21,13 +21,11 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from .errors import TextError
+
 # Any character outside printable ASCII; plain ASCII headlines skip the per-character work entirely.
 _NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
 _KEPT_FORMAT_CHARACTERS = {"\u200c", "\u200d"}  # ZWNJ, ZWJ: they change how some scripts and emoji render
-
-
-class TextError(ValueError):
-    """A text with nothing to classify; the message says why (the caller adds where)."""
 
 
 def _replacement(match: re.Match) -> str:

@@ -45,7 +45,9 @@ def test_no_boolean_flags_and_hyphen_aliases_parse():
 
     assert parse_train_config(["--no_group_by_length"]).group_by_length is False
     assert parse_train_config(["--group_by_length", "--no_cpu_dropout_masks"]).cpu_dropout_masks is False
-    with pytest.raises(SystemExit):
+    from distrinews.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lr_scheduler_type='sideways': must be one of linear, cosine"):
         parse_train_config(["--lr_scheduler_type", "sideways"])
 
 

@@ -1,0 +1,78 @@
+"""Every error DistriNews reports to a user, and the exit code each one ends a command with.
+
+Each class names what went wrong in its message (the file, row, field or value and what to do), so commands
+print one line instead of a traceback. The exit codes are what a job scheduler or a notebook reads
+(docs/README-reliability.md):
+
+| code | meaning | classes |
+| --- | --- | --- |
+| 0 | done | |
+| 1 | the run is complete but the Hub push failed: `distrinews push` retries it | HubPushError |
+| 2 | bad input: config, data, model, output_dir, a checkpoint of another run, a text | InputError and its subclasses |
+| 3 | the loss was non-finite for max_nonfinite_steps steps in a row | NonFiniteLossError |
+| 4 | a checkpoint could not be written (the previous one is intact) | CheckpointWriteError |
+| 75 | stopped by SIGTERM/SIGINT after writing a checkpoint: run the same command to resume | TrainingStopped |
+| 128+N | killed by signal N | |
+
+This module imports nothing, so any part (training, serving, the Hub) can raise these without pulling in another.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Input that cannot be used; the message names what and where."""
+
+
+class ConfigError(InputError):
+    """A config value that cannot be used; the message names the field and the value."""
+
+
+class DataError(InputError):
+    """Input data that cannot be trained on; the message names the file, row and problem."""
+
+
+class ModelLoadError(InputError):
+    """A model that cannot be loaded safely; the message says which and why."""
+
+
+class OutputDirError(InputError):
+    """output_dir cannot be written to, or has too little free space for this run."""
+
+
+class CheckpointMismatchError(InputError):
+    """The checkpoint to resume from was written by a run with different data, model or batching."""
+
+
+class TextError(InputError):
+    """A text with nothing to classify; the message says why (the caller adds where)."""
+
+
+class HubPushError(RuntimeError):
+    """The push did not happen; the message says why and how to push the saved run later."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced non-finite gradients for too many steps in a row."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, I/O error); the previous complete one is intact."""
+
+
+class TrainingStopped(Exception):
+    """Raised by the training loop after the stop checkpoint is written: the run can be resumed."""
+
+
+EXIT_PUSH_FAILED, EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_CHECKPOINT_WRITE_FAILED = 1, 2, 3, 4
+# EX_TEMPFAIL from sysexits.h: "temporary failure, the user is invited to retry" -- exactly this case.
+EXIT_STOPPED = 75
+EXIT_CODES: dict[type[BaseException], int] = {
+    HubPushError: EXIT_PUSH_FAILED, InputError: EXIT_BAD_INPUT, NonFiniteLossError: EXIT_NONFINITE,
+    CheckpointWriteError: EXIT_CHECKPOINT_WRITE_FAILED, TrainingStopped: EXIT_STOPPED,
+}
+
+
+def exit_code_for(error: BaseException) -> int | None:
+    """The exit code ``error`` ends a command with, or None for an error that is a bug (let it raise)."""
+    return next((code for kind, code in EXIT_CODES.items() if isinstance(error, kind)), None)

@@ -14,18 +14,20 @@ What it measures, on real AG News test text (title + description, ../shared/data
    (``distrinews.backends``) quantizes the same way, from a model whose last layer computes only the position
    the head reads (``distrinews.first_position``: same logits, less work).
 3. ``space-fp32`` and ``space``: the app itself (``uvicorn app.app:app``) with QUANTIZE=none (fp32 torch) and
-   QUANTIZE=auto (int8 where the CPU has VNNI), over HTTP on 127.0.0.1, so every number includes HTTP, JSON,
-   validation and the micro-batcher. The int8 graph ships with the model first (``write_shipped_graph``, what
+   QUANTIZE=auto (int8 where the CPU has VNNI, else fp32 where torch is installed; ``--space-quantize int8``
+   serves int8 on any CPU), over HTTP on 127.0.0.1, so every number includes HTTP, JSON, validation and the
+   micro-batcher. The int8 graph ships with the model first (``write_shipped_graph``, what
    ``distrinews push`` / ``export-onnx`` do), so ``space`` starts as a deployed Space does: from the shipped
    graph, without torch or transformers.
 
-Latency: single texts, one after another, in ``--latency-rounds`` rounds after one warm-up. In each round every
-text goes through every path back to back (the order rotating from text to text), so the load of other users
-of a shared machine falls on every path alike. Each path's p50 and p99 are taken per round; the table gives the
-median over rounds with the [min, max] of the rounds beside it, and the ratios between paths are taken per
-round too (median [min, max]): one busy minute moves the spread, not the result. After each text, one
-``GET /api/health`` to the int8 Space is timed too: the HTTP round trip with no model call, the part of the
-Space's latency that an in-process call never pays.
+Latency: single texts, one after another, in ``--latency-rounds`` rounds (5 rounds of 100 texts by default)
+after one warm-up. In each round every text goes through every path back to back (the order rotating from text
+to text and from round to round), so the load of other users of a shared machine falls on every path alike.
+Each path's p50 and p99 are taken per round; the table gives the median over rounds with the [min, max] of the
+rounds beside it, and the ratios between paths are taken per round too (median [min, max]): a busy minute
+widens the spread instead of becoming the result. After each text, one ``GET /api/health`` to the ``space``
+server is timed too: the HTTP round trip with no model call, the part of the Space's latency that an
+in-process call never pays.
 
 Where a single request's time goes: every ``space`` request's ``Server-Timing`` header (queue: waiting for a
 batch; batch: the batch's tokenization and model call; respond: building the response; handler: the whole route
@@ -263,6 +265,10 @@ class SpaceServer:
         self.process.wait(30)
         self.log.close()
 
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the server's output (the log goes with the work folder, so a failure shows it here)."""
+        return Path(self.log.name).read_text(errors="replace")[-chars:]
+
 
 async def concurrent_clients(url: str, texts: list[str], clients: int) -> tuple[float, dict[int, int], list]:
     """``clients`` keep-alive connections posting one text each, back to back, until ``texts`` are done.
@@ -294,26 +300,42 @@ class KeepAliveClient:
     with the ``email`` package, ~0.3 ms of this machine's CPU per request, which is the client's cost, not the
     server's.) Any status but 200 is an error."""
 
+    # uvicorn closes a keep-alive connection left idle for 5 s (its --timeout-keep-alive), and the next request on
+    # it reads an empty reply: a connection idle this long (while other paths warm up) is replaced before use.
+    IDLE_LIMIT_S = 4.0
+
     def __init__(self, url: str):
-        import socket
         from urllib.parse import urlsplit
 
         parts = urlsplit(url)
+        self.address = (parts.hostname, parts.port)
         self.host = f"{parts.hostname}:{parts.port}"
-        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=60)
+        self._connect()
+
+    def _connect(self) -> None:
+        import socket
+
+        self.sock = socket.create_connection(self.address, timeout=60)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = self.sock.makefile("rb")
+        self.last_used = time.monotonic()
+
+    def _send(self, request: bytes) -> None:
+        if time.monotonic() - self.last_used > self.IDLE_LIMIT_S:
+            self.close()
+            self._connect()
+        self.sock.sendall(request)
 
     def predict(self, text: str) -> tuple[dict, dict[str, str]]:
         """The reply's JSON and its headers (lower-case names)."""
         body = json.dumps({"text": text}).encode()
-        self.sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n%s" % (self.host.encode(), len(body), body))
+        self._send(b"POST /api/predict HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (self.host.encode(), len(body), body))
         return self._reply()
 
     def health(self) -> tuple[dict, dict[str, str]]:
         """``GET /api/health``: the same HTTP stack with no model call, i.e. what the transport alone costs."""
-        self.sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: %s\r\n\r\n" % self.host.encode())
+        self._send(b"GET /api/health HTTP/1.1\r\nHost: %s\r\n\r\n" % self.host.encode())
         return self._reply()
 
     def _reply(self) -> tuple[dict, dict[str, str]]:
@@ -325,6 +347,7 @@ class KeepAliveClient:
         if "content-length" not in headers:
             raise RuntimeError(f"reply without Content-Length: {status!r}")
         reply = self.reader.read(int(headers["content-length"]))
+        self.last_used = time.monotonic()
         if status.split()[1:2] != [b"200"]:
             raise RuntimeError(f"{status.decode().strip()}: {reply[:200]!r}")
         return json.loads(reply), headers
@@ -338,7 +361,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=SHARED / "ag_news" / "test.csv")
     parser.add_argument("--base-config", type=Path, default=SHARED / "distilbert-base-uncased")
-    parser.add_argument("--latency-texts", type=int, default=200, help="Single-text calls timed per path and round.")
+    # 100, not more: every text costs every path in every round (~0.3 s here), and the run should stay under
+    # ~15 minutes on 2 cores. The p99 of 100 texts is about the round's slowest; the median over rounds keeps one
+    # unlucky text from becoming the result.
+    parser.add_argument("--latency-texts", type=int, default=100, help="Single-text calls timed per path and round.")
     parser.add_argument("--latency-rounds", type=int, default=5,
                         help="Latency rounds (every text through every path in each); medians over rounds.")
     parser.add_argument("--throughput-texts", type=int, default=1024, help="Texts per path in the throughput phase.")
@@ -346,6 +372,10 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--cold-starts", type=int, default=3,
                         help="Cold starts of each kind (import gradio, the Space, the pipeline), taking turns.")
+    parser.add_argument("--space-quantize", choices=("auto", "int8"), default="auto",
+                        help="QUANTIZE of the `space` server and the Space's cold starts. auto serves fp32 torch "
+                             "on a CPU without int8 dot-product units (VNNI) where torch is installed; int8 "
+                             "serves the shipped graph there too.")
     parser.add_argument("--optimum-python", default=os.environ.get("OPTIMUM_PYTHON"),
                         help="A Python with optimum[onnxruntime] installed (it needs transformers 4, so a venv of "
                              "its own): adds optimum's own int8 pipeline as a path. See benchmarks/optimum_worker.py.")
@@ -384,9 +414,9 @@ def run(args, work: Path) -> int:
                                  "load_average_at_start": os.getloadavg(), "python": platform.python_version(),
                                  "torch": torch.__version__, "transformers": transformers.__version__},
                      "model": "distilbert-base-uncased architecture, random init, real tokenizer",
-                     "data": str(args.data), "latency_texts": len(latency_texts),
-                     "latency_rounds": args.latency_rounds, "throughput_texts": len(throughput_texts),
-                     "clients": args.clients, "paths": {}}
+                     "data": str(args.data), "space_quantize": args.space_quantize,
+                     "latency_texts": len(latency_texts), "latency_rounds": args.latency_rounds,
+                     "throughput_texts": len(throughput_texts), "clients": args.clients, "paths": {}}
 
     classifier = transformers.pipeline("text-classification", model=str(model_dir), device=-1)
     model, tokenizer = load_classifier(str(model_dir))
@@ -402,7 +432,7 @@ def run(args, work: Path) -> int:
     if optimum:
         results["machine"]["optimum_environment"] = optimum.versions
     servers = {name: SpaceServer(str(model_dir), work / "onnx-cache", work / f"uvicorn-{name}.log", QUANTIZE=quantize)
-               for name, quantize in (("space-fp32", "none"), ("space", "auto"))}
+               for name, quantize in (("space-fp32", "none"), ("space", args.space_quantize))}
     http = {}
     try:
         info = {name: server.wait_ready() for name, server in servers.items()}
@@ -462,8 +492,8 @@ def run(args, work: Path) -> int:
             predict_with(probabilities, space_encoder, space_files.labels, [text], max_length=space_encoder.max_length,
                          batch_size=32, pad_to_multiple_of=1)
             seconds = time.perf_counter() - started
-            stage_log["space-in-process"].append({"session": session_s * 1000, "around_session": (seconds - session_s)
-                                                  * 1000, "predict_with": seconds * 1000})
+            stage_log["space-in-process"].append({"around_session": (seconds - session_s) * 1000,
+                                                  "session": session_s * 1000, "predict_with": seconds * 1000})
 
         # Each path: text -> seconds for one single-text call.
         single = {
@@ -528,6 +558,11 @@ def run(args, work: Path) -> int:
                 predicted[name] += labels_
                 for code, count in codes.items():
                     statuses[name][code] = statuses[name].get(code, 0) + count
+    except Exception:
+        for name, server in servers.items():
+            print(f"--- {name} server (exit code {server.process.poll()}), its log ends:\n{server.log_tail()}",
+                  file=sys.stderr)
+        raise
     finally:
         for client in http.values():
             client.close()
@@ -537,7 +572,8 @@ def run(args, work: Path) -> int:
             optimum.close()
 
     # With the benchmark's servers gone, so that nothing else of ours runs beside the starting processes.
-    results["cold_start"] = measure_cold_starts(args.cold_starts, model_dir, latency_texts[0], work)
+    results["cold_start"] = measure_cold_starts(args.cold_starts, model_dir, latency_texts[0], work,
+                                                args.space_quantize)
 
     fp32_labels = [p.label for p in predict_with(fp32, tokenizer, labels, throughput_texts, max_length=128)]
     paths = results["paths"]
@@ -564,11 +600,10 @@ def run(args, work: Path) -> int:
         print(f"{name}: {row}", flush=True)
 
     space_rows = [{**r, "outside_handler": r["total"] - r["handler"]} for r in stage_log["space"]]
+    cold_request["outside_handler"] = cold_request["total"] - cold_request["handler"]
     results["stages"] = {
         "space": {"requests": len(space_rows), "median_ms": stage_medians(space_rows, SPACE_STAGES),
-                  "cold_request_ms": {key: round(value, 3) for key, value in
-                                      {**cold_request, "outside_handler": cold_request["total"]
-                                       - cold_request["handler"]}.items() if key in SPACE_STAGES}},
+                  "cold_request_ms": {key: round(cold_request[key], 3) for key in SPACE_STAGES}},
         "space-in-process": {"texts": len(stage_log["space-in-process"]),
                              "median_ms": stage_medians(stage_log["space-in-process"],
                                                         ("around_session", "session", "predict_with"))},
@@ -607,7 +642,7 @@ def stage_medians(rows: list[dict[str, float]], keys: tuple[str, ...]) -> dict[s
     return {key: round(statistics.median(row[key] for row in rows), 3) for key in keys}
 
 
-def measure_cold_starts(repeats: int, model_dir: Path, text: str, work: Path) -> dict:
+def measure_cold_starts(repeats: int, model_dir: Path, text: str, work: Path, quantize: str) -> dict:
     """Process start to ready, ``repeats`` times each, taking turns: ``import gradio`` (to exit), the Space (to
     the first 200 from /api/ready), the pipeline (to exit after its first prediction). Seconds."""
     import subprocess
@@ -628,22 +663,25 @@ def measure_cold_starts(repeats: int, model_dir: Path, text: str, work: Path) ->
         runs["gradio_import_s"].append(process_seconds("-c", "import gradio"))
         # A fresh, empty export cache: the shipped graph is the only int8 graph this server can find.
         server = SpaceServer(str(model_dir), Path(tempfile.mkdtemp(prefix="cold-cache-", dir=work)),
-                             work / f"uvicorn-cold-{i}.log", QUANTIZE="auto")
+                             work / f"uvicorn-cold-{i}.log", QUANTIZE=quantize)
         try:
             quantization.add(server.wait_ready(timeout=600, poll_s=READY_POLL_S)["quantization"])
             runs["space_ready_s"].append(server.ready_s)
             libtorch.append(maps_libtorch(server.process.pid))
+        except Exception:
+            print(f"--- cold-start server, its log ends:\n{server.log_tail()}", file=sys.stderr)
+            raise
         finally:
             server.close()
         runs["pipeline_first_prediction_s"].append(process_seconds("-c", PIPELINE_COLD_START, str(model_dir), text))
     # Which heavy modules loading the model imports, from sys.modules (the memory map only shows shared libraries,
     # and transformers has none): one process that imports the app and loads the service as its lifespan does.
     imports = subprocess.run([sys.executable, "-c", SPACE_IMPORTS], cwd=REPO_ROOT, capture_output=True, text=True,
-                             env={**env, "MODEL_ID": str(model_dir), "QUANTIZE": "auto",
+                             env={**env, "MODEL_ID": str(model_dir), "QUANTIZE": quantize,
                                   "ONNX_CACHE_DIR": tempfile.mkdtemp(prefix="cold-cache-", dir=work)})
     if imports.returncode != 0:
         raise RuntimeError(f"loading the Space's model failed ({imports.returncode}): {imports.stderr[-2000:]}")
-    result: dict = {"repeats": repeats}
+    result: dict = {"repeats": repeats, "space_quantize": quantize}
     for key, seconds in runs.items():
         result[key], result[f"{key}_spread"] = median_spread(seconds)
     for key, (numerator, denominator) in {"space_vs_gradio_import": ("space_ready_s", "gradio_import_s"),
@@ -707,12 +745,17 @@ def print_table(results: dict) -> None:
         for key, value in ratios.items() if not key.endswith("_spread")))
     print(f"HTTP round trip of the Space without a model call (GET /api/health), p50: "
           f"{results['paths']['space']['health_round_trip_p50_ms']} ms")
+    if results["paths"]["space"]["quantization"] != "int8":
+        print(f"NOTE: QUANTIZE={results['space_quantize']} chose {results['paths']['space']['quantization']} here "
+              f"(int8 dot-product units: {results['machine']['int8_dot_product']}), so `space` is fp32 torch, not "
+              f"the shipped int8 graph; --space-quantize int8 serves the graph on this CPU too.")
 
     cold = results["cold_start"]
     print(f"\ncold start, {cold['repeats']} repeats taking turns: median [min, max], seconds")
     print("| process | start to ready |\n| --- | --- |")
     for key, what in (("gradio_import_s", '`python -c "import gradio"`, to exit'),
-                      ("space_ready_s", f"the Space (QUANTIZE=auto: {cold['space_quantization']}), to /api/ready 200"),
+                      ("space_ready_s", f"the Space (QUANTIZE={cold['space_quantize']}: {cold['space_quantization']}), "
+                                        "to /api/ready 200"),
                       ("pipeline_first_prediction_s", "transformers.pipeline, to exit after one prediction")):
         print(f"| {what} | {spread(cold[key], cold[key + '_spread'])} |")
     print(f"Space / import gradio: {spread(cold['space_vs_gradio_import'], cold['space_vs_gradio_import_spread'])} "

@@ -266,7 +266,13 @@ def _export_int8(model, target: Path) -> None:
     _export_fp32(model, fp32)
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8)
+    # quantize_dynamic logs "consider pre-processing" on the root logger at every call: advice for static
+    # quantization of vision models, noise here.
+    logging.disable(logging.WARNING)
+    try:
+        quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
     fp32.unlink()
 
 

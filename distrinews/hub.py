@@ -131,16 +131,21 @@ def ship_serving_graph(model_dir: Path, log: Callable[[str], None] = print) -> P
     """Write the int8 graph the Space serves into ``model_dir/onnx/`` (unless a matching one is there), so a
     Space starts without torch and without exporting. A model the exporter cannot handle is pushed without it
     (the Space then exports at start, which needs torch there)."""
+    from transformers.utils import logging as transformers_logging
+
     from .backends import write_shipped_graph
     from .modeling import load_classifier
 
     started = time.perf_counter()
+    transformers_logging.disable_progress_bar()  # a weights-loading bar in the middle of the push's own messages
     try:
         model, _ = load_classifier(str(model_dir))
         graph = write_shipped_graph(model, model_dir)
     except Exception as err:  # noqa: BLE001 - the weights are what matters; the graph is a start-up shortcut
         log(f"Warning: no int8 ONNX graph for the Space ({type(err).__name__}: {err}); pushing without it")
         return None
+    finally:
+        transformers_logging.enable_progress_bar()
     log(f"int8 ONNX graph for the Space: {graph} ({time.perf_counter() - started:.1f} s)")
     return graph
 

@@ -92,101 +92,19 @@ def build_model_card(metrics: dict, config: dict, model_config: dict, *, repo_id
 
 
 def _body(metrics, config, model_config, *, repo_id, model_name, base_model, dataset_id, num_parameters) -> str:
-    train, test, validation = metrics["train"], metrics["test"], metrics["validation"]
     labels = [model_config["id2label"][str(i)] for i in range(len(model_config["id2label"]))]
-    shown_repo = repo_id or "USER/NAME"
     base = f"[`{base_model}`](https://huggingface.co/{base_model})" if base_model else \
         f"a local copy of `{Path(config['model_name_or_path']).name}`"
-    data_source = f"[`{dataset_id}`](https://huggingface.co/datasets/{dataset_id})" \
-        if _hub_id_or_none(config["dataset"]) else f"a local copy in AG News format (folder `{Path(config['dataset']).name}`)"
-    architecture = (model_config.get("architectures") or ["a sequence classifier"])[0]
-    size = "" if not num_parameters else f", {num_parameters / 1e6:.1f}M parameters" if num_parameters >= 1e6 \
-        else f", {num_parameters:,} parameters"
-    subset = "" if test["num_examples"] == AG_NEWS_TEST_SIZE else \
-        f" (the full AG News test set has {AG_NEWS_TEST_SIZE:,}; this run evaluated a subset)"
-    steps = f"{config['max_steps']} optimizer steps" if config["max_steps"] > 0 else \
-        f"{config['num_train_epochs']:g} epoch(s)"
-    placeholder_note = "" if repo_id else (
-        "\n`USER/NAME` stands for the repo this model is pushed to (or use the path of this folder).\n")
-
     sections = [
-        f"# {model_name}",
-        f"{architecture} ({base}{size}) fine-tuned on AG News to sort English news into four topics: "
-        f"{', '.join(labels)}. It was trained with DistriNews (data-parallel "
-        f"training with 🤗 Accelerate on {train['num_processes']} process(es)).\n\n"
-        f"**Test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}** "
-        f"on {test['num_examples']:,} AG News test examples{subset}.",
-
-        "## Intended use and limitations",
-        "Topic classification of English news headlines and short article descriptions (title + description, "
-        f"as in AG News) into the four classes above. Texts longer than {config['max_length']} tokens are "
-        "truncated. AG News was collected from news sources around 2004-2005, so recent topics and vocabulary "
-        "are under-represented, and the model always answers with one of the four topics, even for text that "
-        "is not news. It is not meant for decisions about people or for content moderation.",
-
-        "## How to use",
-        "```python\nfrom transformers import pipeline\n\n"
-        f'classifier = pipeline("text-classification", model="{shown_repo}")\n'
-        'classifier("Stocks rally as oil prices slide after OPEC meeting")\n'
-        "# every class with its probability:\n"
-        'classifier("Stocks rally as oil prices slide after OPEC meeting", top_k=None)\n```\n\n'
-        "Pin the exact weights you tested with a commit sha: "
-        f'`pipeline("text-classification", model="{shown_repo}", revision="COMMIT_SHA")`. '
-        "With DistriNews installed:\n\n"
-        f'```bash\ndistrinews predict --model {shown_repo} "Stocks rally as oil prices slide" --json\n```'
-        + placeholder_note,
-
+        *_summary(metrics, model_config, labels, base, model_name, num_parameters),
+        *_intended_use(config),
+        *_how_to_use(repo_id),
         "## Labels",
         "| id | label |\n| --- | --- |\n" + "\n".join(f"| {i} | {name} |" for i, name in enumerate(labels)),
-
-        "## Evaluation",
-        f"{_validation_sentence(validation, config)} {_selection_sentence(metrics)} "
-        "Test: the AG News test split, never used for training or model selection.\n\n"
-        "| split | examples | accuracy | macro-F1 |\n| --- | ---: | ---: | ---: |\n"
-        + "\n".join(f"| {name} | {split['num_examples']:,} | {split['accuracy']:.4f} | {split['macro_f1']:.4f} |"
-                    for name, split in (("validation", validation), ("test", test)) if split),
-        _per_class_table("Test", test, labels),
-        *([_per_class_table("Validation", validation, labels)] if validation else []),
-        "Test confusion matrix (rows: true label, columns: predicted):\n\n"
-        "| true \\ predicted | " + " | ".join(labels) + " |\n| --- |" + " ---: |" * len(labels) + "\n"
-        + "\n".join(f"| {name} | " + " | ".join(str(count) for count in row) + " |"
-                    for name, row in zip(labels, test["confusion_matrix"]))
-        + "\n\n![Test confusion matrix](confusion_matrix.png)",
-
-        "## Training",
-        f"Data: {data_source}, {train['train_examples']:,} training examples "
-        f"{'after the validation split' if validation else '(no validation split held out)'}"
-        f"{': the articles, then each headline and each description alone' if config.get('headline_views') else ''}"
-        ".\n\n"
-        "| hyperparameter | value |\n| --- | --- |\n" + "\n".join(f"| {key} | {value} |" for key, value in (
-            ("base model", base),
-            ("training length", f"{steps} ({metrics['global_step']} optimizer steps)"),
-            ("processes (data-parallel replicas)", train["num_processes"]),
-            ("machines", train["num_machines"]),
-            ("distributed type", train["distributed_type"]),
-            ("mixed precision", train["mixed_precision"]),
-            ("per-device batch size", config["per_device_train_batch_size"]),
-            ("gradient accumulation steps", config["gradient_accumulation_steps"]),
-            ("effective batch size", f"{train['total_train_batch_size']} (= per-device batch x accumulation x processes)"),
-            ("optimizer", f"AdamW, weight decay {config['weight_decay']} (not on biases and norms)"),
-            ("learning rate", f"{config['learning_rate']:g}{_per_layer_rates(config)}, "
-                              f"{config['lr_scheduler_type']} schedule, warmup ratio {config['warmup_ratio']}"),
-            ("max gradient norm", config["max_grad_norm"] or "no clipping"),
-            # .get: runs from before R-Drop existed have no such key.
-            ("R-Drop weight", config.get("rdrop_weight", 0.0) or "off"),
-            ("headline views", "each headline and each description also trained on alone"
-             if config.get("headline_views") else "off"),
-            ("max sequence length", config["max_length"]),
-            ("length-grouped batches", config["group_by_length"]),
-            ("seed", config["seed"]),
-        )),
-        f"Training time: {_duration(train['train_seconds'])} of optimizer steps (evaluation and checkpointing "
-        f"excluded), {train['samples_per_s']:,.1f} training examples/s, on {train['hardware']}.\n\n"
-        f"![Training loss{' and validation accuracy' if validation else ''}](loss.png)",
-
+        *_evaluation(metrics, config, labels),
+        *_training(metrics, config, base, dataset_id),
         "## Framework versions",
-        "\n".join(f"- {name}: {version}" for name, version in train["versions"].items()),
-
+        "\n".join(f"- {name}: {version}" for name, version in metrics["train"]["versions"].items()),
         "## Dataset, citation and terms",
         "AG News (Zhang, Zhao and LeCun, 2015) was built from AG's corpus of news articles, collected by the "
         "ComeToMyHead academic news search engine and made available to the academic community for research and "
@@ -194,6 +112,108 @@ def _body(metrics, config, model_config, *, repo_id, model_name, base_model, dat
         "any commercial use of this model. If you use the dataset, cite:\n\n```bibtex\n" + CITATION + "\n```",
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def _summary(metrics, model_config, labels, base, model_name, num_parameters) -> list[str]:
+    train, test = metrics["train"], metrics["test"]
+    architecture = (model_config.get("architectures") or ["a sequence classifier"])[0]
+    size = "" if not num_parameters else f", {num_parameters / 1e6:.1f}M parameters" if num_parameters >= 1e6 \
+        else f", {num_parameters:,} parameters"
+    subset = "" if test["num_examples"] == AG_NEWS_TEST_SIZE else \
+        f" (the full AG News test set has {AG_NEWS_TEST_SIZE:,}; this run evaluated a subset)"
+    return [f"# {model_name}",
+            f"{architecture} ({base}{size}) fine-tuned on AG News to sort English news into four topics: "
+            f"{', '.join(labels)}. It was trained with DistriNews (data-parallel "
+            f"training with 🤗 Accelerate on {train['num_processes']} process(es)).\n\n"
+            f"**Test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}** "
+            f"on {test['num_examples']:,} AG News test examples{subset}."]
+
+
+def _intended_use(config) -> list[str]:
+    return ["## Intended use and limitations",
+            "Topic classification of English news headlines and short article descriptions (title + description, "
+            f"as in AG News) into the four classes above. Texts longer than {config['max_length']} tokens are "
+            "truncated. AG News was collected from news sources around 2004-2005, so recent topics and vocabulary "
+            "are under-represented, and the model always answers with one of the four topics, even for text that "
+            "is not news. It is not meant for decisions about people or for content moderation."]
+
+
+def _how_to_use(repo_id) -> list[str]:
+    shown_repo = repo_id or "USER/NAME"
+    placeholder_note = "" if repo_id else (
+        "\n`USER/NAME` stands for the repo this model is pushed to (or use the path of this folder).\n")
+    return ["## How to use",
+            "```python\nfrom transformers import pipeline\n\n"
+            f'classifier = pipeline("text-classification", model="{shown_repo}")\n'
+            'classifier("Stocks rally as oil prices slide after OPEC meeting")\n'
+            "# every class with its probability:\n"
+            'classifier("Stocks rally as oil prices slide after OPEC meeting", top_k=None)\n```\n\n'
+            "Pin the exact weights you tested with a commit sha: "
+            f'`pipeline("text-classification", model="{shown_repo}", revision="COMMIT_SHA")`. '
+            "With DistriNews installed:\n\n"
+            f'```bash\ndistrinews predict --model {shown_repo} "Stocks rally as oil prices slide" --json\n```'
+            + placeholder_note]
+
+
+def _evaluation(metrics, config, labels) -> list[str]:
+    test, validation = metrics["test"], metrics["validation"]
+    return ["## Evaluation",
+            f"{_validation_sentence(validation, config)} {_selection_sentence(metrics)} "
+            "Test: the AG News test split, never used for training or model selection.\n\n"
+            "| split | examples | accuracy | macro-F1 |\n| --- | ---: | ---: | ---: |\n"
+            + "\n".join(f"| {name} | {split['num_examples']:,} | {split['accuracy']:.4f} | {split['macro_f1']:.4f} |"
+                        for name, split in (("validation", validation), ("test", test)) if split),
+            _per_class_table("Test", test, labels),
+            *([_per_class_table("Validation", validation, labels)] if validation else []),
+            "Test confusion matrix (rows: true label, columns: predicted):\n\n"
+            "| true \\ predicted | " + " | ".join(labels) + " |\n| --- |" + " ---: |" * len(labels) + "\n"
+            + "\n".join(f"| {name} | " + " | ".join(str(count) for count in row) + " |"
+                        for name, row in zip(labels, test["confusion_matrix"]))
+            + "\n\n![Test confusion matrix](confusion_matrix.png)"]
+
+
+def _training(metrics, config, base, dataset_id) -> list[str]:
+    train, validation = metrics["train"], metrics["validation"]
+    data_source = f"[`{dataset_id}`](https://huggingface.co/datasets/{dataset_id})" \
+        if _hub_id_or_none(config["dataset"]) else \
+        f"a local copy in AG News format (folder `{Path(config['dataset']).name}`)"
+    views = ': the articles, then each headline and each description alone' if config.get('headline_views') else ''
+    return ["## Training",
+            f"Data: {data_source}, {train['train_examples']:,} training examples "
+            f"{'after the validation split' if validation else '(no validation split held out)'}{views}.\n\n"
+            "| hyperparameter | value |\n| --- | --- |\n"
+            + "\n".join(f"| {key} | {value} |" for key, value in _hyperparameters(metrics, config, base)),
+            f"Training time: {_duration(train['train_seconds'])} of optimizer steps (evaluation and checkpointing "
+            f"excluded), {train['samples_per_s']:,.1f} training examples/s, on {train['hardware']}.\n\n"
+            f"![Training loss{' and validation accuracy' if validation else ''}](loss.png)"]
+
+
+def _hyperparameters(metrics, config, base) -> list[tuple[str, object]]:
+    train = metrics["train"]
+    steps = f"{config['max_steps']} optimizer steps" if config["max_steps"] > 0 else \
+        f"{config['num_train_epochs']:g} epoch(s)"
+    return [
+        ("base model", base),
+        ("training length", f"{steps} ({metrics['global_step']} optimizer steps)"),
+        ("processes (data-parallel replicas)", train["num_processes"]),
+        ("machines", train["num_machines"]),
+        ("distributed type", train["distributed_type"]),
+        ("mixed precision", train["mixed_precision"]),
+        ("per-device batch size", config["per_device_train_batch_size"]),
+        ("gradient accumulation steps", config["gradient_accumulation_steps"]),
+        ("effective batch size", f"{train['total_train_batch_size']} (= per-device batch x accumulation x processes)"),
+        ("optimizer", f"AdamW, weight decay {config['weight_decay']} (not on biases and norms)"),
+        ("learning rate", f"{config['learning_rate']:g}{_per_layer_rates(config)}, "
+                          f"{config['lr_scheduler_type']} schedule, warmup ratio {config['warmup_ratio']}"),
+        ("max gradient norm", config["max_grad_norm"] or "no clipping"),
+        # .get: runs from before R-Drop existed have no such key.
+        ("R-Drop weight", config.get("rdrop_weight", 0.0) or "off"),
+        ("headline views", "each headline and each description also trained on alone"
+         if config.get("headline_views") else "off"),
+        ("max sequence length", config["max_length"]),
+        ("length-grouped batches", config["group_by_length"]),
+        ("seed", config["seed"]),
+    ]
 
 
 def _per_layer_rates(config: dict) -> str:

@@ -80,6 +80,7 @@ def test_inference_benchmark_runs_every_path_at_a_tiny_size(tmp_path):
     done = subprocess.run([sys.executable, "benchmarks/bench_inference.py", "--data", str(data / "test.csv"),
                            "--base-config", str(model), "--latency-texts", "12", "--latency-rounds", "2",
                            "--throughput-texts", "24", "--rounds", "2", "--clients", "4", "--cold-starts", "1",
+                           "--space-quantize", "int8",  # the shipped graph even on a CPU without VNNI
                            "--accuracy-model", str(model), "--output", str(output)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "TMPDIR": str(scratch)})
@@ -94,7 +95,7 @@ def test_inference_benchmark_runs_every_path_at_a_tiny_size(tmp_path):
             assert 0 < low <= row[key] <= high, (name, key, row)
     for name in ("space-fp32", "space"):
         assert results["paths"][name]["statuses"] == {"200": 24}  # every request answered, no errors
-    assert results["paths"]["space"]["quantization"] in {"int8", "none"}
+    assert results["paths"]["space"]["quantization"] == "int8"
     assert 0 < results["paths"]["space"]["health_round_trip_p50_ms"] < results["paths"]["space"]["p50_ms"]
     assert results["paths"]["space-fp32"]["agreement_with_fp32_pct"] == 100.0
     accuracy = results["accuracy"]["paths"]
@@ -113,16 +114,16 @@ def test_inference_benchmark_runs_every_path_at_a_tiny_size(tmp_path):
         assert cold[key] > 0 and cold[f"{key}_spread"] == [cold[key], cold[key]] and len(cold["runs_s"][key]) == 1
     assert cold["space_vs_gradio_import"] > 0 and cold["pipeline_vs_space"] > 0
     # The int8 Space starts from the graph shipped with the model: no torch in its process, nor transformers.
-    assert cold["space_quantization"] == results["paths"]["space"]["quantization"]
-    if cold["space_quantization"] == "int8":
-        assert cold["space_imports_torch"] is False and cold["space_heavy_modules"] == []
+    assert cold["space_quantization"] == "int8"
+    assert cold["space_imports_torch"] is False and cold["space_heavy_modules"] == []
 
     stages = results["stages"]
     assert stages["space"]["requests"] == 2 * 12
     warm, first = stages["space"]["median_ms"], stages["space"]["cold_request_ms"]
     assert set(warm) == set(first) == {"queue", "batch", "respond", "handler", "outside_handler", "total"}
-    assert 0 < warm["batch"] < warm["handler"] < warm["total"] and warm["outside_handler"] > 0
-    assert 0 < first["batch"] < first["handler"] < first["total"]
+    # batch and queue are timed on the event loop's clock (whole ms under uvloop): no order against the handler
+    assert warm["batch"] >= 0 and 0 < warm["handler"] < warm["total"] and warm["outside_handler"] > 0
+    assert first["batch"] >= 0 and 0 < first["handler"] < first["total"]
     assert stages["space-in-process"]["texts"] == stages["ort-int8"]["texts"] == 2 * 12
     assert all(v > 0 for v in stages["space-in-process"]["median_ms"].values())
     bare = stages["ort-int8"]["median_ms"]

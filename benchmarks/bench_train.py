@@ -1,11 +1,15 @@
 """Training speed and accuracy, side by side: the plain HF Trainer vs distrinews.train, in one run.
 
-    python benchmarks/bench_train.py --preset cpu     # this 2-core CPU: MiniLM and DistilBERT, small step counts
+    python benchmarks/bench_train.py --preset cpu     # this 2-core CPU: MiniLM, a whole epoch per case, 3 repeats
     python benchmarks/bench_train.py --preset gpu     # one CUDA GPU: batch 32/128/512 throughput + MiniLM accuracy
     python benchmarks/bench_train.py --preset smoke   # seconds; what the test suite runs
 
 Every case runs in its own subprocess (fresh memory statistics, no compile cache shared in memory) on the same
-hardware, the same model, the same real AG News text and the same hyperparameters. It writes
+hardware, the same model, the same real AG News text and the same hyperparameters. Throughput: each case is
+repeated (``repeats``) and the repeats are interleaved (Trainer, distrinews, Trainer, ... in a rotating order), so
+a busy minute on a shared machine falls on every system alike; each row is the median with [min, max], and each
+speed-up is the median of the per-repeat ratios. On the CPU a case measures one whole epoch of the 5,000 real
+training rows after 3 warm-up steps, so every system trains on the same examples. It writes
 benchmarks/results/<preset>.json and a PNG bar chart, and prints the table last.
 
 Needs torch, transformers, accelerate, datasets, evaluate, matplotlib (and distrinews importable): it says which
@@ -38,8 +42,13 @@ PRESETS = {
     "smoke": dict(throughput_models=["tiny"], batches=[8], warmup_steps=2, measure_steps=4, accuracy_model="tiny",
                   accuracy_seeds=[0], accuracy_train_rows=64, accuracy_test_rows=40,
                   recipes=["baseline"], ddp_scaling=True, validation_fraction=0.1),
-    "cpu": dict(throughput_models=["minilm", "distilbert"], batches=[32], warmup_steps=3, measure_steps=8,
-                accuracy_model=None, accuracy_seeds=[], ddp_scaling=True, recipes=[], validation_fraction=0.02),
+    # One whole epoch of the 5,000 real rows per case (measure_steps 0 = an epoch), 3 interleaved repeats: about
+    # 45 minutes on 2 cores for MiniLM; add DistilBERT with --throughput_models minilm,distilbert (~3x longer).
+    "cpu": dict(throughput_models=["minilm"], batches=[32], warmup_steps=3, measure_steps=0, repeats=3,
+                accuracy_model=None, accuracy_seeds=[], ddp_scaling=False, recipes=[], validation_fraction=0.0),
+    # DDP over gloo, 2 processes against 1 (a few steps each; the record is docs/experiments.md).
+    "cpu_ddp": dict(throughput_models=["minilm"], batches=[32], warmup_steps=3, measure_steps=8,
+                    accuracy_model=None, accuracy_seeds=[], ddp_scaling=True, recipes=[], validation_fraction=0.02),
     "gpu": dict(throughput_models=["distilbert"], batches=[32, 128, 512], warmup_steps=30, measure_steps=60,
                 accuracy_model="minilm", accuracy_seeds=[0, 1, 2],
                 recipes=["baseline", "lr1e-4_4ep", "lr2e-4_4ep", "head1e-3", "head3e-3", "head1e-3_4ep",
@@ -59,7 +68,7 @@ PRESETS = {
 # one (bf16 where available, dynamic padding). Each ratio is taken against the faster of the two.
 TRAINER_VARIANTS = {"trainer_tutorial": dict(pad_to_max=True, half=False),
                     "trainer_dynamic": dict(pad_to_max=False, half=True)}
-# The accuracy recipes. "baseline" is the Trainer's setting from shared/docs/BASELINES.md;
+# The accuracy recipes. "baseline" is the Trainer's setting of the reference runs (docs/experiments.md);
 # "views_rdrop1_lr1e-4_head1e-3_2ep_all" is the most accurate on this data and model so far (README, Performance).
 RECIPES = {
     "baseline": dict(learning_rate=5e-5, num_train_epochs=3, per_device_train_batch_size=32),
@@ -101,6 +110,10 @@ def main() -> int:
                         help="Comma-separated seeds for the accuracy runs, instead of the preset's (e.g. 0,1,2)")
     parser.add_argument("--recipes", default=None,
                         help=f"Comma-separated accuracy recipes, instead of the preset's (any of: {', '.join(RECIPES)})")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="Throughput repeats per case, interleaved (default: the preset's)")
+    parser.add_argument("--throughput_models", default=None,
+                        help="Comma-separated throughput models, instead of the preset's (minilm, distilbert)")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--parts", default="throughput,accuracy,ddp_scaling",
                         help="Comma-separated subset of throughput, accuracy, ddp_scaling")
@@ -134,12 +147,14 @@ def _run_preset_in(args, workdir: Path) -> int:
 
     preset = PRESETS[args.preset]
     on_gpu = torch.cuda.is_available()
-    hardware = (torch.cuda.get_device_name(0) if on_gpu else
-                f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores")
+    hardware = torch.cuda.get_device_name(0) if on_gpu else f"{_cpu_name()}, {os.cpu_count()} CPU cores"
     data = _prepare_data(args, workdir, preset)
     models = _prepare_models(args, workdir, preset)
+    if args.throughput_models and (unknown := set(args.throughput_models.split(",")) - set(models)):
+        raise SystemExit(f"unknown throughput model(s): {', '.join(sorted(unknown))} (minilm, distilbert)")
     results = {"preset": args.preset, "hardware": hardware, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "versions": _versions(), "throughput": [], "accuracy": [], "ddp_scaling": None, "errors": []}
+               "cpu_flags": sorted(_cpu_flags_of_interest()), "versions": _versions(), "throughput": [],
+               "accuracy": [], "ddp_scaling": None, "errors": []}
     output = args.output or REPO_ROOT / "benchmarks" / "results" / f"{args.preset}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
 
@@ -147,21 +162,10 @@ def _run_preset_in(args, workdir: Path) -> int:
         output.write_text(json.dumps(results, indent=2) + "\n")
 
     parts = set(args.parts.split(","))
-    for model_name in preset["throughput_models"] if "throughput" in parts else []:
+    throughput_models = args.throughput_models.split(",") if args.throughput_models else preset["throughput_models"]
+    for model_name in throughput_models if "throughput" in parts else []:
         for batch in preset["batches"]:
-            case = dict(kind="throughput", model=str(models[model_name]), model_name=model_name, batch=batch,
-                        data=str(data["throughput"]), warmup=preset["warmup_steps"], measure=preset["measure_steps"],
-                        workdir=str(workdir), peak_tflops=args.peak_tflops,
-                        validation_fraction=preset["validation_fraction"])
-            # fp32 padded to 128 at batch 512 is nobody's choice and would take minutes: the tutorial set-up runs
-            # at the batch sizes tutorials use.
-            systems = [s for s in TRAINER_VARIANTS if batch <= 128 or s != "trainer_tutorial"] + ["distrinews"]
-            if not on_gpu and _cpu_has_bf16_units():
-                systems.append("distrinews_bf16")  # accelerate's bf16 autocast on AMX/AVX-512 bf16 units
-                # The same with torch's own dropout masks (cpu_dropout_masks=false): what those masks cost.
-                systems.append("distrinews_bf16_torch_dropout")
-            rows = [_spawn({**case, "system": system}, results, timeout=300) for system in systems]
-            results["throughput"].extend(row for row in rows if row)
+            _throughput_cases(args, preset, models, data, workdir, model_name, batch, on_gpu, results)
             save()
     seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else preset["accuracy_seeds"]
     if preset.get("accuracy_model") and "accuracy" in parts:
@@ -182,6 +186,53 @@ def _run_preset_in(args, workdir: Path) -> int:
     _print_table(results)
     print(f"\nwrote {output}" + (f" and {output.with_suffix('.png')}" if charted else " (no throughput rows to chart)"))
     return 0 if not results["errors"] else 1
+
+
+def _throughput_cases(args, preset: dict, models: dict, data: dict, workdir: Path, model_name: str, batch: int,
+                      on_gpu: bool, results: dict) -> None:
+    """Every system on one model and batch, ``repeats`` times, interleaved; one summary row per system."""
+    # A whole epoch (measure_steps 0) runs on the 5,000 real training rows; a fixed step count on the repeated
+    # rows, so large batches do not hit an epoch end every few steps.
+    epoch = not preset["measure_steps"]
+    rows_file = Path(data["accuracy" if epoch else "throughput"]) / "train.csv"
+    measure = preset["measure_steps"] or _rows(rows_file) // batch
+    case = dict(kind="throughput", model=str(models[model_name]), model_name=model_name, batch=batch,
+                data=str(rows_file.parent), warmup=preset["warmup_steps"], measure=measure, workdir=str(workdir),
+                peak_tflops=args.peak_tflops, validation_fraction=preset["validation_fraction"])
+    # fp32 padded to 128 at batch 512 is nobody's choice and would take minutes: the tutorial set-up runs
+    # at the batch sizes tutorials use.
+    systems = [s for s in TRAINER_VARIANTS if batch <= 128 or s != "trainer_tutorial"] + ["distrinews"]
+    if not on_gpu and _cpu_has_bf16_units():
+        systems.append("distrinews_bf16")  # accelerate's bf16 autocast on AMX/AVX-512 bf16 units
+        # The same with torch's own dropout masks (cpu_dropout_masks=false): what those masks cost.
+        systems.append("distrinews_bf16_torch_dropout")
+    runs: dict[str, list[dict]] = {system: [] for system in systems}
+    for repeat in range(args.repeats or preset.get("repeats", 1)):
+        turn = systems[repeat % len(systems):] + systems[:repeat % len(systems)]  # each system leads once
+        for system in turn:
+            row = _spawn({**case, "system": system}, results, timeout=3600)
+            if row:
+                runs[system].append({**row, "repeat": repeat})
+    for system, rows in runs.items():
+        if rows:
+            results["throughput"].append(_median_row(rows, measure))
+
+
+def _rows(csv_file: Path) -> int:
+    return sum(1 for line in csv_file.read_bytes().splitlines() if line.strip())
+
+
+def _median_row(rows: list[dict], measure: int) -> dict:
+    """The median of a system's repeats, with [min, max] and every repeat kept."""
+    speeds = [r["samples_per_s"] for r in rows]
+    summary = {key: value for key, value in rows[0].items() if key not in ("samples_per_s", "tokens_per_s", "mfu",
+                                                                         "wall_s", "repeat")}
+    summary.update(samples_per_s=round(statistics.median(speeds), 1), samples_per_s_spread=[min(speeds), max(speeds)],
+                   tokens_per_s=round(statistics.median(r["tokens_per_s"] for r in rows), 1),
+                   measured_steps=measure, repeats=rows)
+    if all("mfu" in r for r in rows):
+        summary["mfu"] = statistics.median(r["mfu"] for r in rows)
+    return summary
 
 
 def _spawn(case: dict, results: dict, timeout: float = 1800) -> dict | None:
@@ -237,7 +288,8 @@ def _prepare_data(args, workdir: Path, preset: dict) -> dict:
 
 
 def _prepare_models(args, workdir: Path, preset: dict) -> dict:
-    needed = set(preset["throughput_models"]) | ({preset["accuracy_model"]} - {None})
+    throughput = args.throughput_models.split(",") if args.throughput_models else preset["throughput_models"]
+    needed = set(throughput) | ({preset["accuracy_model"]} - {None})
     models = {}
     if "tiny" in needed:
         sys.path.insert(0, str(REPO_ROOT / "tests"))
@@ -316,6 +368,22 @@ def _accuracy_precision() -> str:
     if torch.cuda.is_available():
         return _mixed_precision()
     return "bf16" if _cpu_has_bf16_units() else "no"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags_of_interest() -> set[str]:
+    from distrinews.backends import cpu_flags
+
+    return cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni"}
 
 
 def _cpu_has_bf16_units() -> bool:
@@ -421,7 +489,7 @@ def _build_trainer(model_path: str, data: str, *, seed: int, batch: int, variant
     from distrinews.data import LABEL_NAMES, load_ag_news
 
     set_seed(seed)
-    splits = load_ag_news(data, validation_fraction=0, seed=seed)  # BASELINES.md trained on every train row
+    splits = load_ag_news(data, validation_fraction=0, seed=seed)  # the reference Trainer runs train on every row
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     padding = "max_length" if variant["pad_to_max"] else False
     encode = lambda b: tokenizer(b["text"], truncation=True, max_length=128, padding=padding)  # noqa: E731
@@ -521,6 +589,7 @@ def _versions() -> dict:
 
 
 def _speedups(results: dict) -> list[dict]:
+    """distrinews against the faster Trainer set-up (by median): the median of the per-repeat ratios, [min, max]."""
     rows = []
     for row in results["throughput"]:
         if not row["system"].startswith("distrinews"):
@@ -529,21 +598,28 @@ def _speedups(results: dict) -> list[dict]:
                     and r["model_name"] == row["model_name"] and r["batch"] == row["batch"]]
         if trainers:
             best = max(trainers, key=lambda r: r["samples_per_s"])
-            rows.append(dict(model=row["model_name"], batch=row["batch"], system=row["system"], best_trainer=best["system"],
-                             speedup=round(row["samples_per_s"] / best["samples_per_s"], 2)))
+            ratios = [ours["samples_per_s"] / theirs["samples_per_s"]
+                      for ours, theirs in zip(row.get("repeats", [row]), best.get("repeats", [best]))]
+            rows.append(dict(model=row["model_name"], batch=row["batch"], system=row["system"],
+                             best_trainer=best["system"], speedup=round(statistics.median(ratios), 2),
+                             speedup_spread=[round(min(ratios), 2), round(max(ratios), 2)]))
     return rows
 
 
 def _print_table(results: dict) -> None:
     print(f"\nhardware: {results['hardware']}   versions: {results['versions']}")
-    print(f"{'model':<12}{'batch':>6}  {'system':<18}{'samples/s':>11}{'tokens/s':>12}{'peak GB':>9}{'MFU':>8}")
+    print(f"{'model':<12}{'batch':>6}  {'system':<30}{'samples/s (median [min, max])':>32}{'tokens/s':>10}"
+          f"{'peak GB':>9}{'MFU':>8}")
     for row in results["throughput"]:
-        print(f"{row['model_name']:<12}{row['batch']:>6}  {row['system']:<18}{row['samples_per_s']:>11,.1f}"
-              f"{row['tokens_per_s']:>12,.0f}{row.get('peak_memory_gb', float('nan')):>9.2f}"
+        low, high = row.get("samples_per_s_spread", [row["samples_per_s"]] * 2)
+        print(f"{row['model_name']:<12}{row['batch']:>6}  {row['system']:<30}"
+              f"{row['samples_per_s']:>14,.1f} [{low:,.1f}, {high:,.1f}]".ljust(80) +
+              f"{row['tokens_per_s']:>10,.0f}{row.get('peak_memory_gb', float('nan')):>9.2f}"
               f"{row.get('mfu', float('nan')):>8.1%}")
     for speedup in _speedups(results):
+        low, high = speedup["speedup_spread"]
         print(f"speedup {speedup['model']} batch {speedup['batch']}: {speedup['system']} / {speedup['best_trainer']} = "
-              f"{speedup['speedup']}x")
+              f"{speedup['speedup']}x [{low}, {high}] (median of the per-repeat ratios)")
     for row in results["accuracy"]:
         print(f"accuracy {row['system']:<18} recipe {row['recipe']:<24} lr {row['learning_rate']:g} epochs "
               f"{row['num_train_epochs']:g}: mean {row['mean']:.2%} over seeds {row['seeds']} {row['test_accuracy']}")

@@ -4,7 +4,7 @@
     MODEL_ID=runs/ag_news/model QUANTIZE=none uvicorn app.app:app  # a local folder, fp32 torch
     curl -s localhost:7860/api/predict -H 'content-type: application/json' -d '{"text": "Stocks rally"}'
 
-Settings come from the environment (``distrinews.serving.ServingConfig``: MODEL_ID, MODEL_REVISION, QUANTIZE,
+Settings come from the environment (``distrinews.serving.service.ServingConfig``: MODEL_ID, MODEL_REVISION, QUANTIZE,
 MAX_BATCH_SIZE, BATCH_WAIT_MS, MAX_QUEUE, ...). The model is loaded and warmed in the background as the
 server starts (``/api/ready`` answers 503 until it is done), so the port is up at once for the Space's
 health check. No model logic lives here: loading, prediction, batching and explanation are the package's.
@@ -22,7 +22,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from distrinews.serving import ClassifierService, ServingConfig, ServingConfigError, texts_from_csv
+from distrinews.serving.service import ClassifierService, ServingConfig, ServingConfigError, texts_from_csv
 
 
 def _start_loading_early() -> tuple[ServingConfig, Future] | None:
@@ -49,8 +49,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator  #
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from distrinews import __version__  # noqa: E402
-from distrinews.batching import InferenceFailed, QueueFull  # noqa: E402
-from distrinews.texts import TextError, clean_text  # noqa: E402
+from distrinews.serving.batching import InferenceFailed, QueueFull  # noqa: E402
+from distrinews.core.texts import TextError, clean_text  # noqa: E402
 
 log = logging.getLogger("distrinews.app")
 
@@ -78,7 +78,7 @@ class PredictRequest(BaseModel):
     @model_validator(mode="after")
     def _exactly_one_with_something_to_classify(self) -> "PredictRequest":
         # Every string JSON can carry gets here (lone surrogates, NUL, bidi marks...): each is cleaned now
-        # (distrinews.texts), before it can share a batch with anyone else's text, and one with nothing left
+        # (distrinews.core.texts), before it can share a batch with anyone else's text, and one with nothing left
         # is refused by name.
         if (self.text is None) == (self.texts is None):
             raise ValueError('send exactly one of "text" (a string) or "texts" (a list of strings)')

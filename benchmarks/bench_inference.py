@@ -11,8 +11,8 @@ What it measures, on real AG News test text (title + description, ../shared/data
    applies: ``torch.onnx.export`` + ``onnxruntime.quantization.quantize_dynamic``, called in-process. optimum
    itself is not used here: ``optimum[onnxruntime]`` requires transformers 4, and DistriNews runs on
    transformers 5 (``--optimum-python`` adds it from a Python of its own). The Space's int8 backend
-   (``distrinews.backends``) quantizes the same way, from a model whose last layer computes only the position
-   the head reads (``distrinews.first_position``: same logits, less work).
+   (``distrinews.serving.backends``) quantizes the same way, from a model whose last layer computes only the position
+   the head reads (``distrinews.serving.first_position``: same logits, less work).
 3. ``space-fp32`` and ``space``: the app itself (``uvicorn app.app:app``) with QUANTIZE=none (fp32 torch) and
    QUANTIZE=auto (int8 where the CPU has VNNI, else fp32 where torch is installed; ``--space-quantize int8``
    serves int8 on any CPU), over HTTP on 127.0.0.1, so every number includes HTTP, JSON, validation and the
@@ -103,7 +103,7 @@ classify(sys.argv[2], truncation=True, max_length=128)
 SPACE_IMPORTS = f"""
 import json, sys
 import app.app
-from distrinews.serving import ClassifierService, ServingConfig
+from distrinews.serving.service import ClassifierService, ServingConfig
 ClassifierService.load(ServingConfig.from_env())
 print(json.dumps(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)))
 """
@@ -173,7 +173,7 @@ def plain_ort_int8(model, folder: Path):
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from distrinews.backends import usable_cores
+    from distrinews.serving.backends import usable_cores
 
     ids = torch.ones((2, 16), dtype=torch.long)
     mask = torch.ones((2, 16), dtype=torch.long)
@@ -398,10 +398,10 @@ def run(args, work: Path) -> int:
     import torch
     import transformers
 
-    from distrinews.backends import OnnxInt8Backend, cpu_has_int8_dot_product, usable_cores, write_shipped_graph
-    from distrinews.model_files import read_serving_files
-    from distrinews.modeling import load_classifier
-    from distrinews.predict import Encoder, label_names, predict_with, torch_probabilities
+    from distrinews.serving.backends import OnnxInt8Backend, cpu_has_int8_dot_product, usable_cores, write_shipped_graph
+    from distrinews.core.model_files import read_serving_files
+    from distrinews.core.modeling import load_classifier
+    from distrinews.core.predict import Encoder, label_names, predict_with, torch_probabilities
 
     torch.set_num_threads(usable_cores())
     texts, gold = read_ag_news(args.data)
@@ -698,12 +698,12 @@ def measure_cold_starts(repeats: int, model_dir: Path, text: str, work: Path, qu
 
 def measure_accuracy(model_path: str, texts: list[str], gold: list[int], work: Path) -> dict:
     """Accuracy on every text of the split: the model as trained (fp32 torch, untouched) and the Space's two
-    backends, which serve it with the last layer computing position 0 only (``distrinews.first_position``)."""
+    backends, which serve it with the last layer computing position 0 only (``distrinews.serving.first_position``)."""
     import copy
 
-    from distrinews.backends import build_backend, cache_folder_name
-    from distrinews.modeling import load_classifier
-    from distrinews.predict import label_names, predict_with, torch_probabilities
+    from distrinews.serving.backends import build_backend, cache_folder_name
+    from distrinews.core.modeling import load_classifier
+    from distrinews.core.predict import label_names, predict_with, torch_probabilities
 
     model, tokenizer = load_classifier(model_path)
     labels = label_names(model)

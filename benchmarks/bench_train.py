@@ -88,7 +88,7 @@ RECIPES = {
     "baseline_all": dict(learning_rate=5e-5, num_train_epochs=3, per_device_train_batch_size=32, validation_fraction=0),
     "lr1e-4_head1e-3_all": dict(learning_rate=1e-4, head_learning_rate=1e-3, num_train_epochs=3,
                                 per_device_train_batch_size=32, validation_fraction=0),
-    # R-Drop (distrinews/rdrop.py): two dropout passes per batch, about twice the compute per step.
+    # R-Drop (distrinews/training/rdrop.py): two dropout passes per batch, about twice the compute per step.
     "lr1e-4_head1e-3_rdrop1_all": dict(learning_rate=1e-4, head_learning_rate=1e-3, rdrop_weight=1.0,
                                        num_train_epochs=3, per_device_train_batch_size=32, validation_fraction=0),
     # The most accurate: R-Drop, and each headline and description also trained on alone (3 texts per article,
@@ -381,13 +381,13 @@ def _cpu_name() -> str:
 
 
 def _cpu_flags_of_interest() -> set[str]:
-    from distrinews.backends import cpu_flags
+    from distrinews.serving.backends import cpu_flags
 
     return cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni"}
 
 
 def _cpu_has_bf16_units() -> bool:
-    from distrinews.backends import cpu_flags
+    from distrinews.serving.backends import cpu_flags
 
     return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
@@ -397,8 +397,8 @@ def _distrinews_throughput(case: dict) -> dict:
 
     bf16 = case["system"].startswith("distrinews_bf16")
     os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16" if bf16 else _mixed_precision()
-    from distrinews.config import TrainConfig
-    from distrinews.train import train
+    from distrinews.training.config import TrainConfig
+    from distrinews.training.loop import train
 
     output_dir = Path(tempfile.mkdtemp(dir=case["workdir"]))
     warmup, measure = case["warmup"], case["measure"]
@@ -486,7 +486,7 @@ def _build_trainer(model_path: str, data: str, *, seed: int, batch: int, variant
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments, set_seed)
 
-    from distrinews.data import LABEL_NAMES, load_ag_news
+    from distrinews.training.data import LABEL_NAMES, load_ag_news
 
     set_seed(seed)
     splits = load_ag_news(data, validation_fraction=0, seed=seed)  # the reference Trainer runs train on every row
@@ -554,8 +554,8 @@ def _accuracy(case: dict) -> dict:
 
 def _distrinews_metrics(case: dict, recipe: dict, seed: int) -> dict:
     os.environ.setdefault("ACCELERATE_MIXED_PRECISION", _accuracy_precision())
-    from distrinews.config import TrainConfig
-    from distrinews.train import train
+    from distrinews.training.config import TrainConfig
+    from distrinews.training.loop import train
 
     output_dir = Path(tempfile.mkdtemp(dir=case["workdir"]))
     config = TrainConfig(model_name_or_path=case["model"], dataset=case["data"], output_dir=str(output_dir),

@@ -16,11 +16,11 @@ import sys
 from typing import Callable, Sequence
 
 from . import __version__
-from .errors import exit_code_for
+from .core.errors import exit_code_for
 
 
 def _train(argv: Sequence[str]) -> int:
-    from .train import main as train_main
+    from .training.loop import main as train_main
 
     return train_main(argv)
 
@@ -43,9 +43,9 @@ def _evaluate(argv: Sequence[str]) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from .data import LABEL_NAMES, DataError, PaddingCollator, load_ag_news, sorted_by_length, tokenize_splits
-    from .evaluation import evaluate_split
-    from .modeling import load_classifier
+    from .training.data import LABEL_NAMES, DataError, PaddingCollator, load_ag_news, sorted_by_length, tokenize_splits
+    from .training.evaluation import evaluate_split
+    from .core.modeling import load_classifier
 
     model, tokenizer = load_classifier(args.model, args.revision)
     splits = load_ag_news(args.dataset, validation_fraction=args.validation_fraction, seed=args.seed,
@@ -77,7 +77,7 @@ def _predict(argv: Sequence[str]) -> int:
     parser.add_argument("--json", action="store_true", help="Print one JSON object per text.")
     parser.add_argument("texts", nargs="+", help="Texts to classify.")
     args = parser.parse_args(argv)
-    from .texts import clean_text
+    from .core.texts import clean_text
 
     # Cleaned before the model loads (a bad argument costs no wait), and printed cleaned: an argument with bytes
     # that are not UTF-8 arrives as lone surrogates, which stdout cannot encode.
@@ -86,8 +86,8 @@ def _predict(argv: Sequence[str]) -> int:
         if not cleaned:
             parser.error(f"text {number} ({ascii(text)}) is empty or only whitespace, control or invisible characters")
 
-    from .modeling import load_classifier
-    from .predict import predict_texts
+    from .core.modeling import load_classifier
+    from .core.predict import predict_texts
 
     model, tokenizer = load_classifier(args.model, args.revision)
     for text, prediction in zip(texts, predict_texts(model, tokenizer, texts)):
@@ -111,7 +111,7 @@ def _push(argv: Sequence[str]) -> int:
     parser.add_argument("--revision", default=None, help="Branch to push to (created from main if missing).")
     args = parser.parse_args(argv)
 
-    from .hub import push_run_to_hub
+    from .hub.push import push_run_to_hub
 
     record = push_run_to_hub(args.run_dir, args.repo_id, private=args.private, revision=args.revision)
     print(json.dumps(record))
@@ -125,7 +125,7 @@ def _export_onnx(argv: Sequence[str]) -> int:
     parser.add_argument("model_dir", help="A saved model folder, e.g. RUN_DIR/model.")
     args = parser.parse_args(argv)
 
-    from .hub import ship_serving_graph
+    from .hub.push import ship_serving_graph
 
     return 0 if ship_serving_graph(args.model_dir) is not None else 1
 
@@ -147,7 +147,7 @@ def _deploy_space(argv: Sequence[str]) -> int:
                              "inspect it or `docker build FOLDER`.")
     args = parser.parse_args(argv)
 
-    from .space_deploy import check_repo_id, deploy_space, stage_space
+    from .hub.space_deploy import check_repo_id, deploy_space, stage_space
 
     if args.stage_only:
         check_repo_id(args.space_id, "space id")
@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[argv[0]][0](argv[1:])
     except Exception as err:
-        code = exit_code_for(err)  # distrinews/errors.py: one line for the user, not a traceback
+        code = exit_code_for(err)  # distrinews/core/errors.py: one line for the user, not a traceback
         if code is None:
             raise
         print(f"error: {err}", file=sys.stderr)

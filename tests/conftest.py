@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import strategies as st
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,6 +27,13 @@ CLASS_WORDS = {
 }
 FILLER = "the a of to in on for with after report said new says will year two first over".split()
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+# Every code point: surrogates (Cs) are excluded unless categories are given explicitly.
+ANY_CHARACTER = st.characters(codec=None, exclude_categories=())
+ANY_TEXT = st.text(ANY_CHARACTER, max_size=80)
+ODD_TEXTS = ["\ud800", "\udfff fine", "ok \ud83d lone high", "nul\x00inside", "\x1b[31mred\x1b[0m",
+             "\u202eevil override\u202c", "zero\u200bwidth\ufeff", "\u0000", "\u200b\u200d\u2060", "\U0010ffff",
+             "e\u0301\u0301\u0301", "東京 株価 上昇", "word" * 20_000, " \t\n\r\x0b\x0c "]
 
 
 def _sentence(rng: random.Random, class_index: int, words: int) -> str:
@@ -45,11 +53,17 @@ def ag_news_rows(count: int, seed: int) -> list[tuple[str, str, str]]:
     return rows
 
 
+def write_csv_rows(path: Path, rows) -> Path:
+    """Rows as a CSV file the way the original AG News files quote them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle, quoting=csv.QUOTE_ALL).writerows(rows)
+    return path
+
+
 def write_ag_news_folder(folder: Path, n_train: int = 240, n_test: int = 61, seed: int = 0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
     for name, count, split_seed in (("train.csv", n_train, seed), ("test.csv", n_test, seed + 1)):
-        with (folder / name).open("w", newline="", encoding="utf-8") as handle:
-            csv.writer(handle, quoting=csv.QUOTE_ALL).writerows(ag_news_rows(count, split_seed))
+        write_csv_rows(folder / name, ag_news_rows(count, split_seed))
     return folder
 
 
@@ -83,6 +97,27 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ag_news_dir(tmp_path_factory) -> Path:
     return write_ag_news_folder(tmp_path_factory.mktemp("ag_news"))
+
+
+@pytest.fixture(scope="session")
+def space_model(tmp_path_factory) -> Path:
+    """The tiny model with AG News label names and a model card holding a test accuracy (read-only)."""
+    from space_support import write_space_model
+
+    return write_space_model(tmp_path_factory.mktemp("space-model"))
+
+
+@pytest.fixture(scope="session")
+def shipped_space_model(tmp_path_factory) -> Path:
+    """The same with its int8 graph shipped beside the weights, as ``distrinews push`` uploads it (read-only)."""
+    from space_support import write_space_model
+
+    from distrinews.core.modeling import load_classifier
+    from distrinews.serving.backends import write_shipped_graph
+
+    folder = write_space_model(tmp_path_factory.mktemp("shipped-space-model"))
+    write_shipped_graph(load_classifier(str(folder))[0], folder)
+    return folder
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,0 +1,214 @@
+"""Push a finished run's ``model/`` (weights, config, tokenizer, model card, plots) to the Hugging Face Hub.
+
+    distrinews push runs/ag_news --repo_id USER/NAME [--private] [--revision BRANCH]
+    accelerate launch ... -m distrinews.train --push_to_hub --hub_model_id USER/NAME     # push at the end of training
+
+The token comes from ``HF_TOKEN``, the token stored by ``hf auth login`` (``huggingface-cli login``), or on
+Kaggle a secret named ``HF_TOKEN``. It is handed to ``huggingface_hub`` and nowhere else: never printed,
+logged or written into the run folder. The push is one commit; transient failures (HTTP 408/429/5xx,
+dropped connections) are retried with exponential backoff, and retrying is safe because the Hub skips
+files whose content it already has, so a repeated attempt cannot add a second, different commit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from huggingface_hub import HfApi, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError
+
+from .. import __version__
+from .model_card import ModelCardError, write_model_card
+from ..core.atomic import write_json
+from ..core.errors import HubPushError
+
+TRANSIENT_STATUS_CODES = (408, 429, 500, 502, 503, 504)
+# Weights from an earlier push that this commit does not overwrite would be loaded instead of (or mixed
+# with) the new ones, e.g. an old shard index next to a new single file; the commit deletes them.
+STALE_WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.h5",
+                         "*.msgpack", "onnx/*"]
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    # huggingface_hub speaks HTTP through httpx (1.x) or httpx2 (2.x); a dropped connection raises the
+    # TransportError of whichever it uses.
+    errors = []
+    for name in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(name).TransportError)
+        except ImportError:
+            pass
+    return (*errors, ConnectionError, TimeoutError)
+
+
+TRANSPORT_ERRORS = _transport_errors()
+
+
+def resolve_hub_token() -> str:
+    """The token to push with: HF_TOKEN, else the stored login token, else a Kaggle secret ``HF_TOKEN``."""
+    token = get_token() or _kaggle_secret("HF_TOKEN")
+    if not token:
+        raise HubPushError("no Hugging Face token found: run `hf auth login` (or `huggingface-cli login`), set "
+                           "HF_TOKEN, or on Kaggle add a secret named HF_TOKEN. Use a token with write access.")
+    return token
+
+
+def check_repo_id(repo_id: str, what: str = "repo id") -> None:
+    """Refuse anything but USER/NAME before a request is made (the Hub's own error would come after the upload)."""
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id) or ".." in repo_id:
+        raise HubPushError(f"{what} {repo_id!r} must look like USER/NAME (letters, digits, '-', '_', '.')")
+
+
+def check_push_ready() -> None:
+    """Fail before training, not after it, when a push at the end cannot work."""
+    if constants.HF_HUB_OFFLINE:
+        raise HubPushError("push_to_hub is set but HF_HUB_OFFLINE=1 forbids network access: unset HF_HUB_OFFLINE, "
+                           "or train without push_to_hub and later run `distrinews push RUN_DIR --repo_id USER/NAME` "
+                           "on a machine with network access")
+    resolve_hub_token()
+
+
+def push_run_to_hub(run_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+                    token: str | None = None, attempts: int = 5, backoff_seconds: float = 2.0,
+                    log: Callable[[str], None] = print) -> dict:
+    """Upload ``run_dir/model`` to ``repo_id`` in one commit; record and return the commit's sha and URL.
+
+    The model card is rewritten first (so its usage snippet names ``repo_id``). The result is also stored
+    as the ``hub`` section of ``run_dir/metrics.json``.
+    """
+    run_dir = Path(run_dir)
+    model_dir = run_dir / "model"
+    check_repo_id(repo_id)
+    if not (model_dir / "config.json").is_file() or not list(model_dir.glob("*.safetensors")):
+        raise HubPushError(f"{model_dir} holds no saved model (config.json and *.safetensors): "
+                           "is RUN_DIR the output_dir of a finished training run?")
+    if constants.HF_HUB_OFFLINE:
+        raise HubPushError(f"HF_HUB_OFFLINE=1 forbids network access; unset it to push {run_dir}")
+    token = token or resolve_hub_token()
+    try:
+        write_model_card(run_dir, repo_id)  # its usage snippet names the repo pushed to
+    except ModelCardError as err:
+        raise HubPushError(f"{err}; nothing was pushed") from None
+    ship_serving_graph(model_dir, log)
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    api = HfApi(token=token, library_name="distrinews", library_version=__version__)
+
+    def push_once():
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        # upload_folder makes one commit for a folder this small (the Xet pipeline batches 250 files per commit).
+        commit = api.upload_folder(folder_path=model_dir, repo_id=repo_id, revision=revision,
+                                   commit_message=_commit_message(metrics),
+                                   commit_description=_commit_description(metrics),
+                                   delete_patterns=STALE_WEIGHT_PATTERNS)
+        # An existing repo keeps its visibility whatever was asked for, so read it back.
+        return repo_url, commit, api.repo_info(repo_id, revision=commit.oid).private
+
+    log(f"Pushing {model_dir} to {repo_id}" + (f" (branch {revision})" if revision else "") + " ...")
+    later = f"The run is saved in {run_dir}; push it later with `distrinews push {run_dir} --repo_id {repo_id}`."
+    repo_url, commit, is_private = _with_retries(push_once, repo_id, later, attempts, backoff_seconds, log)
+    if private and not is_private:
+        log(f"Warning: {repo_id} already existed as a public repo and stays public; change its visibility in "
+            "the repo settings on the Hub if it should be private.")
+    url = str(repo_url) if not revision else f"{repo_url}/tree/{revision}"
+    record = {"repo_id": repo_id, "revision": revision or "main", "commit_sha": commit.oid,
+              "commit_url": commit.commit_url, "url": url, "private": is_private,
+              "pushed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    metrics["hub"] = record
+    write_json(run_dir / "metrics.json", metrics)
+    log(f"Pushed to {url} in commit {commit.oid} ({commit.commit_url})")
+    return record
+
+
+def ship_serving_graph(model_dir: Path, log: Callable[[str], None] = print) -> Path | None:
+    """Write the int8 graph the Space serves into ``model_dir/onnx/`` (unless a matching one is there), so a
+    Space starts without torch and without exporting. A model the exporter cannot handle is pushed without it
+    (the Space then exports at start, which needs torch there)."""
+    from transformers.utils import logging as transformers_logging
+
+    from ..serving.backends import write_shipped_graph
+    from ..core.modeling import load_classifier
+
+    started = time.perf_counter()
+    transformers_logging.disable_progress_bar()  # a weights-loading bar in the middle of the push's own messages
+    try:
+        model, _ = load_classifier(str(model_dir))
+        graph = write_shipped_graph(model, model_dir)
+    except Exception as err:  # noqa: BLE001 - the weights are what matters; the graph is a start-up shortcut
+        log(f"Warning: no int8 ONNX graph for the Space ({type(err).__name__}: {err}); pushing without it")
+        return None
+    finally:
+        transformers_logging.enable_progress_bar()
+    log(f"int8 ONNX graph for the Space: {graph} ({time.perf_counter() - started:.1f} s)")
+    return graph
+
+
+def _with_retries(push_once, repo_id: str, later: str, attempts: int, backoff_seconds: float, log):
+    """Call ``push_once`` until it succeeds, retrying transient failures; ``later`` ends every error message
+    (what the user can do next). Auth and other client errors raise HubPushError at once."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return push_once()
+        except HfHubHTTPError as err:
+            status = err.response.status_code if err.response is not None else None
+            if status == 401:
+                raise HubPushError(f"the Hub rejected the token (HTTP 401) while pushing to {repo_id}: it is missing, "
+                                   "expired or invalid. Create a token with write access at "
+                                   "https://huggingface.co/settings/tokens, then run `hf auth login` or set HF_TOKEN. "
+                                   + later) from None
+            if status == 403:
+                raise HubPushError(f"the token may not write to {repo_id} (HTTP 403): use a token with the write "
+                                   "role, or push to your own namespace or an organization you can write to. "
+                                   + later) from None
+            if status not in TRANSIENT_STATUS_CODES:
+                raise HubPushError(f"the Hub refused the push to {repo_id} (HTTP {status}): "
+                                   f"{_server_message(err)}. {later}") from None
+            problem = f"HTTP {status}"
+        except TRANSPORT_ERRORS as err:
+            problem = f"{type(err).__name__}: {err}"
+        if attempt == attempts:
+            raise HubPushError(f"pushing to {repo_id} failed {attempts} times, last with {problem}. {later}")
+        delay = min(backoff_seconds * 2 ** (attempt - 1), 60.0)
+        log(f"Push attempt {attempt}/{attempts} failed ({problem}); retrying in {delay:g} s")
+        time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _server_message(err: HfHubHTTPError) -> str:
+    # The first line of the error plus whatever the server said; never the request headers.
+    return getattr(err, "server_message", None) or str(err).splitlines()[0]
+
+
+def _commit_message(metrics: dict) -> str:
+    test = metrics["test"]
+    return (f"DistriNews: AG News classifier, test accuracy {test['accuracy']:.4f}, "
+            f"macro-F1 {test['macro_f1']:.4f}")
+
+
+def _commit_description(metrics: dict) -> str:
+    train = metrics["train"]
+    return (f"Trained with DistriNews {__version__} on {train['num_processes']} process(es) "
+            f"({train['hardware']}), mixed precision {train['mixed_precision']}, effective batch size "
+            f"{train['total_train_batch_size']}, {metrics['global_step']} optimizer steps; weights from step "
+            f"{metrics['selected_step']} ({metrics['model_selection']}), "
+            + (f"validation accuracy {metrics['validation']['accuracy']:.4f}." if metrics["validation"]
+               else "no validation split."))
+
+
+def _kaggle_secret(label: str) -> str | None:
+    # Kaggle notebooks keep secrets behind their own client, which exists only on Kaggle.
+    try:
+        from kaggle_secrets import UserSecretsClient
+    except ImportError:
+        return None
+    try:
+        return UserSecretsClient().get_secret(label) or None
+    except Exception:  # the client raises its own error types when the secret is not attached
+        return None

@@ -1,0 +1,2 @@
+"""Serving: the Space's model service, backends, micro-batcher and explanations.
+"""

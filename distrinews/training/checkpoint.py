@@ -1,0 +1,257 @@
+"""Crash-safe checkpoint folders: written under a temporary name, renamed into place when complete.
+
+A checkpoint is ``checkpoints/step-00000120/`` holding accelerate's state files (model, optimizer,
+scheduler, scaler, every rank's RNG), ``trainer_state.json`` (the data position, bookkeeping and the
+run signature), the run's ``train_config.json``, a hard link to the best weights so far, and a ``COMPLETE`` marker written last.
+Only folders with the marker are ever resumed from, and an older checkpoint is deleted only after a
+newer one is complete, so a kill at any moment leaves a usable one. A checkpoint is resumed only by a
+run with the same signature (``check_resumable``): anything else would not continue the same run.
+This module does file work only; the training loop calls accelerate to fill the staging folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .config import TrainConfig
+from ..core.errors import CheckpointMismatchError, CheckpointWriteError, OutputDirError
+
+COMPLETE_MARKER = "COMPLETE"
+STATE_FILE = "trainer_state.json"
+_PREFIX = "step-"
+_STAGING_PREFIX = ".staging-"
+_DELETING_PREFIX = ".deleting-"  # renamed away first, so a half-deleted checkpoint never looks complete
+BEST_WEIGHTS_LINK = "best_model.safetensors"
+
+
+@dataclass
+class TrainerState:
+    """Where training stands; enough, with accelerate's state, to continue from the exact next batch."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_done_in_epoch: int = 0  # micro-batches of `epoch` already trained on
+    best_validation_accuracy: float = -1.0
+    best_step: int = -1
+    train_seconds: float = 0.0  # time spent in training steps, summed over every resumed attempt
+    run_signature: dict = field(default_factory=dict)  # what a resuming run must match (run_signature())
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainerState":
+        return cls(**json.loads(path.read_text()))
+
+
+def data_fingerprint(lengths: Sequence[int], labels: Sequence[int]) -> str:
+    """Identify the tokenized training split by content, not by path (the data may move between machines)."""
+    crc = zlib.crc32(np.asarray(lengths, dtype=np.int64).tobytes())
+    crc = zlib.crc32(np.asarray(labels, dtype=np.int64).tobytes(), crc)
+    return f"{len(lengths)} examples, crc32 {crc:08x}"
+
+
+# Signature keys newer than some checkpoints, with the value every run had before they existed.
+SIGNATURE_KEYS_ADDED_LATER = {"head_learning_rate": 0.0, "layer_lr_decay": 1.0, "model_selection": "best_validation",
+                              "rdrop_weight": 0.0}
+
+
+def run_signature(config: TrainConfig, num_processes: int, train_data: str, total_steps: int) -> dict:
+    """The settings a resumed run must share with the checkpoint to continue the same training.
+
+    The data position is a global batch index, so the global micro-batch (per-device batch x processes)
+    and gradient accumulation must match; the number of processes alone may change. The optimizer and
+    scheduler state carry the learning-rate schedule, which a changed value would silently not reach.
+    ``model_selection`` decides which evaluations kept weights before the checkpoint, so it cannot change either.
+    """
+    return {
+        "model_name_or_path": config.model_name_or_path,
+        "train_data": train_data,
+        "seed": config.seed,
+        "group_by_length": config.group_by_length,
+        "examples_per_micro_batch": config.per_device_train_batch_size * num_processes,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "total_steps": total_steps,
+        "learning_rate": config.learning_rate,
+        "head_learning_rate": config.head_learning_rate,
+        "layer_lr_decay": config.layer_lr_decay,
+        "lr_scheduler_type": config.lr_scheduler_type,
+        "warmup_ratio": config.warmup_ratio,
+        "weight_decay": config.weight_decay,
+        "rdrop_weight": config.rdrop_weight,
+        "model_selection": config.model_selection,
+    }
+
+
+def check_resumable(checkpoint: Path, saved: dict, current: dict) -> None:
+    """Raise CheckpointMismatchError naming every setting that differs from the checkpoint's run."""
+    saved = {**SIGNATURE_KEYS_ADDED_LATER, **saved}  # checkpoints written before these settings existed
+    differences = [f"{key}: checkpoint {saved.get(key, '(not recorded)')!r}, this run {value!r}"
+                   for key, value in current.items() if saved.get(key) != value]
+    if differences:
+        raise CheckpointMismatchError(
+            f"cannot resume from {checkpoint}: it belongs to a run with other settings ("
+            + "; ".join(differences) + "). Resuming would not continue that run. Use the original settings, "
+            "or start over with --resume none (this deletes the old checkpoints) or another --output_dir.")
+
+
+def check_output_dir(output_dir: Path, process_index: int, keep_last: int, weight_bytes: int) -> None:
+    """Fail before training if output_dir is not writable or surely too small for this run's checkpoints.
+
+    Every rank calls it (each writes its own RNG state into checkpoints), so all fail at once.
+    """
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write_probe-{process_index}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise OutputDirError(f"output_dir {output_dir} is not writable: {err.strerror or err}") from err
+    # A lower bound, so it never refuses a run that fits: a checkpoint holds the weights and AdamW's two
+    # moments, up to keep_last + 1 exist while a new one is written, and model/ plus the best weights
+    # hold the weights twice more.
+    missing_checkpoints = max(0, keep_last + 1 - len(complete_checkpoints(output_dir / "checkpoints")))
+    needed = missing_checkpoints * 3 * weight_bytes + 2 * weight_bytes
+    free = shutil.disk_usage(output_dir).free
+    if free < needed:
+        raise OutputDirError(f"output_dir {output_dir} has {free / 1e6:.1f} MB free, but this run needs at least "
+                             f"{needed / 1e6:.1f} MB ({keep_last + 1} checkpoints of {3 * weight_bytes / 1e6:.1f} MB "
+                             f"with keep_last={keep_last}, plus the exported model). Free some space, lower "
+                             "keep_last or choose another output_dir.")
+
+
+@contextmanager
+def write_errors_reported(staging: Path):
+    """Turn any failure while writing checkpoint files into a CheckpointWriteError that names the intact one.
+
+    Wrap file writes only, never a collective: a full disk surfaces as OSError, RuntimeError
+    (torch.save) or SafetensorError, so every error is translated, keeping its own text.
+    """
+    try:
+        yield
+    except Exception as err:
+        newest = latest_checkpoint(staging.parent)
+        raise CheckpointWriteError(
+            f"could not write checkpoint {staging}: {type(err).__name__}: {err}. The newest complete checkpoint "
+            f"({newest or 'none yet'}) is intact; free some space and run the same command again to resume "
+            "from it.") from err
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{_PREFIX}{step:08d}"
+
+
+def staging_dir(root: Path, step: int) -> Path:
+    """The folder every rank writes a checkpoint into before it is complete."""
+    return root / f"{_STAGING_PREFIX}{checkpoint_name(step)}"
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and (p / COMPLETE_MARKER).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = complete_checkpoints(root)
+    return found[-1] if found else None
+
+
+def remove_stale_staging(root: Path) -> None:
+    """Drop half-written and half-deleted checkpoints left by a crash (main process, before training)."""
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.name.startswith((_STAGING_PREFIX, _DELETING_PREFIX)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_checkpoints(root: Path) -> list[Path]:
+    """Delete every checkpoint under root (a deliberate fresh start); return what was removed."""
+    found = complete_checkpoints(root)
+    for path in found:
+        _delete_checkpoint(path)
+    return found
+
+
+def _delete_checkpoint(path: Path) -> None:
+    # Rename first: rmtree is not atomic, and a kill halfway must not leave a folder that still has
+    # its COMPLETE marker but misses its weights.
+    doomed = path.with_name(_DELETING_PREFIX + path.name)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def finalize_checkpoint(staging: Path, state: TrainerState, keep_last: int, best_weights: Path) -> Path:
+    """Mark the staged checkpoint complete, move it into place, then prune old ones (main process).
+
+    ``best_weights`` (if it exists yet) is hard-linked in, so resuming restores the best weights of
+    *this* checkpoint's past, not a later best from an attempt that died after the checkpoint.
+    """
+    final = staging.parent / checkpoint_name(state.global_step)
+    if (final / COMPLETE_MARKER).is_file():
+        # Already complete for this step (resumed at the very end): keep the one on disk.
+        shutil.rmtree(staging)
+        return final
+    if best_weights.is_file():
+        _link_or_copy(best_weights, staging / BEST_WEIGHTS_LINK)
+    state.save(staging / STATE_FILE)
+    _fsync_tree(staging)
+    (staging / COMPLETE_MARKER).write_text(f"{state.global_step}\n")
+    _fsync_tree(staging)
+    shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover under the final name
+    os.replace(staging, final)
+    _fsync_dir(final.parent)
+    for old in complete_checkpoints(final.parent)[:-keep_last]:
+        _delete_checkpoint(old)
+    return final
+
+
+def restore_best_weights(checkpoint: Path, best_weights: Path) -> None:
+    """Make ``best_weights`` the checkpoint's best weights, or remove it if there were none yet (main process)."""
+    saved = checkpoint / BEST_WEIGHTS_LINK
+    if saved.is_file():
+        # Its own temporary name: the training loop writes new best weights through ".NAME.tmp", and
+        # writing through a leftover hard link would overwrite the checkpoint's copy in place.
+        staging = best_weights.with_name(f".{best_weights.name}.restore")
+        staging.unlink(missing_ok=True)
+        _link_or_copy(saved, staging)
+        staging.replace(best_weights)
+    else:
+        best_weights.unlink(missing_ok=True)
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    # A hard link costs no space; the best-weights file is always replaced by rename, never rewritten
+    # in place, so the link keeps the old content. Some filesystems cannot link: copy there.
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,247 @@
+"""The one typed training config: defaults, validation, YAML/JSON files and command-line flags.
+
+Precedence: dataclass defaults < ``--config FILE`` < ``--field value`` flags. Process count and
+mixed precision are *not* here: they belong to the accelerate YAML (``accelerate_configs/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+from ..core.errors import ConfigError
+
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+MODEL_SELECTIONS = ("last", "best_validation")
+
+
+def _doc(text: str, choices: Sequence[str] = (), **kwargs: Any) -> Any:
+    return field(metadata={"help": text, "choices": tuple(choices)}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs to know, saved with the run as ``train_config.json``."""
+
+    model_name_or_path: str = _doc(
+        "Hub repo id or local folder of any AutoModelForSequenceClassification-compatible model.",
+        default="distilbert-base-uncased",
+    )
+    dataset: str = _doc(
+        "Hub dataset id (loaded with datasets.load_dataset) or a local folder holding train/test files "
+        "(original AG News CSVs, or csv/jsonl/parquet with text and label columns).",
+        default="fancyzhx/ag_news",
+    )
+    output_dir: str = _doc("Run folder: model, metrics, logs, plots and checkpoints go here.", default="runs/ag_news")
+    num_train_epochs: float = _doc("Epochs to train for (ignored when max_steps > 0).", default=3.0)
+    max_steps: int = _doc("Total optimizer steps; overrides num_train_epochs when > 0.", default=-1)
+    per_device_train_batch_size: int = _doc("Training examples per process per micro-batch.", default=32)
+    per_device_eval_batch_size: int = _doc("Evaluation examples per process per batch.", default=128)
+    learning_rate: float = _doc("Peak learning rate of AdamW.", default=5e-5)
+    head_learning_rate: float = _doc("Peak learning rate of the task head (the parameters outside the pretrained "
+                                     "base model, plus a BERT-style pooler); 0 = learning_rate.", default=0.0)
+    layer_lr_decay: float = _doc("Layer-wise learning-rate decay: each encoder layer below the top trains at this "
+                                 "factor times the rate of the one above it (1 = the same rate everywhere).",
+                                 default=1.0)
+    rdrop_weight: float = _doc(
+        "R-Drop (distrinews/training/rdrop.py): each batch runs twice with different dropout masks and the loss adds this "
+        "weight times the symmetric KL divergence between the two predictions; 0 = off. A step costs ~2x.",
+        default=0.0)
+    weight_decay: float = _doc("AdamW weight decay (never applied to biases and LayerNorm weights).", default=0.01)
+    warmup_ratio: float = _doc("Fraction of the optimizer steps spent warming the learning rate up.", default=0.06)
+    lr_scheduler_type: str = _doc("Learning-rate schedule after warmup.", choices=LR_SCHEDULERS, default="linear")
+    max_length: int = _doc("Tokens per example after truncation.", default=128)
+    gradient_accumulation_steps: int = _doc("Micro-batches per optimizer step.", default=1)
+    max_grad_norm: float = _doc("Gradient clipping norm; 0 disables clipping.", default=1.0)
+    seed: int = _doc("Seed for the model head, data order, validation split and dropout.", default=42)
+    validation_fraction: float = _doc(
+        "Fraction of train carved out (stratified) as the validation split; 0 = no validation split, every "
+        "training row is trained on (the data's own validation file, if it has one, is still used).", default=0.05)
+    headline_views: bool = _doc(
+        "Also train on each article's headline alone and its description alone (3 texts per article). Needs data "
+        "that keeps the two apart: the original AG News CSVs do, the Hub copy joined them.", default=False)
+    max_train_samples: int = _doc("Use at most this many training examples (0 = all).", default=0)
+    max_eval_samples: int = _doc("Use at most this many validation and test examples (0 = all).", default=0)
+    eval_every: int = _doc("Evaluate on validation every N optimizer steps (0 = at each epoch end only).", default=0)
+    model_selection: str = _doc(
+        "Which weights become the model: 'last' (the final step's, as the HF Trainer keeps by default) or "
+        "'best_validation' (the evaluation with the best validation accuracy). The default validation split "
+        "is 5% of train: on the 5,000-row sample that is 250 rows, one row = 0.4 points, too few to choose "
+        "between steps reliably.", choices=MODEL_SELECTIONS, default="last")
+    checkpoint_every: int = _doc("Write a resumable checkpoint every N optimizer steps (0 = at each epoch end only).", default=0)
+    keep_last: int = _doc("Complete checkpoints kept on disk (the newest ones).", default=2)
+    resume: str = _doc("'auto' (newest complete checkpoint in output_dir, if any), a checkpoint path, or 'none' "
+                       "(start over, deleting output_dir's checkpoints). A checkpoint must come from the same settings.",
+                       default="auto")
+    logging_steps: int = _doc("Log loss, learning rate and throughput every N optimizer steps.", default=20)
+    group_by_length: bool = _doc("Batch examples of similar length together so padding is small.", default=True)
+    torch_compile: str = _doc("Compile the model with torch.compile: 'auto' (on CUDA only), 'true' or 'false'.",
+                              choices=("auto", "true", "false"), default="auto")
+    cpu_dropout_masks: bool = _doc(
+        "On the CPU, draw dropout masks from 16-bit random numbers (distrinews/training/cpu_dropout.py) instead of torch's "
+        "per-element draws, which take a quarter of a bf16 training step there; same expected activations.",
+        default=True)
+    dataloader_num_workers: int = _doc("Worker processes per data loader (0 = load in the training process).", default=2)
+    max_nonfinite_steps: int = _doc("Stop with an error after this many consecutive steps with a non-finite loss.", default=10)
+    ddp_timeout_seconds: int = _doc("How long a collective waits for a hung rank before the run fails (torchrun "
+                                    "ends the others when a rank dies); keep it above the longest checkpoint write.", default=1800)
+    push_to_hub: bool = _doc("Push model/ with its model card to the Hub after the final test evaluation.", default=False)
+    hub_model_id: str = _doc("Hub repo id USER/NAME to push to (required with push_to_hub).", default="")
+    hub_private: bool = _doc("Create the Hub repo as private.", default=False)
+    hub_revision: str = _doc("Branch to push to (default: main).", default="")
+
+    def __post_init__(self) -> None:
+        self._coerce_types()
+        self._check()
+
+    # Derived values are computed here rather than stored twice.
+    def total_train_batch_size(self, num_processes: int) -> int:
+        """Examples per optimizer step across every process."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * num_processes
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def _coerce_types(self) -> None:
+        # Values from YAML/JSON files arrive as whatever the file said; make them the declared type.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            try:
+                setattr(self, f.name, _convert(value, f.type, f.name))
+            except ConfigError:
+                raise
+            except (TypeError, ValueError):
+                raise ConfigError(f"{f.name}={value!r}: expected {f.type}") from None
+
+    def _check(self) -> None:
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: {rule}")
+
+        need(bool(self.model_name_or_path.strip()), "model_name_or_path", "must not be empty")
+        need(bool(self.dataset.strip()), "dataset", "must not be empty")
+        need(bool(self.output_dir.strip()), "output_dir", "must not be empty")
+        need(self.max_steps > 0 or self.num_train_epochs > 0, "num_train_epochs", "must be > 0 when max_steps <= 0")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "max_length",
+                     "gradient_accumulation_steps", "logging_steps", "keep_last", "max_nonfinite_steps",
+                     "ddp_timeout_seconds"):
+            need(getattr(self, name) >= 1, name, "must be >= 1")
+        for name in ("max_train_samples", "max_eval_samples", "eval_every", "checkpoint_every",
+                     "dataloader_num_workers", "weight_decay", "max_grad_norm"):
+            need(getattr(self, name) >= 0, name, "must be >= 0")
+        need(0 < self.learning_rate < 1, "learning_rate", "must be in (0, 1)")
+        need(0 <= self.head_learning_rate < 1, "head_learning_rate", "must be in [0, 1) (0 = learning_rate)")
+        need(0 < self.layer_lr_decay <= 1, "layer_lr_decay", "must be in (0, 1]")
+        need(0 <= self.rdrop_weight < math.inf, "rdrop_weight", "must be a finite number >= 0 (0 = off)")
+        need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        need(0 <= self.validation_fraction < 1, "validation_fraction", "must be in [0, 1) (0 = no validation split)")
+        need(self.model_selection in MODEL_SELECTIONS, "model_selection", f"must be one of {', '.join(MODEL_SELECTIONS)}")
+        need(self.torch_compile in ("auto", "true", "false"), "torch_compile", "must be auto, true or false")
+        need(self.lr_scheduler_type in LR_SCHEDULERS, "lr_scheduler_type", f"must be one of {', '.join(LR_SCHEDULERS)}")
+        need(self.resume in ("auto", "none") or Path(self.resume).is_dir(), "resume",
+             "must be 'auto', 'none' or an existing checkpoint folder")
+        if self.push_to_hub:
+            need(_looks_like_repo_id(self.hub_model_id), "hub_model_id",
+                 "push_to_hub needs hub_model_id as USER/NAME")
+
+
+def _looks_like_repo_id(value: str) -> bool:
+    parts = value.split("/")
+    return len(parts) == 2 and all(parts) and " " not in value
+
+
+def _convert(value: Any, type_name: Any, name: str) -> Any:
+    type_name = getattr(type_name, "__name__", type_name)
+    if type_name == "bool":
+        return parse_bool(value, name)
+    if type_name == "int":
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{name}={value!r}: expected an integer")
+        return int(value)
+    if type_name == "float":
+        result = float(value)
+        if not math.isfinite(result):
+            raise ConfigError(f"{name}={value!r}: must be a finite number")
+        return result
+    if type_name == "str":
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r}: expected a string")
+        return str(value)
+    return value
+
+
+def parse_bool(value: Any, name: str = "value") -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={value!r}: expected true or false")
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict of known fields; unknown keys are an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of field: value, not {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown field(s) {', '.join(unknown)}")
+    return data
+
+
+def build_parser(prog: str = "distrinews train") -> argparse.ArgumentParser:
+    """Every ``TrainConfig`` field as ``--field``, its help showing the default and the allowed values.
+
+    Parsed values default to "not given" (``SUPPRESS``), so a ``--config`` file can sit between the dataclass
+    defaults and the flags; the help states the dataclass default instead."""
+    parser = argparse.ArgumentParser(
+        prog=prog, allow_abbrev=False, description="Fine-tune a text classifier on AG News. Settings: the defaults "
+        "below < a --config file < flags. Run it under `accelerate launch` for several processes or GPUs.")
+    parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of the fields below (flags override it).")
+    for f in dataclasses.fields(TrainConfig):
+        text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{text} (default: {f.default!r})"}
+        if f.type in (bool, "bool"):
+            # `--group_by_length` alone means true, `--group_by_length false` works too, and `--no_group_by_length`
+            # is the HF Trainer's spelling of false.
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+            parser.add_argument(f"--{f.name}", **kwargs)
+            parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_const", const="false",
+                                default=argparse.SUPPRESS, help=f"Same as --{f.name} false.")
+        else:
+            # Allowed values are shown, not enforced here: TrainConfig checks them, for flags and files alike.
+            choices = f.metadata["choices"]
+            kwargs["metavar"] = "{" + ",".join(choices) + "}" if choices else str(f.type).upper()
+            parser.add_argument(f"--{f.name}", **kwargs)
+    return parser
+
+
+def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Build the config from ``--config`` plus ``--field value`` flags (flags win)."""
+    args = vars(build_parser().parse_args(argv))
+    values = load_config_file(args.pop("config")) if args.get("config") else {}
+    args.pop("config", None)
+    values.update(args)
+    return TrainConfig(**values)

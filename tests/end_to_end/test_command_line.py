@@ -1,0 +1,67 @@
+"""Every command and entry point answers --help with each option's default and allowed values, as a user runs it
+(a subprocess, the installed console script and ``python -m``), and ``distrinews`` alone lists its commands."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+from distrinews import __version__
+from distrinews.cli import COMMANDS
+from distrinews.training.config import TrainConfig
+
+DISTRINEWS = shutil.which("distrinews") or pytest.fail("the distrinews console script is not installed")
+
+
+def _run(*command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_prints_its_help(command):
+    result = _run(DISTRINEWS, command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert f"usage: distrinews {command}" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_train_help_shows_every_field_with_its_default_and_choices():
+    for command in ([DISTRINEWS, "train", "--help"], [sys.executable, "-m", "distrinews.train", "--help"]):
+        result = _run(*command)
+        assert result.returncode == 0, result.stderr
+        text = " ".join(result.stdout.split())  # argparse wraps lines
+        for field in dataclasses.fields(TrainConfig):
+            assert f"--{field.name}" in text and f"(default: {field.default!r})" in text, field.name
+        assert "{linear,cosine,cosine_with_restarts,polynomial,constant,constant_with_warmup}" in text
+        assert "--no_group_by_length" in text and "5% of train" in text
+
+
+def test_no_boolean_flags_and_hyphen_aliases_parse():
+    from distrinews.training.config import parse_train_config
+
+    assert parse_train_config(["--no_group_by_length"]).group_by_length is False
+    assert parse_train_config(["--group_by_length", "--no_cpu_dropout_masks"]).cpu_dropout_masks is False
+    from distrinews.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lr_scheduler_type='sideways': must be one of linear, cosine"):
+        parse_train_config(["--lr_scheduler_type", "sideways"])
+
+
+def test_distrinews_alone_lists_the_commands_and_version_prints():
+    alone = _run(DISTRINEWS)
+    assert alone.returncode == 2 and all(name in alone.stderr for name in COMMANDS)
+    listed = _run(sys.executable, "-m", "distrinews", "--help")
+    assert listed.returncode == 0 and listed.stdout.count("\n  ") >= len(COMMANDS)
+    assert _run(DISTRINEWS, "--version").stdout.strip() == f"distrinews {__version__}"
+    unknown = _run(DISTRINEWS, "trian")
+    assert unknown.returncode == 2 and "unknown command 'trian'" in unknown.stderr
+
+
+@pytest.mark.parametrize("script", ["bench_train.py", "bench_inference.py"])
+def test_benchmark_scripts_print_their_help(script):
+    result = _run(sys.executable, str(REPO_ROOT / "benchmarks" / script), "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage:"), result.stderr

@@ -1,0 +1,170 @@
+"""The Space's JSON API through FastAPI's TestClient (as a context manager, so the lifespan loads the model and
+the Gradio queue starts), with a tiny model built here, on both backends."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from distrinews.serving.backends import resolve_quantization
+from distrinews.core.modeling import load_classifier
+from distrinews.core.predict import predict_texts
+from space_support import CARD_TEST_ACCURACY, LABELS, space_env
+
+
+def _client(monkeypatch, model, cache_dir, **settings):
+    for key, value in space_env(str(model), cache_dir, **settings).items():
+        monkeypatch.setenv(key, value)
+    from app.app import app
+
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def _wait_ready(client: TestClient, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get("/api/ready")
+        if response.status_code == 200:
+            return
+        assert response.json()["status"] == "loading", response.text
+        time.sleep(0.05)
+    raise AssertionError("model not ready in time")
+
+
+@pytest.fixture(scope="module", params=["none", "int8"])
+def client(request, space_model, tmp_path_factory):
+    monkeypatch = pytest.MonkeyPatch()
+    with _client(monkeypatch, space_model, tmp_path_factory.mktemp("onnx"), QUANTIZE=request.param,
+                 MAX_TEXTS_PER_REQUEST="8", MAX_BODY_BYTES="4096") as test_client:
+        _wait_ready(test_client)
+        yield test_client
+    monkeypatch.undo()
+
+
+def test_predict_one_and_many_match_the_package_predict_path(client, space_model):
+    info = client.get("/api/info").json()
+    assert info["labels"] == LABELS and info["model_id"] == str(space_model)
+    assert info["resolved_revision"].startswith("local:") and info["version"]
+    assert info["test_metrics"] == [{"name": "accuracy", "value": CARD_TEST_ACCURACY, "dataset": "AG News",
+                                     "split": "test"}]
+    texts = ["shares profit investors", "coach league striker playoff season", "nasa"]
+    one = client.post("/api/predict", json={"text": texts[0]})
+    many = client.post("/api/predict", json={"texts": texts})
+    assert one.status_code == many.status_code == 200, (one.text, many.text)
+    body = many.json()
+    assert many.headers["content-type"] == "application/json"
+    from app.app import PredictResponse
+
+    assert PredictResponse.model_validate(body).model_dump() == body  # exactly the documented schema
+    assert body["quantization"] == info["quantization"] and body["revision"] == info["resolved_revision"]
+    assert [len(p["probabilities"]) for p in body["predictions"]] == [4, 4, 4]
+    model, tokenizer = load_classifier(str(space_model))
+    reference = predict_texts(model, tokenizer, texts, max_length=128)
+    # int8 moves probabilities a little; fp32 must agree with the package's own path exactly.
+    tolerance = 1e-5 if info["quantization"] == "none" else 5e-3
+    for got, want in zip(body["predictions"], reference):
+        assert set(got["probabilities"]) == set(LABELS)
+        assert abs(sum(got["probabilities"].values()) - 1) < 1e-4
+        for name in LABELS:
+            assert got["probabilities"][name] == pytest.approx(want.probabilities[name], abs=tolerance)
+        assert got["score"] == max(got["probabilities"].values()) and got["truncated"] is False
+    # Dynamic int8 scales activations per batch, so a text alone and in a batch differ slightly there.
+    assert one.json()["predictions"][0]["probabilities"] == pytest.approx(
+        body["predictions"][0]["probabilities"], abs=tolerance)
+
+
+def test_overlong_text_is_truncated_and_the_response_says_so(client):
+    response = client.post("/api/predict", json={"texts": ["merger " * 400, "short one"]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [p["truncated"] for p in body["predictions"]] == [True, False]
+    assert body["max_length"] == 128 and "texts [0] were longer than 128 tokens" in body["warnings"][0]
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"text": ""}, 422, "empty or only whitespace"),
+    ({"text": " \n\t "}, 422, "empty or only whitespace"),
+    ({"texts": ["fine", "  "]}, 422, "items [1] are empty"),
+    ({"texts": []}, 422, "empty list"),
+    ({}, 422, "exactly one of"),
+    ({"text": "a", "texts": ["b"]}, 422, "exactly one of"),
+    ({"text": 42}, 422, "body.text: Input should be a valid string"),
+    ({"texts": "not a list"}, 422, "body.texts"),
+    ({"texts": ["ok", 3]}, 422, "body.texts.1"),
+    ({"text": "ok", "extra": 1}, 422, "body.extra: Extra inputs are not permitted"),
+    ([1, 2], 422, "must be a JSON object"),
+    ({"texts": ["news"] * 9}, 422, "at most 8 per request"),
+], ids=lambda value: json.dumps(value)[:40] if not isinstance(value, int) else str(value))
+def test_bad_requests_get_a_4xx_that_says_what_was_wrong(client, body, status, message):
+    response = client.post("/api/predict", json=body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+
+
+def test_invalid_json_oversized_body_and_wrong_content_type_are_4xx(client):
+    broken = client.post("/api/predict", content=b'{"text": "unterminated', headers={"content-type": "application/json"})
+    assert broken.status_code == 422 and "not valid JSON" in broken.json()["detail"]
+    huge = client.post("/api/predict", content=json.dumps({"text": "x" * 5000}),
+                       headers={"content-type": "application/json"})
+    assert huge.status_code == 413 and "larger than 4096 bytes" in huge.json()["detail"]
+    for literal in (b'{"text": NaN}', b'{"texts": [Infinity]}', b'\xff\xfe', b'{"text": "a"} trailing'):
+        odd = client.post("/api/predict", content=literal, headers={"content-type": "application/json"})
+        assert odd.status_code == 422, (literal, odd.text)
+    form = client.post("/api/predict", content=b"text=hello", headers={"content-type": "text/plain"})
+    assert 400 <= form.status_code < 500
+    assert 400 <= client.get("/api/predict").status_code < 500  # the Gradio mount at / answers 404
+
+
+def test_health_ready_docs_and_the_gradio_page(client):
+    assert client.get("/api/health").json() == {"status": "ok", "detail": None}
+    assert client.get("/api/ready").json()["status"] == "ready"
+    schema = client.get("/openapi.json").json()
+    assert {"PredictRequest", "PredictResponse", "InfoResponse"} <= set(schema["components"]["schemas"])
+    page = client.get("/")
+    assert page.status_code == 200 and "gradio" in page.text.lower()
+
+
+def test_a_model_that_cannot_load_reports_503_with_the_reason(monkeypatch, tmp_path):
+    (tmp_path / "empty-model").mkdir()
+    with _client(monkeypatch, tmp_path / "empty-model", tmp_path / "onnx", QUANTIZE="none") as client:
+        deadline = time.monotonic() + 60
+        while (ready := client.get("/api/ready")).json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.status_code == 503 and ready.json()["status"] == "failed"
+        assert "empty-model" in ready.json()["detail"]
+        predict = client.post("/api/predict", json={"text": "hello"})
+        assert predict.status_code == 503 and "failed to load" in predict.json()["detail"]
+        assert client.get("/api/health").status_code == 200
+
+
+def test_quantize_auto_picks_a_backend_and_reports_it(monkeypatch, space_model, tmp_path):
+    with _client(monkeypatch, space_model, tmp_path / "onnx", QUANTIZE="auto") as client:
+        _wait_ready(client)
+        assert client.get("/api/info").json()["quantization"] == resolve_quantization("auto")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12)
+request_like = st.fixed_dictionaries({}, optional={"text": json_values | st.text(max_size=200),
+                                                   "texts": st.lists(st.text(max_size=60), max_size=10) | json_values,
+                                                   "other": json_values})
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=request_like | json_values, raw=st.binary(max_size=64))
+def test_fuzzed_request_bodies_never_get_a_5xx(client, body, raw):
+    response = client.post("/api/predict", json=body)
+    assert response.status_code in (200, 413, 422), (body, response.status_code, response.text)
+    if response.status_code == 200:
+        # A null field counts as absent (as for any optional JSON field), so {"text": null, "texts": [...]}
+        # is a batch request.
+        single = body.get("text") is not None
+        assert len(response.json()["predictions"]) == (1 if single else len(body["texts"]))
+    garbage = client.post("/api/predict", content=raw, headers={"content-type": "application/json"})
+    assert 400 <= garbage.status_code < 500 or garbage.status_code == 200, (raw, garbage.text)

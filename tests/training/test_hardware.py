@@ -1,0 +1,69 @@
+"""Launch settings chosen from the GPUs found (the notebook's hardware cell), and nvidia-smi parsing."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+from distrinews.training.hardware import GpuInfo, LaunchPlan, parse_nvidia_smi, plan_launch
+
+T4 = GpuInfo("Tesla T4", 15360, (7, 5))
+P100 = GpuInfo("Tesla P100-PCIE-16GB", 16384, (6, 0))
+A100 = GpuInfo("NVIDIA A100-SXM4-80GB", 81920, (8, 0))
+CONFIG_DIR = REPO_ROOT / "accelerate_configs"
+
+
+def launched_settings(plan: LaunchPlan) -> dict:
+    """The accelerate settings a launch with this plan ends up with: the YAML, then the flags over it."""
+    args = plan.launch_args(CONFIG_DIR)
+    assert args[0] == "--config_file"
+    settings = yaml.safe_load(open(args[1]))
+    flags = args[2:]
+    settings.update({flags[i].removeprefix("--"): flags[i + 1] for i in range(0, len(flags), 2)})
+    return settings
+
+
+def test_parses_nvidia_smi_csv():
+    text = "Tesla T4, 15360, 7.5\nTesla T4, 15360, 7.5\n"
+    assert parse_nvidia_smi(text) == [T4, T4]
+    assert parse_nvidia_smi("NVIDIA RTX A6000, Ada, 49140, 8.6") == [GpuInfo("NVIDIA RTX A6000, Ada", 49140, (8, 6))]
+    assert parse_nvidia_smi("") == []
+
+
+def test_unreadable_nvidia_smi_line_is_named():
+    with pytest.raises(ValueError, match=r"line 2 .*'Tesla T4, \[N/A\], 7.5'"):
+        parse_nvidia_smi("Tesla T4, 15360, 7.5\nTesla T4, [N/A], 7.5")
+
+
+def test_no_gpu_uses_two_cpu_processes():
+    settings = launched_settings(plan_launch([]))
+    assert settings["num_processes"] == 2 and settings["mixed_precision"] == "no"
+    assert plan_launch([]).config_name == "cpu.yaml"
+
+
+def test_two_t4_use_multi_gpu_yaml_in_fp16():
+    plan = plan_launch([T4, T4])
+    assert plan.config_name == "multi_gpu.yaml" and plan.flags == ()
+    settings = launched_settings(plan)
+    assert settings["num_processes"] == 2 and settings["mixed_precision"] == "fp16"
+    assert "2 x Tesla T4" in plan.reason
+
+
+def test_one_gpu_without_bf16_overrides_the_yaml_with_fp16():
+    for gpu in (T4, P100):
+        plan = plan_launch([gpu])
+        assert plan.config_name == "single_gpu.yaml"
+        assert launched_settings(plan)["mixed_precision"] == "fp16"
+
+
+def test_one_gpu_with_bf16_keeps_the_yaml():
+    plan = plan_launch([A100])
+    assert plan.flags == ()
+    assert launched_settings(plan)["mixed_precision"] == "bf16"
+
+
+def test_more_gpus_get_one_process_each():
+    settings = launched_settings(plan_launch([A100] * 4))
+    assert settings["num_processes"] == "4" and settings["mixed_precision"] == "fp16"
+

@@ -4,8 +4,8 @@
     MODEL_ID=runs/ag_news/model QUANTIZE=none uvicorn app.app:app  # a local folder, fp32 torch
     curl -s localhost:7860/api/predict -H 'content-type: application/json' -d '{"text": "Stocks rally"}'
 
-Settings come from the environment (``distrinews.serving.service.ServingConfig``: MODEL_ID, MODEL_REVISION, QUANTIZE,
-MAX_BATCH_SIZE, BATCH_WAIT_MS, MAX_QUEUE, ...). The model is loaded and warmed in the background as the
+Settings come from the environment (``distrinews.serving.service.ServingConfig``: MODEL_ID, MODEL_REVISION,
+QUANTIZE, MAX_BATCH_SIZE, BATCH_WAIT_MS, MAX_QUEUE, ...). The model is loaded and warmed in the background as the
 server starts (``/api/ready`` answers 503 until it is done), so the port is up at once for the Space's
 health check. No model logic lives here: loading, prediction, batching and explanation are the package's.
 """

@@ -103,9 +103,11 @@ def _push(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="distrinews push", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Push a finished run's model/ (with its model card and the int8 ONNX graph the Space serves) to "
-        "the Hugging Face Hub in one commit. The token comes from HF_TOKEN or `hf auth login`; it is never printed or stored.")
+        "the Hugging Face Hub in one commit. The token comes from HF_TOKEN or `hf auth login`; it is never printed "
+        "or stored.")
     parser.add_argument("run_dir", help="The output_dir of a finished training run.")
-    parser.add_argument("--repo_id", "--repo-id", required=True, help="Hub repo to push to, USER/NAME (created if missing).")
+    parser.add_argument("--repo_id", "--repo-id", required=True,
+                        help="Hub repo to push to, USER/NAME (created if missing).")
     parser.add_argument("--private", action="store_true", help="Create the repo as private (an existing repo keeps "
                                                                "its visibility).")
     parser.add_argument("--revision", default=None, help="Branch to push to (created from main if missing).")
@@ -120,8 +122,8 @@ def _push(argv: Sequence[str]) -> int:
 
 def _export_onnx(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="distrinews export-onnx", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description="Write the int8 ONNX graph the Space serves into MODEL_DIR/onnx/ "
-        "(distrinews push does this too). A Space that finds it starts without torch and without exporting.")
+        prog="distrinews export-onnx", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Write the int8 ONNX graph the Space serves into MODEL_DIR/onnx/ (distrinews push does this too). A Space that finds it starts without torch and without exporting.")
     parser.add_argument("model_dir", help="A saved model folder, e.g. RUN_DIR/model.")
     args = parser.parse_args(argv)
 
@@ -132,8 +134,8 @@ def _export_onnx(argv: Sequence[str]) -> int:
 
 def _deploy_space(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="distrinews deploy-space", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description="Deploy the serving Space (app/ and the distrinews package, "
-        "Docker SDK) to the Hugging Face Hub in one commit, wired to a model repo: the README header's `models:` "
+        prog="distrinews deploy-space", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Deploy the serving Space (app/ and the distrinews package, Docker SDK) to the Hugging Face Hub in one commit, wired to a model repo: the README header's `models:` "
         "names it and the Space variables MODEL_ID (and MODEL_REVISION) are set. Run from a clone of the "
         "repository. The token comes from HF_TOKEN or `hf auth login`; it is never printed or stored.")
     parser.add_argument("space_id", help="Space repo to deploy to, USER/NAME (created if missing).")

@@ -484,7 +484,8 @@ def _describe_training(accelerator, config: TrainConfig, state: TrainerState, tr
     return {
         "train_examples": train_examples,
         "num_processes": accelerator.num_processes,
-        "num_machines": max(1, accelerator.num_processes // int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))),
+        "num_machines": max(1, accelerator.num_processes
+                            // int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))),
         "mixed_precision": accelerator.mixed_precision,
         "distributed_type": str(accelerator.distributed_type.value),
         "total_train_batch_size": config.total_train_batch_size(accelerator.num_processes),

@@ -42,9 +42,11 @@ PRESETS = {
     "smoke": dict(throughput_models=["tiny"], batches=[8], warmup_steps=2, measure_steps=4, accuracy_model="tiny",
                   accuracy_seeds=[0], accuracy_train_rows=64, accuracy_test_rows=40,
                   recipes=["baseline"], ddp_scaling=True, validation_fraction=0.1),
-    # One whole epoch of the 5,000 real rows per case (measure_steps 0 = an epoch), 3 interleaved repeats: about
-    # 45 minutes on 2 cores for MiniLM; add DistilBERT with --throughput_models minilm,distilbert (~3x longer).
+    # One whole epoch of the 5,000 real rows per case (measure_steps 0 = an epoch), 3 interleaved repeats, against
+    # the faster Trainer set-up only (dynamic padding; the tutorial's padding to 128 takes ~15 minutes an epoch
+    # here): about 45 minutes on 2 cores for MiniLM; --throughput_models minilm,distilbert adds DistilBERT (~3x).
     "cpu": dict(throughput_models=["minilm"], batches=[32], warmup_steps=3, measure_steps=0, repeats=3,
+                trainer_variants=["trainer_dynamic"],
                 accuracy_model=None, accuracy_seeds=[], ddp_scaling=False, recipes=[], validation_fraction=0.0),
     # DDP over gloo, 2 processes against 1 (a few steps each; the record is docs/experiments.md).
     "cpu_ddp": dict(throughput_models=["minilm"], batches=[32], warmup_steps=3, measure_steps=8,
@@ -201,7 +203,8 @@ def _throughput_cases(args, preset: dict, models: dict, data: dict, workdir: Pat
                 peak_tflops=args.peak_tflops, validation_fraction=preset["validation_fraction"])
     # fp32 padded to 128 at batch 512 is nobody's choice and would take minutes: the tutorial set-up runs
     # at the batch sizes tutorials use.
-    systems = [s for s in TRAINER_VARIANTS if batch <= 128 or s != "trainer_tutorial"] + ["distrinews"]
+    trainers = preset.get("trainer_variants", list(TRAINER_VARIANTS))
+    systems = [s for s in trainers if batch <= 128 or s != "trainer_tutorial"] + ["distrinews"]
     if not on_gpu and _cpu_has_bf16_units():
         systems.append("distrinews_bf16")  # accelerate's bf16 autocast on AMX/AVX-512 bf16 units
         # The same with torch's own dropout masks (cpu_dropout_masks=false): what those masks cost.

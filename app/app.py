@@ -22,7 +22,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from distrinews.serving.service import ClassifierService, ServingConfig, ServingConfigError, texts_from_csv
+from distrinews.core.errors import ServingConfigError
+from distrinews.serving.service import ClassifierService, ServingConfig, texts_from_csv
 
 
 def _start_loading_early() -> tuple[ServingConfig, Future] | None:
@@ -49,8 +50,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator  #
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from distrinews import __version__  # noqa: E402
-from distrinews.serving.batching import InferenceFailed, QueueFull  # noqa: E402
-from distrinews.core.texts import TextError, clean_text  # noqa: E402
+from distrinews.core.errors import InferenceFailed, QueueFull, TextError  # noqa: E402
+from distrinews.core.texts import clean_text  # noqa: E402
 
 log = logging.getLogger("distrinews.app")
 

@@ -14,6 +14,9 @@ print one line instead of a traceback. The exit codes are what a job scheduler o
 | 75 | stopped by SIGTERM/SIGINT after writing a checkpoint: run the same command to resume | TrainingStopped |
 | 128+N | killed by signal N | |
 
+The Space answers with HTTP statuses instead: 422 for ``TextError`` and bad requests, 429 for ``QueueFull``, 500
+for ``InferenceFailed`` (that request only), 503 while the model loads or when ``ModelLoadError`` stopped it.
+
 This module imports nothing, so any part (training, serving, the Hub) can raise these without pulling in another.
 """
 
@@ -45,7 +48,15 @@ class CheckpointMismatchError(InputError):
 
 
 class TextError(InputError):
-    """A text with nothing to classify; the message says why (the caller adds where)."""
+    """A text with nothing to classify; the message says why (the caller adds where). HTTP 422 in the Space."""
+
+
+class ServingConfigError(InputError):
+    """A serving setting that cannot be used; the message names the environment variable and the value."""
+
+
+class ModelCardError(InputError):
+    """A run folder that lacks what the card is built from; the message names the missing file."""
 
 
 class HubPushError(RuntimeError):
@@ -62,6 +73,27 @@ class CheckpointWriteError(OSError):
 
 class TrainingStopped(Exception):
     """Raised by the training loop after the stop checkpoint is written: the run can be resumed."""
+
+
+class QueueFull(RuntimeError):
+    """The Space's batcher holds as many texts as it may: HTTP 429, retry after ``retry_after_s``."""
+
+    def __init__(self, waiting: int, capacity: int, retry_after_s: int):
+        super().__init__(f"server busy: {waiting} texts waiting (capacity {capacity}); retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class InferenceFailed(RuntimeError):
+    """The model raised for these texts of a request even when each ran alone (a bug): HTTP 500 for that
+    request only."""
+
+    def __init__(self, indices: list[int], error: BaseException):
+        super().__init__(f"inference failed for texts {indices[:20]}: {type(error).__name__}: {error}")
+        self.indices = indices
+
+
+class EvaluationCountError(AssertionError):
+    """A split was not counted exactly once per example (a bug, so no exit code: the traceback is the report)."""
 
 
 EXIT_PUSH_FAILED, EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_CHECKPOINT_WRITE_FAILED = 1, 2, 3, 4

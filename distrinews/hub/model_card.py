@@ -17,6 +17,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..core.errors import ModelCardError
+
 AG_NEWS_HUB_ID = "fancyzhx/ag_news"
 AG_NEWS_TEST_SIZE = 7600
 # DistilBERT, the default base model, is Apache-2.0; pass another license for a base model under other terms.
@@ -34,10 +36,6 @@ CITATION = """\
 
 # "namespace/name", or a legacy id without namespace such as "distilbert-base-uncased".
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-
-
-class ModelCardError(ValueError):
-    """A run folder that lacks what the card is built from; the message names the missing file."""
 
 
 def write_model_card(run_dir: str | Path, repo_id: str | None = None, *, license: str = DEFAULT_LICENSE) -> Path:

@@ -24,9 +24,9 @@ from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
 from .. import __version__
-from .model_card import ModelCardError, write_model_card
+from .model_card import write_model_card
 from ..core.atomic import write_json
-from ..core.errors import HubPushError
+from ..core.errors import HubPushError, ModelCardError
 
 TRANSIENT_STATUS_CODES = (408, 429, 500, 502, 503, 504)
 # Weights from an earlier push that this commit does not overwrite would be loaded instead of (or mixed

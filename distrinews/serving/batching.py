@@ -23,25 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Generic, Sequence, TypeVar
 
+from ..core.errors import InferenceFailed, QueueFull
+
 log = logging.getLogger(__name__)
 
 Result = TypeVar("Result")
-
-
-class QueueFull(RuntimeError):
-    """The batcher holds as many texts as it may; the caller should retry after ``retry_after_s``."""
-
-    def __init__(self, waiting: int, capacity: int, retry_after_s: int):
-        super().__init__(f"server busy: {waiting} texts waiting (capacity {capacity}); retry in {retry_after_s} s")
-        self.retry_after_s = retry_after_s
-
-
-class InferenceFailed(RuntimeError):
-    """``run_batch`` raised for these texts of a request even when each ran alone."""
-
-    def __init__(self, indices: list[int], error: BaseException):
-        super().__init__(f"inference failed for texts {indices[:20]}: {type(error).__name__}: {error}")
-        self.indices = indices
 
 
 @dataclass

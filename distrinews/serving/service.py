@@ -1,7 +1,7 @@
 """The model behind the Space: one typed serving config, and a service that loads, warms and batches.
 
-``ClassifierService.load(config)`` picks the backend the CPU is best at (``distrinews.serving.backends``), warms it up,
-and reads the test metrics from the model card. With an int8 graph that matches the weights (shipped with the
+``ClassifierService.load(config)`` picks the backend the CPU is best at (``distrinews.serving.backends``), warms
+it up, and reads the test metrics from the model card. With an int8 graph that matches the weights (shipped with the
 model, or cached from an earlier start) it reads only the graph, the tokenizer and the config: no torch, no
 transformers. Otherwise it goes through the one loader (``load_classifier``) and exports the graph.
 Every text is cleaned before it is batched (``distrinews.core.texts``), and a batch that fails anyway is retried
@@ -28,7 +28,8 @@ from .backends import QUANTIZATION_CHOICES, SHIPPED_GRAPH, OnnxInt8Backend, buil
     cached_graph, resolve_quantization, shipped_graph, usable_cores, weights_fingerprint
 from .batching import MicroBatcher
 from .explain import MAX_WORDS, Explanation, explanation_from, occlusion_texts
-from ..core.model_files import ModelLoadError, read_serving_files, resolve_model_folder
+from ..core.errors import ModelLoadError, ServingConfigError
+from ..core.model_files import read_serving_files, resolve_model_folder
 from ..core.predict import Encoder, Prediction, encoder_for, label_names, model_max_length, predict_with
 from ..core.texts import check_text, check_texts, clean_text
 
@@ -39,10 +40,6 @@ def _doc(text: str, env: str, **kwargs: Any) -> Any:
     return field(metadata={"help": text, "env": env}, **kwargs)
 
 
-class ServingConfigError(ValueError):
-    """A serving setting that cannot be used; the message names the environment variable and the value."""
-
-
 @dataclass(frozen=True)
 class ServingConfig:
     """How the Space serves; every field is read from the environment variable named in its metadata."""
@@ -50,8 +47,8 @@ class ServingConfig:
     model_id: str = _doc("Hub repo id USER/NAME or a local model folder.", "MODEL_ID", default="")
     revision: str = _doc("Branch, tag or commit sha of a Hub model (pin a sha in production).", "MODEL_REVISION",
                          default="")
-    quantize: str = _doc("auto (int8 where the CPU has int8 dot-product units), none (fp32 torch) or int8 "
-                         "(ONNX Runtime dynamic int8).", "QUANTIZE", default="auto")
+    quantize: str = _doc("auto (int8 where the CPU has int8 dot-product units or torch is not installed), none "
+                         "(fp32 torch) or int8 (ONNX Runtime dynamic int8).", "QUANTIZE", default="auto")
     max_length: int = _doc("Tokens read per text (0 = the model's maximum); longer texts are truncated and "
                            "flagged. 128 is what training uses.", "MAX_LENGTH", default=128)
     max_batch_size: int = _doc("Most texts in one model call.", "MAX_BATCH_SIZE", default=32)

@@ -10,11 +10,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..core.errors import EvaluationCountError
 from .metrics import compute_classification_metrics
-
-
-class EvaluationCountError(AssertionError):
-    """Raised when a split was not counted exactly once per example."""
 
 
 @torch.inference_mode()

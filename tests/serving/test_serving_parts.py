@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from distrinews.serving.backends import OnnxInt8Backend, cache_folder_name, export_int8_onnx, resolve_quantization
-from distrinews.serving.batching import InferenceFailed, MicroBatcher, QueueFull
+from distrinews.core.errors import InferenceFailed, QueueFull, ServingConfigError
+from distrinews.serving.batching import MicroBatcher
 from distrinews.serving.explain import explanation_from, occlusion_texts
 from distrinews.core.modeling import load_classifier
 from distrinews.core.predict import Prediction, encode_texts, length_sorted_chunks, pad_batch, predict_with, \
     torch_probabilities
-from distrinews.serving.service import ServingConfig, ServingConfigError, texts_from_csv
+from distrinews.serving.service import ServingConfig, texts_from_csv
 
 
 def test_int8_onnx_export_agrees_with_fp32_on_padded_batches_and_is_cached(tiny_model, tmp_path):

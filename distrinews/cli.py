@@ -174,7 +174,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
 
 def _overview() -> str:
     width = max(map(len, COMMANDS))
-    lines = [f"usage: distrinews COMMAND [options]   (distrinews COMMAND --help for its options)", "", "commands:"]
+    lines = ["usage: distrinews COMMAND [options]   (distrinews COMMAND --help for its options)", "", "commands:"]
     lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
     lines += ["", "options:", "  -h, --help  show this list", "  --version   print the version"]
     return "\n".join(lines)

@@ -20,7 +20,7 @@ import os
 import signal
 import time
 
-from ..core.errors import EXIT_STOPPED, TrainingStopped
+from ..core.errors import EXIT_STOPPED
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 REPEAT_WINDOW_SECONDS = 2.0

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from conftest import write_csv_rows
 from distrinews.training.data import DataError, load_ag_news
 
 
@@ -50,7 +51,7 @@ def test_data_with_one_text_per_row_is_refused_by_name(tmp_path):
 
 
 def test_training_run_uses_the_views(tiny_model, ag_news_dir, tmp_path, capsys):
-    from conftest import tiny_train_args, write_csv_rows
+    from conftest import tiny_train_args
     from distrinews.training.loop import main as train_main
 
     run = dict(num_train_epochs=1, validation_fraction=0, headline_views="true")

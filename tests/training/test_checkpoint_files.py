@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from distrinews import checkpoint, faults
+from distrinews.training import checkpoint, faults
 from distrinews.training.checkpoint import CheckpointMismatchError, TrainerState
 from distrinews.training.config import TrainConfig
 from distrinews.training.reporting import RunLog

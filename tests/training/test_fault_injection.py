@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO_ROOT, free_port, tiny_train_args
-from distrinews import faults
+from distrinews.training import faults
 
 TOTAL_STEPS = 26  # 2 epochs of 13 steps: 216 examples, 2 processes x 8
 # best_validation: resuming must also restore the best-weights file

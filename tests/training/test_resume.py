@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_train_args
-from distrinews import faults
+from distrinews.training import faults
 from distrinews.training.loop import main as train_main
 
 STEPS_PER_EPOCH = 13  # 216 training examples // 16 per step

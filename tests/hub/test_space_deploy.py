@@ -90,12 +90,12 @@ def test_stage_space_leaves_out_bytecode_and_needs_a_clone(tmp_path, monkeypatch
     clone = tmp_path / "clone"
     shutil.copytree(APP_DIR, clone / "app", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(PACKAGE_DIR, clone / "distrinews", ignore=shutil.ignore_patterns("__pycache__"))
-    for folder in (clone / "app", clone / "distrinews"):
+    for folder in (clone / "app", clone / "distrinews", clone / "distrinews" / "serving"):
         (folder / "__pycache__").mkdir()
         (folder / "__pycache__" / "mod.cpython-311.pyc").write_bytes(b"\x00bytecode")
     monkeypatch.setattr(distrinews, "__file__", str(clone / "distrinews" / "__init__.py"))
     staged = stage_space(tmp_path / "space", MODEL_ID, None)
-    assert (staged / "app" / "app.py").is_file() and (staged / "distrinews" / "serving.py").is_file()
+    assert (staged / "app" / "app.py").is_file() and (staged / "distrinews" / "serving" / "service.py").is_file()
     assert not [path for path in staged.rglob("*") if "__pycache__" in path.parts or path.suffix == ".pyc"]
 
     # Installed from a wheel: the package has no app/ next to it.

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ag_news_rows
 
+from conftest import ag_news_rows
 from distrinews.core.errors import DataError
 from distrinews.training.data import load_ag_news
 

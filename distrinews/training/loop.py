@@ -13,10 +13,10 @@ Run the same command again after any interruption: ``resume=auto`` continues fro
 checkpoint, batch for batch. The exit codes are listed with their errors in ``distrinews/core/errors.py``.
 
 Read it top to bottom: ``train`` runs the phases in order: ``_set_up`` (accelerator, data, model, loaders,
-optimizer), ``_start_tracking`` (report_to), ``_resume_or_start``, then ``_train_steps``, which calls ``_micro_step`` per batch and
-``_after_optimizer_step`` per optimizer step (device checks, ``_log_window``, ``_evaluate_and_checkpoint``,
-``_stop``), and ``_finish`` (pick the weights, evaluate test, write the outputs, push). Everything the phases
-share lives in one ``Run``.
+optimizer), ``_start_tracking`` (report_to), ``_resume_or_start``, then ``_train_steps``, which calls
+``_micro_step`` per batch and ``_after_optimizer_step`` per optimizer step (device checks, ``_log_window``,
+``_evaluate_and_checkpoint``, ``_stop``), and ``_finish`` (pick the weights, evaluate test, write the outputs,
+push). Everything the phases share lives in one ``Run``.
 """
 
 from __future__ import annotations

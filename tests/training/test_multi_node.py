@@ -57,7 +57,7 @@ def _weights(output_dir) -> dict[str, torch.Tensor]:
 
 
 def test_two_machines_train_like_two_processes_on_one(tiny_model, ag_news_dir, tmp_path):
-    common = dict(max_steps=8, logging_steps=4, learning_rate="2e-3")
+    common = {"max_steps": 8, "logging_steps": 4, "learning_rate": "2e-3"}
     two_machines, one_machine = tmp_path / "two_machines", tmp_path / "one_machine"
     # All three launches at once: start-up (imports) is nearly all of their time.
     with ThreadPoolExecutor(1) as pool:

@@ -13,10 +13,10 @@ Run the same command again after any interruption: ``resume=auto`` continues fro
 checkpoint, batch for batch. The exit codes are listed with their errors in ``distrinews/core/errors.py``.
 
 Read it top to bottom: ``train`` runs the phases in order: ``_set_up`` (accelerator, data, model, loaders,
-optimizer), ``_resume_or_start``, then ``_train_steps``, which calls ``_micro_step`` per batch and
-``_after_optimizer_step`` per optimizer step (device checks, ``_log_window``, ``_evaluate_and_checkpoint``,
-``_stop``), and ``_finish`` (pick the weights, evaluate test, write the outputs, push). Everything the phases
-share lives in one ``Run``.
+optimizer), ``_start_tracking`` (report_to), ``_resume_or_start``, then ``_train_steps``, which calls
+``_micro_step`` per batch and ``_after_optimizer_step`` per optimizer step (device checks, ``_log_window``,
+``_evaluate_and_checkpoint``, ``_stop``), and ``_finish`` (pick the weights, evaluate test, write the outputs,
+push). Everything the phases share lives in one ``Run``.
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ import datasets
 import torch
 import transformers
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from safetensors.torch import load_model, save_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from . import checkpoint, faults
+from . import checkpoint, faults, tracking
 from .checkpoint import TrainerState
 from .config import TrainConfig, parse_train_config
 from .cpu_dropout import use_cpu_dropout
@@ -135,9 +135,14 @@ def train(config: TrainConfig) -> dict:
     stop_request = StopRequest()
     try:
         run = _set_up(config, stop_request)
-        _resume_or_start(run)
-        _train_steps(run)
-        return _finish(run)
+        try:
+            _start_tracking(run)
+            _resume_or_start(run)
+            _train_steps(run)
+            return _finish(run)
+        except BaseException:
+            run.accelerator.end_training()  # a stop or a failure still closes the trackers' run with what it logged
+            raise
     finally:
         stop_request.uninstall()  # no-op unless the loop was interrupted by an exception
 
@@ -183,7 +188,11 @@ def _set_up(config: TrainConfig, stop_request: StopRequest) -> Run:
 
 
 def _make_accelerator(config: TrainConfig) -> Accelerator:
+    output_dir = Path(config.output_dir)
     return Accelerator(
+        log_with=tracking.trackers_for(config.report_to) or None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir),
+                                            logging_dir=str(output_dir / tracking.TRACKER_FOLDER)),
         # accelerate starts several CPU processes only through torchrun (its MULTI_GPU launcher, see
         # accelerate_configs/cpu.yaml); saying "cpu" when there is no GPU makes it pick gloo for them.
         cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
@@ -228,6 +237,15 @@ def _data_loaders(config: TrainConfig, accelerator: Accelerator, tokenized, toke
                                                           batch_size=config.per_device_eval_batch_size))
                     for name in ("validation", "test") if name in tokenized}
     return sampler, train_loader, eval_loaders
+
+
+def _start_tracking(run: Run) -> None:
+    """Open the trackers' run (report_to; none: nothing) with the config as this run resolved it."""
+    accelerator = run.accelerator
+    resolved = {**run.config.to_dict(), "num_processes": accelerator.num_processes,
+                "mixed_precision": accelerator.mixed_precision, "total_train_batch_size": run.examples_per_step,
+                "total_steps": run.total_steps}
+    accelerator.init_trackers(tracking.run_name(run.config), config=tracking.tracker_config(resolved))
 
 
 # ----------------------------------------------------------------------------- resume or start
@@ -353,6 +371,7 @@ def _log_window(run: Run) -> None:
     if device.type == "cuda":
         record["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     run.run_log.write("train", **record)
+    run.accelerator.log(tracking.train_scalars(record), step=state.global_step)
     run.progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}")
     window.restart()
 
@@ -380,6 +399,7 @@ def _validate_and_select(run: Run) -> None:
                              gather=accelerator.gather_for_metrics)
     run.run_log.write("eval", split="validation", step=state.global_step, epoch=state.epoch,
                       accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"])
+    accelerator.log(tracking.eval_scalars("eval", metrics), step=state.global_step)
     accelerator.print(f"step {state.global_step}: validation accuracy {metrics['accuracy']:.4f}, "
                       f"macro-F1 {metrics['macro_f1']:.4f}")
     # Every rank sees the same gathered metrics, so they agree on "best" without another collective.
@@ -419,8 +439,7 @@ def _stop(run: Run, checkpointed: bool) -> None:
     run.accelerator.print(f"Stopped at step {step} of {run.total_steps} on {cause}; checkpoint written to "
                           f"{saved_to}. Run the same command again to resume from it (resume=auto). "
                           f"Exit code {EXIT_STOPPED}.")
-    run.accelerator.end_training()
-    raise TrainingStopped(f"stopped at step {step}")
+    raise TrainingStopped(f"stopped at step {step}")  # train() closes the trackers' run
 
 
 # ----------------------------------------------------------------------------- finish
@@ -436,6 +455,7 @@ def _finish(run: Run) -> dict:
                                        label_names=LABEL_NAMES, gather=accelerator.gather_for_metrics)
         run.run_log.write("eval", split=name, step=selected_step, final=True,
                           accuracy=results[name]["accuracy"], macro_f1=results[name]["macro_f1"])
+    accelerator.log(tracking.eval_scalars("test", results["test"]), step=run.state.global_step)
     metrics = {**results, "model_selection": run.config.model_selection, "selected_step": selected_step,
                "global_step": run.state.global_step,
                "train": _describe_training(accelerator, run.config, run.state, len(run.tokenized["train"]))}

@@ -69,7 +69,8 @@ class HubCheckpointRepo:
         stale = [name for name in self._api.list_repo_files(self.repo_id, revision=self.revision)
                  if name.startswith(f"{CHECKPOINT_FOLDER}/") and name not in added]
         operations = [*(CommitOperationDelete(path_in_repo=name) for name in stale),
-                      *(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in added.items())]
+                      *(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
+                        for name, path in added.items())]
         commit = self._api.create_commit(self.repo_id, operations=operations, revision=self.revision,
                                          commit_message=f"Checkpoint at step {step}",
                                          commit_description="The newest complete training checkpoint, to resume from "

@@ -225,8 +225,10 @@ def snapshot_for_upload(checkpoint: Path, run_log: Path) -> Path:
 
     Hard links (a copy where the filesystem cannot link): a snapshot costs no space, and rotating the checkpoint
     away (``keep_last``) during the upload removes only its names, never the data the upload is reading, since
-    checkpoint files are written once and never changed in place. The log is copied, not linked: it is appended
-    to in place. The uploader deletes the snapshot when done; one left by a crash goes with ``remove_stale_staging``.
+    checkpoint files are written once and never changed in place (that data then stays on disk until the upload
+    ends). Protecting the checkpoint folder from rotation instead would tie the pruning to the upload thread.
+    The log is copied, not linked: it is appended to in place. The uploader deletes the snapshot when done; one
+    left by a crash goes with ``remove_stale_staging``.
     """
     snapshot = checkpoint.with_name(f"{_UPLOAD_PREFIX}{checkpoint.name}")
     shutil.rmtree(snapshot, ignore_errors=True)  # a leftover of an earlier attempt at the same step

@@ -8,7 +8,9 @@ import threading
 import time
 from pathlib import Path
 
-from distrinews.core.errors import HubPushError
+import pytest
+
+from distrinews.core.errors import CheckpointMismatchError, HubPushError
 from distrinews.hub.checkpoints import CheckpointUploader
 from distrinews.training import checkpoint
 from distrinews.training.checkpoint import TrainerState
@@ -120,3 +122,20 @@ def test_snapshot_keeps_its_files_when_rotation_deletes_the_checkpoint(tmp_path)
     checkpoint.remove_stale_staging(root)  # what the next start does with snapshots a crash left behind
     assert not snapshots[1].exists() and not snapshots[2].exists()
     assert [p.name for p in root.iterdir()] == ["step-00000002"]
+
+
+def test_downloaded_checkpoint_is_installed_under_its_step_with_its_log(tmp_path):
+    root, run_log = tmp_path / "checkpoints", tmp_path / "log.jsonl"
+    run_log.write_text('{"type": "train", "step": 99, "from": "another run"}\n')
+    downloaded = tmp_path / "download" / "last-checkpoint"
+    downloaded.mkdir(parents=True)
+    (downloaded / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(CheckpointMismatchError, match="holds no complete checkpoint"):
+        checkpoint.install_downloaded_checkpoint(downloaded, root, run_log)  # no COMPLETE marker
+    TrainerState(global_step=12).save(downloaded / checkpoint.STATE_FILE)
+    (downloaded / checkpoint.COMPLETE_MARKER).write_text("12\n")
+    (downloaded / "log.jsonl").write_text('{"type": "train", "step": 12}\n')
+    installed = checkpoint.install_downloaded_checkpoint(downloaded, root, run_log)
+    assert installed == root / "step-00000012" and checkpoint.latest_checkpoint(root) == installed
+    assert run_log.read_text() == '{"type": "train", "step": 12}\n'  # the checkpoint's log replaces any other
+    assert not (installed / "log.jsonl").exists() and not downloaded.exists()

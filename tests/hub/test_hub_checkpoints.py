@@ -140,7 +140,7 @@ def test_stopped_session_left_its_newest_checkpoint_on_the_hub(sessions):
           f"last-checkpoint/, of steps {steps}")
     assert steps == sorted(steps) and steps[-1] == stopped["step"] and len(steps) >= 1
     assert "No checkpoint on the Hub: distrinews-test/ag-news-resume does not exist" in output
-    assert output.count(f"Uploaded the checkpoint of step") == len(steps)
+    assert output.count("Uploaded the checkpoint of step") == len(steps)
     # Uploads came from one process only (the main one).
     assert len({r.client_pid for r in hub.requests}) == 1
 
@@ -181,3 +181,61 @@ def test_token_never_leaves_the_authorization_header(sessions):
                if not r.path.startswith("/lfs-upload/"))
     assert_token_absent(TOKEN, [sessions["first_output"], sessions["second_output"]],
                         [sessions["first_dir"], sessions["second_dir"], root / "hf-1", root / "hf-2"], sessions["hub"])
+
+
+# ---- failures and a repo that already holds a model (one process each: what is under test is the Hub traffic)
+
+SHORT_RUN = dict(HUB_RUN, max_steps=6, checkpoint_every=2, logging_steps=2)
+EARLIER_MODEL = {"config.json": b'{"model_type": "distilbert"}', "model.safetensors": b"weights of an earlier push",
+                 "README.md": b"---\nlicense: apache-2.0\n---\nAn earlier model\n"}
+
+
+def _train_one_process(tiny_model, ag_news_dir, output_dir: Path, endpoint: str, token: str, **overrides):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **_hub_env(endpoint, output_dir.parent / "hf-home", token)}
+    result = subprocess.run(
+        [sys.executable, "-m", "distrinews.train",
+         *tiny_train_args(tiny_model, ag_news_dir, output_dir, **{**SHORT_RUN, **overrides})],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return result, result.stdout + result.stderr
+
+
+def test_uploads_touch_only_last_checkpoint_of_a_repo_that_holds_a_model(tiny_model, ag_news_dir, tmp_path):
+    with FakeHub(TOKEN) as hub:
+        hub.seed(REPO_ID, EARLIER_MODEL)
+        result, output = _train_one_process(tiny_model, ag_news_dir, tmp_path / "out", hub.endpoint, TOKEN)
+    assert result.returncode == 0, output[-3000:]
+    assert f"No checkpoint on the Hub: {REPO_ID} has no last-checkpoint/ folder yet; starting from scratch" in output
+    files = hub.repos[REPO_ID].files("main")
+    assert {name: files[name] for name in EARLIER_MODEL} == EARLIER_MODEL  # the model at the root is untouched
+    assert files["last-checkpoint/COMPLETE"] == b"6\n"
+    assert [c.summary for c in _checkpoint_commits(hub.repos[REPO_ID])][-1] == "Checkpoint at step 6"
+    assert_token_absent(TOKEN, [output], [tmp_path], hub)
+
+
+def test_rejected_token_warns_at_each_upload_and_training_finishes(tiny_model, ag_news_dir, tmp_path):
+    wrong_token = "hf_" + "WrongTokenForTheUploadEndpoint0000"
+    with FakeHub(TOKEN) as hub:
+        hub.seed(REPO_ID, EARLIER_MODEL)
+        result, output = _train_one_process(tiny_model, ag_news_dir, tmp_path / "out", hub.endpoint, wrong_token,
+                                            resume="none")
+    assert result.returncode == 0, output[-3000:]
+    assert (tmp_path / "out" / "metrics.json").is_file() and (tmp_path / "out" / "model").is_dir()
+    assert "Warning: could not upload the checkpoint of step" in output
+    assert f"the Hub rejected the token (HTTP 401) while pushing to {REPO_ID}" in output
+    assert "Traceback" not in output
+    assert not hub.commits_made() and not list((tmp_path / "out" / "checkpoints").glob(".upload-*"))
+    assert_token_absent(wrong_token, [output], [tmp_path], hub)
+
+
+def test_a_checkpoint_that_cannot_be_fetched_stops_the_run_before_training(tiny_model, ag_news_dir, tmp_path):
+    """Starting over instead would replace the newest checkpoint on the Hub with a new run's."""
+    wrong_token = "hf_" + "WrongTokenForTheDownloadEndpoint00"
+    with FakeHub(TOKEN) as hub:
+        hub.seed(REPO_ID, EARLIER_MODEL)
+        result, output = _train_one_process(tiny_model, ag_news_dir, tmp_path / "out", hub.endpoint, wrong_token)
+    assert result.returncode == 2, output[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: could not fetch the newest checkpoint from {REPO_ID}/last-checkpoint: HTTP 401"), result.stderr[-2000:]
+    assert "--resume none" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "log.jsonl").exists() and not hub.commits_made()
+    assert_token_absent(wrong_token, [output], [tmp_path], hub)

@@ -12,7 +12,8 @@ the only module that touches the ``Accelerator``.
 
 Run the same command again after any interruption: ``resume=auto`` continues from the newest complete
 checkpoint, batch for batch; with ``hub_strategy=checkpoint`` it is also on the Hub, so a new machine or a new
-Kaggle session continues the run from there (distrinews/hub/checkpoints.py). The exit codes are listed with their errors in ``distrinews/core/errors.py``.
+Kaggle session continues the run from there (distrinews/hub/checkpoints.py). The exit codes are listed with their
+errors in ``distrinews/core/errors.py``.
 
 Read it top to bottom: ``train`` runs the phases in order: ``_set_up`` (accelerator, data, model, loaders,
 optimizer), ``_resume_or_start``, then ``_train_steps``, which calls ``_micro_step`` per batch and

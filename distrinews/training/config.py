@@ -21,6 +21,7 @@ from ..core.errors import ConfigError
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 MODEL_SELECTIONS = ("last", "best_validation")
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio", "all")
+HUB_STRATEGIES = ("end", "checkpoint")
 
 
 def _doc(text: str, choices: Sequence[str] = (), **kwargs: Any) -> Any:
@@ -101,9 +102,15 @@ class TrainConfig:
     ddp_timeout_seconds: int = _doc("How long a collective waits for a hung rank before the run fails (torchrun "
                                     "ends the others when a rank dies); keep it above the longest checkpoint write.", default=1800)
     push_to_hub: bool = _doc("Push model/ with its model card to the Hub after the final test evaluation.", default=False)
-    hub_model_id: str = _doc("Hub repo id USER/NAME to push to (required with push_to_hub).", default="")
+    hub_model_id: str = _doc("Hub repo id USER/NAME to push to (required with push_to_hub and "
+                             "hub_strategy=checkpoint).", default="")
     hub_private: bool = _doc("Create the Hub repo as private.", default=False)
     hub_revision: str = _doc("Branch to push to (default: main).", default="")
+    hub_strategy: str = _doc(
+        "What goes to hub_model_id during training, as in the HF Trainer: 'end' (nothing; push_to_hub pushes the "
+        "model at the end) or 'checkpoint' (also each newest checkpoint, into the repo's folder last-checkpoint/, "
+        "uploaded in the background; with resume=auto a run that has no local checkpoint continues from it, e.g. "
+        "in a new Kaggle session).", choices=HUB_STRATEGIES, default="end")
 
     def __post_init__(self) -> None:
         self._coerce_types()
@@ -162,6 +169,10 @@ class TrainConfig:
         if self.push_to_hub:
             need(_looks_like_repo_id(self.hub_model_id), "hub_model_id",
                  "push_to_hub needs hub_model_id as USER/NAME")
+        need(self.hub_strategy in HUB_STRATEGIES, "hub_strategy", f"must be one of {', '.join(HUB_STRATEGIES)}")
+        if self.hub_strategy == "checkpoint":
+            need(_looks_like_repo_id(self.hub_model_id), "hub_model_id",
+                 "hub_strategy=checkpoint needs hub_model_id as USER/NAME (the repo the checkpoints go to)")
 
 
 def _looks_like_repo_id(value: str) -> bool:

@@ -154,8 +154,21 @@ def train(config: TrainConfig) -> dict:
         except BaseException:
             run.accelerator.end_training()  # a stop or a failure still closes the trackers' run with what it logged
             raise
+        finally:
+            release_loader_workers([run.train_loader, *run.eval_loaders.values()])
     finally:
         stop_request.uninstall()  # no-op unless the loop was interrupted by an exception
+
+
+def release_loader_workers(loaders) -> None:
+    """Stop the persistent data-loading workers now, not at interpreter exit. They ignore SIGTERM
+    (preemption.ignore_stop_signals), and multiprocessing's exit handler stops leftover workers with exactly that
+    signal and then waits for them: a process whose loaders were still referenced at exit hung there."""
+    for loader in loaders:
+        iterator = getattr(loader, "_iterator", None)  # set only for persistent workers
+        if iterator is not None:
+            iterator._shutdown_workers()  # torch's own shutdown: asks each worker to leave, then joins it
+            loader._iterator = None
 
 
 # ----------------------------------------------------------------------------- setup

@@ -112,3 +112,26 @@ def test_without_the_worker_init_the_signal_kills_the_loader():
     with pytest.raises(RuntimeError, match="DataLoader worker"):
         for _ in batches:
             pass
+
+
+def test_released_workers_let_the_process_exit():
+    # Workers that ignore SIGTERM and are still alive at interpreter exit hang it: multiprocessing's exit handler
+    # stops them with SIGTERM, then joins them. train() releases its loaders' workers before returning; here a
+    # loader held to the end (as a reference cycle holds one) must not keep the process from exiting.
+    script = textwrap.dedent("""
+        from torch.utils.data import DataLoader
+        from distrinews.training.loop import release_loader_workers
+        from distrinews.training.preemption import ignore_stop_signals
+
+        loader = DataLoader(list(range(8)), batch_size=2, num_workers=2, persistent_workers=True,
+                            worker_init_fn=ignore_stop_signals)
+        held = [loader]
+        held.append(held)
+        assert sum(len(batch) for batch in loader) == 8
+        workers = loader._iterator._workers
+        release_loader_workers([loader])
+        print(sum(worker.is_alive() for worker in workers))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "0", result.stderr

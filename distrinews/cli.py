@@ -6,6 +6,7 @@
     distrinews push runs/ag_news --repo_id USER/NAME [--private] [--revision BRANCH]
     distrinews export-onnx runs/ag_news/model                                # the int8 graph the Space serves
     distrinews deploy-space USER/SPACE --model_id USER/NAME [--revision SHA] [--private] [--stage_only FOLDER]
+    distrinews kaggle --output DIR --dataset USER/SLUG [--kernel USER/SLUG] [--wheel PATH]
 """
 
 from __future__ import annotations
@@ -162,6 +163,27 @@ def _deploy_space(argv: Sequence[str]) -> int:
     return 0
 
 
+def _kaggle(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="distrinews kaggle", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Write a Kaggle bundle: OUTPUT/dataset (the distrinews wheel and dataset-metadata.json) and "
+        "OUTPUT/kernel (the notebook and kernel-metadata.json: 2x T4, internet on, that dataset attached, "
+        "private), for `kaggle datasets create -p OUTPUT/dataset` and `kaggle kernels push -p OUTPUT/kernel`. "
+        "Run from a clone of the repository.")
+    parser.add_argument("--output", required=True, help="New or empty folder to write the bundle into.")
+    parser.add_argument("--dataset", required=True, help="Kaggle dataset to hold the wheel, USER/SLUG.")
+    parser.add_argument("--kernel", default=None,
+                        help="Kaggle notebook to push, USER/SLUG (default: USER/distrinews-ag-news, USER as in "
+                             "--dataset).")
+    parser.add_argument("--wheel", default=None, help="Ship this distrinews wheel instead of building one.")
+    args = parser.parse_args(argv)
+
+    from .kaggle.bundle import write_bundle
+
+    print(write_bundle(args.output, args.dataset, kernel=args.kernel, wheel=args.wheel).next_steps())
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "train": (_train, "fine-tune a classifier (one process; `accelerate launch -m distrinews.train` for more)"),
     "evaluate": (_evaluate, "accuracy, macro-F1 and per-class scores of a saved model on a split"),
@@ -169,6 +191,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "push": (_push, "push a finished run's model, model card and int8 graph to the Hub"),
     "export-onnx": (_export_onnx, "write the int8 ONNX graph the Space serves into a model folder"),
     "deploy-space": (_deploy_space, "deploy the serving Space wired to a model repo"),
+    "kaggle": (_kaggle, "write the wheel dataset and the notebook kernel for the kaggle CLI"),
 }
 
 

@@ -68,10 +68,12 @@ class Bundle:
         return "\n".join([
             f"Wrote {self.dataset_dir} ({self.wheel.name}) and {self.kernel_dir} ({NOTEBOOK_NAME}). Next:",
             f"  kaggle datasets create -p {self.dataset_dir}",
-            f"  kaggle kernels push -p {self.kernel_dir}",
+            f"  kaggle kernels push -p {self.kernel_dir} --no-run",
             f"Then open https://www.kaggle.com/code/{self.kernel}, add the secret HF_TOKEN (Add-ons -> Secrets) "
-            "and Run all. After a code change: build the bundle again and run "
-            f"`kaggle datasets version -p {self.dataset_dir} -m MESSAGE` instead of `create`.",
+            "and Run all (or Save Version -> Save & Run All, which goes on with the tab closed). Without "
+            "--no-run, the push also starts a run at once, before the secret is attached: it trains but pushes "
+            f"nothing. After a code change, build the bundle again and `kaggle datasets version -p "
+            f"{self.dataset_dir} -m MESSAGE`.",
         ])
 
 
@@ -80,7 +82,7 @@ def parse_ref(text: str, what: str, length: tuple[int, int]) -> KaggleRef:
     owner, _, slug = text.partition("/")
     problem = None
     if not owner or not slug or "/" in slug:
-        problem = "it must be USER/SLUG, e.g. jane/distrinews-wheel"
+        problem = "must be USER/SLUG, e.g. jane/distrinews-wheel"
     elif not OWNER.fullmatch(owner):
         problem = (f"the user {owner!r} must be lowercase letters and digits, with single '-' or '_' between "
                    "them (your Kaggle username)")

@@ -5,6 +5,8 @@
     distrinews predict --model USER/NAME [--revision SHA] "Stocks rally as oil slides" [--json]
     distrinews push runs/ag_news --repo_id USER/NAME [--private] [--revision BRANCH]
     distrinews export-onnx runs/ag_news/model                                # the int8 graph the Space serves
+    distrinews launch --output_dir runs/ag_news [TRAIN OPTIONS]          # accelerate launch on every GPU found
+    distrinews launch-config multi_gpu                                       # path of a shipped accelerate YAML
     distrinews deploy-space USER/SPACE --model_id USER/NAME [--revision SHA] [--private] [--stage_only FOLDER]
     distrinews kaggle --output DIR --dataset USER/SLUG [--kernel USER/SLUG] [--wheel PATH]
 """
@@ -184,12 +186,52 @@ def _kaggle(argv: Sequence[str]) -> int:
     return 0
 
 
+def _launch(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="distrinews launch", formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
+        description="Train with `accelerate launch` on every GPU of this machine, one process each (DDP over "
+        "NCCL in fp16; one GPU with bf16 trains in bf16), or on 2 CPU processes (gloo) without a GPU. The shipped "
+        "YAML is picked from the GPUs nvidia-smi lists; every other option goes to distrinews.train "
+        "(`distrinews train --help` lists them).")
+    parser.add_argument("--dry_run", "--dry-run", action="store_true",
+                        help="Print the accelerate launch command and exit.")
+    parser.add_argument("--main_process_port", "--main-process-port", type=int, default=None,
+                        help="TCP port the processes meet on (accelerate's default 29500 when not given); set "
+                             "it to run two trainings on one machine.")
+    args, train_argv = parser.parse_known_args(argv)
+
+    import shlex
+    import subprocess
+
+    from .training.hardware import list_gpus, plan_launch
+
+    plan = plan_launch(list_gpus())
+    port = [] if args.main_process_port is None else ["--main_process_port", str(args.main_process_port)]
+    command = ["accelerate", "launch", *plan.launch_args(), *port, "-m", "distrinews.train", *train_argv]
+    print(f"{plan.reason}\n{shlex.join(command)}", flush=True)
+    return 0 if args.dry_run else subprocess.run(command).returncode
+
+
+def _launch_config(argv: Sequence[str]) -> int:
+    from .training.launch_configs import LAUNCH_CONFIG_NAMES, launch_config_path
+
+    parser = argparse.ArgumentParser(
+        prog="distrinews launch-config", description="Print the path of a shipped accelerate YAML, e.g. "
+        'accelerate launch --config_file "$(distrinews launch-config multi_gpu)" -m distrinews.train ...')
+    parser.add_argument("name", choices=LAUNCH_CONFIG_NAMES)
+    args = parser.parse_args(argv)
+    print(launch_config_path(args.name))
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "train": (_train, "fine-tune a classifier (one process; `accelerate launch -m distrinews.train` for more)"),
     "evaluate": (_evaluate, "accuracy, macro-F1 and per-class scores of a saved model on a split"),
     "predict": (_predict, "classify texts with a local or Hub model"),
     "push": (_push, "push a finished run's model, model card and int8 graph to the Hub"),
     "export-onnx": (_export_onnx, "write the int8 ONNX graph the Space serves into a model folder"),
+    "launch": (_launch, "train with accelerate launch on every GPU found (2 CPU processes without one)"),
+    "launch-config": (_launch_config, "print the path of a shipped accelerate YAML (cpu, single_gpu, multi_gpu, multi_node)"),
     "deploy-space": (_deploy_space, "deploy the serving Space wired to a model repo"),
     "kaggle": (_kaggle, "write the wheel dataset and the notebook kernel for the kaggle CLI"),
 }

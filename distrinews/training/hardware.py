@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .launch_configs import launch_config_dir
+
 # bf16 arithmetic needs compute capability 8.0 (Ampere) or newer. torch.cuda.is_bf16_supported() is no
 # guide here: it also answers True for GPUs that only emulate bf16 (a T4, 7.5), which is slow.
 BF16_MIN_CAPABILITY = (8, 0)
@@ -38,9 +40,13 @@ class LaunchPlan:
     flags: tuple[str, ...] = field(default=())
     reason: str = ""
 
-    def launch_args(self, config_dir: str | Path) -> list[str]:
-        """Arguments for ``accelerate launch`` that come before ``-m distrinews.train``."""
-        return ["--config_file", str(Path(config_dir) / self.config_name), *self.flags]
+    def launch_args(self, config_dir: str | Path | None = None) -> list[str]:
+        """Arguments for ``accelerate launch`` that come before ``-m distrinews.train``.
+
+        ``config_dir`` defaults to the YAMLs shipped with the package (distrinews/training/launch_configs.py).
+        """
+        folder = Path(config_dir) if config_dir is not None else launch_config_dir()
+        return ["--config_file", str(folder / self.config_name), *self.flags]
 
 
 def parse_nvidia_smi(csv_text: str) -> list[GpuInfo]:
@@ -97,7 +103,7 @@ def main() -> int:
               f"{gpu.capability[0]}.{gpu.capability[1]}{' (bf16)' if gpu.has_bf16 else ''}")
     plan = plan_launch(gpus)
     print(plan.reason)
-    print(f"accelerate launch {' '.join(plan.launch_args('accelerate_configs'))} -m distrinews.train ...")
+    print(f"accelerate launch {' '.join(plan.launch_args())} -m distrinews.train ...")
     return 0
 
 

@@ -1,0 +1,105 @@
+"""The package as `pip install` users get it: the wheel builds from a clean copy, holds every module, the licence
+and the accelerate YAMLs, finds those YAMLs from its installed location, and `distrinews launch` trains on the
+hardware it finds (here: 2 CPU processes over gloo) with the YAML it ships.
+
+(Installing the wheel with its dependencies into a fresh virtual environment and running the CLI there is in
+tests/end_to_end/test_kaggle_bundle.py, which shares that environment with the Kaggle notebook run.)
+"""
+
+from __future__ import annotations
+
+import email
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+
+from conftest import REPO_ROOT, free_port, tiny_train_args
+from distrinews.training.launch_configs import LAUNCH_CONFIG_NAMES, launch_config_dir, launch_config_path
+
+DISTRINEWS = shutil.which("distrinews") or pytest.fail("the distrinews console script is not installed")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    # Built from a copy, as a user's `pip wheel .` in a fresh clone: no build folders or egg-info carried over.
+    source = tmp_path_factory.mktemp("clone") / "distrinews"
+    shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "*.egg-info", "__pycache__", "runs", "test-artifacts", ".pytest_cache"))
+    out = tmp_path_factory.mktemp("wheel")
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                             "-w", str(out), str(source)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (built,) = out.glob("distrinews-*.whl")
+    return built
+
+
+def test_wheel_holds_every_module_the_licence_and_the_launch_configs(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    modules = {path.relative_to(REPO_ROOT).as_posix() for path in (REPO_ROOT / "distrinews").rglob("*.py")}
+    assert modules and not modules - names, f"missing from the wheel: {sorted(modules - names)}"
+    configs = {f"distrinews/accelerate_configs/{name}.yaml" for name in LAUNCH_CONFIG_NAMES}
+    assert configs <= names
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
+    assert not [name for name in names if name.startswith(("tests/", "app/", "benchmarks/"))]
+
+
+def test_wheel_metadata_is_pep_621_with_the_licence_and_console_script(wheel):
+    archive = zipfile.ZipFile(wheel)
+    dist_info = next(name.split("/")[0] for name in archive.namelist() if name.endswith(".dist-info/METADATA"))
+    metadata = email.message_from_bytes(archive.read(f"{dist_info}/METADATA"))
+    assert metadata["Name"] == "distrinews" and metadata["License-Expression"] == "Apache-2.0"
+    requires = " ".join(metadata.get_all("Requires-Dist"))
+    for package in ("torch", "transformers", "datasets", "accelerate", "evaluate", "huggingface_hub"):
+        assert package in requires
+    assert "distrinews = distrinews.cli:main" in archive.read(f"{dist_info}/entry_points.txt").decode()
+    assert "Apache License" in (REPO_ROOT / "LICENSE").read_text()
+
+
+def test_installed_layout_finds_its_own_launch_configs(wheel, tmp_path):
+    # The unpacked wheel is exactly what site-packages holds after `pip install`; no clone is reachable from it.
+    site = tmp_path / "site-packages"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = ("from distrinews.training.launch_configs import launch_config_path as p; "
+            "from distrinews.training.hardware import plan_launch; "
+            "print(p('multi_gpu')); print(plan_launch([]).launch_args()[1])")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    result = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {code}"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(site / "distrinews/accelerate_configs/multi_gpu.yaml"),
+                                     str(site / "distrinews/accelerate_configs/cpu.yaml")]
+
+
+def test_launch_config_command_prints_loadable_yaml_paths():
+    assert launch_config_dir() == REPO_ROOT / "accelerate_configs"  # a clone uses the files it shows
+    for name in LAUNCH_CONFIG_NAMES:
+        result = subprocess.run([DISTRINEWS, "launch-config", name], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and Path(result.stdout.strip()) == launch_config_path(name)
+        load_config_from_file(result.stdout.strip())
+    refused = subprocess.run([DISTRINEWS, "launch-config", "four_gpu"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "invalid choice: 'four_gpu'" in refused.stderr
+
+
+def test_launch_trains_on_the_hardware_it_finds(tiny_model, ag_news_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [DISTRINEWS, "launch", "--main_process_port", str(free_port()),
+               *tiny_train_args(tiny_model, ag_news_dir, run_dir, num_train_epochs=1, max_steps=3)]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "no GPU found: 2 CPU processes" in result.stdout
+    assert f"--config_file {launch_config_path('cpu')}" in result.stdout
+    assert (run_dir / "model" / "config.json").is_file() and (run_dir / "metrics.json").is_file()
+
+
+def test_readme_main_command_is_the_launch_tested_here():
+    first_block = (REPO_ROOT / "README.md").read_text().split("```bash\n")[1].split("```")[0].strip()
+    assert first_block == "pip install -e . && distrinews launch --output_dir runs/ag_news"
+    result = subprocess.run([DISTRINEWS, "launch", "--dry_run", "--output_dir", "runs/ag_news"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "-m distrinews.train --output_dir runs/ag_news" in result.stdout

@@ -39,7 +39,7 @@ from test_notebook import cell_index, cell_text, training_cell_index, with_param
 
 from distrinews.cli import COMMANDS
 from distrinews.kaggle import bundle as kaggle_bundle
-# from distrinews.training.launch_configs import launch_config_path
+from distrinews.training.launch_configs import launch_config_path
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "distrinews_kaggle.ipynb"
 DATASET, KERNEL = "jane/distrinews-wheel", "jane/news-on-two-t4"

@@ -69,11 +69,11 @@ class Bundle:
             f"Wrote {self.dataset_dir} ({self.wheel.name}) and {self.kernel_dir} ({NOTEBOOK_NAME}). Next:",
             f"  kaggle datasets create -p {self.dataset_dir}",
             f"  kaggle kernels push -p {self.kernel_dir} --no-run",
-            f"Then open https://www.kaggle.com/code/{self.kernel}, add the secret HF_TOKEN (Add-ons -> Secrets) "
-            "and Run all (or Save Version -> Save & Run All, which goes on with the tab closed). Without "
-            "--no-run, the push also starts a run at once, before the secret is attached: it trains but pushes "
-            f"nothing. After a code change, build the bundle again and `kaggle datasets version -p "
-            f"{self.dataset_dir} -m MESSAGE`.",
+            (f"Then open https://www.kaggle.com/code/{self.kernel}, add the secret HF_TOKEN (Add-ons -> Secrets) "
+             "and Run all (or Save Version -> Save & Run All, which goes on with the tab closed). Without "
+             "--no-run, the push also starts a run at once, before the secret is attached: it trains but pushes "
+             "nothing. After a code change, build the bundle again into a new folder and `kaggle datasets "
+             "version -p NEW_FOLDER/dataset -m MESSAGE`."),
         ])
 
 

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,11 +34,10 @@ from nbclient.exceptions import CellExecutionError
 from requests.exceptions import HTTPError
 
 from conftest import REPO_ROOT
-from test_notebook import cell_index, cell_text, training_cell_index, with_parameters
-
 from distrinews.cli import COMMANDS
 from distrinews.kaggle import bundle as kaggle_bundle
 from distrinews.training.launch_configs import launch_config_path
+from test_notebook import cell_index, cell_text, training_cell_index, with_parameters
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "distrinews_kaggle.ipynb"
 DATASET, KERNEL = "jane/distrinews-wheel", "jane/news-on-two-t4"
@@ -242,26 +240,24 @@ def venv(tmp_path_factory) -> Venv:
     return Venv(root, python, site_packages, env, seconds)
 
 
-@contextmanager
-def venv_kernel(venv: Venv, spec_dir: Path):
+def venv_kernel(venv: Venv, spec_dir: Path) -> KernelManager:
     """A KernelManager that starts the venv's python as the notebook kernel (a kernelspec of its own)."""
     kernel_dir = spec_dir / "kernels" / "distrinews-venv"
     kernel_dir.mkdir(parents=True, exist_ok=True)
     (kernel_dir / "kernel.json").write_text(json.dumps({
         "argv": [str(venv.python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "distrinews venv", "language": "python"}))
-    yield KernelManager(kernel_name="distrinews-venv",
-                        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_dir / "kernels")]))
+    return KernelManager(kernel_name="distrinews-venv",
+                         kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_dir / "kernels")]))
 
 
 def execute(notebook, venv: Venv, working_dir: Path, spec_dir: Path, upto: int | None = None) -> None:
     """Run the cells (all, or 0..upto) in one kernel of the venv, as Run all does; raises on a failing cell."""
-    with venv_kernel(venv, spec_dir) as manager:
-        client = NotebookClient(notebook, km=manager, timeout=600,
-                                resources={"metadata": {"path": str(working_dir)}})
-        with client.setup_kernel(env=venv.env):
-            for index, cell in enumerate(notebook.cells[: None if upto is None else upto + 1]):
-                client.execute_cell(cell, index)
+    client = NotebookClient(notebook, km=venv_kernel(venv, spec_dir), timeout=600,
+                            resources={"metadata": {"path": str(working_dir)}})
+    with client.setup_kernel(env=venv.env):
+        for index, cell in enumerate(notebook.cells[: None if upto is None else upto + 1]):
+            client.execute_cell(cell, index)
 
 
 @dataclass

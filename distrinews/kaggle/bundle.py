@@ -162,7 +162,7 @@ def write_bundle(output: str | Path, dataset: str, kernel: str | None = None,
         raise KaggleBundleError(
             f"distrinews is installed at {Path(distrinews.__file__).parent}, not run from a source checkout: "
             f"the bundle needs the checkout's notebooks/{NOTEBOOK_NAME}. Run it from a clone of the repository "
-            "(pip install -e .); add --wheel PATH to ship a wheel you built instead of building one")
+            "(with `pip install -e .` there)")
     prebuilt = checked_wheel(wheel) if wheel else None
 
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,11 @@ LOADABLE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tikt
 _NO_LIMIT = 100_000
 
 
+def max_input_length(*limits: Any) -> int:
+    """The smaller of the model's and the tokenizer's length limits, ignoring missing ones and sentinels."""
+    return min((n for n in limits if isinstance(n, int) and 0 < n < _NO_LIMIT), default=512)
+
+
 def describe_model(model_id_or_path: str, revision: str | None) -> str:
     return f"{model_id_or_path!r}" + (f" at revision {revision!r}" if revision else "")
 
@@ -79,12 +84,12 @@ def read_serving_files(folder: Path) -> ServingFiles | None:
     labels = [id2label.get(i, f"LABEL_{i}") for i in range(config.get("num_labels") or len(id2label))]
     if not labels:
         raise ModelLoadError(f"{folder / 'config.json'} names no labels (id2label); is this a classifier?")
-    limits = [config.get("max_position_embeddings"), tokenizer_config.get("model_max_length")]
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     pad_token = tokenizer_config.get("pad_token")
     pad_id = tokenizer.token_to_id(pad_token) if isinstance(pad_token, str) else None
     return ServingFiles(labels=labels,
-                        max_length=min((n for n in limits if isinstance(n, int) and 0 < n < _NO_LIMIT), default=512),
+                        max_length=max_input_length(config.get("max_position_embeddings"),
+                                                    tokenizer_config.get("model_max_length")),
                         tokenizer=tokenizer, pad_id=pad_id if pad_id is not None else 0,
                         truncation_side=tokenizer_config.get("truncation_side") or "right")
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .model_files import max_input_length
 from .texts import clean_text, each_text
 
 # A padded batch ({"input_ids", "attention_mask"} as int64 arrays of shape (rows, length)) -> (rows, classes).
@@ -36,9 +37,8 @@ class Prediction:
 
 
 def model_max_length(model, tokenizer) -> int:
-    candidates = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
-    # Tokenizers without a limit report a huge sentinel (int(1e30)); ignore it.
-    return min((c for c in candidates if isinstance(c, int) and 0 < c < 100_000), default=512)
+    return max_input_length(getattr(model.config, "max_position_embeddings", None),
+                            getattr(tokenizer, "model_max_length", None))
 
 
 def label_names(model) -> list[str]:

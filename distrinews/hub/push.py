@@ -12,6 +12,7 @@ files whose content it already has, so a repeated attempt cannot add a second, d
 
 from __future__ import annotations
 
+import glob
 import importlib
 import json
 import re
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 from huggingface_hub import HfApi, constants, get_token
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.utils import filter_repo_objects
 
 from .. import __version__
 from .model_card import write_model_card
@@ -33,6 +35,9 @@ TRANSIENT_STATUS_CODES = (408, 429, 500, 502, 503, 504)
 # with) the new ones, e.g. an old shard index next to a new single file; the commit deletes them.
 STALE_WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.h5",
                          "*.msgpack", "onnx/*"]
+# The resumable checkpoint of hub_strategy=checkpoint (distrinews/hub/checkpoints.py) lives here; a model push
+# leaves it alone, and a checkpoint upload touches nothing else.
+HUB_CHECKPOINT_FOLDER = "last-checkpoint"
 
 
 def _transport_errors() -> tuple[type[Exception], ...]:
@@ -65,11 +70,11 @@ def check_repo_id(repo_id: str, what: str = "repo id") -> None:
         raise HubPushError(f"{what} {repo_id!r} must look like USER/NAME (letters, digits, '-', '_', '.')")
 
 
-def check_push_ready() -> None:
-    """Fail before training, not after it, when a push at the end cannot work."""
+def check_push_ready(setting: str = "push_to_hub") -> None:
+    """Fail before training, not after it, when a push (``setting`` asks for it) cannot work."""
     if constants.HF_HUB_OFFLINE:
-        raise HubPushError("push_to_hub is set but HF_HUB_OFFLINE=1 forbids network access: unset HF_HUB_OFFLINE, "
-                           "or train without push_to_hub and later run `distrinews push RUN_DIR --repo_id USER/NAME` "
+        raise HubPushError(f"{setting} is set but HF_HUB_OFFLINE=1 forbids network access: unset HF_HUB_OFFLINE, "
+                           f"or train without {setting} and later run `distrinews push RUN_DIR --repo_id USER/NAME` "
                            "on a machine with network access")
     resolve_hub_token()
 
@@ -107,13 +112,13 @@ def push_run_to_hub(run_dir: str | Path, repo_id: str, *, private: bool = False,
         commit = api.upload_folder(folder_path=model_dir, repo_id=repo_id, revision=revision,
                                    commit_message=_commit_message(metrics),
                                    commit_description=_commit_description(metrics),
-                                   delete_patterns=STALE_WEIGHT_PATTERNS)
+                                   delete_patterns=_stale_weight_files(api, repo_id, revision))
         # An existing repo keeps its visibility whatever was asked for, so read it back.
         return repo_url, commit, api.repo_info(repo_id, revision=commit.oid).private
 
     log(f"Pushing {model_dir} to {repo_id}" + (f" (branch {revision})" if revision else "") + " ...")
     later = f"The run is saved in {run_dir}; push it later with `distrinews push {run_dir} --repo_id {repo_id}`."
-    repo_url, commit, is_private = _with_retries(push_once, repo_id, later, attempts, backoff_seconds, log)
+    repo_url, commit, is_private = retry_hub_call(push_once, repo_id, later, attempts, backoff_seconds, log)
     if private and not is_private:
         log(f"Warning: {repo_id} already existed as a public repo and stays public; change its visibility in "
             "the repo settings on the Hub if it should be private.")
@@ -125,6 +130,19 @@ def push_run_to_hub(run_dir: str | Path, repo_id: str, *, private: bool = False,
     write_json(run_dir / "metrics.json", metrics)
     log(f"Pushed to {url} in commit {commit.oid} ({commit.commit_url})")
     return record
+
+
+def _stale_weight_files(api: HfApi, repo_id: str, revision: str | None) -> list[str] | None:
+    """The repo's files matching STALE_WEIGHT_PATTERNS outside last-checkpoint/, as exact patterns (upload_folder
+    matches its delete patterns with fnmatch, whose "*" crosses "/": "*.safetensors" alone would delete the
+    checkpoint's weights too). None when there are none; a new repo has none."""
+    try:
+        files = api.list_repo_files(repo_id, revision=revision)
+    except RepositoryNotFoundError:
+        return None
+    stale = [name for name in filter_repo_objects(files, allow_patterns=STALE_WEIGHT_PATTERNS)
+             if not name.startswith(f"{HUB_CHECKPOINT_FOLDER}/")]
+    return [glob.escape(name) for name in stale] or None
 
 
 def ship_serving_graph(model_dir: Path, log: Callable[[str], None] = print) -> Path | None:
@@ -150,7 +168,7 @@ def ship_serving_graph(model_dir: Path, log: Callable[[str], None] = print) -> P
     return graph
 
 
-def _with_retries(push_once, repo_id: str, later: str, attempts: int, backoff_seconds: float, log):
+def retry_hub_call(push_once, repo_id: str, later: str, attempts: int, backoff_seconds: float, log):
     """Call ``push_once`` until it succeeds, retrying transient failures; ``later`` ends every error message
     (what the user can do next). Auth and other client errors raise HubPushError at once."""
     for attempt in range(1, attempts + 1):

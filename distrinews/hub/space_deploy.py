@@ -28,7 +28,7 @@ from huggingface_hub import HfApi, SpaceCard, constants
 import distrinews
 
 from .. import __version__
-from .push import HubPushError, _with_retries, check_repo_id, resolve_hub_token
+from .push import HubPushError, check_repo_id, resolve_hub_token, retry_hub_call
 
 # Files of an earlier deploy under these folders that this one does not upload are deleted in the same commit
 # (a module removed from the package must not linger in the image); anything else in the Space repo is kept.
@@ -123,7 +123,7 @@ def deploy_space(space_id: str, model_id: str, *, revision: str | None = None, p
 
         log(f"Deploying the DistriNews Space to {space_id}, serving {model_id}"
             + (f" at {revision}" if revision else "") + " ...")
-        repo_url, commit, is_private = _with_retries(deploy_once, space_id, later, attempts, backoff_seconds, log)
+        repo_url, commit, is_private = retry_hub_call(deploy_once, space_id, later, attempts, backoff_seconds, log)
     if private and not is_private:
         log(f"Warning: {space_id} already existed as a public Space and stays public; change its visibility in "
             "the Space settings if it should be private.")

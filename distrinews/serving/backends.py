@@ -261,18 +261,23 @@ class _staging_folder:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def _drop_preprocessing_advice(record: logging.LogRecord) -> bool:
+    return "pre-processing before quantization" not in record.getMessage()
+
+
 def _export_int8(model, target: Path) -> None:
     fp32 = target.with_name("model.fp32.onnx")
     _export_fp32(model, fp32)
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # quantize_dynamic logs "consider pre-processing" on the root logger at every call: advice for static
-    # quantization of vision models, noise here.
-    logging.disable(logging.WARNING)
+    # quantization of vision models, noise here. Only that message is dropped; other threads log as usual.
+    root = logging.getLogger()
+    root.addFilter(_drop_preprocessing_advice)
     try:
         quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8)
     finally:
-        logging.disable(logging.NOTSET)
+        root.removeFilter(_drop_preprocessing_advice)
     fp32.unlink()
 
 

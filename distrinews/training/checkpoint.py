@@ -31,6 +31,8 @@ STATE_FILE = "trainer_state.json"
 _PREFIX = "step-"
 _STAGING_PREFIX = ".staging-"
 _DELETING_PREFIX = ".deleting-"  # renamed away first, so a half-deleted checkpoint never looks complete
+_UPLOAD_PREFIX = ".upload-"  # a checkpoint's snapshot while it is uploaded to the Hub (distrinews/hub/checkpoints.py)
+RUN_LOG_COPY = "log.jsonl"  # the run's log up to the checkpoint, in an uploaded checkpoint only
 BEST_WEIGHTS_LINK = "best_model.safetensors"
 
 
@@ -173,7 +175,7 @@ def remove_stale_staging(root: Path) -> None:
     """Drop half-written and half-deleted checkpoints left by a crash (main process, before training)."""
     if root.is_dir():
         for path in root.iterdir():
-            if path.name.startswith((_STAGING_PREFIX, _DELETING_PREFIX)):
+            if path.name.startswith((_STAGING_PREFIX, _DELETING_PREFIX, _UPLOAD_PREFIX)):
                 shutil.rmtree(path, ignore_errors=True)
 
 
@@ -215,6 +217,52 @@ def finalize_checkpoint(staging: Path, state: TrainerState, keep_last: int, best
     _fsync_dir(final.parent)
     for old in complete_checkpoints(final.parent)[:-keep_last]:
         _delete_checkpoint(old)
+    return final
+
+
+def snapshot_for_upload(checkpoint: Path, run_log: Path) -> Path:
+    """A private view of a complete checkpoint for a background upload, plus the run's log so far (main process).
+
+    Hard links (a copy where the filesystem cannot link): a snapshot costs no space, and rotating the checkpoint
+    away (``keep_last``) during the upload removes only its names, never the data the upload is reading, since
+    checkpoint files are written once and never changed in place (that data then stays on disk until the upload
+    ends). Protecting the checkpoint folder from rotation instead would tie the pruning to the upload thread.
+    The log is copied, not linked: it is appended to in place. The uploader deletes the snapshot when done; one
+    left by a crash goes with ``remove_stale_staging``.
+    """
+    snapshot = checkpoint.with_name(f"{_UPLOAD_PREFIX}{checkpoint.name}")
+    shutil.rmtree(snapshot, ignore_errors=True)  # a leftover of an earlier attempt at the same step
+    for source in sorted(checkpoint.rglob("*")):
+        target = snapshot / source.relative_to(checkpoint)
+        if source.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(source, target)
+    if run_log.is_file():
+        shutil.copy2(run_log, snapshot / RUN_LOG_COPY)
+    return snapshot
+
+
+def install_downloaded_checkpoint(folder: Path, root: Path, run_log: Path) -> Path:
+    """Move a checkpoint fetched from the Hub into ``root`` under its step's name; its log becomes the run's log.
+
+    Refuses a folder without the ``COMPLETE`` marker or the trainer state: an upload never commits one (each
+    checkpoint is one commit), so it is not a checkpoint of this program.
+    """
+    if not (folder / COMPLETE_MARKER).is_file() or not (folder / STATE_FILE).is_file():
+        raise CheckpointMismatchError(f"{folder} holds no complete checkpoint (no {COMPLETE_MARKER} marker or "
+                                      f"{STATE_FILE}); start over with --resume none")
+    step = TrainerState.load(folder / STATE_FILE).global_step
+    log_copy = folder / RUN_LOG_COPY
+    if log_copy.is_file():
+        os.replace(log_copy, run_log)  # the interrupted run's timeline; resuming rewinds it to the checkpoint
+    else:
+        run_log.unlink(missing_ok=True)  # a log of some other run must not be continued
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    os.replace(folder, final)
+    _fsync_dir(root)
     return final
 
 

@@ -20,6 +20,8 @@ from ..core.errors import ConfigError
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 MODEL_SELECTIONS = ("last", "best_validation")
+REPORT_TO = ("none", "tensorboard", "wandb", "trackio", "all")
+HUB_STRATEGIES = ("end", "checkpoint")
 
 
 def _doc(text: str, choices: Sequence[str] = (), **kwargs: Any) -> Any:
@@ -36,7 +38,8 @@ class TrainConfig:
     )
     dataset: str = _doc(
         "Hub dataset id (loaded with datasets.load_dataset) or a local folder holding train/test files "
-        "(original AG News CSVs, or csv/jsonl/parquet with text and label columns).",
+        "(original AG News CSVs, or csv/jsonl/parquet with text and label columns), read as pandas reads them "
+        "(a UTF-8 byte-order mark, CRLF line endings and an index column are fine).",
         default="fancyzhx/ag_news",
     )
     output_dir: str = _doc("Run folder: model, metrics, logs, plots and checkpoints go here.", default="runs/ag_news")
@@ -81,6 +84,12 @@ class TrainConfig:
                        "(start over, deleting output_dir's checkpoints). A checkpoint must come from the same settings.",
                        default="auto")
     logging_steps: int = _doc("Log loss, learning rate and throughput every N optimizer steps.", default=20)
+    report_to: str = _doc(
+        "Experiment tracker that also receives the run's config, the logged training scalars and every evaluation "
+        "(through accelerate's trackers, from the main process): tensorboard (files in output_dir/runs/RUN_NAME), "
+        "wandb, trackio, 'all' (each of these installed) or 'none'. Needs the tracker's package "
+        "(pip install tensorboard).", choices=REPORT_TO, default="none")
+    run_name: str = _doc("The run's name in the tracker (default: the name of the output_dir folder).", default="")
     group_by_length: bool = _doc("Batch examples of similar length together so padding is small.", default=True)
     torch_compile: str = _doc("Compile the model with torch.compile: 'auto' (on CUDA only), 'true' or 'false'.",
                               choices=("auto", "true", "false"), default="auto")
@@ -93,9 +102,15 @@ class TrainConfig:
     ddp_timeout_seconds: int = _doc("How long a collective waits for a hung rank before the run fails (torchrun "
                                     "ends the others when a rank dies); keep it above the longest checkpoint write.", default=1800)
     push_to_hub: bool = _doc("Push model/ with its model card to the Hub after the final test evaluation.", default=False)
-    hub_model_id: str = _doc("Hub repo id USER/NAME to push to (required with push_to_hub).", default="")
+    hub_model_id: str = _doc("Hub repo id USER/NAME to push to (required with push_to_hub and "
+                             "hub_strategy=checkpoint).", default="")
     hub_private: bool = _doc("Create the Hub repo as private.", default=False)
     hub_revision: str = _doc("Branch to push to (default: main).", default="")
+    hub_strategy: str = _doc(
+        "What goes to hub_model_id during training, as in the HF Trainer: 'end' (nothing; push_to_hub pushes the "
+        "model at the end) or 'checkpoint' (also each newest checkpoint, into the repo's folder last-checkpoint/, "
+        "uploaded in the background; with resume=auto a run that has no local checkpoint continues from it, e.g. "
+        "in a new Kaggle session).", choices=HUB_STRATEGIES, default="end")
 
     def __post_init__(self) -> None:
         self._coerce_types()
@@ -147,12 +162,17 @@ class TrainConfig:
         need(0 <= self.validation_fraction < 1, "validation_fraction", "must be in [0, 1) (0 = no validation split)")
         need(self.model_selection in MODEL_SELECTIONS, "model_selection", f"must be one of {', '.join(MODEL_SELECTIONS)}")
         need(self.torch_compile in ("auto", "true", "false"), "torch_compile", "must be auto, true or false")
+        need(self.report_to in REPORT_TO, "report_to", f"must be one of {', '.join(REPORT_TO)}")
         need(self.lr_scheduler_type in LR_SCHEDULERS, "lr_scheduler_type", f"must be one of {', '.join(LR_SCHEDULERS)}")
         need(self.resume in ("auto", "none") or Path(self.resume).is_dir(), "resume",
              "must be 'auto', 'none' or an existing checkpoint folder")
         if self.push_to_hub:
             need(_looks_like_repo_id(self.hub_model_id), "hub_model_id",
                  "push_to_hub needs hub_model_id as USER/NAME")
+        need(self.hub_strategy in HUB_STRATEGIES, "hub_strategy", f"must be one of {', '.join(HUB_STRATEGIES)}")
+        if self.hub_strategy == "checkpoint":
+            need(_looks_like_repo_id(self.hub_model_id), "hub_model_id",
+                 "hub_strategy=checkpoint needs hub_model_id as USER/NAME (the repo the checkpoints go to)")
 
 
 def _looks_like_repo_id(value: str) -> bool:

@@ -3,9 +3,10 @@
 ``load_ag_news`` returns a ``DatasetDict`` with ``train``/``validation``/``test`` splits (no ``validation``
 when ``validation_fraction`` is 0 and the data has no validation file), each holding a ``text`` string and a
 ``label`` (``ClassLabel`` 0..3). Sources: a Hub dataset id, or a local folder with
-either the original AG News CSVs (no header: class_index 1..4, title, description) or files with
-``text``/``label`` columns (csv, jsonl, parquet). Every problem is reported before training starts,
-naming the file, the row and what is wrong.
+either the original AG News CSVs (class_index 1..4, title, description; no header, or Kaggle's
+"Class Index,Title,Description" header) or files with ``text``/``label`` columns (csv with a header, jsonl,
+parquet). Files load as pandas reads them: a UTF-8 byte-order mark, CRLF line endings and pandas' index column
+are fine. Every problem is reported before training starts, naming the file, the row and what is wrong.
 
 With ``headline_views`` the training split also holds each article's headline alone and its description alone
 (with its label), next to the joined text. Only the original CSVs keep the two apart; the Hub copy of AG News
@@ -131,14 +132,7 @@ def _load_split_file(path: Path) -> Dataset:
         _check_utf8(path)
     parts = ()  # only the original CSVs hand their headline and description on (for headline_views)
     if path.suffix == ".csv":
-        header = _read_csv_header(path)
-        if {"text", "label"} <= set(header):
-            split, first_row = _load_with_datasets("csv", path), 2  # row 1 is the header
-        elif len(header) == 3 and header[0].strip().isdigit():
-            split, first_row, parts = _load_original_ag_news_csv(path), 1, _PARTS
-        else:
-            raise DataError(f"{path}: row 1: not an AG News CSV: expected a header with 'text' and 'label' columns, "
-                            f"or rows of class_index,title,description; found {header!r}")
+        split, first_row, parts = _load_csv(path)
     elif path.suffix in (".jsonl", ".json"):
         split, first_row = _load_with_datasets("json", path), 1
     else:
@@ -151,6 +145,24 @@ def _load_split_file(path: Path) -> Dataset:
     return split
 
 
+def _load_csv(path: Path) -> tuple[Dataset, int, tuple[str, ...]]:
+    """The split, the file row of its first example, and the extra columns it keeps."""
+    header = _read_csv_header(path)
+    if {"text", "label"} <= set(header):
+        # Every text as written: pandas alone would read a text "NA" or "null" as missing.
+        return _load_with_datasets("csv", path, keep_default_na=False, na_filter=False), 2, ()
+    if _is_original_header(header):  # the Kaggle copy of AG News: "Class Index,Title,Description"
+        return _load_original_ag_news_csv(path, first_row=2), 2, _PARTS
+    if len(header) == 3 and header[0].strip().isdigit():  # the original files: no header
+        return _load_original_ag_news_csv(path, first_row=1), 1, _PARTS
+    raise DataError(f"{path}: row 1: not an AG News CSV: expected a header with 'text' and 'label' columns, "
+                    f"or rows of class_index,title,description; found {header!r}")
+
+
+def _is_original_header(header: list[str]) -> bool:
+    return [name.strip().lower().replace("_", " ") for name in header] == ["class index", "title", "description"]
+
+
 def _load_with_datasets(builder: str, path: Path, **options) -> Dataset:
     # The datasets builders cache the parsed Arrow table keyed by the file, so later runs start instantly.
     try:
@@ -160,15 +172,17 @@ def _load_with_datasets(builder: str, path: Path, **options) -> Dataset:
         raise DataError(f"{path}: cannot be parsed as {builder}: {cause}") from err
 
 
-def _load_original_ag_news_csv(path: Path) -> Dataset:
+def _load_original_ag_news_csv(path: Path, first_row: int) -> Dataset:
+    """``first_row`` is 2 when the file starts with a header row (replaced by our column names), else 1."""
     _check_csv_field_counts(path, len(_ORIGINAL_COLUMNS))
     # Read every field as a string and nothing as "missing": a headline can be "NA" or "null".
     as_text = datasets.Features({name: datasets.Value("string") for name in _ORIGINAL_COLUMNS})
-    split = _load_with_datasets("csv", path, column_names=_ORIGINAL_COLUMNS, header=None,
+    split = _load_with_datasets("csv", path, column_names=_ORIGINAL_COLUMNS, header=0 if first_row == 2 else None,
                                 keep_default_na=False, na_filter=False, features=as_text)
     bad = next((i for i, v in enumerate(split["class_index"]) if v.strip() not in ("1", "2", "3", "4")), None)
     if bad is not None:
-        raise DataError(f"{path}: row {bad + 1}: class_index {split[bad]['class_index']!r} is not one of 1, 2, 3, 4")
+        raise DataError(f"{path}: row {bad + first_row}: class_index {split[bad]['class_index']!r} "
+                        f"is not one of 1, 2, 3, 4")
 
     def to_text_label(batch):
         return {"text": [f"{t} {d}".strip() for t, d in zip(batch["title"], batch["description"])],
@@ -188,7 +202,8 @@ def _check_utf8(path: Path) -> None:
 
 
 def _read_csv_header(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8") as handle:
+    # utf-8-sig drops the byte-order mark that spreadsheet programs write first ("CSV UTF-8"), as pandas does.
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         header = next(csv.reader(handle), None)
     if header is None:
         raise DataError(f"{path}: file is empty")
@@ -196,7 +211,7 @@ def _read_csv_header(path: Path) -> list[str]:
 
 
 def _check_csv_field_counts(path: Path, expected: int) -> None:
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         for row, fields in enumerate(csv.reader(handle), start=1):
             if len(fields) != expected:
                 raise DataError(f"{path}: row {row}: expected {expected} fields "

@@ -4,23 +4,27 @@
     accelerate launch --config_file accelerate_configs/cpu.yaml -m distrinews.train --config my_run.yaml
     distrinews train --max_train_samples 2000 --num_train_epochs 1      # one process
     accelerate launch --config_file accelerate_configs/cpu.yaml -m distrinews.train --push_to_hub --hub_model_id USER/NAME
+    accelerate launch ... -m distrinews.train --hub_strategy checkpoint --hub_model_id USER/NAME   # resume anywhere
 
 The same file runs on CPU (gloo), one GPU, N GPUs and several machines: the accelerate YAML decides the
 processes and the precision; the training config (distrinews/training/config.py) decides everything else. This is
 the only module that touches the ``Accelerator``.
 
 Run the same command again after any interruption: ``resume=auto`` continues from the newest complete
-checkpoint, batch for batch. The exit codes are listed with their errors in ``distrinews/core/errors.py``.
+checkpoint, batch for batch; with ``hub_strategy=checkpoint`` it is also on the Hub, so a new machine or a new
+Kaggle session continues the run from there (distrinews/hub/checkpoints.py). The exit codes are listed with their
+errors in ``distrinews/core/errors.py``.
 
 Read it top to bottom: ``train`` runs the phases in order: ``_set_up`` (accelerator, data, model, loaders,
-optimizer), ``_resume_or_start``, then ``_train_steps``, which calls ``_micro_step`` per batch and
-``_after_optimizer_step`` per optimizer step (device checks, ``_log_window``, ``_evaluate_and_checkpoint``,
-``_stop``), and ``_finish`` (pick the weights, evaluate test, write the outputs, push). Everything the phases
-share lives in one ``Run``.
+optimizer), ``_start_tracking`` (report_to), ``_resume_or_start``, then ``_train_steps``, which calls
+``_micro_step`` per batch and ``_after_optimizer_step`` per optimizer step (device checks, ``_log_window``,
+``_evaluate_and_checkpoint``, ``_stop``), and ``_finish`` (pick the weights, evaluate test, write the outputs,
+push). Everything the phases share lives in one ``Run``.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -37,20 +41,22 @@ import datasets
 import torch
 import transformers
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration, set_seed
+from huggingface_hub.utils import disable_progress_bars
 from safetensors.torch import load_model, save_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from . import checkpoint, faults
+from . import checkpoint, faults, tracking
 from .checkpoint import TrainerState
 from .config import TrainConfig, parse_train_config
 from .cpu_dropout import use_cpu_dropout
 from .data import PaddingCollator, load_ag_news, sorted_by_length, tokenize_splits
 from ..core.errors import EXIT_STOPPED, ConfigError, TrainingStopped, exit_code_for
 from .evaluation import evaluate_split
-from ..hub.push import check_push_ready, push_run_to_hub
+from ..hub.checkpoints import CheckpointUploader, HubCheckpointRepo
+from ..hub.push import check_push_ready, push_run_to_hub, resolve_hub_token
 from ..core.labels import LABEL_NAMES
 from ..hub.model_card import write_model_card
 from ..core.modeling import load_classifier
@@ -63,6 +69,9 @@ from .sampling import ResumableBatchSampler
 from .stability import NonFiniteGuard
 
 BEST_WEIGHTS = "best_model.safetensors"
+# How long the main process waits at the end for the last checkpoint upload (hub_strategy=checkpoint). At a stop
+# (SIGTERM) the launcher may kill it sooner: torchrun gives the remaining processes 30 s once one has exited.
+UPLOAD_WAIT_SECONDS = 900
 
 
 @dataclass
@@ -106,6 +115,8 @@ class Run:
     window: LogWindow | None = None
     progress: Any = None
     stop_vote: torch.Tensor | None = None  # filled, never re-created: no host-to-device copy per step
+    hub_repo: HubCheckpointRepo | None = None  # hub_strategy=checkpoint, main process only
+    uploader: CheckpointUploader | None = None  # the same
 
     @property
     def device(self) -> torch.device:
@@ -135,9 +146,14 @@ def train(config: TrainConfig) -> dict:
     stop_request = StopRequest()
     try:
         run = _set_up(config, stop_request)
-        _resume_or_start(run)
-        _train_steps(run)
-        return _finish(run)
+        try:
+            _start_tracking(run)
+            _resume_or_start(run)
+            _train_steps(run)
+            return _finish(run)
+        except BaseException:
+            run.accelerator.end_training()  # a stop or a failure still closes the trackers' run with what it logged
+            raise
     finally:
         stop_request.uninstall()  # no-op unless the loop was interrupted by an exception
 
@@ -174,16 +190,34 @@ def _set_up(config: TrainConfig, stop_request: StopRequest) -> Run:
     train_data = checkpoint.data_fingerprint(tokenized["train"]["length"], tokenized["train"]["labels"])
     state = TrainerState(run_signature=checkpoint.run_signature(config, accelerator.num_processes, train_data,
                                                                 total_steps))
+    hub_repo, uploader = _hub_checkpoints(config, accelerator)
     return Run(config=config, accelerator=accelerator, model=model, forward_model=forward_model, tokenizer=tokenizer,
                tokenized=tokenized, sampler=sampler, train_loader=train_loader, eval_loaders=eval_loaders,
                optimizer=optimizer, scheduler=scheduler, total_steps=total_steps,
                micro_batches_per_epoch=steps_per_epoch * config.gradient_accumulation_steps, state=state,
                run_log=RunLog(Path(config.output_dir) / "log.jsonl", enabled=accelerator.is_main_process),
-               stop_request=stop_request)
+               stop_request=stop_request, hub_repo=hub_repo, uploader=uploader)
+
+
+def _hub_checkpoints(config: TrainConfig, accelerator: Accelerator):
+    """The Hub repo and background uploader of hub_strategy=checkpoint, on the main process; (None, None) otherwise."""
+    if config.hub_strategy != "checkpoint" or not accelerator.is_main_process:
+        return None, None
+    say = functools.partial(print, flush=True)  # from the upload thread too, and promptly (Kaggle shows stdout live)
+    # Upload progress bars from the background thread would tear the training progress bar apart; each upload
+    # says in one line what it did instead.
+    disable_progress_bars()
+    repo = HubCheckpointRepo(config.hub_model_id, resolve_hub_token(), revision=config.hub_revision or None,
+                             private=config.hub_private, log=say)
+    return repo, CheckpointUploader(repo.upload, repo.where, log=say)
 
 
 def _make_accelerator(config: TrainConfig) -> Accelerator:
+    output_dir = Path(config.output_dir)
     return Accelerator(
+        log_with=tracking.trackers_for(config.report_to) or None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir),
+                                            logging_dir=str(output_dir / tracking.TRACKER_FOLDER)),
         # accelerate starts several CPU processes only through torchrun (its MULTI_GPU launcher, see
         # accelerate_configs/cpu.yaml); saying "cpu" when there is no GPU makes it pick gloo for them.
         cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
@@ -230,10 +264,21 @@ def _data_loaders(config: TrainConfig, accelerator: Accelerator, tokenized, toke
     return sampler, train_loader, eval_loaders
 
 
+def _start_tracking(run: Run) -> None:
+    """Open the trackers' run (report_to; none: nothing) with the config as this run resolved it."""
+    accelerator = run.accelerator
+    resolved = {**run.config.to_dict(), "num_processes": accelerator.num_processes,
+                "mixed_precision": accelerator.mixed_precision, "total_train_batch_size": run.examples_per_step,
+                "total_steps": run.total_steps}
+    accelerator.init_trackers(tracking.run_name(run.config), config=tracking.tracker_config(resolved))
+
+
 # ----------------------------------------------------------------------------- resume or start
 
 def _resume_or_start(run: Run) -> None:
     accelerator, config = run.accelerator, run.config
+    if config.resume == "auto" and config.hub_strategy == "checkpoint":
+        _fetch_hub_checkpoint(run)
     resume_from = _find_resume_checkpoint(config, run.checkpoint_root)
     if resume_from is not None:
         saved = TrainerState.load(resume_from / checkpoint.STATE_FILE)
@@ -258,6 +303,15 @@ def _resume_or_start(run: Run) -> None:
         f"{len(tokenized['test'])} test): {run.total_steps} steps of {run.examples_per_step} examples on "
         f"{accelerator.num_processes} process(es), {accelerator.device.type}, "
         f"mixed precision {accelerator.mixed_precision}")
+
+
+def _fetch_hub_checkpoint(run: Run) -> None:
+    """With no local checkpoint, the main process fetches the newest one from the Hub into checkpoints/ while the
+    others wait (every rank of a config decides to wait, so none can race past a download in progress); then all
+    resume from it as from any local checkpoint. A failed fetch ends the main process, and the launcher the rest."""
+    if run.accelerator.is_main_process and checkpoint.latest_checkpoint(run.checkpoint_root) is None:
+        run.hub_repo.fetch(run.checkpoint_root, run.output_dir / "log.jsonl")
+    run.accelerator.wait_for_everyone()
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -353,6 +407,7 @@ def _log_window(run: Run) -> None:
     if device.type == "cuda":
         record["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     run.run_log.write("train", **record)
+    run.accelerator.log(tracking.train_scalars(record), step=state.global_step)
     run.progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}")
     window.restart()
 
@@ -380,6 +435,7 @@ def _validate_and_select(run: Run) -> None:
                              gather=accelerator.gather_for_metrics)
     run.run_log.write("eval", split="validation", step=state.global_step, epoch=state.epoch,
                       accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"])
+    accelerator.log(tracking.eval_scalars("eval", metrics), step=state.global_step)
     accelerator.print(f"step {state.global_step}: validation accuracy {metrics['accuracy']:.4f}, "
                       f"macro-F1 {metrics['macro_f1']:.4f}")
     # Every rank sees the same gathered metrics, so they agree on "best" without another collective.
@@ -401,9 +457,27 @@ def _save_checkpoint(run: Run) -> None:
     if accelerator.is_main_process:
         with checkpoint.write_errors_reported(staging):
             run.config.save(staging / "train_config.json")
-            checkpoint.finalize_checkpoint(staging, run.state, keep_last=run.config.keep_last,
-                                           best_weights=run.output_dir / BEST_WEIGHTS)
+            final = checkpoint.finalize_checkpoint(staging, run.state, keep_last=run.config.keep_last,
+                                                   best_weights=run.output_dir / BEST_WEIGHTS)
+        if run.uploader is not None:
+            _queue_upload(run, final)
     accelerator.wait_for_everyone()
+
+
+def _queue_upload(run: Run, final: Path) -> None:
+    """Hand the new checkpoint to the background uploader (a snapshot of hard links: see snapshot_for_upload)."""
+    try:
+        snapshot = checkpoint.snapshot_for_upload(final, run.output_dir / "log.jsonl")
+    except OSError as err:
+        print(f"Warning: checkpoint {final} not uploaded, its snapshot failed ({err}); training goes on", flush=True)
+        return
+    run.uploader.submit(snapshot, run.state.global_step)
+
+
+def _wait_for_uploads(run: Run) -> None:
+    """The newest checkpoint on the Hub before the process ends (main process; bounded)."""
+    if run.uploader is not None:
+        run.uploader.close(UPLOAD_WAIT_SECONDS)
 
 
 def _stop(run: Run, checkpointed: bool) -> None:
@@ -416,11 +490,11 @@ def _stop(run: Run, checkpointed: bool) -> None:
     cause = run.stop_request.signal_name or "a signal to another process"
     run.run_log.write("stopped", step=step, cause=cause, checkpoint=str(saved_to), exit_code=EXIT_STOPPED)
     run.progress.close()
+    _wait_for_uploads(run)
     run.accelerator.print(f"Stopped at step {step} of {run.total_steps} on {cause}; checkpoint written to "
                           f"{saved_to}. Run the same command again to resume from it (resume=auto). "
                           f"Exit code {EXIT_STOPPED}.")
-    run.accelerator.end_training()
-    raise TrainingStopped(f"stopped at step {step}")
+    raise TrainingStopped(f"stopped at step {step}")  # train() closes the trackers' run
 
 
 # ----------------------------------------------------------------------------- finish
@@ -436,6 +510,7 @@ def _finish(run: Run) -> dict:
                                        label_names=LABEL_NAMES, gather=accelerator.gather_for_metrics)
         run.run_log.write("eval", split=name, step=selected_step, final=True,
                           accuracy=results[name]["accuracy"], macro_f1=results[name]["macro_f1"])
+    accelerator.log(tracking.eval_scalars("test", results["test"]), step=run.state.global_step)
     metrics = {**results, "model_selection": run.config.model_selection, "selected_step": selected_step,
                "global_step": run.state.global_step,
                "train": _describe_training(accelerator, run.config, run.state, len(run.tokenized["train"]))}
@@ -443,6 +518,7 @@ def _finish(run: Run) -> dict:
         _write_outputs(run, metrics)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    _wait_for_uploads(run)  # after the last collective, like the push: the other ranks are done
     if run.config.push_to_hub and accelerator.is_main_process:
         # After the last collective: the other ranks are done, so a slow or failed upload cannot keep them
         # waiting in a barrier until the NCCL timeout.
@@ -540,8 +616,9 @@ def _find_resume_checkpoint(config: TrainConfig, checkpoint_root: Path) -> Path 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = parse_train_config(argv)
-        if config.push_to_hub:
-            check_push_ready()  # no token or HF_HUB_OFFLINE: fail now, not after hours of training
+        if config.push_to_hub or config.hub_strategy == "checkpoint":
+            # No token or HF_HUB_OFFLINE: fail now, not after hours of training.
+            check_push_ready("push_to_hub" if config.push_to_hub else "hub_strategy=checkpoint")
         train(config)
     except Exception as err:
         code = exit_code_for(err)

@@ -142,7 +142,9 @@ def test_push_command_retries_transient_errors_and_replaces_stale_weights(pushed
     run_dir = shutil.copytree(output_dir, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
     token = _fake_token()
     earlier = {"model-00001-of-00002.safetensors": b"old shard", "model.safetensors.index.json": b"{}",
-               "pytorch_model.bin": b"old pickle", "notes.md": b"kept"}
+               "pytorch_model.bin": b"old pickle", "notes.md": b"kept",
+               # hub_strategy=checkpoint's resumable checkpoint: not the model's weights, so never deleted
+               "last-checkpoint/model.safetensors": b"checkpoint weights", "last-checkpoint/COMPLETE": b"8\n"}
     with FakeHub(token) as hub:
         hub.seed(REPO_ID, earlier)
         hub.fail_next("POST", r"^/api/repos/create$", 429)
@@ -157,7 +159,8 @@ def test_push_command_retries_transient_errors_and_replaces_stale_weights(pushed
     assert len(hub.commits_made()) == 1
     assert [c.summary for c in repo.history("main")] == ["earlier push"]  # the branch got the commit, not main
     # Weights of the earlier push would shadow the new ones (an index beats a single file): they are deleted.
-    assert set(repo.files("candidate")) == MODEL_FILES | {".gitattributes", "notes.md"}
+    assert set(repo.files("candidate")) == MODEL_FILES | {".gitattributes", "notes.md", "last-checkpoint/COMPLETE",
+                                                          "last-checkpoint/model.safetensors"}
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record["revision"] == "candidate" and record["commit_sha"] == repo.branches["candidate"]
     assert record["private"] is False

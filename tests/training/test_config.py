@@ -41,6 +41,9 @@ def test_saved_config_loads_back(tmp_path):
     (["--lr_scheduler_type", "wobbly"], "lr_scheduler_type='wobbly': must be one of"),
     (["--warmup_ratio", "1.5"], "warmup_ratio=1.5: must be in [0, 1)"),
     (["--push_to_hub"], "hub_model_id='': push_to_hub needs hub_model_id as USER/NAME"),
+    (["--hub_strategy", "checkpoint"], "hub_model_id='': hub_strategy=checkpoint needs hub_model_id as USER/NAME"),
+    (["--hub_strategy", "every_save", "--hub_model_id", "me/news"], "hub_strategy='every_save': must be one of end, "
+                                                                      "checkpoint"),
     (["--resume", "/no/such/checkpoint"], "resume='/no/such/checkpoint'"),
     (["--max_length", "12.5"], "max_length='12.5': expected int"),
     (["--group_by_length", "maybe"], "group_by_length='maybe': expected true or false"),

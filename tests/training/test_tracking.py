@@ -1,0 +1,68 @@
+"""report_to: a real 2-process run logs its config, training scalars and evaluations to TensorBoard, read back
+with TensorBoard's own reader; a tracker whose package is missing is a clear error before anything is written."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import yaml
+
+from conftest import accelerate_launch, tiny_train_args
+from distrinews.cli import main as cli_main
+
+TRAIN_TAGS = ["train/loss", "train/learning_rate", "train/samples_per_second", "train/epoch"]
+
+
+def _scalars(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep every event
+    events.Reload()
+    return {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_two_process_run_logs_to_tensorboard(tiny_model, ag_news_dir, tmp_path):
+    output_dir = tmp_path / "out"
+    accelerate_launch(tiny_train_args(tiny_model, ag_news_dir, output_dir, max_steps=12, logging_steps=3,
+                                      eval_every=4, report_to="tensorboard", run_name="tiny-run"), num_processes=2)
+
+    run_dir = output_dir / "runs" / "tiny-run"
+    # One writer: only the main process logs (a second rank would add its own events file).
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+    scalars = _scalars(run_dir)
+    assert sorted(scalars) == sorted(TRAIN_TAGS + ["eval/accuracy", "eval/macro_f1", "test/accuracy",
+                                                   "test/macro_f1"])
+
+    log = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
+    train = [r for r in log if r["type"] == "train"]
+    evals = [r for r in log if r["type"] == "eval" and r["split"] == "validation" and not r.get("final")]
+    assert [r["step"] for r in train] == [3, 6, 9, 12]
+    assert [r["step"] for r in evals] == [4, 8, 12]
+    for tag, key in zip(TRAIN_TAGS, ("loss", "lr", "samples_per_s", "epoch")):
+        assert [step for step, _ in scalars[tag]] == [3, 6, 9, 12], tag
+        assert [value for _, value in scalars[tag]] == pytest.approx([r[key] for r in train], rel=1e-6), tag
+    assert [step for step, _ in scalars["eval/accuracy"]] == [4, 8, 12]
+    assert [value for _, value in scalars["eval/accuracy"]] == pytest.approx([r["accuracy"] for r in evals])
+    test_accuracy = json.loads((output_dir / "metrics.json").read_text())["test"]["accuracy"]
+    assert scalars["test/accuracy"] == [(12, pytest.approx(test_accuracy))]
+
+    # The resolved config, as the trackers stored it (TensorBoard's hparams, with accelerate's hparams.yml copy).
+    [hparams_file] = run_dir.glob("*/hparams.yml")
+    hparams = yaml.safe_load(hparams_file.read_text())
+    assert hparams["report_to"] == "tensorboard" and hparams["run_name"] == "tiny-run"
+    assert hparams["num_processes"] == 2 and hparams["total_steps"] == 12 and hparams["total_train_batch_size"] == 16
+
+
+@pytest.mark.parametrize("tracker", ["wandb", "trackio"])
+def test_missing_tracker_package_is_a_clear_error(tracker, tiny_model, ag_news_dir, tmp_path, capsys):
+    if importlib.util.find_spec(tracker) is not None:
+        pytest.skip(f"{tracker} is installed here")
+    output_dir = tmp_path / "out"
+    code = cli_main(["train", *tiny_train_args(tiny_model, ag_news_dir, output_dir, report_to=tracker)])
+    message = capsys.readouterr().err
+    assert code == 2
+    assert f"report_to={tracker}: the {tracker} package is not installed" in message, message
+    assert message.rstrip().endswith(f"pip install {tracker}"), message
+    assert not output_dir.exists()

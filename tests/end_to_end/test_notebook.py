@@ -272,3 +272,16 @@ def test_rejected_token_stops_before_training_without_showing_it(fake_hub, tmp_p
         run_cells(notebook, login_index, tmp_path, hub_env(fake_hub, rejected))
     assert FakeHub.seen_authorizations == [f"Bearer {rejected}"]
     assert rejected not in json.dumps(notebook)
+
+
+def test_with_a_token_a_full_run_keeps_its_checkpoint_on_the_hub(fake_hub, tmp_path):
+    # The command line is what matters here: training then stops at once on data that does not exist.
+    notebook = with_parameters(nbformat.read(NOTEBOOK, as_version=4), DATASET=str(tmp_path / "no-such-data"),
+                               OUTPUT_DIR=str(tmp_path / "run"))
+    train_index = training_cell_index(notebook)
+    with pytest.raises(CellExecutionError, match=r"training failed with exit code [1-9]"):
+        run_cells(notebook, train_index, tmp_path, hub_env(fake_hub, FakeHub.valid_token))
+    command = cell_text(notebook.cells[train_index]).splitlines()[0]
+    assert command.startswith("accelerate launch ")
+    assert command.endswith("--resume auto --hub_strategy checkpoint --hub_model_id kaggle-user/distrinews-ag-news")
+    assert FakeHub.valid_token not in json.dumps(notebook)

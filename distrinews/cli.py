@@ -8,6 +8,7 @@
     distrinews launch --output_dir runs/ag_news [TRAIN OPTIONS]          # accelerate launch on every GPU found
     distrinews launch-config multi_gpu                                       # path of a shipped accelerate YAML
     distrinews deploy-space USER/SPACE --model_id USER/NAME [--revision SHA] [--private] [--stage_only FOLDER]
+    distrinews kaggle --output DIR --dataset USER/SLUG [--kernel USER/SLUG] [--wheel PATH]
 """
 
 from __future__ import annotations
@@ -164,6 +165,27 @@ def _deploy_space(argv: Sequence[str]) -> int:
     return 0
 
 
+def _kaggle(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="distrinews kaggle", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Write a Kaggle bundle: OUTPUT/dataset (the distrinews wheel and dataset-metadata.json) and "
+        "OUTPUT/kernel (the notebook and kernel-metadata.json: 2x T4, internet on, that dataset attached, "
+        "private), for `kaggle datasets create -p OUTPUT/dataset` and `kaggle kernels push -p OUTPUT/kernel`. "
+        "Run from a clone of the repository.")
+    parser.add_argument("--output", required=True, help="New or empty folder to write the bundle into.")
+    parser.add_argument("--dataset", required=True, help="Kaggle dataset to hold the wheel, USER/SLUG.")
+    parser.add_argument("--kernel", default=None,
+                        help="Kaggle notebook to push, USER/SLUG (default: USER/distrinews-ag-news, USER as in "
+                             "--dataset).")
+    parser.add_argument("--wheel", default=None, help="Ship this distrinews wheel instead of building one.")
+    args = parser.parse_args(argv)
+
+    from .kaggle.bundle import write_bundle
+
+    print(write_bundle(args.output, args.dataset, kernel=args.kernel, wheel=args.wheel).next_steps())
+    return 0
+
+
 def _launch(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="distrinews launch", formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
@@ -211,6 +233,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "launch": (_launch, "train with accelerate launch on every GPU found (2 CPU processes without one)"),
     "launch-config": (_launch_config, "print the path of a shipped accelerate YAML (cpu, single_gpu, multi_gpu, multi_node)"),
     "deploy-space": (_deploy_space, "deploy the serving Space wired to a model repo"),
+    "kaggle": (_kaggle, "write the wheel dataset and the notebook kernel for the kaggle CLI"),
 }
 
 

@@ -63,6 +63,10 @@ class ModelCardError(InputError):
     """A run folder that lacks what the card is built from; the message names the missing file."""
 
 
+class KaggleBundleError(InputError):
+    """The Kaggle bundle cannot be written; the message names the option or file and what to do."""
+
+
 class HubPushError(RuntimeError):
     """The push did not happen; the message says why and how to push the saved run later."""
 

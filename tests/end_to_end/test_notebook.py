@@ -105,8 +105,7 @@ def smoke_run(tiny_model, ag_news_dir, tmp_path_factory):
     run_dir = working_dir / "runs" / "ag_news-smoke"  # where a SMOKE run goes, so a full run never resumes it
     notebook = with_parameters(
         nbformat.read(NOTEBOOK, as_version=4), MODEL_ID=str(tiny_model), DATASET=str(ag_news_dir),
-        OUTPUT_DIR=str(full_run_dir), SMOKE=True, BATCH_SIZE=8, LEARNING_RATE=5e-3, CHECKPOINT_EVERY=10,
-        DISTRINEWS_SOURCE=str(REPO_ROOT))
+        OUTPUT_DIR=str(full_run_dir), SMOKE=True, BATCH_SIZE=8, LEARNING_RATE=5e-3, CHECKPOINT_EVERY=10)
     client = notebook_client(notebook, working_dir)
     started = time.perf_counter()
     with client.setup_kernel(env=kernel_env()):
@@ -204,7 +203,7 @@ def test_notebook_in_git_has_no_outputs_and_no_secrets():
 
 
 def test_failed_training_fails_the_cell_and_shows_why(tmp_path):
-    notebook = with_parameters(nbformat.read(NOTEBOOK, as_version=4), SMOKE=True, DISTRINEWS_SOURCE=str(REPO_ROOT),
+    notebook = with_parameters(nbformat.read(NOTEBOOK, as_version=4), SMOKE=True,
                                DATASET=str(tmp_path / "no-such-data"), OUTPUT_DIR=str(tmp_path / "run"))
     train_index = training_cell_index(notebook)
     with pytest.raises(CellExecutionError, match=r"training failed with exit code [1-9]"):
@@ -255,7 +254,7 @@ def hub_env(endpoint: str, token: str) -> dict:
 
 
 def test_login_uses_the_token_without_ever_showing_it(fake_hub, tmp_path):
-    notebook = with_parameters(nbformat.read(NOTEBOOK, as_version=4), DISTRINEWS_SOURCE=str(REPO_ROOT))
+    notebook = with_parameters(nbformat.read(NOTEBOOK, as_version=4))
     login_index = cell_index(notebook, "HfApi().whoami")
     run_cells(notebook, login_index, tmp_path, hub_env(fake_hub, FakeHub.valid_token))
     text = cell_text(notebook.cells[login_index])
@@ -267,9 +266,22 @@ def test_login_uses_the_token_without_ever_showing_it(fake_hub, tmp_path):
 
 def test_rejected_token_stops_before_training_without_showing_it(fake_hub, tmp_path):
     rejected = "hf_" + secrets.token_hex(17)
-    notebook = with_parameters(nbformat.read(NOTEBOOK, as_version=4), DISTRINEWS_SOURCE=str(REPO_ROOT))
+    notebook = with_parameters(nbformat.read(NOTEBOOK, as_version=4))
     login_index = cell_index(notebook, "HfApi().whoami")
     with pytest.raises(CellExecutionError, match="the Hub did not accept the token from the HF_TOKEN environment"):
         run_cells(notebook, login_index, tmp_path, hub_env(fake_hub, rejected))
     assert FakeHub.seen_authorizations == [f"Bearer {rejected}"]
     assert rejected not in json.dumps(notebook)
+
+
+def test_with_a_token_a_full_run_keeps_its_checkpoint_on_the_hub(fake_hub, tmp_path):
+    # The command line is what matters here: training then stops at once on data that does not exist.
+    notebook = with_parameters(nbformat.read(NOTEBOOK, as_version=4), DATASET=str(tmp_path / "no-such-data"),
+                               OUTPUT_DIR=str(tmp_path / "run"))
+    train_index = training_cell_index(notebook)
+    with pytest.raises(CellExecutionError, match=r"training failed with exit code [1-9]"):
+        run_cells(notebook, train_index, tmp_path, hub_env(fake_hub, FakeHub.valid_token))
+    command = cell_text(notebook.cells[train_index]).splitlines()[0]
+    assert command.startswith("accelerate launch ")
+    assert command.endswith("--resume auto --hub_strategy checkpoint --hub_model_id kaggle-user/distrinews-ag-news")
+    assert FakeHub.valid_token not in json.dumps(notebook)

@@ -171,7 +171,7 @@ def _kaggle(argv: Sequence[str]) -> int:
         description="Write a Kaggle bundle: OUTPUT/dataset (the distrinews wheel and dataset-metadata.json) and "
         "OUTPUT/kernel (the notebook and kernel-metadata.json: 2x T4, internet on, that dataset attached, "
         "private), for `kaggle datasets create -p OUTPUT/dataset` and `kaggle kernels push -p OUTPUT/kernel`. "
-        "Run from a clone of the repository.")
+        "From a clone the wheel is built from the source; a pip-installed distrinews needs --wheel.")
     parser.add_argument("--output", required=True, help="New or empty folder to write the bundle into.")
     parser.add_argument("--dataset", required=True, help="Kaggle dataset to hold the wheel, USER/SLUG.")
     parser.add_argument("--kernel", default=None,

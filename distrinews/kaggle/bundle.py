@@ -97,11 +97,20 @@ def parse_ref(text: str, what: str, length: tuple[int, int]) -> KaggleRef:
 
 
 def source_checkout() -> Path | None:
-    """The repository the imported package comes from, or None for an installed package (no notebook there)."""
+    """The repository the imported package comes from, or None for an installed package."""
     root = Path(distrinews.__file__).resolve().parent.parent
     if (root / "pyproject.toml").is_file() and (root / "notebooks" / NOTEBOOK_NAME).is_file():
         return root
     return None
+
+
+def notebook_path() -> Path:
+    """The notebook: a clone's notebooks/, or the copy the wheel carries as distrinews/notebooks/ (pyproject.toml)."""
+    package = Path(distrinews.__file__).resolve().parent
+    for folder in (package / "notebooks", package.parent / "notebooks"):
+        if (folder / NOTEBOOK_NAME).is_file():
+            return folder / NOTEBOOK_NAME
+    raise KaggleBundleError(f"the notebook {NOTEBOOK_NAME} is missing from {package}; reinstall distrinews")
 
 
 def build_wheel(source: Path, destination: Path) -> Path:
@@ -158,11 +167,11 @@ def write_bundle(output: str | Path, dataset: str, kernel: str | None = None,
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise KaggleBundleError(f"--output {output} is not an empty folder: give a new or empty one")
     checkout = source_checkout()
-    if checkout is None:
+    if checkout is None and wheel is None:
         raise KaggleBundleError(
-            f"distrinews is installed at {Path(distrinews.__file__).parent}, not run from a source checkout: "
-            f"the bundle needs the checkout's notebooks/{NOTEBOOK_NAME}. Run it from a clone of the repository "
-            "(with `pip install -e .` there)")
+            f"distrinews is installed at {Path(distrinews.__file__).parent}, not run from a source checkout, so "
+            "there is no source to build its wheel from: pass --wheel with the distrinews wheel to ship (the one "
+            "you installed, say), or run this from a clone of the repository")
     prebuilt = checked_wheel(wheel) if wheel else None
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -176,7 +185,7 @@ def write_bundle(output: str | Path, dataset: str, kernel: str | None = None,
         else:
             build_wheel(checkout, dataset_dir)
         (dataset_dir / "dataset-metadata.json").write_text(json.dumps(dataset_metadata(dataset_ref), indent=2) + "\n")
-        shutil.copy2(checkout / "notebooks" / NOTEBOOK_NAME, kernel_dir / NOTEBOOK_NAME)
+        shutil.copy2(notebook_path(), kernel_dir / NOTEBOOK_NAME)
         (kernel_dir / "kernel-metadata.json").write_text(
             json.dumps(kernel_metadata(kernel_ref, dataset_ref), indent=2) + "\n")
         if output.exists():

@@ -366,9 +366,16 @@ def test_installed_cli_finds_the_launch_configs_in_the_wheel(notebook_runs, venv
     assert path.read_text() == launch_config_path("cpu").read_text()  # the same file as in this checkout
 
 
-def test_installed_package_cannot_make_a_bundle_without_the_notebook_checkout(notebook_runs, venv, tmp_path):
-    result = venv.run(str(venv.root / "bin" / "distrinews"), "kaggle", "--output", str(tmp_path / "out"),
-                      "--dataset", DATASET, cwd=tmp_path)
-    assert result.returncode == 2
-    assert f"distrinews is installed at {venv.site_packages / 'distrinews'}, not run from a source checkout" in result.stderr
-    assert not (tmp_path / "out").exists()
+def test_installed_package_makes_a_bundle_from_a_given_wheel(bundle, notebook_runs, venv, tmp_path):
+    distrinews = str(venv.root / "bin" / "distrinews")
+    refused = venv.run(distrinews, "kaggle", "--output", str(tmp_path / "out"), "--dataset", DATASET, cwd=tmp_path)
+    assert refused.returncode == 2
+    assert f"distrinews is installed at {venv.site_packages / 'distrinews'}, not run from a source checkout" in refused.stderr
+    assert "pass --wheel" in refused.stderr and not (tmp_path / "out").exists()
+    wheel = only_wheel(bundle / "dataset")
+    made = venv.run(distrinews, "kaggle", "--output", str(tmp_path / "out"), "--dataset", DATASET,
+                    "--wheel", str(wheel), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "out/dataset" / wheel.name).read_bytes() == wheel.read_bytes()
+    # The notebook the wheel carries is the checkout's.
+    assert (tmp_path / "out/kernel/distrinews_kaggle.ipynb").read_bytes() == NOTEBOOK.read_bytes()

@@ -39,12 +39,12 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
-def test_wheel_holds_every_module_the_licence_and_the_launch_configs(wheel):
+def test_wheel_holds_every_module_the_licence_the_launch_configs_and_the_notebook(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     modules = {path.relative_to(REPO_ROOT).as_posix() for path in (REPO_ROOT / "distrinews").rglob("*.py")}
     assert modules and not modules - names, f"missing from the wheel: {sorted(modules - names)}"
     configs = {f"distrinews/accelerate_configs/{name}.yaml" for name in LAUNCH_CONFIG_NAMES}
-    assert configs <= names
+    assert configs <= names and "distrinews/notebooks/distrinews_kaggle.ipynb" in names
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
     assert not [name for name in names if name.startswith(("tests/", "app/", "benchmarks/"))]
 

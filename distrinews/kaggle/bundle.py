@@ -23,6 +23,7 @@ from pathlib import Path
 import distrinews
 
 from ..core.errors import KaggleBundleError
+from ..core.shipped_files import shipped_file
 
 NOTEBOOK_NAME = "distrinews_kaggle.ipynb"
 DEFAULT_KERNEL_SLUG = "distrinews-ag-news"
@@ -104,15 +105,6 @@ def source_checkout() -> Path | None:
     return None
 
 
-def notebook_path() -> Path:
-    """The notebook: a clone's notebooks/, or the copy the wheel carries as distrinews/notebooks/ (pyproject.toml)."""
-    package = Path(distrinews.__file__).resolve().parent
-    for folder in (package / "notebooks", package.parent / "notebooks"):
-        if (folder / NOTEBOOK_NAME).is_file():
-            return folder / NOTEBOOK_NAME
-    raise KaggleBundleError(f"the notebook {NOTEBOOK_NAME} is missing from {package}; reinstall distrinews")
-
-
 def build_wheel(source: Path, destination: Path) -> Path:
     """Build the project's wheel (no dependencies) from a copy of ``source`` into ``destination``.
 
@@ -185,7 +177,7 @@ def write_bundle(output: str | Path, dataset: str, kernel: str | None = None,
         else:
             build_wheel(checkout, dataset_dir)
         (dataset_dir / "dataset-metadata.json").write_text(json.dumps(dataset_metadata(dataset_ref), indent=2) + "\n")
-        shutil.copy2(notebook_path(), kernel_dir / NOTEBOOK_NAME)
+        shutil.copy2(shipped_file("notebooks", NOTEBOOK_NAME), kernel_dir / NOTEBOOK_NAME)
         (kernel_dir / "kernel-metadata.json").write_text(
             json.dumps(kernel_metadata(kernel_ref, dataset_ref), indent=2) + "\n")
         if output.exists():

@@ -232,13 +232,7 @@ def snapshot_for_upload(checkpoint: Path, run_log: Path) -> Path:
     """
     snapshot = checkpoint.with_name(f"{_UPLOAD_PREFIX}{checkpoint.name}")
     shutil.rmtree(snapshot, ignore_errors=True)  # a leftover of an earlier attempt at the same step
-    for source in sorted(checkpoint.rglob("*")):
-        target = snapshot / source.relative_to(checkpoint)
-        if source.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(source, target)
+    shutil.copytree(checkpoint, snapshot, copy_function=_link_or_copy)
     if run_log.is_file():
         shutil.copy2(run_log, snapshot / RUN_LOG_COPY)
     return snapshot

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .launch_configs import launch_config_dir
+from .launch_configs import launch_config_path
 
 # bf16 arithmetic needs compute capability 8.0 (Ampere) or newer. torch.cuda.is_bf16_supported() is no
 # guide here: it also answers True for GPUs that only emulate bf16 (a T4, 7.5), which is slow.
@@ -45,8 +45,8 @@ class LaunchPlan:
 
         ``config_dir`` defaults to the YAMLs shipped with the package (distrinews/training/launch_configs.py).
         """
-        folder = Path(config_dir) if config_dir is not None else launch_config_dir()
-        return ["--config_file", str(folder / self.config_name), *self.flags]
+        path = Path(config_dir) / self.config_name if config_dir is not None else launch_config_path(self.config_name)
+        return ["--config_file", str(path), *self.flags]
 
 
 def parse_nvidia_smi(csv_text: str) -> list[GpuInfo]:

@@ -9,7 +9,7 @@ tests/end_to_end/test_kaggle_bundle.py, which shares that environment with the K
 from __future__ import annotations
 
 import email
-import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,29 +20,25 @@ import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 
 from conftest import REPO_ROOT, free_port, tiny_train_args
-from distrinews.training.launch_configs import LAUNCH_CONFIG_NAMES, launch_config_dir, launch_config_path
+from distrinews.kaggle.bundle import build_wheel
+from distrinews.training.launch_configs import LAUNCH_CONFIG_NAMES, launch_config_path
 
 DISTRINEWS = shutil.which("distrinews") or pytest.fail("the distrinews console script is not installed")
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    # Built from a copy, as a user's `pip wheel .` in a fresh clone: no build folders or egg-info carried over.
-    source = tmp_path_factory.mktemp("clone") / "distrinews"
-    shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", "build", "*.egg-info", "__pycache__", "runs", "test-artifacts", ".pytest_cache"))
-    out = tmp_path_factory.mktemp("wheel")
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                             "-w", str(out), str(source)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (built,) = out.glob("distrinews-*.whl")
-    return built
+    # The project's one wheel build (what `distrinews kaggle` ships): pip wheel of a clean copy of the clone.
+    return build_wheel(REPO_ROOT, tmp_path_factory.mktemp("wheel"))
 
 
 def test_wheel_holds_every_module_the_licence_the_launch_configs_and_the_notebook(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    modules = {path.relative_to(REPO_ROOT).as_posix() for path in (REPO_ROOT / "distrinews").rglob("*.py")}
+    modules = {path.relative_to(REPO_ROOT).as_posix() for path in (REPO_ROOT / "distrinews").rglob("*.py")
+               if "__pycache__" not in path.parts}
     assert modules and not modules - names, f"missing from the wheel: {sorted(modules - names)}"
+    # Nothing else either: a module deleted from the clone must not come back from a stale build/ folder.
+    assert modules == {name for name in names if name.endswith(".py")}
     configs = {f"distrinews/accelerate_configs/{name}.yaml" for name in LAUNCH_CONFIG_NAMES}
     assert configs <= names and "distrinews/notebooks/distrinews_kaggle.ipynb" in names
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
@@ -57,7 +53,9 @@ def test_wheel_metadata_is_pep_621_with_the_licence_and_console_script(wheel):
     requires = " ".join(metadata.get_all("Requires-Dist"))
     for package in ("torch", "transformers", "datasets", "accelerate", "evaluate", "huggingface_hub"):
         assert package in requires
-    assert "distrinews = distrinews.cli:main" in archive.read(f"{dist_info}/entry_points.txt").decode()
+    entry_points = archive.read(f"{dist_info}/entry_points.txt").decode()
+    assert "distrinews = distrinews.cli:main" in entry_points
+    assert re.search(r"^distrinews = distrinews\.cli:main$", entry_points, flags=re.MULTILINE)
     assert "Apache License" in (REPO_ROOT / "LICENSE").read_text()
 
 
@@ -68,16 +66,16 @@ def test_installed_layout_finds_its_own_launch_configs(wheel, tmp_path):
     code = ("from distrinews.training.launch_configs import launch_config_path as p; "
             "from distrinews.training.hardware import plan_launch; "
             "print(p('multi_gpu')); print(plan_launch([]).launch_args()[1])")
-    env = {**os.environ, "PYTHONPATH": str(site)}
+    # -I: neither PYTHONPATH nor the current folder is on sys.path; only the unpacked wheel is added.
     result = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {code}"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(site / "distrinews/accelerate_configs/multi_gpu.yaml"),
                                      str(site / "distrinews/accelerate_configs/cpu.yaml")]
 
 
 def test_launch_config_command_prints_loadable_yaml_paths():
-    assert launch_config_dir() == REPO_ROOT / "accelerate_configs"  # a clone uses the files it shows
+    assert launch_config_path("cpu").parent == REPO_ROOT / "accelerate_configs"  # a clone uses the files it shows
     for name in LAUNCH_CONFIG_NAMES:
         result = subprocess.run([DISTRINEWS, "launch-config", name], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and Path(result.stdout.strip()) == launch_config_path(name)

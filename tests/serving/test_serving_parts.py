@@ -113,10 +113,7 @@ def test_micro_batcher_refuses_whole_requests_when_full_and_answers_every_accept
 
 
 def test_a_failing_batch_fails_only_its_own_callers():
-    calls = []
-
     def run_batch(texts):
-        calls.append(list(texts))
         if "bad" in texts:
             raise RuntimeError("model exploded")
         return [text.upper() for text in texts]

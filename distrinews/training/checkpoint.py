@@ -133,8 +133,9 @@ def check_output_dir(output_dir: Path, process_index: int, keep_last: int, weigh
 
 
 @contextmanager
-def write_errors_reported(staging: Path):
-    """Turn any failure while writing checkpoint files into a CheckpointWriteError that names the intact one.
+def write_errors_reported(what: str, checkpoint_root: Path):
+    """Turn any failure while writing run files (``what``: a checkpoint, the best weights, the final model) into a
+    CheckpointWriteError that names the newest intact checkpoint in ``checkpoint_root``.
 
     Wrap file writes only, never a collective: a full disk surfaces as OSError, RuntimeError
     (torch.save) or SafetensorError, so every error is translated, keeping its own text.
@@ -142,11 +143,15 @@ def write_errors_reported(staging: Path):
     try:
         yield
     except Exception as err:
-        newest = latest_checkpoint(staging.parent)
-        raise CheckpointWriteError(
-            f"could not write checkpoint {staging}: {type(err).__name__}: {err}. The newest complete checkpoint "
-            f"({newest or 'none yet'}) is intact; free some space and run the same command again to resume "
-            "from it.") from err
+        raise write_failed(what, checkpoint_root, f"{type(err).__name__}: {err}") from err
+
+
+def write_failed(what: str, checkpoint_root: Path, cause: str) -> CheckpointWriteError:
+    """The error for run files that could not be written: what failed, and which checkpoint to resume from."""
+    newest = latest_checkpoint(checkpoint_root)
+    return CheckpointWriteError(
+        f"could not write {what}: {cause}. The newest complete checkpoint ({newest or 'none yet'}) is intact; "
+        "free some space and run the same command again to resume from it.")
 
 
 def checkpoint_name(step: int) -> str:

@@ -31,6 +31,7 @@ import os
 import platform
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -53,7 +54,7 @@ from .checkpoint import TrainerState
 from .config import TrainConfig, parse_train_config
 from .cpu_dropout import use_cpu_dropout
 from .data import PaddingCollator, load_ag_news, sorted_by_length, tokenize_splits
-from ..core.errors import EXIT_STOPPED, ConfigError, TrainingStopped, exit_code_for
+from ..core.errors import EXIT_STOPPED, CheckpointWriteError, ConfigError, TrainingStopped, exit_code_for
 from .evaluation import evaluate_split
 from ..hub.checkpoints import CheckpointUploader, HubCheckpointRepo
 from ..hub.push import check_push_ready, push_run_to_hub, resolve_hub_token
@@ -152,7 +153,11 @@ def train(config: TrainConfig) -> dict:
             _train_steps(run)
             return _finish(run)
         except BaseException:
-            run.accelerator.end_training()  # a stop or a failure still closes the trackers' run with what it logged
+            # A stop or a failure still closes the trackers' run with what it logged. Only the trackers: the
+            # process group stays (it goes with the process), since end_training() would destroy it while
+            # another rank may still be in a collective, which then fails with "Connection closed by peer".
+            for tracker in run.accelerator.trackers:
+                tracker.finish()
             raise
         finally:
             release_loader_workers([run.train_loader, *run.eval_loaders.values()])
@@ -454,27 +459,50 @@ def _validate_and_select(run: Run) -> None:
     # Every rank sees the same gathered metrics, so they agree on "best" without another collective.
     if run.config.model_selection == "best_validation" and metrics["accuracy"] > state.best_validation_accuracy:
         state.best_validation_accuracy, state.best_step = metrics["accuracy"], state.global_step
-        if accelerator.is_main_process:
-            staging = run.output_dir / f".{BEST_WEIGHTS}.tmp"
-            save_model(accelerator.unwrap_model(run.model), str(staging))
-            staging.replace(run.output_dir / BEST_WEIGHTS)
+        with _written_on_every_rank(run, f"the best weights {run.output_dir / BEST_WEIGHTS}"):
+            if accelerator.is_main_process:
+                staging = run.output_dir / f".{BEST_WEIGHTS}.tmp"
+                save_model(accelerator.unwrap_model(run.model), str(staging))
+                staging.replace(run.output_dir / BEST_WEIGHTS)
 
 
 def _save_checkpoint(run: Run) -> None:
     accelerator = run.accelerator
     staging = checkpoint.staging_dir(run.checkpoint_root, run.state.global_step)
-    with checkpoint.write_errors_reported(staging):
+    what = f"checkpoint {staging}"
+    with _written_on_every_rank(run, what):
         accelerator.save_state(str(staging))  # every rank writes its own RNG state into the folder
-    faults.inject("checkpoint_files_written", run)
-    accelerator.wait_for_everyone()  # every rank's files are on disk before the marker is written
-    if accelerator.is_main_process:
-        with checkpoint.write_errors_reported(staging):
+        faults.inject("checkpoint_files_written", run)
+    # The vote above is also the barrier: every rank's files are on disk before the marker is written.
+    final = None
+    with _written_on_every_rank(run, what):
+        if accelerator.is_main_process:
             run.config.save(staging / "train_config.json")
             final = checkpoint.finalize_checkpoint(staging, run.state, keep_last=run.config.keep_last,
                                                    best_weights=run.output_dir / BEST_WEIGHTS)
-        if run.uploader is not None:
-            _queue_upload(run, final)
-    accelerator.wait_for_everyone()
+    if final is not None and run.uploader is not None:
+        _queue_upload(run, final)
+
+
+@contextmanager
+def _written_on_every_rank(run: Run, what: str):
+    """Write run files (on some or all ranks), then all-reduce whether any rank failed, so that every rank raises
+    CheckpointWriteError (exit code 4) together. A failing rank that simply left would break the others'
+    next collective with "Connection closed by peer" (exit 1), and the launcher reports whichever exit it
+    sees first. The vote is also a barrier."""
+    error = None
+    try:
+        with checkpoint.write_errors_reported(what, run.checkpoint_root):
+            yield
+    except CheckpointWriteError as err:
+        error = err
+    accelerator = run.accelerator
+    failed = int(accelerator.reduce(torch.tensor([float(error is not None)], device=accelerator.device)).item())
+    if error is not None:
+        raise error
+    if failed:
+        raise checkpoint.write_failed(what, run.checkpoint_root,
+                                      f"{failed} other process(es) failed to write their part (their error is above)")
 
 
 def _queue_upload(run: Run, final: Path) -> None:
@@ -527,10 +555,10 @@ def _finish(run: Run) -> dict:
     metrics = {**results, "model_selection": run.config.model_selection, "selected_step": selected_step,
                "global_step": run.state.global_step,
                "train": _describe_training(accelerator, run.config, run.state, len(run.tokenized["train"]))}
-    if accelerator.is_main_process:
-        _write_outputs(run, metrics)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    with _written_on_every_rank(run, f"the final model and metrics in {run.output_dir}"):
+        if accelerator.is_main_process:
+            _write_outputs(run, metrics)
+    _end_distributed_run(run)
     _wait_for_uploads(run)  # after the last collective, like the push: the other ranks are done
     if run.config.push_to_hub and accelerator.is_main_process:
         # After the last collective: the other ranks are done, so a slow or failed upload cannot keep them
@@ -538,6 +566,26 @@ def _finish(run: Run) -> dict:
         metrics["hub"] = push_run_to_hub(run.output_dir, run.config.hub_model_id, private=run.config.hub_private,
                                          revision=run.config.hub_revision or None, log=accelerator.print)
     return metrics
+
+
+def _end_distributed_run(run: Run) -> None:
+    """The last barrier, then the trackers and the process group, in an order that cannot hang.
+
+    gloo frees a finished collective's tensors on its worker thread, which needs the GIL, and the process group's
+    destructor joins that thread while holding the GIL. When the destructor ran (as the DDP model was freed)
+    before the worker had freed the barrier and the collectives it waited on, the finished run never exited
+    (with the write vote right before the barrier, 3 of 5 test runs hung so). Holding the barrier's handle
+    until the group is gone leaves the last reference, and the freeing, to this thread; dropping the model
+    here makes the group go now.
+    """
+    accelerator = run.accelerator
+    last_barrier = torch.distributed.barrier(async_op=True) if torch.distributed.is_initialized() else None
+    if last_barrier is not None:
+        last_barrier.wait()
+    accelerator.end_training()  # closes the trackers' run; destroy_process_group() unregisters the group
+    run.model = run.forward_model = None
+    accelerator.free_memory()  # accelerate's references to the DDP model: the model, its reducer and the group go
+    del last_barrier
 
 
 def _select_weights(run: Run) -> int:
@@ -551,6 +599,7 @@ def _select_weights(run: Run) -> int:
 
 def _write_outputs(run: Run, metrics: dict) -> None:
     model_dir = run.output_dir / "model"
+    model_dir.mkdir(exist_ok=True)  # save_pretrained only logs an error and returns when the path is a file
     run.accelerator.unwrap_model(run.model).save_pretrained(model_dir)
     run.tokenizer.save_pretrained(model_dir)
     write_json(run.output_dir / "metrics.json", metrics)

@@ -246,6 +246,30 @@ def test_kill_9_loop_at_random_steps_gives_the_same_final_run(reference, tiny_mo
     assert_same_run(reference, output_dir)
 
 
+def test_a_failed_final_write_stops_every_rank_with_code_4_and_the_same_command_finishes(reference, tiny_model,
+                                                                                        ag_news_dir, tmp_path, attempts):
+    """Rank 0 alone writes the final model; when that fails, rank 1 must leave with the same exit code 4, not
+    with a connection error from the barrier it waited in (the launcher reports whichever exit it sees first)."""
+    output_dir = tmp_path / "out"
+    blocked = output_dir / "model" / "model.safetensors"
+    blocked.mkdir(parents=True)  # a path the final weights cannot be written to, set up from outside
+    args = tiny_train_args(tiny_model, ag_news_dir, output_dir, **RUN)
+
+    first = attempts(args, output_dir, "final_write_fails")
+    assert first.finish() != 0
+    output = first.output()
+    assert "exitcode  : 4" in output, output[-3000:]
+    assert "exitcode  : 1 " not in output and "Connection closed by peer" not in output, output[-3000:]
+    assert f"could not write the final model and metrics in {output_dir}: " in output
+    assert _complete_checkpoints(output_dir)[-1] == f"step-{TOTAL_STEPS:08d}"
+
+    blocked.rmdir()
+    second = attempts(args, output_dir, "resume")
+    assert second.finish() == 0, second.output()[-3000:]
+    assert [r["step"] for r in _log_records(output_dir) if r["type"] == "resume"] == [TOTAL_STEPS]
+    assert_same_run(reference, output_dir)
+
+
 def test_resume_on_one_process_with_the_same_global_batch(reference, tiny_model, ag_news_dir, tmp_path):
     """2 processes x 8 -> 1 process x 16: the same global batches, so the run continues equivalently
     (within float tolerance: the gradient sums are ordered differently)."""

@@ -498,11 +498,11 @@ def _written_on_every_rank(run: Run, what: str):
         error = err
     accelerator = run.accelerator
     failed = int(accelerator.reduce(torch.tensor([float(error is not None)], device=accelerator.device)).item())
-    if error is not None:
-        raise error
-    if failed:
-        raise checkpoint.write_failed(what, run.checkpoint_root,
-                                      f"{failed} other process(es) failed to write their part (their error is above)")
+    if not failed:
+        return
+    run.stop_request.exit_agreed()
+    raise error or checkpoint.write_failed(what, run.checkpoint_root, f"{failed} other process(es) failed to "
+                                           "write their part (their error is above)")
 
 
 def _queue_upload(run: Run, final: Path) -> None:
@@ -527,7 +527,7 @@ def _stop(run: Run, checkpointed: bool) -> None:
         _save_checkpoint(run)
     step = run.state.global_step
     saved_to = run.checkpoint_root / checkpoint.checkpoint_name(step)
-    run.stop_request.stop_is_safe()
+    run.stop_request.exit_agreed()
     cause = run.stop_request.signal_name or "a signal to another process"
     run.run_log.write("stopped", step=step, cause=cause, checkpoint=str(saved_to), exit_code=EXIT_STOPPED)
     run.progress.close()

@@ -47,11 +47,13 @@ class StopRequest:
             signal.signal(signum, handler)
         self._previous_handlers.clear()
 
-    def stop_is_safe(self) -> None:
-        """The stop checkpoint is written: from now on ignore stop signals while this process exits.
+    def exit_agreed(self) -> None:
+        """Every rank agreed to exit (the stop checkpoint is written, or a write failed on some rank): from now on
+        ignore stop signals while this process exits.
 
         When one rank exits first, the torchrun agent sends SIGTERM to the others; that must not turn
-        their clean exit (EXIT_STOPPED) into death by signal. The handlers are not restored after this.
+        their own exit code (EXIT_STOPPED, or 4 for a failed write) into death by signal. The handlers are not
+        restored after this.
         """
         ignore_stop_signals()
         self._previous_handlers.clear()

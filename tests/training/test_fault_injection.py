@@ -197,8 +197,8 @@ def test_crash_and_full_disk_during_checkpoint_writes_keep_the_previous_checkpoi
     second.ranks()[0].rlimit(psutil.RLIMIT_FSIZE, (150_000, 150_000))
     assert second.finish() != 0
     output = second.output()
-    assert "exitcode  : 4" in output, output[-3000:]
-    assert "could not write checkpoint" in output
+    assert output.count("exitcode  : 4") == 2, output[-3000:]  # both ranks: rank 1 learns of it in the vote
+    assert "could not write checkpoint" in output and "Connection closed by peer" not in output
     # Usually step 8 and a failed step 12; on a loaded machine the limit may land a checkpoint later.
     newest = _complete_checkpoints(output_dir)[-1]
     assert newest >= "step-00000008"
@@ -258,8 +258,8 @@ def test_a_failed_final_write_stops_every_rank_with_code_4_and_the_same_command_
     first = attempts(args, output_dir, "final_write_fails")
     assert first.finish() != 0
     output = first.output()
-    assert "exitcode  : 4" in output, output[-3000:]
-    assert "exitcode  : 1 " not in output and "Connection closed by peer" not in output, output[-3000:]
+    assert output.count("exitcode  : 4") == 2, output[-3000:]  # both ranks, as documented
+    assert "Connection closed by peer" not in output, output[-3000:]
     assert f"could not write the final model and metrics in {output_dir}: " in output
     assert _complete_checkpoints(output_dir)[-1] == f"step-{TOTAL_STEPS:08d}"
 

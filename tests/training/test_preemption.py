@@ -71,7 +71,7 @@ def test_uninstall_restores_previous_handlers():
         stop.uninstall()
         assert {signum: signal.getsignal(signum) for signum in before} == before
         stop.install()
-        stop.stop_is_safe()   # after the stop checkpoint: ignore, and do not restore on uninstall
+        stop.exit_agreed()   # after the stop checkpoint: ignore, and do not restore on uninstall
         stop.uninstall()
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
         os.kill(os.getpid(), signal.SIGTERM)

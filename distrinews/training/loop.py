@@ -152,14 +152,12 @@ def train(config: TrainConfig) -> dict:
             _resume_or_start(run)
             _train_steps(run)
             return _finish(run)
-        except BaseException:
-            # A stop or a failure still closes the trackers' run with what it logged. Only the trackers: the
-            # process group stays (it goes with the process), since end_training() would destroy it while
-            # another rank may still be in a collective, which then fails with "Connection closed by peer".
+        finally:
+            # However the run ends, the trackers' run is closed with what it logged. Not end_training(): after a
+            # stop or a failure it would destroy the process group while another rank may still be in a
+            # collective, which then fails with "Connection closed by peer" (_finish ends the group itself).
             for tracker in run.accelerator.trackers:
                 tracker.finish()
-            raise
-        finally:
             release_loader_workers([run.train_loader, *run.eval_loaders.values()])
     finally:
         stop_request.uninstall()  # no-op unless the loop was interrupted by an exception
@@ -569,7 +567,7 @@ def _finish(run: Run) -> dict:
 
 
 def _end_distributed_run(run: Run) -> None:
-    """The last barrier, then the trackers and the process group, in an order that cannot hang.
+    """The last barrier, then the end of the process group, in an order that cannot hang.
 
     gloo frees a finished collective's tensors on its worker thread, which needs the GIL, and the process group's
     destructor joins that thread while holding the GIL. When the destructor ran (as the DDP model was freed)
@@ -578,13 +576,13 @@ def _end_distributed_run(run: Run) -> None:
     until the group is gone leaves the last reference, and the freeing, to this thread; dropping the model
     here makes the group go now.
     """
-    accelerator = run.accelerator
-    last_barrier = torch.distributed.barrier(async_op=True) if torch.distributed.is_initialized() else None
-    if last_barrier is not None:
-        last_barrier.wait()
-    accelerator.end_training()  # closes the trackers' run; destroy_process_group() unregisters the group
+    if not torch.distributed.is_initialized():
+        return  # one process: no group
+    last_barrier = torch.distributed.barrier(async_op=True)
+    last_barrier.wait()
+    run.accelerator.state.destroy_process_group()  # unregisters the group; the DDP model still holds it
     run.model = run.forward_model = None
-    accelerator.free_memory()  # accelerate's references to the DDP model: the model, its reducer and the group go
+    run.accelerator.free_memory()  # accelerate's references to the DDP model: the model, its reducer and the group go
     del last_barrier
 
 

@@ -246,8 +246,8 @@ def test_kill_9_loop_at_random_steps_gives_the_same_final_run(reference, tiny_mo
     assert_same_run(reference, output_dir)
 
 
-def test_a_failed_final_write_stops_every_rank_with_code_4_and_the_same_command_finishes(reference, tiny_model,
-                                                                                        ag_news_dir, tmp_path, attempts):
+def test_a_failed_final_write_stops_every_rank_with_code_4_and_the_same_command_finishes(
+        reference, tiny_model, ag_news_dir, tmp_path, attempts):
     """Rank 0 alone writes the final model; when that fails, rank 1 must leave with the same exit code 4, not
     with a connection error from the barrier it waited in (the launcher reports whichever exit it sees first)."""
     output_dir = tmp_path / "out"

@@ -89,6 +89,9 @@ def _predict(argv: Sequence[str]) -> int:
         if not cleaned:
             parser.error(f"text {number} ({ascii(text)}) is empty or only whitespace, control or invisible characters")
 
+    from .core.model_files import resolve_model_folder
+
+    resolve_model_folder(args.model, args.revision)  # an unknown model fails before seconds of torch imports
     from .core.modeling import load_classifier
     from .core.predict import predict_texts
 

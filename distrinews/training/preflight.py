@@ -30,6 +30,7 @@ class PreflightReport:
     model: object  # the loaded classifier (for the CPU estimate's FLOP count)
     tokenizer: object
     train_examples: int
+    eval_sizes: dict  # examples per evaluation split ({"validation": N, "test": M})
     tokens_per_example: float
     offline: bool  # the Hub is unreachable and the run uses the local cache (HF_HUB_OFFLINE=1 for the ranks)
 
@@ -65,6 +66,7 @@ def preflight(config: TrainConfig, say: Callable[[str], None] = print) -> Prefli
     max_length = checked_max_length(config.max_length, model, tokenizer, config.model_name_or_path, warn=say)
     token_ids, _ = encode_texts(tokenizer, splits["train"]["text"][:TOKENS_SAMPLE], max_length)
     return PreflightReport(model=model, tokenizer=tokenizer, train_examples=len(splits["train"]),
+                           eval_sizes={name: len(splits[name]) for name in ("validation", "test") if name in splits},
                            tokens_per_example=sum(map(len, token_ids)) / len(token_ids), offline=bool(unreachable))
 
 

@@ -13,15 +13,15 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from distrinews.serving.backends import resolve_quantization
 from distrinews.core.modeling import load_classifier
 from distrinews.core.predict import predict_texts
+from distrinews.serving.service import ServingConfig
+from distrinews.serving.web import create_app
+from distrinews.serving.web.json_api import PredictResponse
 from space_support import CARD_TEST_ACCURACY, LABELS, space_env
 
 
-def _client(monkeypatch, model, cache_dir, **settings):
-    for key, value in space_env(str(model), cache_dir, **settings).items():
-        monkeypatch.setenv(key, value)
-    from app.app import app
-
-    return TestClient(app, raise_server_exceptions=False)
+def _client(model, cache_dir, **settings):
+    return TestClient(create_app(ServingConfig.from_env(space_env(str(model), cache_dir, **settings))),
+                      raise_server_exceptions=False)
 
 
 def _wait_ready(client: TestClient, timeout: float = 120) -> None:
@@ -37,12 +37,10 @@ def _wait_ready(client: TestClient, timeout: float = 120) -> None:
 
 @pytest.fixture(scope="module", params=["none", "int8"])
 def client(request, space_model, tmp_path_factory):
-    monkeypatch = pytest.MonkeyPatch()
-    with _client(monkeypatch, space_model, tmp_path_factory.mktemp("onnx"), QUANTIZE=request.param,
+    with _client(space_model, tmp_path_factory.mktemp("onnx"), QUANTIZE=request.param,
                  MAX_TEXTS_PER_REQUEST="8", MAX_BODY_BYTES="4096") as test_client:
         _wait_ready(test_client)
         yield test_client
-    monkeypatch.undo()
 
 
 def test_predict_one_and_many_match_the_package_predict_path(client, space_model):
@@ -57,8 +55,6 @@ def test_predict_one_and_many_match_the_package_predict_path(client, space_model
     assert one.status_code == many.status_code == 200, (one.text, many.text)
     body = many.json()
     assert many.headers["content-type"] == "application/json"
-    from app.app import PredictResponse
-
     assert PredictResponse.model_validate(body).model_dump() == body  # exactly the documented schema
     assert body["quantization"] == info["quantization"] and body["revision"] == info["resolved_revision"]
     assert [len(p["probabilities"]) for p in body["predictions"]] == [4, 4, 4]
@@ -72,17 +68,22 @@ def test_predict_one_and_many_match_the_package_predict_path(client, space_model
         for name in LABELS:
             assert got["probabilities"][name] == pytest.approx(want.probabilities[name], abs=tolerance)
         assert got["score"] == max(got["probabilities"].values()) and got["truncated"] is False
+        assert got["windows"] == 1
     # Dynamic int8 scales activations per batch, so a text alone and in a batch differ slightly there.
     assert one.json()["predictions"][0]["probabilities"] == pytest.approx(
         body["predictions"][0]["probabilities"], abs=tolerance)
 
 
-def test_overlong_text_is_truncated_and_the_response_says_so(client):
+def test_a_long_text_is_read_in_windows_and_one_past_them_is_flagged_truncated(client):
+    # 400 tokens: windows of 128 (126 between [CLS] and [SEP]) sharing 32 start 94 tokens apart: 4 windows.
     response = client.post("/api/predict", json={"texts": ["merger " * 400, "short one"]})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert [p["truncated"] for p in body["predictions"]] == [True, False]
-    assert body["max_length"] == 128 and "texts [0] were longer than 128 tokens" in body["warnings"][0]
+    assert [(p["windows"], p["truncated"]) for p in body["predictions"]] == [(4, False), (1, False)]
+    assert body["max_length"] == 128 and body["max_windows"] == 16 and not body["warnings"]
+    beyond = client.post("/api/predict", json={"texts": ["short one", "a " * 1800]}).json()  # 16 windows: 1,536
+    assert [(p["windows"], p["truncated"]) for p in beyond["predictions"]] == [(1, False), (16, True)]
+    assert "texts [1] were longer than 16 windows of 128 tokens" in beyond["warnings"][0]
 
 
 @pytest.mark.parametrize("body, status, message", [
@@ -128,9 +129,9 @@ def test_health_ready_docs_and_the_gradio_page(client):
     assert page.status_code == 200 and "gradio" in page.text.lower()
 
 
-def test_a_model_that_cannot_load_reports_503_with_the_reason(monkeypatch, tmp_path):
+def test_a_model_that_cannot_load_reports_503_with_the_reason(tmp_path):
     (tmp_path / "empty-model").mkdir()
-    with _client(monkeypatch, tmp_path / "empty-model", tmp_path / "onnx", QUANTIZE="none") as client:
+    with _client(tmp_path / "empty-model", tmp_path / "onnx", QUANTIZE="none") as client:
         deadline = time.monotonic() + 60
         while (ready := client.get("/api/ready")).json()["status"] == "loading" and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -141,8 +142,8 @@ def test_a_model_that_cannot_load_reports_503_with_the_reason(monkeypatch, tmp_p
         assert client.get("/api/health").status_code == 200
 
 
-def test_quantize_auto_picks_a_backend_and_reports_it(monkeypatch, space_model, tmp_path):
-    with _client(monkeypatch, space_model, tmp_path / "onnx", QUANTIZE="auto") as client:
+def test_quantize_auto_picks_a_backend_and_reports_it(space_model, tmp_path):
+    with _client(space_model, tmp_path / "onnx", QUANTIZE="auto") as client:
         _wait_ready(client)
         assert client.get("/api/info").json()["quantization"] == resolve_quantization("auto")
 

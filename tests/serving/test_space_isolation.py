@@ -22,6 +22,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import ANY_TEXT, ODD_TEXTS, ag_news_rows
 from distrinews.core.texts import clean_text
+from distrinews.serving.service import ServingConfig
+from distrinews.serving.web import create_app
+from distrinews.serving.web.demo import Demo
+from distrinews.serving.web.errors import ContainErrors
 from space_support import LABELS, space_env, uvicorn_server
 
 
@@ -33,19 +37,14 @@ def _raw_json(body) -> bytes:
 
 @pytest.fixture(scope="module")
 def client(shipped_space_model, tmp_path_factory):
-    monkeypatch = pytest.MonkeyPatch()
-    for key, value in space_env(str(shipped_space_model), tmp_path_factory.mktemp("onnx"), QUANTIZE="int8",
-                                MAX_TEXTS_PER_REQUEST="8").items():
-        monkeypatch.setenv(key, value)
-    from app.app import app
-
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    config = ServingConfig.from_env(space_env(str(shipped_space_model), tmp_path_factory.mktemp("onnx"),
+                                              QUANTIZE="int8", MAX_TEXTS_PER_REQUEST="8"))
+    with TestClient(create_app(config), raise_server_exceptions=False) as test_client:
         deadline = time.monotonic() + 120
         while test_client.get("/api/ready").status_code != 200:
             assert time.monotonic() < deadline, test_client.get("/api/ready").text
             time.sleep(0.05)
         yield test_client
-    monkeypatch.undo()
 
 
 def _post(client, body):
@@ -129,14 +128,31 @@ def test_hostile_tenth_of_concurrent_traffic_fails_no_valid_request(server):
     assert not any(status >= 500 for _, status in statuses), statuses
     valid = [(body["text"], answer[1]) for (hostile, body), answer in zip(plan, answers) if not hostile]
     assert all(answer["predictions"] for _, answer in valid), statuses
-    # The same label as each text gets when sent alone, to an idle server.
+    # What each text gets when sent alone, to an idle server: the same probabilities, within what dynamic int8
+    # moves them by with the batch a text shares (activations are quantized with one scale per batch), and so the
+    # same label wherever the label is decided by more than that. The tiny random-init model's top two labels
+    # are often only ~6e-5 apart, and int8 moves them by up to ~5e-5 with the company (2 of 120 headlines then
+    # change label; fp32 moves them by 1e-9 and changes none), so a label alone is no test of isolation here.
     alone = {}
     with KeepAliveConnection(base_url) as connection:
         for text in {text for text, _ in valid}:
-            alone[text] = connection.post({"text": text})["predictions"][0]["label"]
-    assert all(answer["predictions"][0]["label"] == alone[text] for text, answer in valid)
+            alone[text] = connection.post({"text": text})["predictions"][0]
+    for text, answer in valid:
+        assert_same_prediction(answer["predictions"][0], alone[text])
     assert "inference failed" not in log_path.read_text()
     print(f"hostile load: {total} requests, statuses (hostile?, status): {statuses}")
+
+
+INT8_BATCH_TOLERANCE = 5e-3  # as in test_space_api: int8 against fp32, and a text alone against in a batch
+
+
+def assert_same_prediction(got: dict, alone: dict) -> None:
+    """``got`` (from a batch under load) is what the text gets alone, up to int8's batch-composition noise."""
+    for label, probability in alone["probabilities"].items():
+        assert abs(got["probabilities"][label] - probability) < INT8_BATCH_TOLERANCE, (got, alone)
+    top, second = sorted(alone["probabilities"].values(), reverse=True)[:2]
+    if top - second > 2 * INT8_BATCH_TOLERANCE:
+        assert got["label"] == alone["label"], (got, alone)
 
 
 class KeepAliveConnection:
@@ -186,8 +202,6 @@ def test_an_unexpected_error_is_a_json_500_and_the_connection_stays_open():
     import uvicorn
     from fastapi import FastAPI
 
-    from app.app import ContainErrors
-
     app = FastAPI()
 
     @app.post("/api/predict")
@@ -222,7 +236,9 @@ def test_an_unexpected_error_is_a_json_500_and_the_connection_stays_open():
 def test_the_demo_tabs_take_any_text_and_any_upload(client, tmp_path):
     import gradio as gr
 
-    from app.app import classify, classify_many, explain
+    demo = Demo(client.app.state.serving)
+    demo.cache_dir = tmp_path / "gradio-cache"
+    classify, classify_many, explain = demo.classify, demo.classify_many, demo.explain
 
     async def scenario():
         assert set(await classify("\ud800 stocks \x00 rally")) == set(LABELS)

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from distrinews.serving.backends import resolve_quantization
 from distrinews.core.modeling import load_classifier
 from distrinews.core.predict import predict_texts
+from distrinews.core.errors import ServingConfigError
 from distrinews.serving.service import ServingConfig
 from distrinews.serving.web import create_app
 from distrinews.serving.web.json_api import PredictResponse
@@ -169,3 +170,73 @@ def test_fuzzed_request_bodies_never_get_a_5xx(client, body, raw):
         assert len(response.json()["predictions"]) == (1 if single else len(body["texts"]))
     garbage = client.post("/api/predict", content=raw, headers={"content-type": "application/json"})
     assert 400 <= garbage.status_code < 500 or garbage.status_code == 200, (raw, garbage.text)
+
+
+# ---------------------------------------------------------------- the Hugging Face inference route, in process
+
+def test_the_hf_route_answers_one_sorted_list_per_input_through_the_same_predict_path(client):
+    texts = ["shares profit investors", "coach league striker playoff season"]
+    hf = client.post("/", json={"inputs": texts, "parameters": {}, "options": {"wait_for_model": True}})
+    api = client.post("/api/predict", json={"texts": texts}).json()["predictions"]
+    assert hf.status_code == 200 and hf.headers["x-windows"] == "1,1", hf.text
+    for ranked, prediction in zip(hf.json(), api):
+        assert [e["score"] for e in ranked] == sorted((e["score"] for e in ranked), reverse=True)
+        assert {e["label"]: e["score"] for e in ranked} == pytest.approx(prediction["probabilities"], abs=5e-3)
+    one = client.post("/", json={"inputs": texts[0], "parameters": {"top_k": 9, "whatever": [1]}}).json()
+    assert len(one) == 1 and len(one[0]) == 4  # top_k above the label count: every label
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"inputs": ""}, 422, '"inputs" is empty or only whitespace'),
+    ({"inputs": ["fine", "\u200b"]}, 422, '"inputs" items [1] are empty'),
+    ({"inputs": []}, 422, '"inputs" is an empty list'),
+    ({}, 422, "body.inputs: Field required"),
+    ({"inputs": 3}, 422, "body.inputs"),
+    ({"inputs": "a", "parameters": {"top_k": 0}}, 422, "body.parameters.top_k: Input should be greater than"),
+    ({"inputs": "a", "parameters": {"top_k": True}}, 422, "body.parameters.top_k"),
+    ({"inputs": "a", "parameters": {"function_to_apply": "relu"}}, 422, "body.parameters.function_to_apply"),
+    ({"inputs": "a", "parameters": "top_k=1"}, 422, "body.parameters"),
+    ({"inputs": ["news"] * 9}, 422, '"inputs" has 9 items; at most 8 per request'),
+    ({"inputs": "x" * 5000}, 413, "larger than 4096 bytes"),
+], ids=lambda value: json.dumps(value)[:40] if not isinstance(value, int) else str(value))
+def test_bad_hf_requests_get_the_hf_error_shape_and_the_api_statuses(client, body, status, message):
+    response = client.post("/", json=body, headers={"authorization": "Bearer hf_NotReadNotEchoed"})
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"error", "error_type"} and message in response.json()["error"]
+    assert response.json()["error_type"] == {422: "validation", 413: "payload_too_large"}[status]
+    assert "hf_NotReadNotEchoed" not in response.text
+
+
+def test_cors_lets_any_origin_call_both_apis_by_default_and_leaves_the_page_alone(client):
+    origin = {"origin": "https://example.org"}
+    for path in ("/api/predict", "/"):
+        preflight = client.options(path, headers={**origin, "access-control-request-method": "POST",
+                                                  "access-control-request-headers": "authorization,content-type"})
+        assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
+        assert "authorization" in preflight.headers["access-control-allow-headers"]
+        assert "access-control-allow-credentials" not in preflight.headers
+    answer = client.post("/api/predict", json={"text": "stocks"}, headers=origin)
+    assert answer.headers["access-control-allow-origin"] == "*"
+    assert "server-timing" in answer.headers["access-control-expose-headers"].lower()
+    # The demo's own paths keep Gradio's CORS rules (which echo the origin): ours are only on the two APIs.
+    assert "access-control-expose-headers" not in client.get("/", headers=origin).headers
+
+
+def test_a_model_that_cannot_load_answers_the_hf_route_with_503_unhealthy(tmp_path):
+    (tmp_path / "empty-model").mkdir()
+    with _client(tmp_path / "empty-model", tmp_path / "onnx", QUANTIZE="none") as client:
+        deadline = time.monotonic() + 60
+        while client.get("/api/ready").json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        response = client.post("/", json={"inputs": "hello"})
+        assert response.status_code == 503 and response.json()["error_type"] == "unhealthy"
+        assert "failed to load" in response.json()["error"] and response.headers["retry-after"] == "5"
+
+
+def test_serving_settings_are_checked_up_front():
+    with pytest.raises(ServingConfigError, match="CORS_ALLOW_ORIGINS='https://ok.org,example.org/path'"):
+        ServingConfig(model_id="m", cors_allow_origins="https://ok.org,example.org/path")
+    with pytest.raises(ServingConfigError, match="MAX_WINDOWS=0: must be >= 1"):
+        ServingConfig(model_id="m", max_windows=0)
+    assert ServingConfig(model_id="m", cors_allow_origins=" ").cors_origins == []
+    assert ServingConfig(model_id="m").cors_origins == ["*"]

@@ -24,8 +24,9 @@ What it measures, on real AG News test text (title + description, ../shared/data
    share the whole predict path, so they may differ only by their JSON.
 
 Latency: single texts, one after another, in ``--latency-rounds`` rounds (5 rounds of 100 texts by default)
-after one warm-up. In each round every text goes through every path back to back (the order rotating from text
-to text and from round to round), so the load of other users of a shared machine falls on every path alike.
+after one warm-up. In each round every text goes through every path back to back (in a seeded random order,
+another for each text and round, so no path always follows the same one), so the load of other users of a
+shared machine falls on every path alike.
 Each path's p50 and p99 are taken per round; the table gives the median over rounds with the [min, max] of the
 rounds beside it, and the ratios between paths are taken per round too (median [min, max]): a busy minute
 widens the spread instead of becoming the result. After each text, one ``GET /api/health`` to the ``space``
@@ -544,8 +545,10 @@ def run(args, work: Path) -> int:
         names = list(single)
         for round_ in range(args.latency_rounds):
             for i, text in enumerate(latency_texts):
-                first = (i + round_) % len(names)  # each text meets the paths in another order each round
-                for name in names[first:] + names[:first]:
+                # Each text meets the paths in another order, so no path always follows the same one (a request
+                # right after one to the same server finds its caches warm; after another process, cold).
+                order = random.Random(round_ * len(latency_texts) + i).sample(names, len(names))
+                for name in order:
                     time.sleep(SETTLE_S)  # the previous path's worker threads stop spinning before the next is timed
                     latencies[name][round_].append(single[name](text))
                 time.sleep(SETTLE_S)

@@ -136,8 +136,9 @@ HOSTILE_BODIES = [*({"text": text} for text in ODD_TEXTS),
                   {"texts": ["ok", "\udfff fine", "\x00"]}, {"text": 42}, {"texts": "no"}, [1, 2], {"text": ""}]
 
 
-def hostile_plan(total: int, body_of) -> list[tuple[bool, object]]:
-    """``total`` requests, every tenth hostile: (hostile?, body); valid ones are ``body_of(headline)``."""
-    headlines = [f"{title} {body}" for _, title, body in ag_news_rows(120, seed=11)]
-    return [(True, HOSTILE_BODIES[i % len(HOSTILE_BODIES)]) if i % 10 == 3 else (False, body_of(headlines[i % 120]))
-            for i in range(total)]
+def hostile_plan(total: int, body_of, distinct: int = 120) -> list[tuple[bool, object]]:
+    """``total`` requests, every tenth hostile: (hostile?, body); valid ones are ``body_of(headline)``, over
+    ``distinct`` headlines."""
+    headlines = [f"{title} {body}" for _, title, body in ag_news_rows(distinct, seed=11)]
+    return [(True, HOSTILE_BODIES[i % len(HOSTILE_BODIES)]) if i % 10 == 3
+            else (False, body_of(headlines[i % distinct])) for i in range(total)]

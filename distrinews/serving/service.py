@@ -42,8 +42,9 @@ from ..core.windows import DEFAULT_MAX_WINDOWS, TextWindows, WindowPolicy
 log = logging.getLogger(__name__)
 
 
-def _doc(text: str, env: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": text, "env": env}, **kwargs)
+def _doc(text: str, env: str, blank_allowed: bool = False, **kwargs: Any) -> Any:
+    """A field read from ``env``; a blank value means the default unless ``blank_allowed`` (then it is a value)."""
+    return field(metadata={"help": text, "env": env, "blank_allowed": blank_allowed}, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ class ServingConfig:
                                default=256 * 1024)
     cors_allow_origins: str = _doc("Web origins whose pages may call the API routes from a browser: '*' (any), a "
                                    "comma-separated list such as https://example.org, or empty for none. "
-                                   "Credentials (cookies) are never allowed.", "CORS_ALLOW_ORIGINS", default="*")
+                                   "Credentials (cookies) are never allowed.", "CORS_ALLOW_ORIGINS", blank_allowed=True,
+                                   default="*")
     ui_files_ttl_s: int = _doc("Seconds the demo keeps its result CSVs and uploaded files before deleting them.",
                                "UI_FILES_TTL_S", default=600)
     threads: int = _doc("Inference threads (0 = every usable core).", "INFERENCE_THREADS", default=0)
@@ -109,7 +111,7 @@ class ServingConfig:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = environ.get(f.metadata["env"])
-            if raw is None or raw.strip() == "":
+            if raw is None or (raw.strip() == "" and not f.metadata["blank_allowed"]):
                 continue
             try:
                 values[f.name] = {"int": int, "float": float}.get(f.type, str)(raw.strip())

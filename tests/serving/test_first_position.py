@@ -101,7 +101,8 @@ def test_the_served_int8_graph_matches_the_unmodified_model(tiny_model, tmp_path
     assert "FirstPosition" in type(_last_layer(model)).__name__  # the export came from the rewritten model
     assert isinstance(backend, OnnxInt8Backend)
     texts = ["the", "shares profit investors quarterly earnings merger", "nasa " * 40, "coach league"]
-    batch = pad_batch([t.windows[0] for t in encode_windows(tokenizer, texts, WindowPolicy(32))], tokenizer.pad_token_id)
+    windows = [text.windows[0] for text in encode_windows(tokenizer, texts, WindowPolicy(32))]
+    batch = pad_batch(windows, tokenizer.pad_token_id)
     assert np.abs(backend.logits(batch) - reference(batch)).max() < 5e-3
     torch_backend = build_backend(copy.deepcopy(model), "none", cache_dir=tmp_path, cache_key="tiny")
     assert np.abs(torch_backend.logits(batch) - reference(batch)).max() < 1e-5

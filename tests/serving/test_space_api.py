@@ -238,5 +238,6 @@ def test_serving_settings_are_checked_up_front():
         ServingConfig(model_id="m", cors_allow_origins="https://ok.org,example.org/path")
     with pytest.raises(ServingConfigError, match="MAX_WINDOWS=0: must be >= 1"):
         ServingConfig(model_id="m", max_windows=0)
-    assert ServingConfig(model_id="m", cors_allow_origins=" ").cors_origins == []
-    assert ServingConfig(model_id="m").cors_origins == ["*"]
+    assert ServingConfig.from_env({"MODEL_ID": "m", "CORS_ALLOW_ORIGINS": ""}).cors_origins == []  # none
+    assert ServingConfig.from_env({"MODEL_ID": "m", "MAX_WINDOWS": " "}).max_windows == 16  # blank: the default
+    assert ServingConfig.from_env({"MODEL_ID": "m"}).cors_origins == ["*"]

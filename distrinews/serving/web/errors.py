@@ -27,7 +27,7 @@ ERROR_TYPES = {400: "validation", 404: "not_found", 405: "method_not_allowed", 4
                415: "validation", 422: "validation", 429: "overloaded", 500: "backend", 503: "unhealthy"}
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity, as exceptions are
 class ApiError(Exception):
     """What a failed API request is answered with, whichever protocol it came in by."""
 

@@ -79,7 +79,7 @@ def create_app(config: ServingConfig, service: ClassifierService | None = None, 
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
-        task = asyncio.create_task(state.load(lambda _: loading), name="load-model")
+        task = asyncio.create_task(state.load(loading), name="load-model")
         try:
             yield
         finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import Future
-from typing import Callable
 
 from ..service import ClassifierService, ServingConfig
 from .errors import ApiError
@@ -28,15 +27,14 @@ class ServingState:
             raise ApiError(503, self.error or "the model is still loading; retry shortly", {"Retry-After": "5"})
         return self.service
 
-    async def load(self, early_load: Callable[[ServingConfig], Future | None]) -> None:
-        """Load (or take the given, or the early-started) service, start its batcher; a failure is kept in
-        ``error`` for /api/ready and every request, and the process stays up."""
+    async def load(self, loading: Future | None = None) -> None:
+        """Take the given service, or the result of ``loading`` (a load started earlier), or load one; then start
+        its batcher. A failure is kept in ``error`` for /api/ready and every request; the process stays up."""
         config = self.config
         try:
             service = self.given_service
             if service is None:
-                early = early_load(config)
-                service = await (asyncio.wrap_future(early) if early is not None
+                service = await (asyncio.wrap_future(loading) if loading is not None
                                  else asyncio.to_thread(ClassifierService.load, config))
             await service.start()
             self.service = service

@@ -44,11 +44,11 @@ class BatchStats:
     """What the batcher has done since it started (``/metrics`` reads it as it is)."""
 
     batches: int = 0
-    texts: int = 0  # items: the windows of texts, in the Space
+    items: int = 0  # the windows of texts, in the Space
     largest_batch: int = 0
     refused_requests: int = 0
     isolated_batches: int = 0  # batches that raised and were rerun one item at a time
-    failed_texts: int = 0
+    failed_items: int = 0
     batch_sizes: Counter = field(default_factory=Counter)  # items in a batch -> batches of that size
     batch_seconds: float = 0.0  # time spent running batches
     # how long items waited for their batch: counts per QUEUE_WAIT_BOUNDS_S bucket (the last: above them all)
@@ -57,7 +57,7 @@ class BatchStats:
 
     def record_batch(self, size: int, seconds: float, waits: Sequence[float]) -> None:
         self.batches += 1
-        self.texts += size
+        self.items += size
         self.largest_batch = max(self.largest_batch, size)
         self.batch_sizes[size] += 1
         self.batch_seconds += seconds
@@ -202,7 +202,7 @@ class MicroBatcher(Generic[Result]):
         except Exception as err:  # noqa: BLE001 - contained to the items that cause it
             if len(items) == 1:
                 log.exception("inference failed for one item of size %d", len(items[0]))
-                self.stats.failed_texts += 1
+                self.stats.failed_items += 1
                 return [_Failure(err)]
             log.warning("inference failed for a batch of %d items (%s: %s); running them one at a time",
                         len(items), type(err).__name__, err)

@@ -62,8 +62,8 @@ class ServingConfig:
                             "(1 = the first window only).", "MAX_WINDOWS", default=DEFAULT_MAX_WINDOWS)
     window_stride: int = _doc("Tokens that consecutive windows share (-1 = a quarter of the window).",
                               "WINDOW_STRIDE", default=-1)
-    max_batch_size: int = _doc("Most texts in one model call.", "MAX_BATCH_SIZE", default=32)
-    batch_wait_ms: float = _doc("Longest a text waits for company before its batch runs.", "BATCH_WAIT_MS",
+    max_batch_size: int = _doc("Most windows (a headline is one) in one model call.", "MAX_BATCH_SIZE", default=32)
+    batch_wait_ms: float = _doc("Longest a window waits for company before its batch runs.", "BATCH_WAIT_MS",
                                 default=1.0)
     max_queue: int = _doc("Most windows (a headline is one) waiting at once; a request that does not fit gets "
                           "429 + Retry-After, one that never can 413.", "MAX_QUEUE", default=1024)

@@ -96,7 +96,7 @@ def test_micro_batcher_batches_concurrent_requests_and_keeps_order():
 
     results, stats = asyncio.run(scenario())
     assert results == [[f"<{i}a>", f"<{i}b>"] for i in range(40)]
-    assert sum(sizes) == 80 == stats.texts and max(sizes) == 8 and len(sizes) < 40
+    assert sum(sizes) == 80 == stats.items and max(sizes) == 8 and len(sizes) < 40
 
 
 def test_micro_batcher_refuses_whole_requests_when_full_and_answers_every_accepted_one():
@@ -112,7 +112,7 @@ def test_micro_batcher_refuses_whole_requests_when_full_and_answers_every_accept
     answered = [o for o in outcomes if isinstance(o, list)]
     assert refused and answered and len(refused) + len(answered) == 12 == len(outcomes)
     assert all(o.retry_after_s >= 1 for o in refused) and stats.refused_requests == len(refused)
-    assert all(len(o) == 3 for o in answered) and stats.texts == 3 * len(answered)
+    assert all(len(o) == 3 for o in answered) and stats.items == 3 * len(answered)
 
 
 def test_a_failing_batch_fails_only_its_own_callers():
@@ -156,7 +156,7 @@ def test_a_batch_that_fails_is_rerun_one_text_at_a_time_so_only_the_culprit_fail
     for failed, index in ((outcomes[2], 0), (outcomes[4], 1)):
         assert isinstance(failed, InferenceFailed) and failed.indices == [index] and "refused" in str(failed)
     assert any(len(call) > 1 and "poison" in call for call in calls)  # they did share a batch
-    assert stats.isolated_batches >= 1 and stats.failed_texts == 2
+    assert stats.isolated_batches >= 1 and stats.failed_items == 2
 
 
 def test_inference_runs_off_the_event_loop_in_one_thread():

@@ -59,7 +59,7 @@ class ServiceCollector:
         yield CounterMetricFamily("distrinews_isolated_batches", "Batches that raised and were rerun one window "
                                   "at a time.", value=stats.isolated_batches)
         yield CounterMetricFamily("distrinews_failed_windows", "Windows the model failed on even alone.",
-                                  value=stats.failed_texts)
+                                  value=stats.failed_items)
         yield self._batch_sizes(stats, batcher.max_batch_size)
         yield self._queue_waits(stats)
 
@@ -69,7 +69,7 @@ class ServiceCollector:
         counts = [sum(n for size, n in stats.batch_sizes.items() if size <= bound) for bound in bounds]
         buckets = [(str(float(b)), c) for b, c in zip(bounds, counts)] + [("+Inf", stats.batches)]
         return HistogramMetricFamily("distrinews_batch_size", "Windows per model call.", buckets=buckets,
-                                     sum_value=stats.texts)
+                                     sum_value=stats.items)
 
     @staticmethod
     def _queue_waits(stats) -> HistogramMetricFamily:

@@ -3,9 +3,21 @@
 The loop itself is ``distrinews.training.loop``; this name is the one every launch command uses.
 """
 
-import sys
+from __future__ import annotations
 
-from .training.loop import main
+import sys
+from typing import Sequence
+
+from .training.config import build_parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # --help and a misspelt flag are answered here, before the seconds of importing torch and transformers.
+    build_parser().parse_args(argv)
+    from .training.loop import main as train_main
+
+    return train_main(argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

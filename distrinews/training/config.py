@@ -24,8 +24,40 @@ REPORT_TO = ("none", "tensorboard", "wandb", "trackio", "all")
 HUB_STRATEGIES = ("end", "checkpoint")
 
 
-def _doc(text: str, choices: Sequence[str] = (), **kwargs: Any) -> Any:
-    return field(metadata={"help": text, "choices": tuple(choices)}, **kwargs)
+# Seeds feed numpy's and torch's generators, whose seeds are unsigned 32-bit numbers.
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The numbers a field may hold: ``low``/``high`` are inclusive, unless ``low_open``/``high_open`` say not."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above_low = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below_high = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above_low and below_high
+
+    def rule(self) -> str:
+        low, high = (value if isinstance(value, (int, type(None))) else f"{value:g}" for value in (self.low, self.high))
+        if self.high is None:
+            return f"must be {'>' if self.low_open else '>='} {low}"
+        return f"must be in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+def _doc(text: str, choices: Sequence[str] = (), *, minimum: float | None = None, above: float | None = None,
+         maximum: float | None = None, below: float | None = None, note: str = "", **kwargs: Any) -> Any:
+    """A config field: its help, its allowed values (``choices``, or bounds on a number) and ``note``, which the
+    error for a value out of bounds adds."""
+    bounds = None
+    if (minimum, above, maximum, below) != (None,) * 4:
+        bounds = Bounds(low=above if above is not None else minimum, high=below if below is not None else maximum,
+                        low_open=above is not None, high_open=below is not None)
+    return field(metadata={"help": text, "choices": tuple(choices), "bounds": bounds, "note": note}, **kwargs)
 
 
 @dataclass
@@ -43,47 +75,55 @@ class TrainConfig:
         default="fancyzhx/ag_news",
     )
     output_dir: str = _doc("Run folder: model, metrics, logs, plots and checkpoints go here.", default="runs/ag_news")
-    num_train_epochs: float = _doc("Epochs to train for (ignored when max_steps > 0).", default=3.0)
-    max_steps: int = _doc("Total optimizer steps; overrides num_train_epochs when > 0.", default=-1)
-    per_device_train_batch_size: int = _doc("Training examples per process per micro-batch.", default=32)
-    per_device_eval_batch_size: int = _doc("Evaluation examples per process per batch.", default=128)
-    learning_rate: float = _doc("Peak learning rate of AdamW.", default=5e-5)
+    num_train_epochs: float = _doc("Epochs to train for (ignored when max_steps > 0).", default=3.0, minimum=0)
+    max_steps: int = _doc("Total optimizer steps; overrides num_train_epochs when > 0.", default=-1, minimum=-1)
+    per_device_train_batch_size: int = _doc("Training examples per process per micro-batch.", default=32, minimum=1)
+    per_device_eval_batch_size: int = _doc("Evaluation examples per process per batch.", default=128, minimum=1)
+    learning_rate: float = _doc("Peak learning rate of AdamW.", default=5e-5, above=0, below=1)
     head_learning_rate: float = _doc("Peak learning rate of the task head (the parameters outside the pretrained "
-                                     "base model, plus a BERT-style pooler); 0 = learning_rate.", default=0.0)
+                                     "base model, plus a BERT-style pooler); 0 = learning_rate.", default=0.0,
+                                     minimum=0, below=1, note=" (0 = learning_rate)")
     layer_lr_decay: float = _doc("Layer-wise learning-rate decay: each encoder layer below the top trains at this "
                                  "factor times the rate of the one above it (1 = the same rate everywhere).",
-                                 default=1.0)
+                                 default=1.0, above=0, maximum=1)
     rdrop_weight: float = _doc(
         "R-Drop (distrinews/training/rdrop.py): each batch runs twice with different dropout masks and the loss adds this "
         "weight times the symmetric KL divergence between the two predictions; 0 = off. A step costs ~2x.",
-        default=0.0)
-    weight_decay: float = _doc("AdamW weight decay (never applied to biases and LayerNorm weights).", default=0.01)
-    warmup_ratio: float = _doc("Fraction of the optimizer steps spent warming the learning rate up.", default=0.06)
+        default=0.0, minimum=0, note=" (0 = off)")
+    weight_decay: float = _doc("AdamW weight decay (never applied to biases and LayerNorm weights).", default=0.01,
+                               minimum=0)
+    warmup_ratio: float = _doc("Fraction of the optimizer steps spent warming the learning rate up.", default=0.06,
+                               minimum=0, below=1)
     lr_scheduler_type: str = _doc("Learning-rate schedule after warmup.", choices=LR_SCHEDULERS, default="linear")
-    max_length: int = _doc("Tokens per example after truncation.", default=128)
-    gradient_accumulation_steps: int = _doc("Micro-batches per optimizer step.", default=1)
-    max_grad_norm: float = _doc("Gradient clipping norm; 0 disables clipping.", default=1.0)
-    seed: int = _doc("Seed for the model head, data order, validation split and dropout.", default=42)
+    max_length: int = _doc("Tokens per example after truncation.", default=128, minimum=1)
+    gradient_accumulation_steps: int = _doc("Micro-batches per optimizer step.", default=1, minimum=1)
+    max_grad_norm: float = _doc("Gradient clipping norm; 0 disables clipping.", default=1.0, minimum=0)
+    seed: int = _doc("Seed for the model head, data order, validation split and dropout.", default=42,
+                     minimum=0, maximum=MAX_SEED)
     validation_fraction: float = _doc(
         "Fraction of train carved out (stratified) as the validation split; 0 = no validation split, every "
-        "training row is trained on (the data's own validation file, if it has one, is still used).", default=0.05)
+        "training row is trained on (the data's own validation file, if it has one, is still used).", default=0.05,
+        minimum=0, below=1, note=" (0 = no validation split)")
     headline_views: bool = _doc(
         "Also train on each article's headline alone and its description alone (3 texts per article). Needs data "
         "that keeps the two apart: the original AG News CSVs do, the Hub copy joined them.", default=False)
-    max_train_samples: int = _doc("Use at most this many training examples (0 = all).", default=0)
-    max_eval_samples: int = _doc("Use at most this many validation and test examples (0 = all).", default=0)
-    eval_every: int = _doc("Evaluate on validation every N optimizer steps (0 = at each epoch end only).", default=0)
+    max_train_samples: int = _doc("Use at most this many training examples (0 = all).", default=0, minimum=0)
+    max_eval_samples: int = _doc("Use at most this many validation and test examples (0 = all).", default=0, minimum=0)
+    eval_every: int = _doc("Evaluate on validation every N optimizer steps (0 = at each epoch end only).", default=0,
+                           minimum=0)
     model_selection: str = _doc(
         "Which weights become the model: 'last' (the final step's, as the HF Trainer keeps by default) or "
         "'best_validation' (the evaluation with the best validation accuracy). The default validation split "
         "is 5% of train: on the 5,000-row sample that is 250 rows, one row = 0.4 points, too few to choose "
         "between steps reliably.", choices=MODEL_SELECTIONS, default="last")
-    checkpoint_every: int = _doc("Write a resumable checkpoint every N optimizer steps (0 = at each epoch end only).", default=0)
-    keep_last: int = _doc("Complete checkpoints kept on disk (the newest ones).", default=2)
+    checkpoint_every: int = _doc("Write a resumable checkpoint every N optimizer steps (0 = at each epoch end only).",
+                                 default=0, minimum=0)
+    keep_last: int = _doc("Complete checkpoints kept on disk (the newest ones).", default=2, minimum=1)
     resume: str = _doc("'auto' (newest complete checkpoint in output_dir, if any), a checkpoint path, or 'none' "
                        "(start over, deleting output_dir's checkpoints). A checkpoint must come from the same settings.",
                        default="auto")
-    logging_steps: int = _doc("Log loss, learning rate and throughput every N optimizer steps.", default=20)
+    logging_steps: int = _doc("Log loss, learning rate and throughput every N optimizer steps.", default=20,
+                              minimum=1)
     report_to: str = _doc(
         "Experiment tracker that also receives the run's config, the logged training scalars and every evaluation "
         "(through accelerate's trackers, from the main process): tensorboard (files in output_dir/runs/RUN_NAME), "
@@ -97,10 +137,14 @@ class TrainConfig:
         "On the CPU, draw dropout masks from 16-bit random numbers (distrinews/training/cpu_dropout.py) instead of torch's "
         "per-element draws, which take a quarter of a bf16 training step there; same expected activations.",
         default=True)
-    dataloader_num_workers: int = _doc("Worker processes per data loader (0 = load in the training process).", default=2)
-    max_nonfinite_steps: int = _doc("Stop with an error after this many consecutive steps with a non-finite loss.", default=10)
+    dataloader_num_workers: int = _doc("Worker processes per data loader (0 = load in the training process).",
+                                       default=2, minimum=0)
+    max_nonfinite_steps: int = _doc("Stop with an error after this many consecutive steps with a non-finite loss.",
+                                    default=10, minimum=1)
     ddp_timeout_seconds: int = _doc("How long a collective waits for a hung rank before the run fails (torchrun "
-                                    "ends the others when a rank dies); keep it above the longest checkpoint write.", default=1800)
+                                    "ends the others when a rank dies); keep it above the longest checkpoint write.", default=1800,
+                                    # ~31 years; much larger values overflow c10d's millisecond clock
+                                    minimum=1, maximum=10**9)
     push_to_hub: bool = _doc("Push model/ with its model card to the Hub after the final test evaluation.", default=False)
     hub_model_id: str = _doc("Hub repo id USER/NAME to push to (required with push_to_hub and "
                              "hub_strategy=checkpoint).", default="")
@@ -120,6 +164,16 @@ class TrainConfig:
     def total_train_batch_size(self, num_processes: int) -> int:
         """Examples per optimizer step across every process."""
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * num_processes
+
+    def total_steps(self, train_examples: int, num_processes: int) -> int:
+        """Optimizer steps of the whole run on ``train_examples`` (the sampler drops each epoch's last partial
+        global batch, so every rank runs the same steps)."""
+        micro_batches = train_examples // (self.per_device_train_batch_size * num_processes)
+        steps_per_epoch = micro_batches // self.gradient_accumulation_steps
+        if steps_per_epoch == 0:
+            raise ConfigError(f"{train_examples} training examples give no full optimizer step of "
+                              f"{self.total_train_batch_size(num_processes)} examples")
+        return self.max_steps if self.max_steps > 0 else math.ceil(self.num_train_epochs * steps_per_epoch)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -143,33 +197,20 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: {rule}")
 
-        need(bool(self.model_name_or_path.strip()), "model_name_or_path", "must not be empty")
-        need(bool(self.dataset.strip()), "dataset", "must not be empty")
-        need(bool(self.output_dir.strip()), "output_dir", "must not be empty")
+        for f in dataclasses.fields(self):  # every field's own bounds and choices, from its metadata
+            value, bounds, choices = getattr(self, f.name), f.metadata["bounds"], f.metadata["choices"]
+            if bounds is not None:
+                need(value in bounds, f.name, bounds.rule() + f.metadata["note"])
+            if choices:
+                need(value in choices, f.name, f"must be one of {', '.join(choices)}")
+        for name in ("model_name_or_path", "dataset", "output_dir"):
+            need(bool(getattr(self, name).strip()), name, "must not be empty")
         need(self.max_steps > 0 or self.num_train_epochs > 0, "num_train_epochs", "must be > 0 when max_steps <= 0")
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "max_length",
-                     "gradient_accumulation_steps", "logging_steps", "keep_last", "max_nonfinite_steps",
-                     "ddp_timeout_seconds"):
-            need(getattr(self, name) >= 1, name, "must be >= 1")
-        for name in ("max_train_samples", "max_eval_samples", "eval_every", "checkpoint_every",
-                     "dataloader_num_workers", "weight_decay", "max_grad_norm"):
-            need(getattr(self, name) >= 0, name, "must be >= 0")
-        need(0 < self.learning_rate < 1, "learning_rate", "must be in (0, 1)")
-        need(0 <= self.head_learning_rate < 1, "head_learning_rate", "must be in [0, 1) (0 = learning_rate)")
-        need(0 < self.layer_lr_decay <= 1, "layer_lr_decay", "must be in (0, 1]")
-        need(0 <= self.rdrop_weight < math.inf, "rdrop_weight", "must be a finite number >= 0 (0 = off)")
-        need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
-        need(0 <= self.validation_fraction < 1, "validation_fraction", "must be in [0, 1) (0 = no validation split)")
-        need(self.model_selection in MODEL_SELECTIONS, "model_selection", f"must be one of {', '.join(MODEL_SELECTIONS)}")
-        need(self.torch_compile in ("auto", "true", "false"), "torch_compile", "must be auto, true or false")
-        need(self.report_to in REPORT_TO, "report_to", f"must be one of {', '.join(REPORT_TO)}")
-        need(self.lr_scheduler_type in LR_SCHEDULERS, "lr_scheduler_type", f"must be one of {', '.join(LR_SCHEDULERS)}")
         need(self.resume in ("auto", "none") or Path(self.resume).is_dir(), "resume",
              "must be 'auto', 'none' or an existing checkpoint folder")
         if self.push_to_hub:
             need(_looks_like_repo_id(self.hub_model_id), "hub_model_id",
                  "push_to_hub needs hub_model_id as USER/NAME")
-        need(self.hub_strategy in HUB_STRATEGIES, "hub_strategy", f"must be one of {', '.join(HUB_STRATEGIES)}")
         if self.hub_strategy == "checkpoint":
             need(_looks_like_repo_id(self.hub_model_id), "hub_model_id",
                  "hub_strategy=checkpoint needs hub_model_id as USER/NAME (the repo the checkpoints go to)")

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ODD_TEXTS, free_port
+from conftest import ODD_TEXTS, free_port, shared_folder
 from distrinews.core.texts import clean_text
 from space_support import LABELS, assert_same_scores, hostile_plan, send_concurrently, uvicorn_server
 
@@ -115,15 +115,19 @@ def test_hostile_tenth_of_concurrent_traffic_on_the_hf_route_fails_no_valid_requ
 # ---------------------------------------------------------------- huggingface.js
 
 @pytest.fixture(scope="module")
-def node_client():
+def node_client(tmp_path_factory):
     node, npm = shutil.which("node"), shutil.which("npm")
     if not node or not npm:
         pytest.skip("needs node and npm (apt-get install nodejs npm) to run huggingface.js")
-    installed = JS_CLIENT / "node_modules" / "@huggingface" / "inference" / "package.json"
-    wanted = json.loads((JS_CLIENT / "package.json").read_text())["dependencies"]["@huggingface/inference"]
-    if not installed.is_file() or json.loads(installed.read_text())["version"] != wanted:
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_CLIENT, check=True, timeout=300,
-                       capture_output=True)
+
+    def install(_: Path) -> None:  # once per session, whichever xdist worker asks first
+        installed = JS_CLIENT / "node_modules" / "@huggingface" / "inference" / "package.json"
+        wanted = json.loads((JS_CLIENT / "package.json").read_text())["dependencies"]["@huggingface/inference"]
+        if not installed.is_file() or json.loads(installed.read_text())["version"] != wanted:
+            subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_CLIENT, check=True, timeout=300,
+                           capture_output=True)
+
+    shared_folder(tmp_path_factory, "npm-ci", install)
     return node
 
 

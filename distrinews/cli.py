@@ -45,12 +45,17 @@ def _evaluate(argv: Sequence[str]) -> int:
     parser.add_argument("--seed", type=int, default=42, help="As used in training (it picks the validation split).")
     parser.add_argument("--output", help="Also write the metrics as JSON to this file.")
     args = parser.parse_args(argv)
+    from .core.windows import WindowPolicy
+
+    try:
+        policy = WindowPolicy(args.max_length, max_windows=args.max_windows)
+    except ValueError as err:
+        parser.error(f"--max_length {args.max_length} --max_windows {args.max_windows}: {err}")
 
     import torch
 
     from .core.modeling import load_classifier
     from .core.predict import label_names, predict_texts
-    from .core.windows import WindowPolicy
     from .training.data import LABEL_NAMES, DataError, load_ag_news
     from .training.metrics import compute_classification_metrics
 
@@ -63,8 +68,7 @@ def _evaluate(argv: Sequence[str]) -> int:
     split = splits[args.split]
     # The predict path, as `distrinews predict` and the Space: a text longer than max_length is read in windows.
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    predictions = predict_texts(model, tokenizer, split["text"], batch_size=args.batch_size,
-                                policy=WindowPolicy(args.max_length, max_windows=args.max_windows))
+    predictions = predict_texts(model, tokenizer, split["text"], batch_size=args.batch_size, policy=policy)
     names = label_names(model)
     metrics = compute_classification_metrics([names.index(p.label) for p in predictions], split["label"],
                                              LABEL_NAMES)

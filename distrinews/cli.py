@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .core.errors import exit_code_for
+from .core.windows import DEFAULT_MAX_WINDOWS
 
 
 def _train(argv: Sequence[str]) -> int:
@@ -36,19 +37,27 @@ def _evaluate(argv: Sequence[str]) -> int:
     parser.add_argument("--dataset", default="fancyzhx/ag_news", help="Hub dataset id or local folder.")
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--max_length", type=int, default=128)
+    parser.add_argument("--max_length", type=int, default=128, help="Tokens per window.")
+    parser.add_argument("--max_windows", type=int, default=DEFAULT_MAX_WINDOWS,
+                        help="Windows of max_length tokens read per text (1 = its start only, as in training).")
     parser.add_argument("--max_samples", type=int, default=0, help="Evaluate at most this many examples (0 = all).")
     parser.add_argument("--validation_fraction", type=float, default=0.05, help="As used in training.")
     parser.add_argument("--seed", type=int, default=42, help="As used in training (it picks the validation split).")
     parser.add_argument("--output", help="Also write the metrics as JSON to this file.")
     args = parser.parse_args(argv)
+    from .core.windows import WindowPolicy
+
+    try:
+        policy = WindowPolicy(args.max_length, max_windows=args.max_windows)
+    except ValueError as err:
+        parser.error(f"--max_length {args.max_length} --max_windows {args.max_windows}: {err}")
 
     import torch
-    from torch.utils.data import DataLoader
 
-    from .training.data import LABEL_NAMES, DataError, PaddingCollator, load_ag_news, sorted_by_length, tokenize_splits
-    from .training.evaluation import evaluate_split
     from .core.modeling import load_classifier
+    from .core.predict import label_names, predict_texts
+    from .training.data import LABEL_NAMES, DataError, load_ag_news
+    from .training.metrics import compute_classification_metrics
 
     model, tokenizer = load_classifier(args.model, args.revision)
     splits = load_ag_news(args.dataset, validation_fraction=args.validation_fraction, seed=args.seed,
@@ -56,12 +65,13 @@ def _evaluate(argv: Sequence[str]) -> int:
     if args.split not in splits:
         raise DataError(f"{args.dataset} has no {args.split} split with --validation_fraction "
                         f"{args.validation_fraction:g} (it has: {', '.join(splits)})")
-    split = sorted_by_length(tokenize_splits(splits, tokenizer, args.max_length)[args.split])
-    loader = DataLoader(split, batch_size=args.batch_size,
-                        collate_fn=PaddingCollator(tokenizer.pad_token_id))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    metrics = evaluate_split(model.to(device), loader, expected_count=len(split), label_names=LABEL_NAMES,
-                             device=device)
+    split = splits[args.split]
+    # The predict path, as `distrinews predict` and the Space: a text longer than max_length is read in windows.
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    predictions = predict_texts(model, tokenizer, split["text"], batch_size=args.batch_size, policy=policy)
+    names = label_names(model)
+    metrics = compute_classification_metrics([names.index(p.label) for p in predictions], split["label"],
+                                             LABEL_NAMES)
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
           f"on {metrics['num_examples']} examples")
     for name, scores in metrics["per_class"].items():

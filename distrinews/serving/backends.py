@@ -1,6 +1,6 @@
 """Inference backends for serving: fp32 torch, or ONNX Runtime with dynamic int8, chosen by what the CPU offers.
 
-Both are a ``ProbabilityFn`` handed to ``distrinews.core.predict.predict_with``, so tokenization, padding and
+Both are a ``LogitsFn`` handed to ``distrinews.core.predict.predict_with``, so tokenization, padding and
 label mapping are shared. The int8 model is exported from the already loaded torch model (the one loader,
 ``load_classifier``, stays the only way in) with ``torch.onnx.export``, quantized with
 ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, activations quantized per batch at run time: the
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.predict import ProbabilityFn, torch_probabilities
+from ..core.predict import LogitsFn, torch_logits
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class TorchBackend:
 
         torch.set_num_threads(threads or usable_cores())
         self.model = model.eval()
-        self.probabilities: ProbabilityFn = torch_probabilities(self.model)
+        self.logits: LogitsFn = torch_logits(self.model)
 
 
 class OnnxInt8Backend:
@@ -120,11 +120,9 @@ class OnnxInt8Backend:
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.input_names = [node.name for node in self.session.get_inputs()]
 
-    def probabilities(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         (logits,) = self.session.run(["logits"], {name: batch[name] for name in self.input_names})
-        logits = logits - logits.max(axis=-1, keepdims=True)
-        exp = np.exp(logits, dtype=np.float64)
-        return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+        return logits
 
 
 def build_backend(model, quantization: str, *, cache_dir: Path, cache_key: str, threads: int | None = None):

@@ -41,15 +41,15 @@ HUB_CHECKPOINT_FOLDER = "last-checkpoint"
 
 
 def _transport_errors() -> tuple[type[Exception], ...]:
-    # huggingface_hub speaks HTTP through httpx (1.x) or httpx2 (2.x); a dropped connection raises the
-    # TransportError of whichever it uses.
-    errors = []
+    # huggingface_hub speaks HTTP through httpx2 (2.x, whenever it is installed) or httpx (1.x); a dropped
+    # connection raises the TransportError of whichever it uses. Only that one is imported: importing httpx also
+    # imports its command-line client (rich, pygments), 0.4 s of every process that pushes or trains.
     for name in ("httpx2", "httpx"):
         try:
-            errors.append(importlib.import_module(name).TransportError)
+            return importlib.import_module(name).TransportError, ConnectionError, TimeoutError
         except ImportError:
-            pass
-    return (*errors, ConnectionError, TimeoutError)
+            continue
+    return ConnectionError, TimeoutError
 
 
 TRANSPORT_ERRORS = _transport_errors()
@@ -158,13 +158,13 @@ def ship_serving_graph(model_dir: Path, log: Callable[[str], None] = print) -> P
 
 def export_serving_graph(model_dir: Path, log: Callable[[str], None] = print) -> Path:
     """``distrinews export-onnx``: the int8 graph of the saved model in ``model_dir``, written into its ``onnx/``."""
+    if not Path(model_dir).is_dir():  # before seconds of torch and transformers imports
+        raise ModelLoadError(f"{model_dir} is not a folder: give the folder of a saved model, e.g. RUN_DIR/model")
     from transformers.utils import logging as transformers_logging
 
     from ..serving.backends import write_shipped_graph
     from ..core.modeling import load_classifier
 
-    if not Path(model_dir).is_dir():
-        raise ModelLoadError(f"{model_dir} is not a folder: give the folder of a saved model, e.g. RUN_DIR/model")
     started = time.perf_counter()
     transformers_logging.disable_progress_bar()  # a weights-loading bar in the middle of the push's own messages
     try:

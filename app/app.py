@@ -98,9 +98,12 @@ class PredictRequest(BaseModel):
 
 
 class TextPrediction(BaseModel):
-    label: str = Field(description="The most likely class.")
-    score: float = Field(description="Probability of that class.")
-    probabilities: dict[str, float] = Field(description="Probability of every class.")
+    label: str = Field(description="The most likely label.")
+    score: float = Field(description="Probability of that label.")
+    labels: list[str] = Field(description="The labels the model gives: the most likely one, or for a multi-label "
+                                          "model every label at or above its threshold (possibly none).")
+    probabilities: dict[str, float] = Field(description="Probability of every label (multi-label: each label's "
+                                                        "own, so they need not sum to 1).")
     truncated: bool = Field(description="The text was longer than max_length tokens; only its start was read.")
 
 
@@ -125,6 +128,8 @@ class InfoResponse(BaseModel):
     revision: str | None = Field(description="The revision asked for (MODEL_REVISION), if any.")
     resolved_revision: str = Field(description="The commit sha loaded (local:<hash> for a folder).")
     labels: list[str]
+    problem_type: str = Field(description="single_label_classification or multi_label_classification.")
+    threshold: float | None = Field(description="Multi-label: the probability at which a label is given.")
     test_metrics: list[CardMetric] = Field(description="From the model card's model-index; empty if none.")
     quantization: str
     max_length: int
@@ -202,8 +207,8 @@ async def lifespan(_: FastAPI):
 
 
 api = FastAPI(title="DistriNews", version=__version__, lifespan=lifespan, docs_url="/api/docs",
-              openapi_url="/openapi.json", description="AG News topic classifier (World, Sports, Business, "
-                                                       "Sci/Tech). The demo UI is at /.")
+              openapi_url="/openapi.json", description="A text classifier (the labels: GET /api/info). The demo UI "
+                                                       "is at /.")
 
 
 class BodySizeLimit:
@@ -399,13 +404,25 @@ def _model_summary() -> str:
     info = state.service.info()
     accuracy = state.service.test_accuracy()
     accuracy_text = f"{accuracy:.2%}" if accuracy is not None else "not in the model card"
+    threshold = f", labels given at probability >= {info['threshold']:g}" if info["threshold"] is not None else ""
     return (f"**Model:** `{info['model_id']}` · **revision** `{info['resolved_revision'][:12]}` · "
-            f"**test accuracy** {accuracy_text} · **backend** {info['quantization']}")
+            f"**test accuracy** {accuracy_text} · **backend** {info['quantization']}\n\n"
+            f"**Labels** ({info['problem_type'].replace('_', ' ')}{threshold}): {', '.join(info['labels'])}")
 
 
 async def classify(text: str) -> dict[str, float]:
     (prediction,) = await _demo_call(lambda service: service.predict([_typed_text(text)]))
     return prediction.probabilities
+
+
+def given_labels(scores: dict | None) -> str:
+    """The labels the model gives for the scores shown: the most likely, or every one at or above the threshold."""
+    if state.service is None or not scores:
+        return ""
+    task = state.service.task
+    confidence = {c["label"]: c["confidence"] for c in scores.get("confidences") or []}
+    given = [task.labels[i] for i in task.chosen([confidence.get(name, 0.0) for name in task.labels])]
+    return f"**Given:** {', '.join(given) or 'no label (none reaches the threshold)'}"
 
 
 async def explain(text: str) -> list[tuple[str, float | None]]:
@@ -432,9 +449,9 @@ async def classify_many(lines: str, upload: str | None):
 
     predictions = await _demo_call(predict_in_pieces)
     labels = state.service.labels
-    header = ["text", "label", "score", *labels, "truncated"]
-    rows = [[text, p.label, round(p.score, 4), *(round(p.probabilities[name], 4) for name in labels),
-             p.truncated] for text, p in zip(texts, predictions)]
+    header = ["text", "label", "score", "labels", *labels, "truncated"]
+    rows = [[text, p.label, round(p.score, 4), "; ".join(p.labels),
+             *(round(p.probabilities[name], 4) for name in labels), p.truncated] for text, p in zip(texts, predictions)]
     with tempfile.NamedTemporaryFile("w", suffix=".csv", prefix="distrinews-", delete=False, newline="",
                                      encoding="utf-8") as handle:
         csv.writer(handle).writerows([header, *rows])
@@ -456,7 +473,7 @@ async def _demo_call(call):
 
 
 with gr.Blocks(title="DistriNews: news topic classifier") as demo:
-    gr.Markdown("# DistriNews\nClassify a news headline as **World**, **Sports**, **Business** or **Sci/Tech**.")
+    gr.Markdown("# DistriNews\nClassify a text with the model below: its labels and the probability of each.")
     summary = gr.Markdown("**Model:** loading…")
     with gr.Tab("Classify"):
         with gr.Row():
@@ -465,9 +482,13 @@ with gr.Blocks(title="DistriNews: news topic classifier") as demo:
                                       elem_id="headline")
                 run = gr.Button("Classify", variant="primary", elem_id="classify")
                 gr.Examples(EXAMPLES, inputs=headline)
-            label = gr.Label(num_top_classes=4, label="Topic", elem_id="topic")
-        run.click(classify, headline, label, api_name="classify")
-        headline.submit(classify, headline, label)
+            with gr.Column():
+                # Every label: a multi-label model may give any number of them.
+                label = gr.Label(label="Scores", elem_id="topic")
+                given = gr.Markdown(elem_id="given")
+        run.click(classify, headline, label, api_name="classify").then(given_labels, label, given,
+                                                                       api_visibility="private")
+        headline.submit(classify, headline, label).then(given_labels, label, given, api_visibility="private")
     with gr.Tab("Batch"):
         lines = gr.Textbox(label="One text per line", lines=8)
         upload = gr.File(label="…or a CSV (a 'text' column, or AG News class,title,description rows)",

@@ -67,6 +67,13 @@ def write_ag_news_folder(folder: Path, n_train: int = 240, n_test: int = 61, see
     return folder
 
 
+def load_splits(source, **options):
+    """The labelled splits ``distrinews.training.data`` makes of ``source`` (a folder or a Hub id)."""
+    from distrinews.training.data import DataOptions, load_labelled_data
+
+    return load_labelled_data(DataOptions(str(source), **options)).splits
+
+
 def write_tiny_model(folder: Path) -> Path:
     """A 2-layer DistilBERT (random init, no dropout so runs are comparable) with a WordPiece vocab."""
     from transformers import DistilBertConfig, DistilBertForSequenceClassification, DistilBertTokenizerFast

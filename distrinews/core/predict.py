@@ -1,10 +1,12 @@
-"""The one prediction path: texts in, label + every class probability out.
+"""The one prediction path: texts in, the labels the model gives + every label's probability out.
 
 Used by ``distrinews predict``, the notebook and the Space. Texts are cleaned (``distrinews.core.texts``: any string
 is accepted, so one odd text cannot fail the others), tokenized once, sorted by length and cut into batches
 whose padding stays small, and the original order is restored before returning. The model itself is any
-``ProbabilityFn`` (a padded batch of token ids in, class probabilities out): the torch model here, or the ONNX
+``ProbabilityFn`` (a padded batch of token ids in, label probabilities out): the torch model here, or the ONNX
 Runtime session of ``distrinews.serving.backends``; both go through ``predict_with`` so they cannot drift apart.
+What the probabilities mean and which labels they give is the model's task (``distrinews.core.tasks``): the most
+probable label, or every label at or above the decision threshold (multi-label).
 This module imports torch only when a torch model is run: the Space's int8 path never loads it.
 """
 
@@ -12,12 +14,13 @@ from __future__ import annotations
 
 import copy
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .model_files import max_input_length
+from .tasks import Task, task_from_config
 from .texts import clean_text, each_text
 
 # A padded batch ({"input_ids", "attention_mask"} as int64 arrays of shape (rows, length)) -> (rows, classes).
@@ -26,14 +29,15 @@ ProbabilityFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 @dataclass
 class Prediction:
-    label: str
-    score: float
+    label: str  # the most probable label
+    score: float  # its probability
     probabilities: dict[str, float]
     truncated: bool  # the text was longer than the model's maximum and only its start was read
+    labels: list[str] = field(default_factory=list)  # the labels given, most probable first (multi-label: any)
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "score": self.score, "probabilities": self.probabilities,
-                "truncated": self.truncated}
+        return {"label": self.label, "score": self.score, "labels": self.labels,
+                "probabilities": self.probabilities, "truncated": self.truncated}
 
 
 def model_max_length(model, tokenizer) -> int:
@@ -41,8 +45,9 @@ def model_max_length(model, tokenizer) -> int:
                             getattr(tokenizer, "model_max_length", None))
 
 
-def label_names(model) -> list[str]:
-    return [model.config.id2label[i] for i in range(model.config.num_labels)]
+def model_task(model) -> Task:
+    """The task a loaded transformers model was trained for (its config's labels, problem type, threshold)."""
+    return task_from_config(model.config)
 
 
 # Longest text, in characters per token read, handed to a tokenizer. A text cut here would have been cut by
@@ -162,9 +167,10 @@ def length_sorted_chunks(lengths: Sequence[int], max_rows: int, max_padding: flo
     return chunks
 
 
-def predict_with(probabilities_of: ProbabilityFn, tokenizer, labels: Sequence[str], texts: Sequence[str], *,
+def predict_with(probabilities_of: ProbabilityFn, tokenizer, task: Task, texts: Sequence[str], *,
                  max_length: int, batch_size: int = 64, pad_to_multiple_of: int = 8) -> list[Prediction]:
-    """Classify ``texts`` with any ``ProbabilityFn``: length-sorted batches, results in the input order.
+    """Classify ``texts`` with any ``ProbabilityFn``: length-sorted batches, results in the input order; ``task``
+    names the labels and decides which a row of probabilities gives.
 
     Any string is accepted (``distrinews.core.texts.clean_text``); an empty one is classified as the model sees it,
     from its special tokens alone. ``tokenizer`` is a transformers tokenizer or an ``Encoder``.
@@ -180,10 +186,15 @@ def predict_with(probabilities_of: ProbabilityFn, tokenizer, labels: Sequence[st
     for chunk in length_sorted_chunks([len(ids) for ids in token_ids], batch_size):
         probabilities = probabilities_of(pad_batch([token_ids[i] for i in chunk], pad_id, pad_to_multiple_of))
         for row, index in zip(probabilities.tolist(), chunk):
-            best = max(range(len(row)), key=row.__getitem__)
-            results[index] = Prediction(label=labels[best], score=row[best],
-                                        probabilities=dict(zip(labels, row)), truncated=truncated[index])
+            results[index] = prediction_of(task, row, truncated[index])
     return results
+
+
+def prediction_of(task: Task, row: Sequence[float], truncated: bool = False) -> Prediction:
+    """One text's ``Prediction`` from its row of probabilities."""
+    best = max(range(len(row)), key=row.__getitem__)
+    return Prediction(label=task.labels[best], score=row[best], probabilities=dict(zip(task.labels, row)),
+                      truncated=truncated, labels=[task.labels[i] for i in task.chosen(row)])
 
 
 def torch_probabilities(model) -> ProbabilityFn:
@@ -191,11 +202,12 @@ def torch_probabilities(model) -> ProbabilityFn:
     import torch
 
     device = next(model.parameters()).device
+    task = model_task(model)
 
     @torch.inference_mode()
     def probabilities_of(batch: dict[str, np.ndarray]) -> np.ndarray:
         inputs = {name: torch.from_numpy(array).to(device) for name, array in batch.items()}
-        return model(**inputs).logits.float().softmax(dim=-1).cpu().numpy()
+        return task.torch_probabilities(model(**inputs).logits).cpu().numpy()
 
     return probabilities_of
 
@@ -205,7 +217,7 @@ def predict_texts(model, tokenizer, texts: Sequence[str], *, max_length: int | N
     was_training = model.training
     model.eval()
     try:
-        return predict_with(torch_probabilities(model), tokenizer, label_names(model), texts,
+        return predict_with(torch_probabilities(model), tokenizer, model_task(model), texts,
                             max_length=max_length or model_max_length(model, tokenizer), batch_size=batch_size)
     finally:
         model.train(was_training)

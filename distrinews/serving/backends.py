@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.predict import ProbabilityFn, torch_probabilities
+from ..core.predict import ProbabilityFn, model_task, torch_probabilities
+from ..core.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class OnnxInt8Backend:
 
     quantization = "int8"
 
-    def __init__(self, onnx_path: Path, threads: int | None = None):
+    def __init__(self, onnx_path: Path, task: Task, threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -117,14 +118,13 @@ class OnnxInt8Backend:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1")
         options.add_session_config_entry("session.force_spinning_stop", "1")
         self.path = onnx_path
+        self.task = task  # softmax or sigmoid over the graph's logits
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.input_names = [node.name for node in self.session.get_inputs()]
 
     def probabilities(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         (logits,) = self.session.run(["logits"], {name: batch[name] for name in self.input_names})
-        logits = logits - logits.max(axis=-1, keepdims=True)
-        exp = np.exp(logits, dtype=np.float64)
-        return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+        return self.task.probabilities(logits)
 
 
 def build_backend(model, quantization: str, *, cache_dir: Path, cache_key: str, threads: int | None = None):
@@ -137,7 +137,7 @@ def build_backend(model, quantization: str, *, cache_dir: Path, cache_key: str, 
     read_first_position_only(model)
     if quantization == "none":
         return TorchBackend(model, threads)
-    return OnnxInt8Backend(export_int8_onnx(model, cache_dir, cache_key), threads)
+    return OnnxInt8Backend(export_int8_onnx(model, cache_dir, cache_key), model_task(model), threads)
 
 
 def weights_fingerprint(model_dir: Path) -> str:

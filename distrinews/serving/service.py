@@ -30,7 +30,9 @@ from .batching import MicroBatcher
 from .explain import MAX_WORDS, Explanation, explanation_from, occlusion_texts
 from ..core.errors import ModelLoadError, ServingConfigError
 from ..core.model_files import read_serving_files, resolve_model_folder
-from ..core.predict import Encoder, Prediction, encoder_for, label_names, model_max_length, predict_with
+from ..core.formats import AG_NEWS
+from ..core.predict import Encoder, Prediction, encoder_for, model_max_length, model_task, predict_with
+from ..core.tasks import Task
 from ..core.texts import check_text, check_texts, clean_text
 
 log = logging.getLogger(__name__)
@@ -131,7 +133,7 @@ class ServedModel:
 
     backend: Any  # TorchBackend or OnnxInt8Backend: .probabilities and .quantization
     encoder: Any  # an Encoder, or a slow transformers tokenizer
-    labels: list[str]
+    task: Task  # the labels, and which of them a row of probabilities gives
     max_length: int
 
 
@@ -143,8 +145,8 @@ def load_served_model(folder: Path, quantization: str, *, max_length: int, cache
         files = read_serving_files(folder) if graph else None
         if graph and files:  # the cold-start path: no torch, no transformers
             length = min(max_length or files.max_length, files.max_length)
-            return ServedModel(OnnxInt8Backend(graph, threads), Encoder.from_files(files, length), files.labels,
-                               length)
+            return ServedModel(OnnxInt8Backend(graph, files.task, threads), Encoder.from_files(files, length),
+                               files.task, length)
     try:
         from ..core.modeling import load_classifier
     except ImportError as err:
@@ -155,7 +157,7 @@ def load_served_model(folder: Path, quantization: str, *, max_length: int, cache
     model, tokenizer = load_classifier(str(folder))
     length = min(max_length or 10**9, model_max_length(model, tokenizer))
     backend = build_backend(model, quantization, cache_dir=cache_dir, cache_key=cache_key, threads=threads)
-    return ServedModel(backend, encoder_for(tokenizer, length) or tokenizer, label_names(model), length)
+    return ServedModel(backend, encoder_for(tokenizer, length) or tokenizer, model_task(model), length)
 
 
 def _if_file(path: Path) -> Path | None:
@@ -170,7 +172,7 @@ class ClassifierService:
         self.config = config
         self.backend = served.backend
         self.encoder = served.encoder
-        self.labels = served.labels
+        self.task = served.task
         self.max_length = served.max_length
         self.resolved_revision = resolved_revision
         self.card_metrics = card_metrics
@@ -198,6 +200,10 @@ class ClassifierService:
         return service
 
     @property
+    def labels(self) -> list[str]:
+        return list(self.task.labels)
+
+    @property
     def quantization(self) -> str:
         return self.backend.quantization
 
@@ -210,7 +216,7 @@ class ClassifierService:
 
     def predict_now(self, texts: Sequence[str]) -> list[Prediction]:
         """Synchronous, unbatched: the one predict path with this service's backend."""
-        return predict_with(self.backend.probabilities, self.encoder, self.labels, texts,
+        return predict_with(self.backend.probabilities, self.encoder, self.task, texts,
                             max_length=self.max_length, batch_size=self.config.max_batch_size,
                             pad_to_multiple_of=1)  # CPU: padding is wasted work
 
@@ -239,7 +245,8 @@ class ClassifierService:
     def info(self) -> dict[str, Any]:
         return {
             "model_id": self.config.model_id, "revision": self.config.revision or None,
-            "resolved_revision": self.resolved_revision, "labels": self.labels,
+            "resolved_revision": self.resolved_revision, "labels": list(self.task.labels),
+            "problem_type": self.task.problem_type, "threshold": self.task.threshold,
             "test_metrics": [dataclasses.asdict(m) for m in self.card_metrics],
             "quantization": self.quantization, "max_length": self.max_length,
             "max_texts_per_request": self.config.max_texts_per_request,
@@ -266,7 +273,7 @@ def texts_from_csv(path: str | Path, limit: int) -> list[str]:
     if "text" in header:
         column = header.index("text")
         texts = [row[column] for row in rows[1:] if len(row) > column]
-    elif len(rows[0]) == 3 and rows[0][0].strip() in {"1", "2", "3", "4"}:
+    elif AG_NEWS.is_original_row(rows[0]):
         texts = [f"{row[1]} {row[2]}" for row in rows if len(row) == 3]
     else:
         texts = [row[0] for row in rows]

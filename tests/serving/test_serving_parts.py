@@ -14,8 +14,8 @@ from distrinews.core.errors import InferenceFailed, QueueFull, ServingConfigErro
 from distrinews.serving.batching import MicroBatcher
 from distrinews.serving.explain import explanation_from, occlusion_texts
 from distrinews.core.modeling import load_classifier
-from distrinews.core.predict import Prediction, encode_texts, length_sorted_chunks, pad_batch, predict_with, \
-    torch_probabilities
+from distrinews.core.predict import Prediction, encode_texts, length_sorted_chunks, model_task, pad_batch, \
+    predict_with, torch_probabilities
 from distrinews.serving.service import ServingConfig, texts_from_csv
 
 
@@ -23,7 +23,7 @@ def test_int8_onnx_export_agrees_with_fp32_on_padded_batches_and_is_cached(tiny_
     model, tokenizer = load_classifier(str(tiny_model))
     model.eval()
     path = export_int8_onnx(model, tmp_path, cache_folder_name(str(tiny_model), "local:abc"))
-    backend = OnnxInt8Backend(path, threads=1)
+    backend = OnnxInt8Backend(path, model_task(model), threads=1)
     texts = ["the", "shares profit investors quarterly earnings merger", "nasa " * 40, "coach league"]
     ids, truncated = encode_texts(tokenizer, texts, max_length=32)
     assert truncated == [False, False, True, False] and max(map(len, ids)) == 32
@@ -228,7 +228,7 @@ def test_occlusion_gives_the_driving_words_the_largest_weight():
 def test_occlusion_with_the_real_predict_path(tiny_model):
     model, tokenizer = load_classifier(str(tiny_model))
     predict = lambda texts: predict_with(torch_probabilities(model.eval()), tokenizer,  # noqa: E731
-                                         [model.config.id2label[i] for i in range(4)], texts, max_length=64)
+                                         model_task(model), texts, max_length=64)
     text = " ".join(["word"] * 70)
     explanation = explain_text(predict, text)
     assert len(explanation.words) == 70 and explanation.weights[64:] == [None] * 6

@@ -113,7 +113,7 @@ def load_labelled_data(options: DataOptions, labels: tuple[str, ...] | None = No
 
 def _raw_labels(split: StoredSplit, options: DataOptions) -> RawLabels:
     column = split.preset.original_columns[0] if split.preset else options.label_column
-    _require_columns(split, [column, *_text_columns(split, options)])
+    _require_columns(split, [*_text_columns(split, options), column])
     values = split.rows[column]
     feature = split.rows.features[column]
     if split.preset:  # the original files' class index 1..N is label 0..N-1 of the preset's names

@@ -447,10 +447,11 @@ def _evaluate_and_checkpoint(run: Run, finished: bool, epoch_finished: bool) -> 
         evaluating = time.perf_counter()
         _validate_and_select(run)
         evaluated = True
-        if run.state.stop_reason and not finished:  # early stopping: the last window's steps end here
-            run.window.started += time.perf_counter() - evaluating
-            _log_window(run)
+        if run.state.stop_reason and not finished:  # early stopping: training ends at this step
             finished = True
+            if run.window.steps:  # the steps since the last log line, with the evaluation's time left out
+                run.window.started += time.perf_counter() - evaluating
+                _log_window(run)
     if finished or epoch_finished or (config.checkpoint_every and step % config.checkpoint_every == 0):
         _save_checkpoint(run)
         checkpointed = True

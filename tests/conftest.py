@@ -139,6 +139,17 @@ def _offline_and_isolated(tmp_path_factory):
     yield
 
 
+def assert_same_weights(a: Path, b: Path) -> None:
+    """The two safetensors files hold bitwise the same tensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a), load_file(b)
+    assert wa.keys() == wb.keys()
+    different = [name for name in wa if not torch.equal(wa[name], wb[name])]
+    assert not different, f"{a} and {b} differ in {different}"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

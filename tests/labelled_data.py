@@ -42,12 +42,12 @@ def single_label_rows(labels: Sequence, counts: Sequence[int], seed: int) -> pd.
 
 
 def multi_label_rows(labels: Sequence[str], count: int, seed: int, column: str = "labels") -> pd.DataFrame:
-    """Rows with none, one, two or three of ``labels`` (a list per row), each text made of its labels' words."""
+    """Rows with none, one or two of ``labels`` (a list per row), each text made of its labels' words."""
     rng = random.Random(seed)
     groups = dict(zip(labels, label_words(len(labels))))
     rows = []
     for _ in range(count):
-        chosen = rng.sample(list(labels), rng.choice([0, 1, 1, 2, 2, 3]))
+        chosen = rng.sample(list(labels), rng.choice([0, 1, 1, 2]))
         text = text_of(rng, [groups[name] for name in chosen]) if chosen else \
             " ".join(rng.choice(FILLER) for _ in range(5))
         rows.append((text, sorted(chosen)))

@@ -9,9 +9,8 @@ import shutil
 
 import pytest
 
-from conftest import tiny_train_args
+from conftest import assert_same_weights, tiny_train_args
 from distrinews.training.loop import main as train_main
-from test_resume import assert_same_weights
 
 # 216 training rows / 16 per step = 13 steps per epoch. Validation every 4 steps; macro-F1 lies in [0, 1], so it can
 # never improve by more than 1.0: evaluation 1 (step 4) sets the best, 2 and 3 (steps 8, 12) use up the patience.

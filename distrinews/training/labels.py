@@ -93,7 +93,14 @@ def encode_labels(raw: RawLabels, rules: LabelRules, names: Sequence[str], seen_
     _check_indices(raw, rows, len(names), "the labels")
     if not rules.multi_label:
         return [row[0] for row in rows]
-    return [[1 if i in set(row) else 0 for i in range(len(names))] for row in rows]
+    return [_one_hot(row, len(names)) for row in rows]
+
+
+def _one_hot(indices: list[int], size: int) -> list[int]:
+    row = [0] * size
+    for index in indices:
+        row[index] = 1
+    return row
 
 
 def labels_in(encoded: Sequence, multi_label: bool) -> set[int]:

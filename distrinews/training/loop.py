@@ -1,6 +1,7 @@
-"""Fine-tune a text classifier on AG News with data-parallel training.
+"""Fine-tune a text classifier on AG News or any labelled text with data-parallel training.
 
     accelerate launch --config_file accelerate_configs/multi_gpu.yaml -m distrinews.train --output_dir runs/ag_news
+    accelerate launch ... -m distrinews.train --dataset data/tags --problem_type multi_label_classification
     accelerate launch --config_file accelerate_configs/cpu.yaml -m distrinews.train --config my_run.yaml
     distrinews train --max_train_samples 2000 --num_train_epochs 1      # one process
     accelerate launch --config_file accelerate_configs/cpu.yaml -m distrinews.train --push_to_hub --hub_model_id USER/NAME
@@ -13,13 +14,16 @@ the only module that touches the ``Accelerator``.
 Run the same command again after any interruption: ``resume=auto`` continues from the newest complete
 checkpoint, batch for batch; with ``hub_strategy=checkpoint`` it is also on the Hub, so a new machine or a new
 Kaggle session continues the run from there (distrinews/hub/checkpoints.py). The exit codes are listed with their
-errors in ``distrinews/core/errors.py``.
+errors in ``distrinews/core/errors.py``. What the labels are and what the outputs mean is the data's task
+(``distrinews/core/tasks.py``): the loss, the metrics and the decision threshold all come from it. The Hub's part
+(checkpoint uploads, the push) listens through ``callbacks`` (distrinews/training/callbacks.py); this module
+imports nothing from ``distrinews.hub``.
 
 Read it top to bottom: ``train`` runs the phases in order: ``_set_up`` (accelerator, data, model, loaders,
 optimizer), ``_start_tracking`` (report_to), ``_resume_or_start``, then ``_train_steps``, which calls
 ``_micro_step`` per batch and ``_after_optimizer_step`` per optimizer step (device checks, ``_log_window``,
-``_evaluate_and_checkpoint``, ``_stop``), and ``_finish`` (pick the weights, evaluate test, write the outputs,
-push). Everything the phases share lives in one ``Run``.
+``_evaluate_and_checkpoint``, which may stop early, ``_stop``), and ``_finish`` (pick the weights and the
+threshold, evaluate test, write the outputs, the listeners' end). Everything the phases share lives in one ``Run``.
 """
 
 from __future__ import annotations
@@ -266,10 +270,9 @@ def _load_model_and_data(config: TrainConfig, accelerator: Accelerator):
         if asks and "validation" not in data.splits:
             raise ConfigError(f"{setting} needs a validation split: set validation_fraction > 0 or give the data "
                               "a validation split")
-    task = data.task.with_threshold(config.decision_threshold or None)
-    data = LabelledData(data.splits, task, data.preset, data.carved)
+    data.task = data.task.with_threshold(config.decision_threshold or None)  # 0: chosen on validation at the end
     with accelerator.main_process_first():  # download once, then read from the cache
-        model, tokenizer = load_classifier(config.model_name_or_path, for_training=True, task=task)
+        model, tokenizer = load_classifier(config.model_name_or_path, for_training=True, task=data.task)
     with accelerator.local_main_process_first():  # tokenize once per machine; the others hit the cache
         tokenized = tokenize_splits(data.splits, tokenizer, config.max_length)
     if accelerator.device.type == "cpu" and config.cpu_dropout_masks:

@@ -68,8 +68,7 @@ class CardFacts:
                    preset=preset, dataset_name=dataset_display_name(config["dataset"], preset),
                    dataset_id=hub_dataset or (preset.hub_ids[0] if preset else None),
                    base_model=_hub_id_or_none(config["model_name_or_path"]),
-                   model_name=repo_id.split("/")[-1] if repo_id else f"distrinews-{preset.key if preset else 'classifier'}"
-                   .replace("_", "-"),
+                   model_name=repo_id.split("/")[-1] if repo_id else _default_model_name(preset),
                    repo_id=repo_id, num_parameters=num_parameters)
 
     @property
@@ -133,6 +132,10 @@ def build_model_card(metrics: dict, config: dict, model_config: dict, *, repo_id
         metrics=["accuracy", "f1"], tags=tags, model_name=facts.model_name, eval_results=eval_results,
     )
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{card_sections.body(facts)}")
+
+
+def _default_model_name(preset: DatasetPreset | None) -> str:
+    return "distrinews-" + (preset.key.replace("_", "-") if preset else "classifier")
 
 
 def _hub_id_or_none(value: str) -> str | None:

@@ -56,6 +56,13 @@ def test_integer_labels_take_label_names_or_transformers_defaults(tmp_path):
     assert _load(folder).task.labels == tuple(f"LABEL_{i}" for i in range(5))
 
 
+def test_true_false_labels_are_named_false_and_true(tmp_path):
+    frame = pd.DataFrame({"text": ["free money now", "lunch at noon?", "win a prize", "see you"],
+                          "is_spam": [True, False, True, False]})
+    loaded = _load(_folder(tmp_path, {"train": frame, "test": frame}, writer="jsonl"), label_column="is_spam")
+    assert loaded.task.labels == ("false", "true") and loaded.splits["train"]["label"] == [1, 0, 1, 0]
+
+
 def test_class_label_names_and_lists_of_them_come_from_the_features(tmp_path):
     """What a Hub dataset holds: ClassLabel (and Sequence(ClassLabel)) columns, in their own order."""
     folder = tmp_path / "data"

@@ -154,9 +154,10 @@ def _export_onnx(argv: Sequence[str]) -> int:
     parser.add_argument("model_dir", help="A saved model folder, e.g. RUN_DIR/model.")
     args = parser.parse_args(argv)
 
-    from .hub.push import ship_serving_graph
+    from .hub.push import export_serving_graph
 
-    return 0 if ship_serving_graph(args.model_dir) is not None else 1
+    export_serving_graph(args.model_dir)
+    return 0
 
 
 def _deploy_space(argv: Sequence[str]) -> int:
@@ -223,17 +224,9 @@ def _launch(argv: Sequence[str]) -> int:
                         help="TCP port the processes meet on (accelerate's default 29500 when not given); set "
                              "it to run two trainings on one machine.")
     args, train_argv = parser.parse_known_args(argv)
+    from .training.launcher import launch
 
-    import shlex
-    import subprocess
-
-    from .training.hardware import list_gpus, plan_launch
-
-    plan = plan_launch(list_gpus())
-    port = [] if args.main_process_port is None else ["--main_process_port", str(args.main_process_port)]
-    command = ["accelerate", "launch", *plan.launch_args(), *port, "-m", "distrinews.train", *train_argv]
-    print(f"{plan.reason}\n{shlex.join(command)}", flush=True)
-    return 0 if args.dry_run else subprocess.run(command).returncode
+    return launch(train_argv, dry_run=args.dry_run, main_process_port=args.main_process_port)
 
 
 def _launch_config(argv: Sequence[str]) -> int:

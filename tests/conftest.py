@@ -8,12 +8,15 @@ from __future__ import annotations
 import csv
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
+from filelock import FileLock
 from hypothesis import strategies as st
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -96,14 +99,35 @@ def write_tiny_model(folder: Path) -> Path:
     return folder
 
 
+def shared_folder(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """A read-only folder built once per test session, however many pytest-xdist workers ask for it: the first
+    builds it under a file lock, the others wait for it and read the same files (the same paths, too, which
+    checkpoint signatures record). A failed build leaves nothing, so the next asker tries again."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # each worker's own base folder sits in the session's
+    folder = root / "shared" / name
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not (folder.parent / f"{name}.done").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                build(folder)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            (folder.parent / f"{name}.done").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("tiny-distilbert"))
+    return shared_folder(tmp_path_factory, "tiny-distilbert", write_tiny_model)
 
 
 @pytest.fixture(scope="session")
 def ag_news_dir(tmp_path_factory) -> Path:
-    return write_ag_news_folder(tmp_path_factory.mktemp("ag_news"))
+    return shared_folder(tmp_path_factory, "ag_news", write_ag_news_folder)
 
 
 @pytest.fixture(scope="session")
@@ -180,3 +204,19 @@ def accelerate_launch(train_args: list[str], num_processes: int = 2, timeout: fl
         raise AssertionError(f"accelerate launch failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
                              f"{result.stderr[-6000:]}")
     return result
+
+
+# The uninterrupted 2-process run that the fault-injection and Hub-checkpoint tests' interrupted runs must equal:
+# 2 epochs of 13 steps (216 examples, 2 processes x 8), a checkpoint every 4 steps, the best weights kept.
+REFERENCE_RUN = dict(model_selection="best_validation", logging_steps=1, checkpoint_every=4)
+REFERENCE_STEPS = 26
+
+
+@pytest.fixture(scope="session")
+def reference_run(tiny_model, ag_news_dir, tmp_path_factory) -> Path:
+    """The output_dir of that run (read-only: tests copy from it, never into it)."""
+    def train(folder: Path) -> None:
+        accelerate_launch(tiny_train_args(tiny_model, ag_news_dir, folder / "out", **REFERENCE_RUN), timeout=420)
+
+    return shared_folder(tmp_path_factory, "reference-run", train) / "out"
+

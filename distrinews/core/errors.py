@@ -8,7 +8,7 @@ print one line instead of a traceback. The exit codes are what a job scheduler o
 | --- | --- | --- |
 | 0 | done | |
 | 1 | the run is complete but the Hub push failed: `distrinews push` retries it | HubPushError |
-| 2 | bad input: config, data, model, output_dir, a checkpoint of another run or one the Hub did not hand over, a text | InputError and its subclasses |
+| 2 | bad input: config, data, model, output_dir, a checkpoint of another run or one the Hub did not hand over, a text, a Hub command's repo id, folder or missing token | InputError and its subclasses |
 | 3 | the loss was non-finite for max_nonfinite_steps steps in a row | NonFiniteLossError |
 | 4 | a checkpoint could not be written (the previous one is intact) | CheckpointWriteError |
 | 75 | stopped by SIGTERM/SIGINT after writing a checkpoint: run the same command to resume | TrainingStopped |
@@ -61,6 +61,11 @@ class ServingConfigError(InputError):
 
 class ModelCardError(InputError):
     """A run folder that lacks what the card is built from; the message names the missing file."""
+
+
+class HubInputError(InputError):
+    """A Hub command that cannot start: a malformed repo id or revision, a run folder without a model, a target
+    folder that cannot be used, no token, or HF_HUB_OFFLINE; nothing was uploaded. The message says which."""
 
 
 class KaggleBundleError(InputError):

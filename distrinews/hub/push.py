@@ -28,7 +28,7 @@ from huggingface_hub.utils import filter_repo_objects
 from .. import __version__
 from ..training.model_card import write_model_card
 from ..core.atomic import write_json
-from ..core.errors import HubPushError, ModelCardError
+from ..core.errors import HubInputError, HubPushError, ModelCardError, ModelLoadError
 from ..core.formats import AG_NEWS, dataset_display_name, preset_named
 from ..training.reporting import HEADLINE_METRICS
 
@@ -61,7 +61,7 @@ def resolve_hub_token() -> str:
     """The token to push with: HF_TOKEN, else the stored login token, else a Kaggle secret ``HF_TOKEN``."""
     token = get_token() or _kaggle_secret("HF_TOKEN")
     if not token:
-        raise HubPushError("no Hugging Face token found: run `hf auth login` (or `huggingface-cli login`), set "
+        raise HubInputError("no Hugging Face token found: run `hf auth login` (or `huggingface-cli login`), set "
                            "HF_TOKEN, or on Kaggle add a secret named HF_TOKEN. Use a token with write access.")
     return token
 
@@ -69,13 +69,13 @@ def resolve_hub_token() -> str:
 def check_repo_id(repo_id: str, what: str = "repo id") -> None:
     """Refuse anything but USER/NAME before a request is made (the Hub's own error would come after the upload)."""
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id) or ".." in repo_id:
-        raise HubPushError(f"{what} {repo_id!r} must look like USER/NAME (letters, digits, '-', '_', '.')")
+        raise HubInputError(f"{what} {repo_id!r} must look like USER/NAME (letters, digits, '-', '_', '.')")
 
 
 def check_push_ready(setting: str = "push_to_hub") -> None:
     """Fail before training, not after it, when a push (``setting`` asks for it) cannot work."""
     if constants.HF_HUB_OFFLINE:
-        raise HubPushError(f"{setting} is set but HF_HUB_OFFLINE=1 forbids network access: unset HF_HUB_OFFLINE, "
+        raise HubInputError(f"{setting} is set but HF_HUB_OFFLINE=1 forbids network access: unset HF_HUB_OFFLINE, "
                            f"or train without {setting} and later run `distrinews push RUN_DIR --repo_id USER/NAME` "
                            "on a machine with network access")
     resolve_hub_token()
@@ -93,10 +93,10 @@ def push_run_to_hub(run_dir: str | Path, repo_id: str, *, private: bool = False,
     model_dir = run_dir / "model"
     check_repo_id(repo_id)
     if not (model_dir / "config.json").is_file() or not list(model_dir.glob("*.safetensors")):
-        raise HubPushError(f"{model_dir} holds no saved model (config.json and *.safetensors): "
+        raise HubInputError(f"{model_dir} holds no saved model (config.json and *.safetensors): "
                            "is RUN_DIR the output_dir of a finished training run?")
     if constants.HF_HUB_OFFLINE:
-        raise HubPushError(f"HF_HUB_OFFLINE=1 forbids network access; unset it to push {run_dir}")
+        raise HubInputError(f"HF_HUB_OFFLINE=1 forbids network access; unset it to push {run_dir}")
     token = token or resolve_hub_token()
     try:
         write_model_card(run_dir, repo_id)  # its usage snippet names the repo pushed to
@@ -152,19 +152,26 @@ def ship_serving_graph(model_dir: Path, log: Callable[[str], None] = print) -> P
     """Write the int8 graph the Space serves into ``model_dir/onnx/`` (unless a matching one is there), so a
     Space starts without torch and without exporting. A model the exporter cannot handle is pushed without it
     (the Space then exports at start, which needs torch there)."""
+    try:
+        return export_serving_graph(model_dir, log)
+    except Exception as err:  # noqa: BLE001 - the weights are what matters; the graph is a start-up shortcut
+        log(f"Warning: no int8 ONNX graph for the Space ({type(err).__name__}: {err}); pushing without it")
+        return None
+
+
+def export_serving_graph(model_dir: Path, log: Callable[[str], None] = print) -> Path:
+    """``distrinews export-onnx``: the int8 graph of the saved model in ``model_dir``, written into its ``onnx/``."""
     from transformers.utils import logging as transformers_logging
 
     from ..serving.backends import write_shipped_graph
     from ..core.modeling import load_classifier
 
+    if not Path(model_dir).is_dir():
+        raise ModelLoadError(f"{model_dir} is not a folder: give the folder of a saved model, e.g. RUN_DIR/model")
     started = time.perf_counter()
     transformers_logging.disable_progress_bar()  # a weights-loading bar in the middle of the push's own messages
     try:
-        model, _ = load_classifier(str(model_dir))
-        graph = write_shipped_graph(model, model_dir)
-    except Exception as err:  # noqa: BLE001 - the weights are what matters; the graph is a start-up shortcut
-        log(f"Warning: no int8 ONNX graph for the Space ({type(err).__name__}: {err}); pushing without it")
-        return None
+        graph = write_shipped_graph(load_classifier(str(model_dir))[0], model_dir)
     finally:
         transformers_logging.enable_progress_bar()
     log(f"int8 ONNX graph for the Space: {graph} ({time.perf_counter() - started:.1f} s)")

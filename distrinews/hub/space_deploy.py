@@ -28,7 +28,8 @@ from huggingface_hub import HfApi, SpaceCard, constants
 import distrinews
 
 from .. import __version__
-from .push import HubPushError, check_repo_id, resolve_hub_token, retry_hub_call
+from ..core.errors import HubInputError
+from .push import check_repo_id, resolve_hub_token, retry_hub_call
 
 # Files of an earlier deploy under these folders that this one does not upload are deleted in the same commit
 # (a module removed from the package must not linger in the image); anything else in the Space repo is kept.
@@ -40,7 +41,7 @@ def repository_app_dir() -> Path:
     """The repository's app/ folder next to the package; absent when distrinews was installed from a wheel."""
     app_dir = Path(distrinews.__file__).resolve().parents[1] / "app"
     if not (app_dir / "app.py").is_file() or not (app_dir / "Dockerfile").is_file():
-        raise HubPushError(f"the Space sources (app/app.py, app/Dockerfile) are not at {app_dir}: distrinews seems "
+        raise HubInputError(f"the Space sources (app/app.py, app/Dockerfile) are not at {app_dir}: distrinews seems "
                            "to be installed as a package, not run from a clone. Run deploy-space from a clone of "
                            "the DistriNews repository (`pip install -e .` there).")
     return app_dir
@@ -57,8 +58,11 @@ def stage_space(target: Path, model_id: str, revision: str | None) -> Path:
     app_dir = repository_app_dir()
     target = Path(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise HubPushError(f"{target} is not an empty folder: stage the Space into a new or empty one")
-    target.mkdir(parents=True, exist_ok=True)
+        raise HubInputError(f"{target} is not an empty folder: stage the Space into a new or empty one")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise HubInputError(f"cannot create the staging folder {target}: {err.strerror or err}") from None
 
     shutil.copy2(app_dir / "Dockerfile", target / "Dockerfile")
     card = SpaceCard((app_dir / "README.md").read_text(encoding="utf-8"))
@@ -77,7 +81,7 @@ def stage_space(target: Path, model_id: str, revision: str | None) -> Path:
 
 def check_revision(revision: str | None) -> None:
     if revision is not None and (not re.fullmatch(r"[\w./-]+", revision) or ".." in revision):
-        raise HubPushError(f"revision {revision!r} must be a commit sha, branch or tag name")
+        raise HubInputError(f"revision {revision!r} must be a commit sha, branch or tag name")
 
 
 def deploy_space(space_id: str, model_id: str, *, revision: str | None = None, private: bool = False,
@@ -93,7 +97,7 @@ def deploy_space(space_id: str, model_id: str, *, revision: str | None = None, p
     check_repo_id(model_id, "model id")
     check_revision(revision)
     if constants.HF_HUB_OFFLINE:
-        raise HubPushError(f"HF_HUB_OFFLINE=1 forbids network access; unset it to deploy {space_id}")
+        raise HubInputError(f"HF_HUB_OFFLINE=1 forbids network access; unset it to deploy {space_id}")
     token = token or resolve_hub_token()
     api = HfApi(token=token, library_name="distrinews", library_version=__version__)
     again = f"distrinews deploy-space {space_id} --model_id {model_id}" + \

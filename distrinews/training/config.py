@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
-
 from ..core.errors import ConfigError
 from ..core.tasks import MULTI_LABEL, PROBLEM_TYPES, MultiLabelTask, SingleLabelTask, make_task
 
@@ -34,8 +33,42 @@ FREE = "free"  # may differ between the attempts of one run (where files go, log
 RESUME_KINDS = (SAME, DATA, DERIVED, FREE)
 
 
-def _doc(text: str, choices: Sequence[str] = (), *, resume: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": text, "choices": tuple(choices), "resume": resume}, **kwargs)
+# Seeds feed numpy's and torch's generators, whose seeds are unsigned 32-bit numbers.
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The numbers a field may hold: ``low``/``high`` are inclusive, unless ``low_open``/``high_open`` say not."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above_low = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below_high = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above_low and below_high
+
+    def rule(self) -> str:
+        low, high = (value if isinstance(value, (int, type(None))) else f"{value:g}" for value in (self.low, self.high))
+        if self.high is None:
+            return f"must be {'>' if self.low_open else '>='} {low}"
+        return f"must be in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+def _doc(text: str, choices: Sequence[str] = (), *, resume: str, minimum: float | None = None,
+         above: float | None = None, maximum: float | None = None, below: float | None = None, note: str = "",
+         **kwargs: Any) -> Any:
+    """A config field: its help, what it means for resuming (``resume``: one of RESUME_KINDS), its allowed values
+    (``choices``, or bounds on a number) and ``note``, which the error for a value out of bounds adds."""
+    bounds = None
+    if (minimum, above, maximum, below) != (None,) * 4:
+        bounds = Bounds(low=above if above is not None else minimum, high=below if below is not None else maximum,
+                        low_open=above is not None, high_open=below is not None)
+    return field(metadata={"help": text, "choices": tuple(choices), "bounds": bounds, "note": note, "resume": resume},
+                 **kwargs)
 
 
 @dataclass
@@ -74,53 +107,58 @@ class TrainConfig:
                                 "'sport|tech'); JSONL and Parquet hold lists instead.", default="", resume=DATA)
     output_dir: str = _doc("Run folder: model, metrics, logs, plots and checkpoints go here.",
                            default="runs/ag_news", resume=FREE)
-    num_train_epochs: float = _doc("Epochs to train for (ignored when max_steps > 0).", default=3.0, resume=DERIVED)
-    max_steps: int = _doc("Total optimizer steps; overrides num_train_epochs when > 0.", default=-1, resume=DERIVED)
+    num_train_epochs: float = _doc("Epochs to train for (ignored when max_steps > 0).", default=3.0, minimum=0,
+                                   resume=DERIVED)
+    max_steps: int = _doc("Total optimizer steps; overrides num_train_epochs when > 0.", default=-1, minimum=-1,
+                          resume=DERIVED)
     per_device_train_batch_size: int = _doc("Training examples per process per micro-batch.", default=32,
-                                            resume=DERIVED)
-    per_device_eval_batch_size: int = _doc("Evaluation examples per process per batch.", default=128, resume=FREE)
-    learning_rate: float = _doc("Peak learning rate of AdamW.", default=5e-5, resume=SAME)
+                                            minimum=1, resume=DERIVED)
+    per_device_eval_batch_size: int = _doc("Evaluation examples per process per batch.", default=128, minimum=1,
+                                           resume=FREE)
+    learning_rate: float = _doc("Peak learning rate of AdamW.", default=5e-5, above=0, below=1, resume=SAME)
     head_learning_rate: float = _doc("Peak learning rate of the task head (the parameters outside the pretrained "
                                      "base model, plus a BERT-style pooler); 0 = learning_rate.", default=0.0,
-                                     resume=SAME)
+                                     minimum=0, below=1, note=" (0 = learning_rate)", resume=SAME)
     layer_lr_decay: float = _doc("Layer-wise learning-rate decay: each encoder layer below the top trains at this "
                                  "factor times the rate of the one above it (1 = the same rate everywhere).",
-                                 default=1.0, resume=SAME)
+                                 default=1.0, above=0, maximum=1, resume=SAME)
     rdrop_weight: float = _doc(
         "R-Drop (distrinews/training/rdrop.py): each batch runs twice with different dropout masks and the loss adds "
         "this weight times the symmetric KL divergence between the two predictions; 0 = off. A step costs ~2x.",
-        default=0.0, resume=SAME)
+        default=0.0, minimum=0, note=" (0 = off)", resume=SAME)
     class_weights: str = _doc(
         "Weights of the labels in the loss: 'none', 'balanced' (rows / (labels x rows of the label), as "
         "scikit-learn; multi-label: rows without the label / rows with it, BCE's pos_weight) or one number per "
         "label in label order, separated by commas.", default="none", resume=SAME)
     weight_decay: float = _doc("AdamW weight decay (never applied to biases and LayerNorm weights).", default=0.01,
-                               resume=SAME)
+                               minimum=0, resume=SAME)
     warmup_ratio: float = _doc("Fraction of the optimizer steps spent warming the learning rate up.", default=0.06,
-                               resume=SAME)
+                               minimum=0, below=1, resume=SAME)
     lr_scheduler_type: str = _doc("Learning-rate schedule after warmup.", choices=LR_SCHEDULERS, default="linear",
                                   resume=SAME)
-    max_length: int = _doc("Tokens per example after truncation.", default=128, resume=DATA)
-    gradient_accumulation_steps: int = _doc("Micro-batches per optimizer step.", default=1, resume=SAME)
-    max_grad_norm: float = _doc("Gradient clipping norm; 0 disables clipping.", default=1.0, resume=SAME)
-    seed: int = _doc("Seed for the model head, data order, carved splits and dropout.", default=42, resume=SAME)
+    max_length: int = _doc("Tokens per example after truncation.", default=128, minimum=1, resume=DATA)
+    gradient_accumulation_steps: int = _doc("Micro-batches per optimizer step.", default=1, minimum=1, resume=SAME)
+    max_grad_norm: float = _doc("Gradient clipping norm; 0 disables clipping.", default=1.0, minimum=0, resume=SAME)
+    seed: int = _doc("Seed for the model head, data order, carved splits and dropout.", default=42, minimum=0,
+                     maximum=MAX_SEED, resume=SAME)
     validation_fraction: float = _doc(
         "Fraction of train carved out (stratified; multi-label: random) as the validation split; 0 = no validation "
         "split, every training row is trained on (the data's own validation split, if it has one, is still used).",
-        default=0.05, resume=DATA)
+        default=0.05, minimum=0, below=1, note=" (0 = no validation split)", resume=DATA)
     test_fraction: float = _doc(
         "Fraction of train carved out (stratified; multi-label: random) as the test split when the data has none "
         "(metrics.json and the model card say so); the data's own test split is always used.", default=0.1,
-        resume=DATA)
+        minimum=0, below=1, note=" (0 = the data must have a test split)", resume=DATA)
     headline_views: bool = _doc(
         "Also train on each article's headline alone and its description alone (3 texts per article). Needs data "
         "that keeps the two apart: the original AG News CSVs do, the Hub copy joined them.", default=False,
         resume=DATA)
-    max_train_samples: int = _doc("Use at most this many training examples (0 = all).", default=0, resume=DATA)
+    max_train_samples: int = _doc("Use at most this many training examples (0 = all).", default=0, minimum=0,
+                                  resume=DATA)
     max_eval_samples: int = _doc("Use at most this many validation and test examples (0 = all).", default=0,
-                                 resume=SAME)
+                                 minimum=0, resume=SAME)
     eval_every: int = _doc("Evaluate on validation every N optimizer steps (0 = at each epoch end only).", default=0,
-                           resume=SAME)
+                           minimum=0, resume=SAME)
     model_selection: str = _doc(
         "Which weights become the model: 'last' (the final step's, as the HF Trainer keeps by default) or "
         "'best_validation' (the evaluation with the best metric_for_best_model). The default validation split "
@@ -133,21 +171,21 @@ class TrainConfig:
     early_stopping_patience: int = _doc(
         "Stop training when metric_for_best_model has not improved by more than early_stopping_threshold for "
         "this many evaluations in a row (every rank at the same step; 0 = never stop early).", default=0,
-        resume=SAME)
+        minimum=0, note=" (0 = never stop early)", resume=SAME)
     early_stopping_threshold: float = _doc("How much metric_for_best_model must improve to reset the patience.",
-                                           default=0.0, resume=SAME)
+                                           default=0.0, minimum=0, resume=SAME)
     decision_threshold: float = _doc(
         "Multi-label: a label is given when its probability is at least this; 0 = the threshold with the best "
         "validation micro-F1 (0.5 without a validation split). Saved in the model's config.", default=0.0,
-        resume=SAME)
+        minimum=0, below=1, note=" (0 = chosen on validation)", resume=SAME)
     checkpoint_every: int = _doc("Write a resumable checkpoint every N optimizer steps (0 = at each epoch end only).",
-                                 default=0, resume=FREE)
-    keep_last: int = _doc("Complete checkpoints kept on disk (the newest ones).", default=2, resume=FREE)
+                                 default=0, minimum=0, resume=FREE)
+    keep_last: int = _doc("Complete checkpoints kept on disk (the newest ones).", default=2, minimum=1, resume=FREE)
     resume: str = _doc("'auto' (newest complete checkpoint in output_dir, if any), a checkpoint path, or 'none' "
                        "(start over, deleting output_dir's checkpoints). A checkpoint must come from the same settings.",
                        default="auto", resume=FREE)
     logging_steps: int = _doc("Log loss, learning rate and throughput every N optimizer steps.", default=20,
-                              resume=FREE)
+                              minimum=1, resume=FREE)
     report_to: str = _doc(
         "Experiment tracker that also receives the run's config, the logged training scalars and every evaluation "
         "(through accelerate's trackers, from the main process): tensorboard (files in output_dir/runs/RUN_NAME), "
@@ -164,12 +202,13 @@ class TrainConfig:
         "torch's per-element draws, which take a quarter of a bf16 training step there; same expected activations.",
         default=True, resume=SAME)
     dataloader_num_workers: int = _doc("Worker processes per data loader (0 = load in the training process).",
-                                       default=2, resume=FREE)
+                                       default=2, minimum=0, resume=FREE)
     max_nonfinite_steps: int = _doc("Stop with an error after this many consecutive steps with a non-finite loss.",
-                                    default=10, resume=FREE)
+                                    default=10, minimum=1, resume=FREE)
     ddp_timeout_seconds: int = _doc("How long a collective waits for a hung rank before the run fails (torchrun "
                                     "ends the others when a rank dies); keep it above the longest checkpoint write.",
-                                    default=1800, resume=FREE)
+                                    # ~31 years; much larger values overflow c10d's millisecond clock
+                                    default=1800, minimum=1, maximum=10**9, resume=FREE)
     push_to_hub: bool = _doc("Push model/ with its model card to the Hub after the final test evaluation.",
                              default=False, resume=FREE)
     hub_model_id: str = _doc("Hub repo id USER/NAME to push to (required with push_to_hub and "
@@ -191,6 +230,16 @@ class TrainConfig:
     def total_train_batch_size(self, num_processes: int) -> int:
         """Examples per optimizer step across every process."""
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * num_processes
+
+    def total_steps(self, train_examples: int, num_processes: int) -> int:
+        """Optimizer steps of the whole run on ``train_examples`` (the sampler drops each epoch's last partial
+        global batch, so every rank runs the same steps)."""
+        micro_batches = train_examples // (self.per_device_train_batch_size * num_processes)
+        steps_per_epoch = micro_batches // self.gradient_accumulation_steps
+        if steps_per_epoch == 0:
+            raise ConfigError(f"{train_examples} training examples give no full optimizer step of "
+                              f"{self.total_train_batch_size(num_processes)} examples")
+        return self.max_steps if self.max_steps > 0 else math.ceil(self.num_train_epochs * steps_per_epoch)
 
     def label_name_list(self) -> tuple[str, ...]:
         return _comma_list(self.label_names)
@@ -235,33 +284,20 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: {rule}")
 
-        need(bool(self.model_name_or_path.strip()), "model_name_or_path", "must not be empty")
-        need(bool(self.dataset.strip()), "dataset", "must not be empty")
-        need(bool(self.output_dir.strip()), "output_dir", "must not be empty")
+        for f in dataclasses.fields(self):  # every field's own bounds and choices, from its metadata
+            value, bounds, choices = getattr(self, f.name), f.metadata["bounds"], f.metadata["choices"]
+            if bounds is not None:
+                need(value in bounds, f.name, bounds.rule() + f.metadata["note"])
+            if choices:
+                need(value in choices, f.name, f"must be one of {', '.join(choices)}")
+        for name in ("model_name_or_path", "dataset", "output_dir"):
+            need(bool(getattr(self, name).strip()), name, "must not be empty")
         need(self.max_steps > 0 or self.num_train_epochs > 0, "num_train_epochs", "must be > 0 when max_steps <= 0")
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "max_length",
-                     "gradient_accumulation_steps", "logging_steps", "keep_last", "max_nonfinite_steps",
-                     "ddp_timeout_seconds"):
-            need(getattr(self, name) >= 1, name, "must be >= 1")
-        for name in ("max_train_samples", "max_eval_samples", "eval_every", "checkpoint_every",
-                     "dataloader_num_workers", "weight_decay", "max_grad_norm"):
-            need(getattr(self, name) >= 0, name, "must be >= 0")
-        need(0 < self.learning_rate < 1, "learning_rate", "must be in (0, 1)")
-        need(0 <= self.head_learning_rate < 1, "head_learning_rate", "must be in [0, 1) (0 = learning_rate)")
-        need(0 < self.layer_lr_decay <= 1, "layer_lr_decay", "must be in (0, 1]")
-        need(0 <= self.rdrop_weight < math.inf, "rdrop_weight", "must be a finite number >= 0 (0 = off)")
-        need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
-        need(0 <= self.validation_fraction < 1, "validation_fraction", "must be in [0, 1) (0 = no validation split)")
-        need(self.model_selection in MODEL_SELECTIONS, "model_selection", f"must be one of {', '.join(MODEL_SELECTIONS)}")
-        need(self.torch_compile in ("auto", "true", "false"), "torch_compile", "must be auto, true or false")
-        need(self.report_to in REPORT_TO, "report_to", f"must be one of {', '.join(REPORT_TO)}")
-        need(self.lr_scheduler_type in LR_SCHEDULERS, "lr_scheduler_type", f"must be one of {', '.join(LR_SCHEDULERS)}")
         need(self.resume in ("auto", "none") or Path(self.resume).is_dir(), "resume",
              "must be 'auto', 'none' or an existing checkpoint folder")
         if self.push_to_hub:
             need(_looks_like_repo_id(self.hub_model_id), "hub_model_id",
                  "push_to_hub needs hub_model_id as USER/NAME")
-        need(self.hub_strategy in HUB_STRATEGIES, "hub_strategy", f"must be one of {', '.join(HUB_STRATEGIES)}")
         if self.hub_strategy == "checkpoint":
             need(_looks_like_repo_id(self.hub_model_id), "hub_model_id",
                  "hub_strategy=checkpoint needs hub_model_id as USER/NAME (the repo the checkpoints go to)")
@@ -272,7 +308,6 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: {rule}")
 
-        need(self.problem_type in PROBLEM_TYPES, "problem_type", f"must be one of {', '.join(PROBLEM_TYPES)}")
         multi_label = self.problem_type == MULTI_LABEL
         need(bool(self.text_columns()) and "" not in self.text_columns(), "text_column_names",
              "must name one column, or several separated by commas")
@@ -283,7 +318,6 @@ class TrainConfig:
         need(not names or len(names) >= 2, "label_names", "must name at least 2 labels")
         need(multi_label or not self.label_separator, "label_separator",
              "applies to problem_type=multi_label_classification only")
-        need(0 <= self.test_fraction < 1, "test_fraction", "must be in [0, 1) (0 = the data must have a test split)")
         need(self.validation_fraction + self.test_fraction < 1, "test_fraction",
              f"with validation_fraction={self.validation_fraction} leaves no training rows")
         need(self.class_weights in ("none", "balanced") or _all_positive_numbers(self.class_weights),
@@ -291,10 +325,6 @@ class TrainConfig:
         choices = ("auto", *make_task(self.problem_type, ()).selection_metrics)
         need(self.metric_for_best_model in choices, "metric_for_best_model",
              f"must be one of {', '.join(choices)} for problem_type={self.problem_type}")
-        need(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0 (0 = never stop early)")
-        need(0 <= self.early_stopping_threshold < math.inf, "early_stopping_threshold", "must be a number >= 0")
-        need(0 <= self.decision_threshold < 1, "decision_threshold",
-             "must be in [0, 1) (0 = chosen on validation)")
         need(multi_label or not self.decision_threshold, "decision_threshold",
              "applies to problem_type=multi_label_classification only (one label per text takes the most probable)")
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict
 
-from ..core.errors import DataError
+from ..core.errors import ConfigError, DataError
 from ..core.formats import AG_NEWS, DatasetPreset
 from ..core.tasks import MULTI_LABEL, Task, make_task
 from .data_files import StoredSplit, read_splits
@@ -244,6 +244,22 @@ def _with_headline_views(train: Dataset, source: str) -> Dataset:
 
 def _first_n_shuffled(split: Dataset, n: int, seed: int) -> Dataset:
     return split if len(split) <= n else split.shuffle(seed=seed).select(range(n)).flatten_indices()
+
+
+def checked_max_length(max_length: int, model, tokenizer, model_name: str, warn=print) -> int:
+    """``max_length`` as the model can take it: more than the special tokens it adds to every text (else no text
+    token is left), and at most its positions (longer is cut to that, as serving does, with a warning)."""
+    from ..core.predict import model_max_length
+
+    specials = tokenizer.num_special_tokens_to_add(pair=False)
+    if max_length <= specials:
+        raise ConfigError(f"max_length={max_length}: must be > {specials}: {model_name} adds {specials} special "
+                          f"token(s) to every text, which would leave no room for the text itself")
+    limit = model_max_length(model, tokenizer)
+    if max_length > limit:
+        warn(f"warning: max_length={max_length} is more than {model_name} reads ({limit} tokens); using {limit}")
+        return limit
+    return max_length
 
 
 def tokenize_splits(splits: DatasetDict, tokenizer, max_length: int) -> DatasetDict:

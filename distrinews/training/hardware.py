@@ -37,8 +37,13 @@ class LaunchPlan:
     """Which file of ``accelerate_configs/`` to launch with, the flags that adjust it, and why."""
 
     config_name: str
+    processes: int
     flags: tuple[str, ...] = field(default=())
     reason: str = ""
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.config_name == "cpu.yaml"
 
     def launch_args(self, config_dir: str | Path | None = None) -> list[str]:
         """Arguments for ``accelerate launch`` that come before ``-m distrinews.train``.
@@ -81,18 +86,18 @@ def list_gpus() -> list[GpuInfo]:
 def plan_launch(gpus: Sequence[GpuInfo]) -> LaunchPlan:
     """One process per GPU; on CPU, the 2-process gloo config. Precision follows what the GPUs can do."""
     if not gpus:
-        return LaunchPlan("cpu.yaml", reason="no GPU found: 2 CPU processes, DDP over gloo, fp32")
+        return LaunchPlan("cpu.yaml", 2, reason="no GPU found: 2 CPU processes, DDP over gloo, fp32")
     if len(gpus) == 1:
         gpu = gpus[0]
         if gpu.has_bf16:
-            return LaunchPlan("single_gpu.yaml", reason=f"1 x {gpu.name}: one process, bf16")
+            return LaunchPlan("single_gpu.yaml", 1, reason=f"1 x {gpu.name}: one process, bf16")
         # single_gpu.yaml asks for bf16, which this GPU lacks.
-        return LaunchPlan("single_gpu.yaml", ("--mixed_precision", "fp16"),
+        return LaunchPlan("single_gpu.yaml", 1, ("--mixed_precision", "fp16"),
                           reason=f"1 x {gpu.name} (no bf16): one process, fp16")
     names = ", ".join(sorted({gpu.name for gpu in gpus}))
     # multi_gpu.yaml is written for 2 GPUs with fp16, which every GPU since the P100 runs natively.
     flags = () if len(gpus) == 2 else ("--num_processes", str(len(gpus)))
-    return LaunchPlan("multi_gpu.yaml", flags,
+    return LaunchPlan("multi_gpu.yaml", len(gpus), flags,
                       reason=f"{len(gpus)} x {names}: DDP over NCCL, one process per GPU, fp16")
 
 

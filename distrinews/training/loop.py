@@ -60,7 +60,8 @@ from .callbacks import TrainerCallback
 from .checkpoint import TrainerState
 from .config import TrainConfig, parse_train_config
 from .cpu_dropout import use_cpu_dropout
-from .data import DataOptions, LabelledData, PaddingCollator, load_labelled_data, sorted_by_length, tokenize_splits
+from .data import DataOptions, LabelledData, PaddingCollator, checked_max_length, load_labelled_data, \
+    sorted_by_length, tokenize_splits
 from .evaluation import collect_outputs, scalar_metrics, score_outputs
 from .model_card import write_model_card
 from .optimization import parameter_settings
@@ -197,12 +198,9 @@ def _set_up(config: TrainConfig, stop_request: StopRequest, callbacks: Sequence[
         config.save(Path(config.output_dir) / "train_config.json")
     accelerator.wait_for_everyone()
 
+    total_steps = config.total_steps(len(tokenized["train"]), accelerator.num_processes)
     sampler, train_loader, eval_loaders = _data_loaders(config, accelerator, tokenized, tokenizer)
     steps_per_epoch = len(sampler) // config.gradient_accumulation_steps
-    if steps_per_epoch == 0:
-        raise ConfigError(f"{len(tokenized['train'])} training examples give no full optimizer step of "
-                          f"{config.total_train_batch_size(accelerator.num_processes)} examples")
-    total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.num_train_epochs * steps_per_epoch)
     optimizer = _build_optimizer(model, config, fused=accelerator.device.type in ("cuda", "cpu"))
     scheduler = get_scheduler(config.lr_scheduler_type, optimizer,
                               num_warmup_steps=round(config.warmup_ratio * total_steps), num_training_steps=total_steps)
@@ -273,6 +271,8 @@ def _load_model_and_data(config: TrainConfig, accelerator: Accelerator):
     data.task = data.task.with_threshold(config.decision_threshold or None)  # 0: chosen on validation at the end
     with accelerator.main_process_first():  # download once, then read from the cache
         model, tokenizer = load_classifier(config.model_name_or_path, for_training=True, task=data.task)
+    config.max_length = checked_max_length(config.max_length, model, tokenizer, config.model_name_or_path,
+                                           warn=accelerator.print)
     with accelerator.local_main_process_first():  # tokenize once per machine; the others hit the cache
         tokenized = tokenize_splits(data.splits, tokenizer, config.max_length)
     if accelerator.device.type == "cpu" and config.cpu_dropout_masks:

@@ -65,3 +65,25 @@ def test_distrinews_alone_lists_the_commands_and_version_prints():
 def test_benchmark_scripts_print_their_help(script):
     result = _run(sys.executable, str(REPO_ROOT / "benchmarks" / script), "--help")
     assert result.returncode == 0 and result.stdout.startswith("usage:"), result.stderr
+
+
+@pytest.mark.parametrize("case", ["push: malformed repo id", "push: no model in the run folder",
+                                  "deploy-space: a staging folder that cannot be made", "export-onnx: no such folder"])
+def test_bad_input_to_a_command_is_one_line_and_exit_code_2(case, tmp_path):
+    (tmp_path / "a-file").write_text("in the way")
+    (tmp_path / "empty-run").mkdir()
+    command, expected = {
+        "push: malformed repo id": (["push", str(tmp_path / "empty-run"), "--repo_id", "not a repo"],
+                                    "error: repo id 'not a repo' must look like USER/NAME"),
+        "push: no model in the run folder": (["push", str(tmp_path / "empty-run"), "--repo_id", "me/news"],
+                                             f"error: {tmp_path / 'empty-run' / 'model'} holds no saved model"),
+        "deploy-space: a staging folder that cannot be made": (
+            ["deploy-space", "me/space", "--model_id", "me/news", "--stage_only", str(tmp_path / "a-file" / "space")],
+            f"error: cannot create the staging folder {tmp_path / 'a-file' / 'space'}: "),
+        "export-onnx: no such folder": (["export-onnx", str(tmp_path / "missing")],
+                                        f"error: {tmp_path / 'missing'} is not a folder"),
+    }[case]
+    result = _run(DISTRINEWS, *command)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1, result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "empty-run"]  # nothing was written

@@ -4,9 +4,10 @@
 
 The bundle is built by the real ``distrinews kaggle`` command and read by the official kaggle client's own
 ``kernels_push`` and ``dataset_create_new`` (only the HTTP client at their end is replaced by a recorder).
-Then a fresh venv (no system site-packages, no PYTHONPATH: torch and ipykernel preinstalled, as in a Kaggle
-image) runs the notebook headlessly, with the bundle's dataset folder where Kaggle mounts attached datasets:
-the notebook must install the wheel from there, and train through it in SMOKE mode. The CLI installed by
+Then a fresh venv (no system site-packages, no PYTHONPATH; torch, ipykernel and the other packages a Kaggle image
+already holds preinstalled, at this suite's versions) runs the notebook headlessly, with the bundle's dataset
+folder where Kaggle mounts attached datasets: the notebook must install the wheel from there (pip adds what the
+image lacks), and train through it in SMOKE mode. The CLI installed by
 the wheel is checked in the same venv.
 """
 
@@ -21,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from importlib.metadata import version
 from pathlib import Path
 
 import nbformat
@@ -38,10 +40,10 @@ from distrinews.cli import COMMANDS
 from distrinews.kaggle import bundle as kaggle_bundle
 from distrinews.training.launch_configs import launch_config_path
 from test_notebook import cell_index, cell_text, training_cell_index, with_parameters
+from venvs import Venv, make_venv
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "distrinews_kaggle.ipynb"
 DATASET, KERNEL = "jane/distrinews-wheel", "jane/news-on-two-t4"
-TORCH = "torch==2.13.0"  # the version CI tests with; a Kaggle image ships torch, so pip keeps it
 
 
 def source_env() -> dict:
@@ -198,36 +200,21 @@ def test_a_given_wheel_is_shipped_as_it_is(bundle, tmp_path):
 # --- the wheel in a fresh virtual environment ---------------------------------------------------------------
 
 
-@dataclass
-class Venv:
-    root: Path
-    python: Path
-    site_packages: Path
-    env: dict  # for anything run inside it: its bin/ first on PATH, no PYTHONPATH, no token
-    build_seconds: float
-
-    def run(self, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run(list(args), cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout)
+# What a Kaggle GPU image already holds of the wheel's dependencies, at the versions this suite runs with; the
+# notebook's pip install adds the rest (evaluate, onnx, onnxruntime and what they need) and the wheel itself.
+KAGGLE_IMAGE_PACKAGES = ("torch", "ipykernel", "transformers", "datasets", "accelerate", "huggingface_hub",
+                         "safetensors", "numpy", "matplotlib", "pyyaml", "tqdm")
 
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory) -> Venv:
-    """python -m venv with torch and ipykernel, as a Kaggle image has them; distrinews is not in it."""
-    root = tmp_path_factory.mktemp("venv") / "env"
+    """A fresh venv (pip seeded) with the packages of a Kaggle image; distrinews is not in it."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=120)
-    env = {name: value for name, value in os.environ.items()
-           if name not in ("PYTHONPATH", "PYTHONHOME", "HF_TOKEN", "PIP_REQUIRE_VIRTUALENV")}
-    env.update(PATH=os.pathsep.join([str(root / "bin"), env.get("PATH", "")]), VIRTUAL_ENV=str(root))
-    python = root / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                              TORCH, "ipykernel"], env=env, capture_output=True, text=True, timeout=900)
-    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
-    site_packages = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                        env=env, capture_output=True, text=True, check=True).stdout.strip())
-    seconds = time.perf_counter() - started
-    print(f"\nfresh venv with {TORCH} and ipykernel: {seconds:.0f} s")
-    return Venv(root, python, site_packages, env, seconds)
+    venv = make_venv(tmp_path_factory.mktemp("venv") / "env", *(f"{name}=={version(name)}" for name in
+                                                                KAGGLE_IMAGE_PACKAGES), with_pip=True,
+                     compile_bytecode=True)  # as pip leaves them; else every rank compiles torch at start
+    print(f"\nfresh venv with {', '.join(KAGGLE_IMAGE_PACKAGES)}: {time.perf_counter() - started:.0f} s")
+    return venv
 
 
 def venv_kernel(venv: Venv, spec_dir: Path) -> KernelManager:

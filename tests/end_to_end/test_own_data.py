@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from huggingface_hub import ModelCard
 
-from conftest import REPO_ROOT, accelerate_launch, assert_same_weights, tiny_train_args
+from conftest import REPO_ROOT, accelerate_launch, assert_same_weights, shared_folder, tiny_train_args
 from distrinews.training.loop import main as train_main
 from labelled_data import multi_label_rows, single_label_rows, words_of
 
@@ -45,98 +45,121 @@ def _json(path):
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-@pytest.fixture(scope="module")
+def _trained(tmp_path_factory, name: str, write_data, tiny_model, **flags) -> Path:
+    """The run folder of one in-process run on the files ``write_data(folder)`` writes, built once per session
+    (however many xdist workers ask: conftest.shared_folder)."""
+    def build(folder: Path) -> None:
+        (folder / "data").mkdir(parents=True)
+        write_data(folder / "data")
+        _run_in_process(tiny_model, folder / "data", folder / "run", **flags)
+
+    return shared_folder(tmp_path_factory, f"own-data-{name}", build) / "run"
+
+
+@pytest.fixture(scope="session")
 def two_string_labels(tiny_model, tmp_path_factory):
     """spam/ham in CSV files as Excel saves them (byte-order mark, CRLF)."""
-    data = tmp_path_factory.mktemp("spam")
-    for split, count, seed in (("train", 60, 1), ("test", 20, 2)):
-        single_label_rows(["spam", "ham"], [count, count], seed).to_csv(
-            data / f"{split}.csv", index=False, encoding="utf-8-sig", lineterminator="\r\n")
-    return _run_in_process(tiny_model, data, data / "run", num_train_epochs=2), ("ham", "spam")
+    def write(data):
+        for split, count, seed in (("train", 60, 1), ("test", 20, 2)):
+            single_label_rows(["spam", "ham"], [count, count], seed).to_csv(
+                data / f"{split}.csv", index=False, encoding="utf-8-sig", lineterminator="\r\n")
+
+    return _trained(tmp_path_factory, "spam", write, tiny_model, num_train_epochs=2), ("ham", "spam")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def five_integer_labels(tiny_model, tmp_path_factory):
     """BBC News' five topics as integers 0-4 in Parquet, named by --label_names."""
-    data = tmp_path_factory.mktemp("bbc")
-    for split, count, seed in (("train", 24, 3), ("test", 6, 4)):
-        single_label_rows(range(5), [count] * 5, seed).to_parquet(data / f"{split}.parquet")
-    return _run_in_process(tiny_model, data, data / "run", num_train_epochs=1, label_names=",".join(BBC)), BBC
+    def write(data):
+        for split, count, seed in (("train", 24, 3), ("test", 6, 4)):
+            single_label_rows(range(5), [count] * 5, seed).to_parquet(data / f"{split}.parquet")
+
+    return _trained(tmp_path_factory, "bbc", write, tiny_model, num_train_epochs=1, label_names=",".join(BBC)), BBC
 
 
-@pytest.fixture(scope="module")
+TAIL_COUNTS = [max(2, 40 // (i + 1)) for i in range(30)]
+
+
+@pytest.fixture(scope="session")
 def thirty_labels_long_tail(tiny_model, tmp_path_factory):
     """30 topics from 40 rows down to 2 (JSONL), with balanced class weights."""
-    data = tmp_path_factory.mktemp("tail")
-    counts = [max(2, 40 // (i + 1)) for i in range(30)]
-    single_label_rows(TAIL, counts, seed=5).to_json(data / "train.jsonl", orient="records", lines=True)
-    single_label_rows(TAIL, [1] * 30, seed=6).to_json(data / "test.jsonl", orient="records", lines=True)
-    run = _run_in_process(tiny_model, data, data / "run", num_train_epochs=1, validation_fraction=0,
-                          class_weights="balanced")
-    return run, TAIL
+    def write(data):
+        single_label_rows(TAIL, TAIL_COUNTS, seed=5).to_json(data / "train.jsonl", orient="records", lines=True)
+        single_label_rows(TAIL, [1] * 30, seed=6).to_json(data / "test.jsonl", orient="records", lines=True)
+
+    return _trained(tmp_path_factory, "tail", write, tiny_model, num_train_epochs=1, validation_fraction=0,
+                    class_weights="balanced"), TAIL
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def multi_label_csv(tiny_model, tmp_path_factory):
     """Several topics per row in one CSV cell, separated by '|' (an empty cell: no topic)."""
-    data = tmp_path_factory.mktemp("multi-csv")
-    for split, count, seed in (("train", 150, 7), ("test", 40, 8)):
-        frame = multi_label_rows(TOPICS, count, seed, column="topics")
-        frame.assign(topics=frame["topics"].map("|".join)).to_csv(data / f"{split}.csv", index=False)
-    return _run_in_process(tiny_model, data, data / "run", problem_type=MULTI, label_column_name="topics",
-                           label_separator="|", num_train_epochs=4, validation_fraction=0.2), TOPICS
+    def write(data):
+        for split, count, seed in (("train", 150, 7), ("test", 40, 8)):
+            frame = multi_label_rows(TOPICS, count, seed, column="topics")
+            frame.assign(topics=frame["topics"].map("|".join)).to_csv(data / f"{split}.csv", index=False)
+
+    return _trained(tmp_path_factory, "multi-csv", write, tiny_model, problem_type=MULTI, label_column_name="topics",
+                    label_separator="|", num_train_epochs=4, validation_fraction=0.2), TOPICS
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def multi_label_data(tmp_path_factory):
-    data = tmp_path_factory.mktemp("multi-jsonl")
-    for split, count, seed in (("train", 300, 9), ("test", 60, 10)):
-        multi_label_rows(TOPICS, count, seed, column="topics").to_json(data / f"{split}.jsonl", orient="records",
-                                                                       lines=True)
-    return data
+    def write(data):
+        data.mkdir(parents=True)
+        for split, count, seed in (("train", 300, 9), ("test", 60, 10)):
+            multi_label_rows(TOPICS, count, seed, column="topics").to_json(data / f"{split}.jsonl",
+                                                                           orient="records", lines=True)
+
+    return shared_folder(tmp_path_factory, "own-data-multi-jsonl-data", write)
 
 
-@pytest.fixture(scope="module")
-def multi_label_jsonl(tiny_model, multi_label_data):
+@pytest.fixture(scope="session")
+def multi_label_jsonl(tiny_model, multi_label_data, tmp_path_factory):
     """Lists of topics in JSONL (rows with none too): a real 2-process run."""
-    output_dir = multi_label_data / "run"
-    accelerate_launch(tiny_train_args(tiny_model, multi_label_data, output_dir, per_device_train_batch_size=4,
-                                      **MULTI_LABEL_RUN))
-    return output_dir, TOPICS
+    def train(folder):
+        accelerate_launch(tiny_train_args(tiny_model, multi_label_data, folder / "run", per_device_train_batch_size=4,
+                                          **MULTI_LABEL_RUN))
+
+    return shared_folder(tmp_path_factory, "own-data-multi-jsonl-2-processes", train) / "run", TOPICS
 
 
-@pytest.fixture(scope="module")
-def multi_label_one_process(tiny_model, multi_label_data):
+@pytest.fixture(scope="session")
+def multi_label_one_process(tiny_model, multi_label_data, tmp_path_factory):
     """The same run on one process with the whole global batch each step."""
-    return _run_in_process(tiny_model, multi_label_data, multi_label_data / "one-process",
-                           per_device_train_batch_size=8, **MULTI_LABEL_RUN)
+    def train(folder):
+        _run_in_process(tiny_model, multi_label_data, folder / "run", per_device_train_batch_size=8,
+                        **MULTI_LABEL_RUN)
+
+    return shared_folder(tmp_path_factory, "own-data-multi-jsonl-1-process", train) / "run"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def train_only_hub_dataset(tiny_model, tmp_path_factory):
     """A Hub dataset with only a train split and its own column names (title + content, category), pinned to a
     commit, served by a local Hub mirror; trained in a fresh process (huggingface_hub reads HF_ENDPOINT once)."""
     from hub_mirror import HubMirror
 
-    root = tmp_path_factory.mktemp("hub-dataset")
-    repo = root / "repo"
-    (repo / "data").mkdir(parents=True)
-    frame = single_label_rows(["sport", "business", "tech"], [40, 40, 40], seed=11)
-    halves = frame["text"].str.split(" ", n=2)
-    pd.DataFrame({"title": halves.str[:2].str.join(" "), "content": halves.str[2],
-                  "category": frame["label"]}).to_parquet(repo / "data" / "train-00000-of-00001.parquet")
-    (repo / "README.md").write_text("# News topics\n")
-    output_dir = root / "run"
-    with HubMirror(root / "mirror") as mirror:
-        sha = mirror.commit("someone/news-topics", repo, "Add the train split", repo_type="dataset")
-        env = {**os.environ, **mirror.client_env(root / "hf-home"), "HF_DATASETS_OFFLINE": "0",
-               "PYTHONPATH": str(REPO_ROOT)}
-        args = tiny_train_args(tiny_model, "someone/news-topics", output_dir, dataset_revision=sha,
-                               text_column_names="title,content", label_column_name="category", num_train_epochs=1)
-        result = subprocess.run([sys.executable, "-m", "distrinews.train", *args], cwd=REPO_ROOT, env=env,
-                                capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return output_dir, ("business", "sport", "tech")
+    def train(root):
+        repo = root / "repo"
+        (repo / "data").mkdir(parents=True)
+        frame = single_label_rows(["sport", "business", "tech"], [40, 40, 40], seed=11)
+        halves = frame["text"].str.split(" ", n=2)
+        pd.DataFrame({"title": halves.str[:2].str.join(" "), "content": halves.str[2],
+                      "category": frame["label"]}).to_parquet(repo / "data" / "train-00000-of-00001.parquet")
+        (repo / "README.md").write_text("# News topics\n")
+        with HubMirror(root / "mirror") as mirror:
+            sha = mirror.commit("someone/news-topics", repo, "Add the train split", repo_type="dataset")
+            env = {**os.environ, **mirror.client_env(root / "hf-home"), "HF_DATASETS_OFFLINE": "0",
+                   "PYTHONPATH": str(REPO_ROOT)}
+            args = tiny_train_args(tiny_model, "someone/news-topics", root / "run", dataset_revision=sha,
+                                   text_column_names="title,content", label_column_name="category",
+                                   num_train_epochs=1)
+            result = subprocess.run([sys.executable, "-m", "distrinews.train", *args], cwd=REPO_ROOT, env=env,
+                                    capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-4000:]
+
+    return shared_folder(tmp_path_factory, "own-data-hub-dataset", train) / "run", ("business", "sport", "tech")
 
 
 CASES = ["two_string_labels", "five_integer_labels", "thirty_labels_long_tail", "multi_label_csv",
@@ -214,7 +237,7 @@ def test_balanced_class_weights_follow_the_long_tail(thirty_labels_long_tail):
     metrics = _json(output_dir / "metrics.json")
     weights = metrics["class_weights"]
     assert list(weights) == list(labels)
-    counts = {label: max(2, 40 // (i + 1)) for i, label in enumerate(labels)}
+    counts = dict(zip(labels, TAIL_COUNTS))
     total = sum(counts.values())
     for label, count in counts.items():  # rows / (labels x rows of the label)
         assert weights[label] == pytest.approx(total / (30 * count), rel=1e-5)

@@ -9,6 +9,8 @@ tests/end_to_end/test_kaggle_bundle.py, which shares that environment with the K
 from __future__ import annotations
 
 import email
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,10 +22,12 @@ import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 
 from conftest import REPO_ROOT, free_port, tiny_train_args
+from hub_mirror import serve_models
 from distrinews.kaggle.bundle import build_wheel
 from distrinews.training.launch_configs import LAUNCH_CONFIG_NAMES, launch_config_path
 
 DISTRINEWS = shutil.which("distrinews") or pytest.fail("the distrinews console script is not installed")
+CACHED_MODEL = "distrinews-test/tiny-cached"
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +55,7 @@ def test_wheel_metadata_is_pep_621_with_the_licence_and_console_script(wheel):
     metadata = email.message_from_bytes(archive.read(f"{dist_info}/METADATA"))
     assert metadata["Name"] == "distrinews" and metadata["License-Expression"] == "Apache-2.0"
     requires = " ".join(metadata.get_all("Requires-Dist"))
-    for package in ("torch", "transformers", "datasets", "accelerate", "evaluate", "huggingface_hub"):
+    for package in ("torch", "transformers", "datasets", "accelerate", "huggingface_hub"):
         assert package in requires
     entry_points = archive.read(f"{dist_info}/entry_points.txt").decode()
     assert "distrinews = distrinews.cli:main" in entry_points
@@ -84,15 +88,40 @@ def test_launch_config_command_prints_loadable_yaml_paths():
     assert refused.returncode == 2 and "invalid choice: 'four_gpu'" in refused.stderr
 
 
-def test_launch_trains_on_the_hardware_it_finds(tiny_model, ag_news_dir, tmp_path):
+def _without_accelerate_on_path() -> dict:
+    """The environment of a cron job or an IDE's run button using a venv that is not activated: no folder on PATH
+    holds an `accelerate` executable, and VIRTUAL_ENV is unset."""
+    folders = [folder for folder in os.environ.get("PATH", "").split(os.pathsep)
+               if folder and shutil.which("accelerate", path=folder) is None]
+    env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
+    env["PATH"] = os.pathsep.join(folders)
+    assert shutil.which("accelerate", path=env["PATH"]) is None
+    return env
+
+
+def test_launch_trains_from_an_unactivated_venv_offline_from_the_cache(tiny_model, ag_news_dir, tmp_path):
+    """`distrinews launch` by its full path, with no `accelerate` on PATH and a Hub that cannot be reached: it runs
+    accelerate with its own interpreter, and takes the model (a Hub id) from the local cache, offline."""
+    hf_home = tmp_path / "hf-home"
+    with serve_models(tmp_path / "mirror", {CACHED_MODEL: tiny_model}) as mirror:  # an earlier, online download
+        fetched = subprocess.run([sys.executable, "-c", f"import huggingface_hub as h; h.snapshot_download({CACHED_MODEL!r})"],
+                                 env={**os.environ, **mirror.client_env(hf_home)}, capture_output=True, text=True,
+                                 timeout=120)
+        assert fetched.returncode == 0, fetched.stderr[-2000:]
+    env = {**_without_accelerate_on_path(), "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "0",
+           "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}  # nothing listens there
     run_dir = tmp_path / "run"
     command = [DISTRINEWS, "launch", "--main_process_port", str(free_port()),
-               *tiny_train_args(tiny_model, ag_news_dir, run_dir, num_train_epochs=1, max_steps=3)]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+               *tiny_train_args(CACHED_MODEL, ag_news_dir, run_dir, num_train_epochs=1, max_steps=3)]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "no GPU found: 2 CPU processes" in result.stdout
-    assert f"--config_file {launch_config_path('cpu')}" in result.stdout
+    assert f"{sys.executable} -m accelerate.commands.launch --config_file {launch_config_path('cpu')}" in result.stdout
+    assert f"the Hub at {env['HF_ENDPOINT']} cannot be reached" in result.stdout
+    assert "training offline from the local cache (HF_HUB_OFFLINE=1)" in result.stdout
+    assert "estimate: " in result.stdout and "--max_train_samples 2000" in result.stdout
     assert (run_dir / "model" / "config.json").is_file() and (run_dir / "metrics.json").is_file()
+    assert json.loads((run_dir / "metrics.json").read_text())["train"]["num_processes"] == 2
 
 
 def test_readme_main_command_is_the_launch_tested_here():

@@ -21,16 +21,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT, accelerate_launch, free_port, tiny_train_args
+from conftest import REFERENCE_RUN, REFERENCE_STEPS as TOTAL_STEPS, REPO_ROOT, accelerate_launch, free_port, \
+    tiny_train_args
 from hub_mirror import HubMirror
 from hub_server import FakeHub, assert_token_absent
 
 REPO_ID = "distrinews-test/ag-news-resume"
 TOKEN = "hf_" + "CheckpointUploadTestToken0123456789"[:34]
-TOTAL_STEPS = 26  # 2 epochs of 13 steps: 216 examples, 2 processes x 8
-# best_validation: the best weights travel in the checkpoint too. keep_last=1: every new checkpoint deletes the
-# previous one, possibly while it is being uploaded.
-RUN = dict(model_selection="best_validation", logging_steps=1, checkpoint_every=4, keep_last=1)
+# The reference run's settings (best_validation: the best weights travel in the checkpoint too), with keep_last=1:
+# every new checkpoint deletes the previous one, possibly while it is being uploaded.
+RUN = dict(REFERENCE_RUN, keep_last=1)
 HUB_RUN = dict(RUN, hub_strategy="checkpoint", hub_model_id=REPO_ID)
 STOP_AFTER_STEP = 10
 
@@ -65,10 +65,9 @@ def _checkpoint_commits(repo) -> list:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_model, ag_news_dir, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("reference") / "out"
-    accelerate_launch(tiny_train_args(tiny_model, ag_news_dir, output_dir, **RUN), timeout=420)
-    return output_dir
+def reference(reference_run):
+    """The uninterrupted run (conftest.py: shared with the fault-injection tests); keep_last does not change it."""
+    return reference_run
 
 
 def _stopped_run(tiny_model, ag_news_dir, root: Path, hub: FakeHub):

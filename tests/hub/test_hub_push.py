@@ -180,7 +180,7 @@ def test_push_command_auth_errors_are_clear(pushed_run, tmp_path):
     assert rejected.stderr.startswith(f"error: the Hub rejected the token (HTTP 401) while pushing to {REPO_ID}")
     assert "hf auth login" in rejected.stderr and f"distrinews push {run_dir} --repo_id {REPO_ID}" in rejected.stderr
     assert "Traceback" not in rejected.stderr
-    assert missing.returncode == 1 and missing.stderr.startswith("error: no Hugging Face token found")
+    assert missing.returncode == 2 and missing.stderr.startswith("error: no Hugging Face token found")
     assert not hub.commits_made()
     assert_token_absent(wrong_token, [rejected.stdout, rejected.stderr], [run_dir], hub)
 
@@ -193,7 +193,7 @@ def test_training_with_push_fails_before_training_without_a_token(tiny_model, ag
         [sys.executable, "-m", "distrinews.train",
          *tiny_train_args(tiny_model, ag_news_dir, output_dir, push_to_hub="true", hub_model_id=REPO_ID)],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 1 and result.stderr.startswith("error: no Hugging Face token found"), result.stderr
+    assert result.returncode == 2 and result.stderr.startswith("error: no Hugging Face token found"), result.stderr
     assert not output_dir.exists()
 
 

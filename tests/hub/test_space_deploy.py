@@ -22,7 +22,7 @@ from huggingface_hub import SpaceCard
 
 import distrinews
 from conftest import REPO_ROOT
-from distrinews.hub.push import HubPushError
+from distrinews.core.errors import HubInputError
 from distrinews.hub.space_deploy import stage_space
 from hub_server import FakeHub, assert_token_absent
 
@@ -80,7 +80,7 @@ def test_stage_space_writes_a_docker_space_repo(tmp_path):
 
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("mine")
-    with pytest.raises(HubPushError, match="not an empty folder"):
+    with pytest.raises(HubInputError, match="not an empty folder"):
         stage_space(tmp_path / "busy", MODEL_ID, None)
     assert [p.name for p in (tmp_path / "busy").iterdir()] == ["keep.txt"]
 
@@ -100,7 +100,7 @@ def test_stage_space_leaves_out_bytecode_and_needs_a_clone(tmp_path, monkeypatch
 
     # Installed from a wheel: the package has no app/ next to it.
     shutil.rmtree(clone / "app")
-    with pytest.raises(HubPushError, match="clone of the DistriNews repository"):
+    with pytest.raises(HubInputError, match="clone of the DistriNews repository"):
         stage_space(tmp_path / "space2", MODEL_ID, None)
 
 
@@ -187,6 +187,6 @@ def test_bad_input_fails_in_one_line_before_any_request(tmp_path, case):
                 "no token": "error: no Hugging Face token found"}[case]
     with FakeHub(token) as hub:
         result = _deploy(hub, None if case == "no token" else token, tmp_path / "empty-hf-home", *args)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr  # bad input: nothing was attempted
     assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1, result.stderr
     assert not hub.requests and not hub.spaces

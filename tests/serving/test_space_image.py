@@ -2,8 +2,8 @@
 transformers), serving a model whose int8 graph was shipped with it, by local folder and through a real
 Hub-compatible server; and what the serving path imports.
 
-The virtual environment installs from the package index like the image build does, so this test needs the
-index (CI has it); it skips, saying so, when pip cannot reach it.
+The virtual environment installs from the package index like the image build does (with uv: tests/venvs.py), so
+this test needs the index (CI has it); it skips, saying so, when the index cannot be reached.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 import httpx
@@ -22,6 +21,7 @@ from conftest import REPO_ROOT
 from distrinews.serving.backends import SHIPPED_GRAPH, shipped_graph
 from hub_mirror import HubMirror
 from space_support import LABELS, space_env, uvicorn_server
+from venvs import VenvInstallError, make_venv
 
 TRAINING_LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "matplotlib")
 
@@ -75,17 +75,13 @@ def test_a_graph_shipped_in_a_hub_repo_is_found_in_its_snapshot(shipped_space_mo
 
 
 def _venv_with_space_requirements(folder: Path) -> Path:
-    venv.EnvBuilder(with_pip=True).create(folder)
-    python = folder / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r",
-                              str(REPO_ROOT / "app" / "requirements.txt")], capture_output=True, text=True,
-                             timeout=1200)
-    if install.returncode != 0:
-        if "No matching distribution" in install.stderr or "Could not find a version" in install.stderr \
-                or "NewConnectionError" in install.stderr:
-            pytest.skip(f"the package index cannot be reached: {install.stderr[-300:]}")
-        raise AssertionError(install.stderr[-3000:])
-    return python
+    try:
+        # With the bytecode pip writes, so its size is the image's (the Dockerfile installs with pip).
+        return make_venv(folder, "-r", str(REPO_ROOT / "app" / "requirements.txt"), compile_bytecode=True).python
+    except VenvInstallError as err:
+        if "Failed to fetch" in str(err) or "error sending request" in str(err):
+            pytest.skip(f"the package index cannot be reached: {str(err)[-300:]}")
+        raise
 
 
 def test_the_space_runs_from_a_fresh_environment_of_its_requirements(shipped_space_model, tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import pytest
 
@@ -89,3 +91,66 @@ def test_resume_from_an_incomplete_checkpoint_is_a_one_line_error(tiny_model, ag
     code = cli_main(["train", *tiny_train_args(tiny_model, ag_news_dir, tmp_path / "out", resume=half_written)])
     assert code == 2
     assert "is not a complete checkpoint (no COMPLETE marker)" in capsys.readouterr().err
+
+
+BOUNDED = [f for f in dataclasses.fields(TrainConfig) if f.metadata["bounds"] is not None]
+CHOOSING = [f for f in dataclasses.fields(TrainConfig) if f.metadata["choices"]]
+
+
+def _just_outside(bounds, number_type) -> list:
+    """The nearest values beyond each end of ``bounds`` (an integer step for int fields, one float ulp else)."""
+    below = (lambda x: x - 1) if number_type == "int" else (lambda x: math.nextafter(x, -math.inf))
+    above = (lambda x: x + 1) if number_type == "int" else (lambda x: math.nextafter(x, math.inf))
+    values = []
+    if bounds.low is not None:
+        values.append(bounds.low if bounds.low_open else below(bounds.low))
+    if bounds.high is not None:
+        values.append(bounds.high if bounds.high_open else above(bounds.high))
+    return values
+
+
+def _valid_around(name: str) -> dict:
+    # num_train_epochs may be 0 only when max_steps counts the steps instead.
+    return {"max_steps": 5} if name == "num_train_epochs" else {}
+
+
+@pytest.mark.parametrize("field", BOUNDED, ids=[f.name for f in BOUNDED])
+def test_every_number_field_refuses_the_values_just_outside_its_range(field):
+    number_type = getattr(field.type, "__name__", field.type)
+    for value in map(int if number_type == "int" else float, _just_outside(field.metadata["bounds"], number_type)):
+        with pytest.raises(ConfigError) as caught:
+            TrainConfig(**_valid_around(field.name), **{field.name: value})
+        assert str(caught.value).startswith(f"{field.name}={value!r}: must be "), caught.value
+    for inclusive in ("low", "high"):  # and takes its closed ends
+        bound = getattr(field.metadata["bounds"], inclusive)
+        if bound is not None and not getattr(field.metadata["bounds"], f"{inclusive}_open"):
+            assert getattr(TrainConfig(**_valid_around(field.name), **{field.name: bound}), field.name) == bound
+
+
+@pytest.mark.parametrize("field", CHOOSING, ids=[f.name for f in CHOOSING])
+def test_every_choice_field_refuses_a_value_it_does_not_list(field):
+    with pytest.raises(ConfigError, match=rf"^{field.name}='sideways': must be one of {', '.join(field.metadata['choices'])}$"):
+        TrainConfig(**{field.name: "sideways"})
+
+
+def test_seed_beyond_what_numpy_and_torch_take_is_refused_before_anything_loads():
+    with pytest.raises(ConfigError, match=r"^seed=-5: must be in \[0, 4294967295\]$"):
+        parse_train_config(["--seed", "-5"])
+    assert TrainConfig(seed=2**32 - 1).seed == 2**32 - 1
+
+
+def test_max_length_is_checked_against_the_model(tiny_model, ag_news_dir, tmp_path, capsys):
+    from conftest import tiny_train_args
+    from distrinews.training.loop import main as train_main
+
+    # More than the model's 128 positions: cut to them, with a warning, as serving does (not a shape error).
+    output_dir = tmp_path / "long"
+    assert train_main(tiny_train_args(tiny_model, ag_news_dir, output_dir, max_length=100000, max_steps=2)) == 0
+    assert f"warning: max_length=100000 is more than {tiny_model} reads (128 tokens); using 128" in \
+        capsys.readouterr().out
+    assert json.loads((output_dir / "train_config.json").read_text())["max_length"] == 128
+    # No room for a single text token next to [CLS] and [SEP]: refused before anything is written.
+    assert train_main(tiny_train_args(tiny_model, ag_news_dir, tmp_path / "short", max_length=2)) == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.startswith(f"error: max_length=2: must be > 2: {tiny_model} adds 2 special token(s)")
+    assert not (tmp_path / "short").exists()

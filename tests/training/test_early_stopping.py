@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from conftest import assert_same_weights, tiny_train_args
+from conftest import assert_same_weights, shared_folder, tiny_train_args
 from distrinews.training.loop import main as train_main
 
 # 216 training rows / 16 per step = 13 steps per epoch. Validation every 4 steps; macro-F1 lies in [0, 1], so it can
@@ -24,11 +24,12 @@ def _records(output_dir, kind):
     return [r for r in map(json.loads, (output_dir / "log.jsonl").read_text().splitlines()) if r["type"] == kind]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stopped_run(tiny_model, ag_news_dir, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("early-stop") / "out"
-    assert train_main(tiny_train_args(tiny_model, ag_news_dir, output_dir, **RUN)) == 0
-    return output_dir
+    def train(folder):
+        assert train_main(tiny_train_args(tiny_model, ag_news_dir, folder / "out", **RUN)) == 0
+
+    return shared_folder(tmp_path_factory, "early-stopping-run", train) / "out"
 
 
 def test_training_stops_after_patience_evaluations_without_improvement(stopped_run):

@@ -23,12 +23,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT, free_port, tiny_train_args
+from conftest import REFERENCE_RUN as RUN, REFERENCE_STEPS as TOTAL_STEPS, REPO_ROOT, free_port, tiny_train_args
 from distrinews.training import faults
 
-TOTAL_STEPS = 26  # 2 epochs of 13 steps: 216 examples, 2 processes x 8
-# best_validation: resuming must also restore the best-weights file
-RUN = dict(model_selection="best_validation", logging_steps=1, checkpoint_every=4)
+# RUN keeps the best weights (model_selection=best_validation): resuming must also restore that file.
 ATTEMPT_TIMEOUT = 300
 
 
@@ -129,12 +127,9 @@ def assert_same_run(reference: Path, output_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_model, ag_news_dir, tmp_path_factory):
-    """The uninterrupted run every interrupted one must match."""
-    output_dir = tmp_path_factory.mktemp("reference") / "out"
-    attempt = Attempt(tiny_train_args(tiny_model, ag_news_dir, output_dir, **RUN), output_dir, "reference")
-    assert attempt.finish() == 0, attempt.output()[-3000:]
-    return output_dir
+def reference(reference_run):
+    """The uninterrupted run every interrupted one must match (conftest.py: shared with the Hub-checkpoint tests)."""
+    return reference_run
 
 
 def test_sigterm_on_one_rank_then_on_the_launcher_stops_cleanly_and_resumes(reference, tiny_model, ag_news_dir,

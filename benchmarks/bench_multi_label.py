@@ -1,6 +1,6 @@
-"""Multi-label topics from real AG News, with the real MiniLM: how well ``problem_type=multi_label_classification`` works.
+"""Multi-label topics from real AG News with the real MiniLM: how well problem_type=multi_label_classification works.
 
-    python benchmarks/bench_multi_label.py                   # ~10 min on 2 CPU cores; benchmarks/results/multi_label.json
+    python benchmarks/bench_multi_label.py        # ~10 min on 2 CPU cores; writes benchmarks/results/multi_label.json
     python benchmarks/bench_multi_label.py --rows 1000 --epochs 1   # a quick look
 
 The task is built from the 5,000 real AG News training rows (the original CSV: class index 1-4, title,

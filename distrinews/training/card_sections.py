@@ -179,12 +179,19 @@ def _hyperparameters(facts: CardFacts) -> list[tuple[str, object]]:
         ("R-Drop weight", config.get("rdrop_weight", 0.0) or "off"),
         ("headline views", "each headline and each description also trained on alone"
          if config.get("headline_views") else "off"),
-        ("early stopping", f"patience {config['early_stopping_patience']} evaluations, threshold "
-                           f"{config['early_stopping_threshold']:g}" if config.get("early_stopping_patience") else "off"),
+        ("early stopping", _early_stopping(facts)),
         ("max sequence length", config["max_length"]),
         ("length-grouped batches", config["group_by_length"]),
         ("seed", config["seed"]),
     ]
+
+
+def _early_stopping(facts: CardFacts) -> str:
+    config = facts.config
+    if not config.get("early_stopping_patience"):
+        return "off"
+    return (f"after {config['early_stopping_patience']} evaluations without an improvement of validation "
+            f"{facts.metrics['metric_for_best_model']} by more than {config['early_stopping_threshold']:g}")
 
 
 def _class_weights(facts: CardFacts) -> str:

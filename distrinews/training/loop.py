@@ -55,7 +55,7 @@ from . import checkpoint, faults, tracking
 from ..core.atomic import write_json
 from ..core.errors import EXIT_STOPPED, CheckpointWriteError, ConfigError, TrainingStopped, exit_code_for
 from ..core.modeling import load_classifier
-from ..core.tasks import MULTI_LABEL, Task
+from ..core.tasks import Task
 from .callbacks import TrainerCallback
 from .checkpoint import TrainerState
 from .config import TrainConfig, parse_train_config
@@ -263,8 +263,9 @@ def _load_model_and_data(config: TrainConfig, accelerator: Accelerator):
     # Every rank validates the data itself, so a bad file fails them all at once instead of leaving
     # some waiting in a collective; nothing has been written to output_dir yet.
     data = load_labelled_data(DataOptions.from_config(config))
-    for setting, asks in (("model_selection=best_validation", config.model_selection == "best_validation"),
-                          (f"early_stopping_patience={config.early_stopping_patience}", config.early_stopping_patience)):
+    needing_validation = {"model_selection=best_validation": config.model_selection == "best_validation",
+                          f"early_stopping_patience={config.early_stopping_patience}": config.early_stopping_patience}
+    for setting, asks in needing_validation.items():
         if asks and "validation" not in data.splits:
             raise ConfigError(f"{setting} needs a validation split: set validation_fraction > 0 or give the data "
                               "a validation split")
@@ -465,8 +466,8 @@ def _evaluate_and_checkpoint(run: Run, finished: bool, epoch_finished: bool) -> 
 
 def _validate_and_select(run: Run) -> None:
     state, accelerator = run.state, run.accelerator
-    outputs = collect_outputs(run.model, run.eval_loaders["validation"], expected_count=len(run.tokenized["validation"]),
-                              gather=accelerator.gather_for_metrics)
+    outputs = collect_outputs(run.model, run.eval_loaders["validation"],
+                              expected_count=len(run.tokenized["validation"]), gather=accelerator.gather_for_metrics)
     metrics = score_outputs(run.task, outputs, run.class_weights)
     run.run_log.write("eval", split="validation", step=state.global_step, epoch=state.epoch, **scalar_metrics(metrics))
     accelerator.log(tracking.eval_scalars("eval", metrics), step=state.global_step)
@@ -551,7 +552,8 @@ def _finish(run: Run) -> dict:
     accelerator.wait_for_everyone()
     selected_step = _select_weights(run)
     outputs = {name: collect_outputs(run.model, loader, expected_count=len(run.tokenized[name]),
-                                     gather=accelerator.gather_for_metrics) for name, loader in run.eval_loaders.items()}
+                                     gather=accelerator.gather_for_metrics)
+               for name, loader in run.eval_loaders.items()}
     threshold_source = _choose_threshold(run, outputs.get("validation"))
     results = {"validation": None}  # stays None without a validation split
     for name, split_outputs in outputs.items():

@@ -96,7 +96,8 @@ def test_multi_label_divergence_is_zero_for_equal_predictions_and_symmetric():
 
 
 def test_the_task_of_a_saved_config():
-    assert task_from_config({"id2label": {"0": "spam", "1": "ham"}, "num_labels": 2}) == SingleLabelTask(("spam", "ham"))
+    assert task_from_config({"id2label": {"0": "spam", "1": "ham"}, "num_labels": 2}) == \
+        SingleLabelTask(("spam", "ham"))
     multi = task_from_config({"id2label": {"0": "a", "1": "b"}, "problem_type": "multi_label_classification",
                               "decision_threshold": 0.35})
     assert multi == MultiLabelTask(("a", "b"), 0.35)

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -134,27 +135,40 @@ def multi_label_one_process(tiny_model, multi_label_data, tmp_path_factory):
     return shared_folder(tmp_path_factory, "own-data-multi-jsonl-1-process", train) / "run"
 
 
+# The card of a Hub dataset whose files sit in a named configuration (as `datasets` reads its YAML header).
+HUB_DATASET_CARD = """---
+configs:
+- config_name: topics
+  data_files:
+  - split: train
+    path: topics/train-*.parquet
+---
+# News topics
+"""
+
+
 @pytest.fixture(scope="session")
 def train_only_hub_dataset(tiny_model, tmp_path_factory):
-    """A Hub dataset with only a train split and its own column names (title + content, category), pinned to a
-    commit, served by a local Hub mirror; trained in a fresh process (huggingface_hub reads HF_ENDPOINT once)."""
+    """A Hub dataset with only a train split and its own column names (title + content, category), in a named
+    configuration, pinned to a commit, served by a local Hub mirror; trained in a fresh process (huggingface_hub
+    reads HF_ENDPOINT once)."""
     from hub_mirror import HubMirror
 
     def train(root):
         repo = root / "repo"
-        (repo / "data").mkdir(parents=True)
+        (repo / "topics").mkdir(parents=True)
         frame = single_label_rows(["sport", "business", "tech"], [40, 40, 40], seed=11)
         halves = frame["text"].str.split(" ", n=2)
         pd.DataFrame({"title": halves.str[:2].str.join(" "), "content": halves.str[2],
-                      "category": frame["label"]}).to_parquet(repo / "data" / "train-00000-of-00001.parquet")
-        (repo / "README.md").write_text("# News topics\n")
+                      "category": frame["label"]}).to_parquet(repo / "topics" / "train-00000-of-00001.parquet")
+        (repo / "README.md").write_text(HUB_DATASET_CARD)
         with HubMirror(root / "mirror") as mirror:
             sha = mirror.commit("someone/news-topics", repo, "Add the train split", repo_type="dataset")
             env = {**os.environ, **mirror.client_env(root / "hf-home"), "HF_DATASETS_OFFLINE": "0",
                    "PYTHONPATH": str(REPO_ROOT)}
             args = tiny_train_args(tiny_model, "someone/news-topics", root / "run", dataset_revision=sha,
-                                   text_column_names="title,content", label_column_name="category",
-                                   num_train_epochs=1)
+                                   dataset_config_name="topics", text_column_names="title,content",
+                                   label_column_name="category", num_train_epochs=1)
             result = subprocess.run([sys.executable, "-m", "distrinews.train", *args], cwd=REPO_ROOT, env=env,
                                     capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-4000:]
@@ -245,6 +259,25 @@ def test_balanced_class_weights_follow_the_long_tail(thirty_labels_long_tail):
     assert f"| class weights | balanced: topic-00 {weights['topic-00']:.4g}, topic-01" in card
 
 
+def test_evaluate_and_predict_use_the_models_labels_and_threshold(multi_label_csv, tmp_path, capsys):
+    from distrinews.cli import main as cli_main
+
+    output_dir, labels = multi_label_csv
+    scores = tmp_path / "test.json"
+    assert cli_main(["evaluate", "--model", str(output_dir / "model"), "--dataset", str(output_dir.parent / "data"),
+                     "--label_column_name", "topics", "--label_separator", "|", "--max_length", "64",
+                     "--output", str(scores)]) == 0
+    trained = _json(output_dir / "metrics.json")["test"]
+    evaluated = _json(scores)
+    assert (evaluated["micro_f1"], evaluated["threshold"], evaluated["label_confusion"]) == \
+        (trained["micro_f1"], trained["threshold"], trained["label_confusion"])
+    assert f"test: micro_f1 {trained['micro_f1']:.4f}" in capsys.readouterr().out
+    assert cli_main(["predict", "--model", str(output_dir / "model"), "--json", words_of(1, 4, 6)]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["labels"] == [name for name in sorted(labels, key=lambda name: -answer["probabilities"][name])
+                                if answer["probabilities"][name] >= trained["threshold"]]
+
+
 def _losses(output_dir):
     records = map(json.loads, (output_dir / "log.jsonl").read_text().splitlines())
     return [(r["step"], r["loss"]) for r in records if r["type"] == "train"]
@@ -270,7 +303,8 @@ def test_multi_label_resumes_exactly(multi_label_one_process, tiny_model, multi_
     shutil.copy(multi_label_one_process / "log.jsonl", output_dir / "log.jsonl")
     _run_in_process(tiny_model, multi_label_data, output_dir, per_device_train_batch_size=8, **MULTI_LABEL_RUN)
     assert _losses(output_dir) == _losses(multi_label_one_process)
-    assert_same_weights(multi_label_one_process / "model" / "model.safetensors", output_dir / "model" / "model.safetensors")
+    assert_same_weights(multi_label_one_process / "model" / "model.safetensors",
+                        output_dir / "model" / "model.safetensors")
     assert _json(output_dir / "metrics.json")["test"] == _json(multi_label_one_process / "metrics.json")["test"]
 
 

@@ -96,8 +96,8 @@ def test_multi_label_lists_and_separated_csv_cells_give_the_same_rows(tmp_path):
 
 
 def test_text_columns_are_joined_and_the_label_column_named(tmp_path):
-    frame = pd.DataFrame({"title": ["Cup final", "Oil up", "Rates held", "Goal!"], "content": ["Late goal.", "", "x", "y"],
-                          "category": ["sport", "business", "business", "sport"]})
+    frame = pd.DataFrame({"title": ["Cup final", "Oil up", "Rates held", "Goal!"],
+                          "content": ["Late goal.", "", "x", "y"], "category": ["sport", "business", "business", "sport"]})
     loaded = _load(_folder(tmp_path, {"train": frame, "test": frame}), text_columns=("title", "content"),
                    label_column="category", text_delimiter=" - ")
     assert loaded.splits["train"]["text"][:2] == ["Cup final - Late goal.", "Oil up -"]

@@ -19,10 +19,14 @@ What it measures, on real AG News test text (title + description, ../shared/data
    micro-batcher. The int8 graph ships with the model first (``write_shipped_graph``, what
    ``distrinews push`` / ``export-onnx`` do), so ``space`` starts as a deployed Space does: from the shipped
    graph, without torch or transformers.
+4. ``space-hf``: the same int8 server through its Hugging Face inference route (``POST /`` with ``{"inputs": ...}``,
+   what ``InferenceClient`` and huggingface.js send), timed in the same rounds as ``/api/predict``: the two routes
+   share the whole predict path, so they may differ only by their JSON.
 
 Latency: single texts, one after another, in ``--latency-rounds`` rounds (5 rounds of 100 texts by default)
-after one warm-up. In each round every text goes through every path back to back (the order rotating from text
-to text and from round to round), so the load of other users of a shared machine falls on every path alike.
+after one warm-up. In each round every text goes through every path back to back (in a seeded random order,
+another for each text and round, so no path always follows the same one), so the load of other users of a
+shared machine falls on every path alike.
 Each path's p50 and p99 are taken per round; the table gives the median over rounds with the [min, max] of the
 rounds beside it, and the ratios between paths are taken per round too (median [min, max]): a busy minute
 widens the spread instead of becoming the result. After each text, one ``GET /api/health`` to the ``space``
@@ -168,7 +172,6 @@ def build_distilbert_base(folder: Path, config_dir: Path) -> Path:
 
 def plain_ort_int8(model, folder: Path):
     """optimum's dynamic-int8 recipe without optimum: export, quantize_dynamic (int8 weights), no fusion."""
-    import numpy as np
     import onnxruntime as ort
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -188,12 +191,10 @@ def plain_ort_int8(model, folder: Path):
     options.intra_op_num_threads = usable_cores()
     session = ort.InferenceSession(str(folder / "plain.int8.onnx"), options, providers=["CPUExecutionProvider"])
 
-    def probabilities(batch):
-        (logits,) = session.run(["logits"], {name: batch[name] for name in ("input_ids", "attention_mask")})
-        exp = np.exp(logits - logits.max(-1, keepdims=True))
-        return exp / exp.sum(-1, keepdims=True)
+    def logits(batch):
+        return session.run(["logits"], {name: batch[name] for name in ("input_ids", "attention_mask")})[0]
 
-    return probabilities
+    return logits
 
 
 class OptimumWorker:
@@ -270,7 +271,27 @@ class SpaceServer:
         return Path(self.log.name).read_text(errors="replace")[-chars:]
 
 
-async def concurrent_clients(url: str, texts: list[str], clients: int) -> tuple[float, dict[int, int], list]:
+def api_request(text: str) -> tuple[str, dict]:
+    return "/api/predict", {"text": text}
+
+
+def api_label(body) -> str:
+    return body["predictions"][0]["label"]
+
+
+def hf_request(text: str) -> tuple[str, dict]:
+    return "/", {"inputs": text}
+
+
+def hf_label(body) -> str:
+    return body[0][0]["label"]
+
+
+ROUTES = {"api": (api_request, api_label), "hf": (hf_request, hf_label)}
+
+
+async def concurrent_clients(url: str, texts: list[str], clients: int,
+                             route: str = "api") -> tuple[float, dict[int, int], list]:
     """``clients`` keep-alive connections posting one text each, back to back, until ``texts`` are done.
     aiohttp, not httpx: on 2 shared cores the load generator competes with the server, and httpx's async client
     spent ~4 ms of CPU per request here, aiohttp well under 1 ms."""
@@ -279,13 +300,16 @@ async def concurrent_clients(url: str, texts: list[str], clients: int) -> tuple[
     statuses: dict[int, int] = {}
     labels: list = [None] * len(texts)
 
+    request_of, label_of = ROUTES[route]
+
     async def client_loop(session, worker: int):
         for i in range(worker, len(texts), clients):
-            async with session.post(url + "/api/predict", json={"text": texts[i]}) as response:
+            path, body = request_of(texts[i])
+            async with session.post(url + path, json=body) as response:
                 body = await response.json()
                 statuses[response.status] = statuses.get(response.status, 0) + 1
                 if response.status == 200:
-                    labels[i] = body["predictions"][0]["label"]
+                    labels[i] = label_of(body)
 
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
@@ -326,11 +350,12 @@ class KeepAliveClient:
             self._connect()
         self.sock.sendall(request)
 
-    def predict(self, text: str) -> tuple[dict, dict[str, str]]:
-        """The reply's JSON and its headers (lower-case names)."""
-        body = json.dumps({"text": text}).encode()
-        self._send(b"POST /api/predict HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                   b"Content-Length: %d\r\n\r\n%s" % (self.host.encode(), len(body), body))
+    def predict(self, text: str, route: str = "api") -> tuple[dict, dict[str, str]]:
+        """The reply's JSON and its headers (lower-case names), through the JSON API or the HF inference route."""
+        path, request = ROUTES[route][0](text)
+        body = json.dumps(request).encode()
+        self._send(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.host.encode(), len(body), body))
         return self._reply()
 
     def health(self) -> tuple[dict, dict[str, str]]:
@@ -401,7 +426,8 @@ def run(args, work: Path) -> int:
     from distrinews.serving.backends import OnnxInt8Backend, cpu_has_int8_dot_product, usable_cores, write_shipped_graph
     from distrinews.core.model_files import read_serving_files
     from distrinews.core.modeling import load_classifier
-    from distrinews.core.predict import Encoder, model_task, predict_with, torch_probabilities
+    from distrinews.core.predict import Encoder, model_task, predict_with, torch_logits
+    from distrinews.core.windows import WindowPolicy, scores_from_logits
 
     torch.set_num_threads(usable_cores())
     texts, gold = read_ag_news(args.data)
@@ -421,7 +447,7 @@ def run(args, work: Path) -> int:
     classifier = transformers.pipeline("text-classification", model=str(model_dir), device=-1)
     model, tokenizer = load_classifier(str(model_dir))
     task = model_task(model)
-    fp32 = torch_probabilities(model.eval())
+    fp32 = torch_logits(model.eval())
     plain = plain_ort_int8(model, work)
     # The int8 graph ships with the model, as `distrinews push` uploads it, so the `space` server (and every cold
     # start below) serves it as a deployed Space does, without torch. A copy: shipping rewrites the model it is
@@ -465,7 +491,7 @@ def run(args, work: Path) -> int:
             started = time.perf_counter()
             batch = dict(tokenizer([text], truncation=True, max_length=128, return_tensors="np"))
             tokenized = time.perf_counter()
-            plain(batch)
+            scores_from_logits(plain(batch), "softmax")
             finished = time.perf_counter()
             stage_log["ort-int8"].append({"tokenize": (tokenized - started) * 1000,
                                           "session_run_softmax": (finished - tokenized) * 1000,
@@ -475,21 +501,21 @@ def run(args, work: Path) -> int:
         # The Space's own int8 stack without HTTP or the batcher: its tokenizer (the model's tokenizer.json through
         # the Rust Encoder) and its session over the shipped graph, called through predict_with as a batch is.
         space_files = read_serving_files(model_dir)
-        space_encoder = Encoder.from_files(space_files, info["space"]["max_length"])
-        space_backend = OnnxInt8Backend(shipped, space_files.task)
+        space_encoder = Encoder.from_files(space_files, WindowPolicy(info["space"]["max_length"]))
+        space_backend = OnnxInt8Backend(shipped)
 
         def space_in_process(text):
             session_s = 0.0
 
-            def probabilities(batch):
+            def logits(batch):
                 nonlocal session_s
                 started = time.perf_counter()
-                out = space_backend.probabilities(batch)
+                out = space_backend.logits(batch)
                 session_s += time.perf_counter() - started
                 return out
 
             started = time.perf_counter()
-            predict_with(probabilities, space_encoder, space_files.task, [text], max_length=space_encoder.max_length,
+            predict_with(logits, space_encoder, space_files.task, [text], max_length=space_encoder.max_length,
                          batch_size=32, pad_to_multiple_of=1)
             seconds = time.perf_counter() - started
             stage_log["space-in-process"].append({"around_session": (seconds - session_s) * 1000,
@@ -501,6 +527,7 @@ def run(args, work: Path) -> int:
             "ort-int8": bare_session,
             "space-fp32": timed(lambda text: http["space-fp32"].predict(text)),
             "space": space_request,
+            "space-hf": timed(lambda text: http["space"].predict(text, route="hf")),
         }
         if optimum:
             # timed inside the worker around optimum's pipeline call, so the pipe to it costs nothing
@@ -518,8 +545,10 @@ def run(args, work: Path) -> int:
         names = list(single)
         for round_ in range(args.latency_rounds):
             for i, text in enumerate(latency_texts):
-                first = (i + round_) % len(names)  # each text meets the paths in another order each round
-                for name in names[first:] + names[:first]:
+                # Each text meets the paths in another order, so no path always follows the same one (a request
+                # right after one to the same server finds its caches warm; after another process, cold).
+                order = random.Random(round_ * len(latency_texts) + i).sample(names, len(names))
+                for name in order:
                     time.sleep(SETTLE_S)  # the previous path's worker threads stop spinning before the next is timed
                     latencies[name][round_].append(single[name](text))
                 time.sleep(SETTLE_S)
@@ -540,7 +569,8 @@ def run(args, work: Path) -> int:
             batched["optimum-int8"] = lambda part: optimum.run(texts=part, batch_size=32)
         elapsed = {name: 0.0 for name in single}
         predicted = {name: [] for name in single}
-        statuses = {name: {} for name in servers}
+        http_paths = {"space-fp32": ("space-fp32", "api"), "space": ("space", "api"), "space-hf": ("space", "hf")}
+        statuses = {name: {} for name in http_paths}
         step = -(-len(throughput_texts) // args.rounds)
         for start in range(0, len(throughput_texts), step):
             part = throughput_texts[start:start + step]
@@ -552,8 +582,9 @@ def run(args, work: Path) -> int:
                     seconds, labels_ = labels_
                 predicted[name] += labels_
                 elapsed[name] += seconds
-            for name, server in servers.items():
-                seconds, codes, labels_ = asyncio.run(concurrent_clients(server.url, part, args.clients))
+            for name, (server, route) in http_paths.items():
+                seconds, codes, labels_ = asyncio.run(concurrent_clients(servers[server].url, part, args.clients,
+                                                                         route))
                 elapsed[name] += seconds
                 predicted[name] += labels_
                 for code, count in codes.items():
@@ -591,7 +622,7 @@ def run(args, work: Path) -> int:
             row["texts_per_s_batch_32"] = round(len(throughput_texts) / elapsed[name], 1)
         else:
             row["texts_per_s_32_clients"] = round(len(throughput_texts) / elapsed[name], 1)
-            row.update(statuses=statuses[name], quantization=info[name]["quantization"])
+            row.update(statuses=statuses[name], quantization=info[http_paths[name][0]]["quantization"])
             if name == "space":
                 row["health_round_trip_p50_ms"] = percentiles(round_trips)["p50_ms"]
         row["agreement_with_fp32_pct"] = round(
@@ -618,7 +649,7 @@ def run(args, work: Path) -> int:
     ratios = {}
     # Per round, then median [min, max]: both p50s of a ratio come from the same minutes of the same machine.
     for key, other in (("p50_speedup_vs_pipeline", "pipeline"), ("p50_vs_ort_int8", "ort-int8"),
-                       ("p50_vs_optimum_int8", "optimum-int8")):
+                       ("p50_vs_optimum_int8", "optimum-int8"), ("p50_hf_route_over_api", "space-hf")):
         if other in paths:
             ratios[key], ratios[f"{key}_spread"] = median_spread(
                 [theirs / ours for theirs, ours in zip(round_p50[other], round_p50["space"])])
@@ -703,21 +734,21 @@ def measure_accuracy(model_path: str, texts: list[str], gold: list[int], work: P
 
     from distrinews.serving.backends import build_backend, cache_folder_name
     from distrinews.core.modeling import load_classifier
-    from distrinews.core.predict import model_task, predict_with, torch_probabilities
+    from distrinews.core.predict import model_task, predict_with, torch_logits
 
     model, tokenizer = load_classifier(model_path)
     task = model_task(model)
 
     def served(quantization: str):  # a copy: serving rewrites the model it is given
         return build_backend(copy.deepcopy(model), quantization, cache_dir=work / "acc-cache",
-                             cache_key=cache_folder_name(model_path, "bench")).probabilities
+                             cache_key=cache_folder_name(model_path, "bench")).logits
 
-    paths = {"fp32 (torch, as trained)": torch_probabilities(model.eval()),
+    paths = {"fp32 (torch, as trained)": torch_logits(model.eval()),
              "fp32 (QUANTIZE=none)": served("none"),
              "int8 (ONNX Runtime, QUANTIZE=int8)": served("int8")}
     predicted = {}
-    for name, probabilities_of in paths.items():
-        predictions = predict_with(probabilities_of, tokenizer, task, texts, max_length=128, batch_size=64,
+    for name, logits_of in paths.items():
+        predictions = predict_with(logits_of, tokenizer, task, texts, max_length=128, batch_size=64,
                                    pad_to_multiple_of=1)
         predicted[name] = [task.labels.index(p.label) for p in predictions]
     reference = predicted["fp32 (torch, as trained)"]

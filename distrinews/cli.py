@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .core.errors import exit_code_for
+from .core.windows import DEFAULT_MAX_WINDOWS
 
 
 def _train(argv: Sequence[str]) -> int:
@@ -32,8 +33,8 @@ def _evaluate(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="distrinews evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Evaluate a saved model on a split, with the model's own labels, problem type and decision "
-        "threshold. The data options mean what they mean in `distrinews train`; give the ones the model was trained "
-        "with to score the same carved splits.")
+        "threshold, through the predict path (`distrinews predict`, the Space). The data options mean what they "
+        "mean in `distrinews train`; give the ones the model was trained with to score the same carved splits.")
     parser.add_argument("--model", required=True, help="Local folder or Hub repo id.")
     parser.add_argument("--revision", default=None, help="Branch, tag or commit sha of a Hub model.")
     parser.add_argument("--dataset", default="fancyzhx/ag_news", help="Hub dataset id or local folder.")
@@ -45,7 +46,9 @@ def _evaluate(argv: Sequence[str]) -> int:
     parser.add_argument("--label_separator", default="", help="Multi-label: what separates labels in a CSV cell.")
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--max_length", type=int, default=128)
+    parser.add_argument("--max_length", type=int, default=128, help="Tokens per window.")
+    parser.add_argument("--max_windows", type=int, default=DEFAULT_MAX_WINDOWS,
+                        help="Windows of max_length tokens read per text (1 = its start only, as in training).")
     parser.add_argument("--max_samples", type=int, default=0, help="Evaluate at most this many examples (0 = all).")
     parser.add_argument("--validation_fraction", type=float, default=0.05, help="As used in training.")
     parser.add_argument("--test_fraction", type=float, default=0.1, help="As used in training (data without a test "
@@ -53,15 +56,20 @@ def _evaluate(argv: Sequence[str]) -> int:
     parser.add_argument("--seed", type=int, default=42, help="As used in training (it picks the carved splits).")
     parser.add_argument("--output", help="Also write the metrics as JSON to this file.")
     args = parser.parse_args(argv)
+    from .core.windows import WindowPolicy
 
+    try:
+        policy = WindowPolicy(args.max_length, max_windows=args.max_windows)
+    except ValueError as err:
+        parser.error(f"--max_length {args.max_length} --max_windows {args.max_windows}: {err}")
+
+    import numpy as np
     import torch
-    from torch.utils.data import DataLoader
 
     from .core.errors import DataError
     from .core.modeling import load_classifier
-    from .core.predict import model_task
-    from .training.data import DataOptions, PaddingCollator, load_labelled_data, sorted_by_length, tokenize_splits
-    from .training.evaluation import evaluate_split, scalar_metrics
+    from .core.predict import model_task, predict_texts
+    from .training.data import DataOptions, load_labelled_data
 
     model, tokenizer = load_classifier(args.model, args.revision)
     task = model_task(model)
@@ -76,13 +84,15 @@ def _evaluate(argv: Sequence[str]) -> int:
     if args.split not in splits:
         raise DataError(f"{args.dataset} has no {args.split} split with --validation_fraction "
                         f"{args.validation_fraction:g} (it has: {', '.join(splits)})")
-    split = sorted_by_length(tokenize_splits(splits, tokenizer, args.max_length)[args.split])
-    loader = DataLoader(split, batch_size=args.batch_size,
-                        collate_fn=PaddingCollator(tokenizer.pad_token_id))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    metrics = evaluate_split(model.to(device), loader, task, expected_count=len(split), device=device)
-    scores = ", ".join(f"{name} {value:.4f}" for name, value in scalar_metrics(metrics).items())
-    print(f"{args.split}: {scores} on {metrics['num_examples']} examples")
+    split = splits[args.split]
+    # The predict path, as `distrinews predict` and the Space: a text longer than max_length is read in windows.
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    predictions = predict_texts(model, tokenizer, split["text"], batch_size=args.batch_size, policy=policy)
+    scores = [[p.probabilities[name] for name in task.labels] for p in predictions]
+    metrics = task.metrics(np.asarray(scores), np.asarray(split["label"]))
+    shown = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()
+                      if isinstance(value, float) and name != "threshold")
+    print(f"{args.split}: {shown} on {metrics['num_examples']} examples")
     width = max(map(len, task.labels))
     for name, per_label in metrics["per_class"].items():
         print(f"  {name:<{width}} precision {per_label['precision']:.4f}  recall {per_label['recall']:.4f}  "
@@ -112,6 +122,9 @@ def _predict(argv: Sequence[str]) -> int:
         if not cleaned:
             parser.error(f"text {number} ({ascii(text)}) is empty or only whitespace, control or invisible characters")
 
+    from .core.model_files import resolve_model_folder
+
+    resolve_model_folder(args.model, args.revision)  # an unknown model fails before seconds of torch imports
     from .core.modeling import load_classifier
     from .core.predict import predict_texts
 

@@ -3,7 +3,9 @@ under uvicorn on 127.0.0.1 (a subprocess), addressed by a model id so a Hub mirr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +15,7 @@ from typing import Iterator
 
 import httpx
 
-from conftest import REPO_ROOT, free_port, write_tiny_model
+from conftest import ODD_TEXTS, REPO_ROOT, ag_news_rows, free_port, write_tiny_model
 
 # `app` is the Space folder, not an installed package: make `import app.app` work under plain `pytest` too
 # (only `python -m pytest` puts the working directory on sys.path).
@@ -66,10 +68,12 @@ def wait_until_ready(base_url: str, timeout: float, process: subprocess.Popen | 
 
 @contextlib.contextmanager
 def uvicorn_server(model_id: str, cache_dir: Path, log_path: Path, timeout: float = 180, python: str = sys.executable,
-                   **settings: str) -> Iterator[str]:
-    """``python -m uvicorn app.app:app`` on a free loopback port; yields its base URL once /api/ready is 200."""
+                   unset: tuple[str, ...] = (), **settings: str) -> Iterator[str]:
+    """``python -m uvicorn app.app:app`` on a free loopback port; yields its base URL once /api/ready is 200.
+    ``unset`` names variables the server must not see (not even space_env's)."""
     port = free_port()
     env = {**os.environ, **space_env(model_id, cache_dir, **settings), "PYTHONPATH": str(REPO_ROOT)}
+    env = {key: value for key, value in env.items() if key not in unset}
     with log_path.open("w") as log:
         process = subprocess.Popen([python, "-m", "uvicorn", "app.app:app", "--host", "127.0.0.1",
                                     "--port", str(port), "--no-access-log"], cwd=REPO_ROOT, env=env,
@@ -85,3 +89,56 @@ def uvicorn_server(model_id: str, cache_dir: Path, log_path: Path, timeout: floa
             raise
         process.terminate()
         assert process.wait(30) is not None
+
+
+def raw_json(body) -> bytes:
+    return json.dumps(body).encode("ascii")  # escapes every non-ASCII character, lone surrogates included
+
+
+def send_concurrently(url: str, bodies: list, concurrency: int = 32, timeout: float = 300) -> list[tuple[int, object]]:
+    """POST each body (as the JSON bytes a client sends) to ``url`` from ``concurrency`` keep-alive clients; the
+    (status, decoded JSON) of each, in order."""
+    import aiohttp
+
+    answers: list = [None] * len(bodies)
+
+    async def send_all():
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+            async def worker(first: int):
+                for i in range(first, len(bodies), concurrency):
+                    async with session.post(url, data=raw_json(bodies[i]),
+                                            headers={"content-type": "application/json"}) as response:
+                        answers[i] = (response.status, await response.json())
+            await asyncio.wait_for(asyncio.gather(*(worker(w) for w in range(concurrency))), timeout)
+
+    asyncio.run(send_all())
+    return answers
+
+
+INT8_BATCH_TOLERANCE = 5e-3  # as in test_space_api: int8 against fp32, and a text alone against in a batch
+
+
+def assert_same_scores(got: dict[str, float], alone: dict[str, float]) -> None:
+    """Label scores from a batch under load are what the text gets alone, up to what dynamic int8 moves them by
+    with the batch a text shares (activations are quantized with one scale per batch), and so the same top label
+    wherever it is decided by more than that. The tiny random-init model's top two labels are often only ~6e-5
+    apart, and int8 moves them by up to ~5e-5 with the company (2 of 120 headlines then change label; fp32 moves
+    them by 1e-9 and changes none), so a label alone is no test of isolation here."""
+    assert set(got) == set(alone), (got, alone)
+    for label, score in alone.items():
+        assert abs(got[label] - score) < INT8_BATCH_TOLERANCE, (got, alone)
+    top, second = sorted(alone.values(), reverse=True)[:2]
+    if top - second > 2 * INT8_BATCH_TOLERANCE:
+        assert max(got, key=got.get) == max(alone, key=alone.get), (got, alone)
+
+
+HOSTILE_BODIES = [*({"text": text} for text in ODD_TEXTS),
+                  {"texts": ["ok", "\udfff fine", "\x00"]}, {"text": 42}, {"texts": "no"}, [1, 2], {"text": ""}]
+
+
+def hostile_plan(total: int, body_of, distinct: int = 120) -> list[tuple[bool, object]]:
+    """``total`` requests, every tenth hostile: (hostile?, body); valid ones are ``body_of(headline)``, over
+    ``distinct`` headlines."""
+    headlines = [f"{title} {body}" for _, title, body in ag_news_rows(distinct, seed=11)]
+    return [(True, HOSTILE_BODIES[i % len(HOSTILE_BODIES)]) if i % 10 == 3
+            else (False, body_of(headlines[i % distinct])) for i in range(total)]

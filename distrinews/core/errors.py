@@ -14,8 +14,9 @@ print one line instead of a traceback. The exit codes are what a job scheduler o
 | 75 | stopped by SIGTERM/SIGINT after writing a checkpoint: run the same command to resume | TrainingStopped |
 | 128+N | killed by signal N | |
 
-The Space answers with HTTP statuses instead: 422 for ``TextError`` and bad requests, 429 for ``QueueFull``, 500
-for ``InferenceFailed`` (that request only), 503 while the model loads or when ``ModelLoadError`` stopped it.
+The Space answers with HTTP statuses instead: 422 for ``TextError`` and bad requests, 413 for ``RequestTooLarge``
+and bodies over the limit, 429 for ``QueueFull``, 500 for ``InferenceFailed`` (that request only), 503 while the
+model loads or when ``ModelLoadError`` stopped it.
 
 This module imports nothing, so any part (training, serving, the Hub) can raise these without pulling in another.
 """
@@ -103,6 +104,11 @@ class InferenceFailed(RuntimeError):
     def __init__(self, indices: list[int], error: BaseException):
         super().__init__(f"inference failed for texts {indices[:20]}: {type(error).__name__}: {error}")
         self.indices = indices
+        self.error = error
+
+
+class RequestTooLarge(RuntimeError):
+    """A request whose texts need more model work (windows) than the Space ever queues at once: HTTP 413."""
 
 
 class EvaluationCountError(AssertionError):

@@ -9,7 +9,8 @@
 The names are transformers' own (``config.problem_type``), so ``pipeline("text-classification")`` applies the same
 softmax or sigmoid to a pushed model. A multi-label model also carries its decision threshold in its config
 (``decision_threshold``), chosen on validation by the training run. Probabilities, decisions and metrics are
-numpy (the Space never imports torch); ``loss`` and ``divergence`` take torch tensors and import torch then.
+numpy (the Space never imports torch; the score functions are ``distrinews.core.windows``', which also combines a
+long text's windows by the kind of score); ``loss`` and ``divergence`` take torch tensors and import torch then.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
+
+from .windows import scores_from_logits
 
 SINGLE_LABEL = "single_label_classification"
 MULTI_LABEL = "multi_label_classification"
@@ -34,14 +37,13 @@ class SingleLabelTask:
 
     labels: tuple[str, ...]
     problem_type: ClassVar[str] = SINGLE_LABEL
+    score_function: ClassVar[str] = "softmax"  # as the HF pipelines name it (function_to_apply)
     threshold: ClassVar[None] = None
     # metric_for_best_model choices; the first is the default ("auto")
     selection_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "loss")
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        shifted = np.asarray(logits, dtype=np.float64)
-        shifted = np.exp(shifted - shifted.max(axis=-1, keepdims=True))
-        return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
+        return scores_from_logits(logits, self.score_function)
 
     def torch_probabilities(self, logits):
         return logits.float().softmax(dim=-1)
@@ -106,10 +108,11 @@ class MultiLabelTask:
     labels: tuple[str, ...]
     threshold: float = DEFAULT_THRESHOLD
     problem_type: ClassVar[str] = MULTI_LABEL
+    score_function: ClassVar[str] = "sigmoid"
     selection_metrics: ClassVar[tuple[str, ...]] = ("micro_f1", "macro_f1", "subset_accuracy", "loss")
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        return (1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))).astype(np.float32)
+        return scores_from_logits(logits, self.score_function)
 
     def torch_probabilities(self, logits):
         return logits.float().sigmoid()

@@ -1,6 +1,6 @@
 """Inference backends for serving: fp32 torch, or ONNX Runtime with dynamic int8, chosen by what the CPU offers.
 
-Both are a ``ProbabilityFn`` handed to ``distrinews.core.predict.predict_with``, so tokenization, padding and
+Both are a ``LogitsFn`` handed to ``distrinews.core.predict.predict_with``, so tokenization, padding and
 label mapping are shared. The int8 model is exported from the already loaded torch model (the one loader,
 ``load_classifier``, stays the only way in) with ``torch.onnx.export``, quantized with
 ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, activations quantized per batch at run time: the
@@ -34,8 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.predict import ProbabilityFn, model_task, torch_probabilities
-from ..core.tasks import Task
+from ..core.predict import LogitsFn, torch_logits
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ class TorchBackend:
 
         torch.set_num_threads(threads or usable_cores())
         self.model = model.eval()
-        self.probabilities: ProbabilityFn = torch_probabilities(self.model)
+        self.logits: LogitsFn = torch_logits(self.model)
 
 
 class OnnxInt8Backend:
@@ -104,7 +103,7 @@ class OnnxInt8Backend:
 
     quantization = "int8"
 
-    def __init__(self, onnx_path: Path, task: Task, threads: int | None = None):
+    def __init__(self, onnx_path: Path, threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -118,13 +117,12 @@ class OnnxInt8Backend:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1")
         options.add_session_config_entry("session.force_spinning_stop", "1")
         self.path = onnx_path
-        self.task = task  # softmax or sigmoid over the graph's logits
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.input_names = [node.name for node in self.session.get_inputs()]
 
-    def probabilities(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         (logits,) = self.session.run(["logits"], {name: batch[name] for name in self.input_names})
-        return self.task.probabilities(logits)
+        return logits
 
 
 def build_backend(model, quantization: str, *, cache_dir: Path, cache_key: str, threads: int | None = None):
@@ -137,7 +135,7 @@ def build_backend(model, quantization: str, *, cache_dir: Path, cache_key: str, 
     read_first_position_only(model)
     if quantization == "none":
         return TorchBackend(model, threads)
-    return OnnxInt8Backend(export_int8_onnx(model, cache_dir, cache_key), model_task(model), threads)
+    return OnnxInt8Backend(export_int8_onnx(model, cache_dir, cache_key), threads)
 
 
 def weights_fingerprint(model_dir: Path) -> str:

@@ -1,26 +1,32 @@
-"""An asyncio micro-batcher: texts from concurrent requests share one model call.
+"""An asyncio micro-batcher: items (the windows of texts) from concurrent requests share one model call.
 
-One worker task takes the first waiting text, gathers more for at most ``max_wait_ms`` (or until
+One worker task takes the first waiting item, gathers more for at most ``max_wait_ms`` (or until
 ``max_batch_size``; no waiting at all right after an idle spell), and runs the batch in a single inference
 thread, so the event loop keeps accepting requests and the cores are never split between two batches. While a
-batch runs, new texts queue up and form the next one, so batches grow with load by themselves; the wait only
-matters when the server is idle. The one exception is a lone text with nothing else waiting: it runs on the
-event loop itself, which is then busy for one single-text call (a few ms with int8) instead of paying for the
+batch runs, new items queue up and form the next one, so batches grow with load by themselves; the wait only
+matters when the server is idle. The one exception is a lone item with nothing else waiting: it runs on the
+event loop itself, which is then busy for one single-window call (a few ms with int8) instead of paying for the
 trip to the inference thread and back.
 
-The queue is bounded in texts: a request that does not fit is refused whole with ``QueueFull`` (HTTP 429)
+Batches are filled round-robin over the waiting requests, one item from each in turn, not first come first
+served: a long article's many windows then share each batch with the headlines that arrive behind it, which
+wait for at most one batch instead of for the whole article.
+
+The queue is bounded in items: a request that does not fit is refused whole with ``QueueFull`` (HTTP 429)
 before anything of it is queued, so memory stays bounded and every accepted request gets exactly one answer.
-A batch that raises is run again one text at a time, so only the callers of the texts that fail on their own
+A batch that raises is run again one item at a time, so only the callers of the items that fail on their own
 get an error (``InferenceFailed``, naming them); everyone who shared the batch still gets a result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Generic, Sequence, TypeVar
 
 from ..core.errors import InferenceFailed, QueueFull
@@ -30,20 +36,40 @@ log = logging.getLogger(__name__)
 Result = TypeVar("Result")
 
 
+QUEUE_WAIT_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
 @dataclass
 class BatchStats:
+    """What the batcher has done since it started (``/metrics`` reads it as it is)."""
+
     batches: int = 0
-    texts: int = 0
+    items: int = 0  # the windows of texts, in the Space
     largest_batch: int = 0
     refused_requests: int = 0
-    isolated_batches: int = 0  # batches that raised and were rerun one text at a time
-    failed_texts: int = 0
+    isolated_batches: int = 0  # batches that raised and were rerun one item at a time
+    failed_items: int = 0
+    batch_sizes: Counter = field(default_factory=Counter)  # items in a batch -> batches of that size
+    batch_seconds: float = 0.0  # time spent running batches
+    # how long items waited for their batch: counts per QUEUE_WAIT_BOUNDS_S bucket (the last: above them all)
+    queue_wait_counts: list[int] = field(default_factory=lambda: [0] * (len(QUEUE_WAIT_BOUNDS_S) + 1))
+    queue_wait_seconds: float = 0.0
+
+    def record_batch(self, size: int, seconds: float, waits: Sequence[float]) -> None:
+        self.batches += 1
+        self.items += size
+        self.largest_batch = max(self.largest_batch, size)
+        self.batch_sizes[size] += 1
+        self.batch_seconds += seconds
+        for wait in waits:
+            self.queue_wait_counts[bisect.bisect_left(QUEUE_WAIT_BOUNDS_S, wait)] += 1
+            self.queue_wait_seconds += wait
 
 
 class MicroBatcher(Generic[Result]):
-    """Run ``run_batch(texts) -> results`` (same length, same order) over texts from many callers."""
+    """Run ``run_batch(items) -> results`` (same length, same order) over items from many callers."""
 
-    def __init__(self, run_batch: Callable[[list[str]], Sequence[Result]], *, max_batch_size: int = 32,
+    def __init__(self, run_batch: Callable[[list], Sequence[Result]], *, max_batch_size: int = 32,
                  max_wait_ms: float = 2.0, max_queue: int = 1024):
         if max_batch_size < 1 or max_queue < max_batch_size or max_wait_ms < 0:
             raise ValueError(f"need max_batch_size >= 1, max_queue >= max_batch_size and max_wait_ms >= 0; got "
@@ -53,13 +79,15 @@ class MicroBatcher(Generic[Result]):
         self.max_wait_s = max_wait_ms / 1000
         self.max_queue = max_queue
         self.stats = BatchStats()
-        self._queue: asyncio.Queue[tuple[str, asyncio.Future]] | None = None
+        self._requests: deque[deque[_Waiting]] = deque()  # one deque of waiting items per request, in turn
+        self._waiting = 0
+        self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._seconds_per_text = 0.01  # running estimate, for Retry-After
+        self._seconds_per_item = 0.01  # running estimate, for Retry-After
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
+        self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._worker = asyncio.create_task(self._serve(), name="micro-batcher")
 
@@ -70,40 +98,40 @@ class MicroBatcher(Generic[Result]):
                 await self._worker
             except asyncio.CancelledError:
                 pass
-        while self._queue is not None and not self._queue.empty():  # nobody is left waiting forever
-            _, future = self._queue.get_nowait()
-            if not future.done():
-                future.set_exception(RuntimeError("server shutting down"))
+        for waiting in self._take(self._waiting):  # nobody is left waiting forever
+            if not waiting.future.done():
+                waiting.future.set_exception(RuntimeError("server shutting down"))
         if self._executor is not None:
             self._executor.shutdown(wait=True)
-        self._worker = self._queue = self._executor = None
+        self._worker = self._arrived = self._executor = None
 
     @property
     def waiting(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
+        return self._waiting
 
-    async def submit(self, texts: Sequence[str], timing: dict[str, float] | None = None) -> list[Result]:
-        """Results for ``texts`` in order; raises ``QueueFull`` (nothing queued) when they do not fit, and
+    async def submit(self, items: Sequence, timing: dict[str, float] | None = None) -> list[Result]:
+        """Results for ``items`` in order; raises ``QueueFull`` (nothing queued) when they do not fit, and
         ``InferenceFailed`` when ``run_batch`` raised for some of them. ``timing``, if given, receives the
-        seconds its texts waited for a batch (``queue``), their batches ran (``batch``) and the largest batch
+        seconds its items waited for a batch (``queue``), their batches ran (``batch``) and the largest batch
         (``batch_size``)."""
-        if self._queue is None:
+        if self._arrived is None:
             raise RuntimeError("MicroBatcher.start() has not been awaited")
-        if len(texts) > self.max_queue:
-            raise ValueError(f"{len(texts)} texts can never fit a queue of {self.max_queue}")
-        if self.waiting + len(texts) > self.max_queue:
+        if len(items) > self.max_queue:
+            raise ValueError(f"{len(items)} items can never fit a queue of {self.max_queue}")
+        if self._waiting + len(items) > self.max_queue:
             self.stats.refused_requests += 1
-            retry_after = max(1, round(self.waiting * self._seconds_per_text + 0.5))
-            raise QueueFull(self.waiting, self.max_queue, retry_after)
+            retry_after = max(1, round(self._waiting * self._seconds_per_item + 0.5))
+            raise QueueFull(self._waiting, self.max_queue, retry_after)
         loop = asyncio.get_running_loop()
-        futures = []
         enqueued = time.perf_counter()  # not loop.time(): uvloop's clock counts whole milliseconds
-        for text in texts:  # no await in this loop: the capacity check above still holds when it ends
-            future = loop.create_future()
-            self._queue.put_nowait((text, future))
-            futures.append(future)
+        request = deque(_Waiting(item, loop.create_future(), enqueued) for item in items)
+        futures = [waiting.future for waiting in request]
+        if request:
+            self._requests.append(request)
+            self._waiting += len(request)
+            self._arrived.set()
         outcomes: list[_Outcome] = await asyncio.gather(*futures)
-        if timing is not None:
+        if timing is not None and outcomes:
             timing["queue"] = max(o.started for o in outcomes) - enqueued
             timing["batch"] = max(o.finished - o.started for o in outcomes)
             timing["batch_size"] = max(o.batch_size for o in outcomes)
@@ -112,66 +140,91 @@ class MicroBatcher(Generic[Result]):
             raise InferenceFailed(failed, outcomes[failed[0]].result.error)
         return [outcome.result for outcome in outcomes]
 
+    def _take(self, room: int) -> list[_Waiting]:
+        """Up to ``room`` waiting items, one from each waiting request in turn (round-robin)."""
+        taken: list[_Waiting] = []
+        while len(taken) < room and self._requests:
+            request = self._requests.popleft()
+            taken.append(request.popleft())
+            if request:
+                self._requests.append(request)
+        self._waiting -= len(taken)
+        return taken
+
+    async def _items_arrive(self, timeout: float | None) -> bool:
+        """Whether items are waiting, waiting at most ``timeout`` seconds (None: until some arrive)."""
+        while not self._waiting:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         last_batch_size = 0
         while True:
-            batch = [await self._queue.get()]
-            # Waiting for company only pays when requests are arriving together: after a lone text the
-            # server was idle, so the next text runs at once instead of paying max_wait in latency.
+            await self._items_arrive(None)
+            batch = self._take(self.max_batch_size)
+            # Waiting for company only pays when requests are arriving together: after a lone item the
+            # server was idle, so the next item runs at once instead of paying max_wait in latency.
             deadline = loop.time() + (self.max_wait_s if last_batch_size > 1 else 0.0)
             while len(batch) < self.max_batch_size:
-                if not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                    continue
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if not self._waiting and (remaining <= 0 or not await self._items_arrive(remaining)):
                     break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except asyncio.TimeoutError:
-                    break
+                batch += self._take(self.max_batch_size - len(batch))
             last_batch_size = len(batch)
-            live = [(text, future) for text, future in batch if not future.done()]  # skip cancelled callers
-            if not live:
-                continue
-            started = time.perf_counter()
-            results = await self._run_isolating([text for text, _ in live], alone_is_cheap=self._queue.empty())
-            finished = time.perf_counter()
-            elapsed = finished - started
-            self._seconds_per_text = 0.8 * self._seconds_per_text + 0.2 * elapsed / len(live)
-            self.stats.batches += 1
-            self.stats.texts += len(live)
-            self.stats.largest_batch = max(self.stats.largest_batch, len(live))
-            for (_, future), result in zip(live, results):
-                if not future.done():
-                    future.set_result(_Outcome(result, started, finished, len(live)))
+            live = [waiting for waiting in batch if not waiting.future.done()]  # skip cancelled callers
+            if live:
+                await self._run_batch(live)
 
-    async def _run_isolating(self, texts: list[str], alone_is_cheap: bool = False) -> list:
-        """``run_batch(texts)``; if it raises, each text again on its own, so a text that fails only fails
+    async def _run_batch(self, live: list[_Waiting]) -> None:
+        started = time.perf_counter()
+        results = await self._run_isolating([waiting.item for waiting in live], alone_is_cheap=not self._waiting)
+        finished = time.perf_counter()
+        elapsed = finished - started
+        self._seconds_per_item = 0.8 * self._seconds_per_item + 0.2 * elapsed / len(live)
+        self.stats.record_batch(len(live), elapsed, [started - waiting.enqueued for waiting in live])
+        for waiting, result in zip(live, results):
+            if not waiting.future.done():
+                waiting.future.set_result(_Outcome(result, started, finished, len(live)))
+
+    async def _run_isolating(self, items: list, alone_is_cheap: bool = False) -> list:
+        """``run_batch(items)``; if it raises, each item again on its own, so an item that fails only fails
         itself (its slot holds a ``_Failure``)."""
         try:
-            results = await self._run(texts, alone_is_cheap)
-            if len(results) != len(texts):
-                raise RuntimeError(f"run_batch returned {len(results)} results for {len(texts)} texts")
+            results = await self._run(items, alone_is_cheap)
+            if len(results) != len(items):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
             return list(results)
-        except Exception as err:  # noqa: BLE001 - contained to the texts that cause it
-            if len(texts) == 1:
-                log.exception("inference failed for one text of %d characters", len(texts[0]))
-                self.stats.failed_texts += 1
+        except Exception as err:  # noqa: BLE001 - contained to the items that cause it
+            if len(items) == 1:
+                log.exception("inference failed for one item of size %d", len(items[0]))
+                self.stats.failed_items += 1
                 return [_Failure(err)]
-            log.warning("inference failed for a batch of %d texts (%s: %s); running them one at a time",
-                        len(texts), type(err).__name__, err)
+            log.warning("inference failed for a batch of %d items (%s: %s); running them one at a time",
+                        len(items), type(err).__name__, err)
             self.stats.isolated_batches += 1
-        return [(await self._run_isolating([text]))[0] for text in texts]
+        return [(await self._run_isolating([item]))[0] for item in items]
 
-    async def _run(self, texts: list[str], alone_is_cheap: bool):
-        if len(texts) == 1 and alone_is_cheap:
-            # A lone text at an idle server runs right here: handing it to the inference thread and back
-            # costs two thread wake-ups (0.2-0.6 ms of a ~13 ms headline on this 2-core machine), and a
-            # text arriving meanwhile would have waited for this call anyway (one model call at a time).
-            return self.run_batch(texts)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_batch, texts)
+    async def _run(self, items: list, alone_is_cheap: bool):
+        if len(items) == 1 and alone_is_cheap:
+            # A lone item at an idle server runs right here: handing it to the inference thread and back
+            # costs two thread wake-ups (0.2-0.6 ms of a ~13 ms headline on this 2-core machine), and an
+            # item arriving meanwhile would have waited for this call anyway (one model call at a time).
+            return self.run_batch(items)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_batch, items)
+
+
+@dataclass
+class _Waiting:
+    """An item in the queue: what to run, whom to tell, and since when (``time.perf_counter``)."""
+
+    item: object
+    future: asyncio.Future
+    enqueued: float
 
 
 @dataclass

@@ -6,6 +6,8 @@ model, or cached from an earlier start) it reads only the graph, the tokenizer a
 transformers. Otherwise it goes through the one loader (``load_classifier``) and exports the graph.
 Every text is cleaned before it is batched (``distrinews.core.texts``), and a batch that fails anyway is retried
 one text at a time (``distrinews.serving.batching``), so one client's text never fails another's request.
+A text longer than the model's window is read in overlapping windows (``distrinews.core.windows``); the
+micro-batcher batches windows, not texts, so one long article shares batches with the headlines behind it.
 ``await service.predict(texts)`` / ``await service.explain(text)`` go through the micro-batcher; the
 synchronous ``predict_now`` is the same path without batching (warm-up, scripts, benchmarks).
 
@@ -14,10 +16,12 @@ synchronous ``predict_now`` is the same path without batching (warm-up, scripts,
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import dataclasses
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,18 +32,21 @@ from .backends import QUANTIZATION_CHOICES, SHIPPED_GRAPH, OnnxInt8Backend, buil
     cached_graph, resolve_quantization, shipped_graph, usable_cores, weights_fingerprint
 from .batching import MicroBatcher
 from .explain import MAX_WORDS, Explanation, explanation_from, occlusion_texts
-from ..core.errors import ModelLoadError, ServingConfigError
+from ..core.errors import InferenceFailed, ModelLoadError, RequestTooLarge, ServingConfigError
 from ..core.model_files import read_serving_files, resolve_model_folder
 from ..core.formats import AG_NEWS
-from ..core.predict import Encoder, Prediction, encoder_for, model_max_length, model_task, predict_with
+from ..core.predict import Encoder, Prediction, encode_windows, encoder_for, model_max_length, model_task, \
+    pad_id_of, predict_with, predictions_from, window_logits
 from ..core.tasks import Task
 from ..core.texts import check_text, check_texts, clean_text
+from ..core.windows import DEFAULT_MAX_WINDOWS, TextWindows, WindowPolicy
 
 log = logging.getLogger(__name__)
 
 
-def _doc(text: str, env: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": text, "env": env}, **kwargs)
+def _doc(text: str, env: str, blank_allowed: bool = False, **kwargs: Any) -> Any:
+    """A field read from ``env``; a blank value means the default unless ``blank_allowed`` (then it is a value)."""
+    return field(metadata={"help": text, "env": env, "blank_allowed": blank_allowed}, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -51,16 +58,27 @@ class ServingConfig:
                          default="")
     quantize: str = _doc("auto (int8 where the CPU has int8 dot-product units or torch is not installed), none "
                          "(fp32 torch) or int8 (ONNX Runtime dynamic int8).", "QUANTIZE", default="auto")
-    max_length: int = _doc("Tokens read per text (0 = the model's maximum); longer texts are truncated and "
-                           "flagged. 128 is what training uses.", "MAX_LENGTH", default=128)
-    max_batch_size: int = _doc("Most texts in one model call.", "MAX_BATCH_SIZE", default=32)
-    batch_wait_ms: float = _doc("Longest a text waits for company before its batch runs.", "BATCH_WAIT_MS",
+    max_length: int = _doc("Tokens per window (0 = the model's maximum); 128 is what training uses.", "MAX_LENGTH",
+                           default=128)
+    max_windows: int = _doc("Most windows read per text: a longer text is read up to there and flagged truncated "
+                            "(1 = the first window only).", "MAX_WINDOWS", default=DEFAULT_MAX_WINDOWS)
+    window_stride: int = _doc("Tokens that consecutive windows share (-1 = a quarter of the window).",
+                              "WINDOW_STRIDE", default=-1)
+    max_batch_size: int = _doc("Most windows (a headline is one) in one model call.", "MAX_BATCH_SIZE", default=32)
+    batch_wait_ms: float = _doc("Longest a window waits for company before its batch runs.", "BATCH_WAIT_MS",
                                 default=1.0)
-    max_queue: int = _doc("Most texts waiting at once; a request that does not fit gets 429 + Retry-After.",
-                          "MAX_QUEUE", default=1024)
-    max_texts_per_request: int = _doc("Most texts in one POST /api/predict.", "MAX_TEXTS_PER_REQUEST", default=64)
-    max_body_bytes: int = _doc("Largest request body accepted under /api, in bytes.", "MAX_BODY_BYTES",
+    max_queue: int = _doc("Most windows (a headline is one) waiting at once; a request that does not fit gets "
+                          "429 + Retry-After, one that never can 413.", "MAX_QUEUE", default=1024)
+    max_texts_per_request: int = _doc("Most texts in one request to /api/predict or the HF inference route.",
+                                      "MAX_TEXTS_PER_REQUEST", default=64)
+    max_body_bytes: int = _doc("Largest request body accepted by the API routes, in bytes.", "MAX_BODY_BYTES",
                                default=256 * 1024)
+    cors_allow_origins: str = _doc("Web origins whose pages may call the API routes from a browser: '*' (any), a "
+                                   "comma-separated list such as https://example.org, or empty for none. "
+                                   "Credentials (cookies) are never allowed.", "CORS_ALLOW_ORIGINS", blank_allowed=True,
+                                   default="*")
+    ui_files_ttl_s: int = _doc("Seconds the demo keeps its result CSVs and uploaded files before deleting them.",
+                               "UI_FILES_TTL_S", default=600)
     threads: int = _doc("Inference threads (0 = every usable core).", "INFERENCE_THREADS", default=0)
     onnx_cache_dir: str = _doc("Where exported int8 ONNX models are cached.", "ONNX_CACHE_DIR",
                                default=str(Path.home() / ".cache" / "distrinews" / "onnx"))
@@ -73,12 +91,21 @@ class ServingConfig:
 
         need(bool(self.model_id.strip()), "model_id", "set it to a Hub repo id USER/NAME or a local model folder")
         need(self.quantize in QUANTIZATION_CHOICES, "quantize", f"must be one of {', '.join(QUANTIZATION_CHOICES)}")
-        for name in ("max_batch_size", "max_queue", "max_texts_per_request", "max_body_bytes"):
+        for name in ("max_batch_size", "max_queue", "max_texts_per_request", "max_body_bytes", "ui_files_ttl_s"):
             need(getattr(self, name) >= 1, name, "must be >= 1")
         for name in ("max_length", "threads", "batch_wait_ms"):
             need(getattr(self, name) >= 0, name, "must be >= 0")
+        need(self.max_windows >= 1, "max_windows", "must be >= 1")
+        need(self.window_stride >= -1, "window_stride", "must be >= 0, or -1 for a quarter of the window")
+        bad_origins = [o for o in self.cors_origins if o != "*" and not _ORIGIN.fullmatch(o)]
+        need(not bad_origins, "cors_allow_origins", f"{', '.join(map(repr, bad_origins))} is not '*' or an origin "
+             "like https://example.org (scheme and host, optional port, no path)")
         need(self.max_queue >= max(self.max_batch_size, self.max_texts_per_request, MAX_WORDS + 1), "max_queue",
              f"must hold at least one full batch, one full request and one explanation ({MAX_WORDS + 1} texts)")
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_allow_origins.split(",") if origin.strip()]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "ServingConfig":
@@ -86,13 +113,16 @@ class ServingConfig:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = environ.get(f.metadata["env"])
-            if raw is None or raw.strip() == "":
+            if raw is None or (raw.strip() == "" and not f.metadata["blank_allowed"]):
                 continue
             try:
                 values[f.name] = {"int": int, "float": float}.get(f.type, str)(raw.strip())
             except ValueError:
                 raise ServingConfigError(f"{f.metadata['env']}={raw!r}: expected {f.type}") from None
         return cls(**{**values, **overrides})
+
+
+_ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
 
 
 @dataclass
@@ -131,22 +161,37 @@ def resolved_revision(model_id: str, model_folder: Path) -> str:
 class ServedModel:
     """A backend and what turns texts into its input and its output into labels."""
 
-    backend: Any  # TorchBackend or OnnxInt8Backend: .probabilities and .quantization
+    backend: Any  # TorchBackend or OnnxInt8Backend: .logits and .quantization
     encoder: Any  # an Encoder, or a slow transformers tokenizer
-    task: Task  # the labels, and which of them a row of probabilities gives
-    max_length: int
+    task: Task  # the labels, and which of them a row of scores gives
+    policy: WindowPolicy
+
+    @property
+    def max_length(self) -> int:
+        return self.policy.max_length
 
 
-def load_served_model(folder: Path, quantization: str, *, max_length: int, cache_dir: Path, cache_key: str,
+def window_policy(config: ServingConfig, model_limit: int) -> WindowPolicy:
+    """The windows of ``config`` for a model that reads at most ``model_limit`` tokens."""
+    length = min(config.max_length or model_limit, model_limit)
+    try:
+        return WindowPolicy(length, config.window_stride, config.max_windows)
+    except ValueError as err:
+        raise ServingConfigError(f"WINDOW_STRIDE={config.window_stride} with windows of {length} tokens: "
+                                 f"{err}") from None
+
+
+def load_served_model(folder: Path, quantization: str, config: ServingConfig, *, cache_key: str,
                       threads: int) -> ServedModel:
     """The model in ``folder`` behind the backend for ``quantization`` (``none`` or ``int8``)."""
+    cache_dir = Path(config.onnx_cache_dir)
     if quantization == "int8":
         graph = shipped_graph(folder) or _if_file(cached_graph(cache_dir, cache_key))
         files = read_serving_files(folder) if graph else None
         if graph and files:  # the cold-start path: no torch, no transformers
-            length = min(max_length or files.max_length, files.max_length)
-            return ServedModel(OnnxInt8Backend(graph, files.task, threads), Encoder.from_files(files, length),
-                               files.task, length)
+            policy = window_policy(config, files.max_length)
+            return ServedModel(OnnxInt8Backend(graph, threads), Encoder.from_files(files, policy), files.task,
+                               policy)
     try:
         from ..core.modeling import load_classifier
     except ImportError as err:
@@ -155,13 +200,17 @@ def load_served_model(folder: Path, quantization: str, *, max_length: int, cache
             f"`distrinews export-onnx MODEL_DIR` writes one), and serving without it needs torch and transformers, "
             f"which are not installed ({err})") from None
     model, tokenizer = load_classifier(str(folder))
-    length = min(max_length or 10**9, model_max_length(model, tokenizer))
+    policy = window_policy(config, model_max_length(model, tokenizer))
     backend = build_backend(model, quantization, cache_dir=cache_dir, cache_key=cache_key, threads=threads)
-    return ServedModel(backend, encoder_for(tokenizer, length) or tokenizer, model_task(model), length)
+    return ServedModel(backend, encoder_for(tokenizer, policy) or tokenizer, model_task(model), policy)
 
 
 def _if_file(path: Path) -> Path | None:
     return path if path.is_file() else None
+
+
+# Requests with more characters than this are tokenized off the event loop (a 256 KiB article takes tens of ms).
+TOKENIZE_ON_LOOP_CHARS = 20_000
 
 
 class ClassifierService:
@@ -173,12 +222,14 @@ class ClassifierService:
         self.backend = served.backend
         self.encoder = served.encoder
         self.task = served.task
+        self.policy = served.policy
         self.max_length = served.max_length
         self.resolved_revision = resolved_revision
         self.card_metrics = card_metrics
         self.load_seconds = load_seconds
-        self.batcher: MicroBatcher[Prediction] = MicroBatcher(
-            self.predict_now, max_batch_size=config.max_batch_size, max_wait_ms=config.batch_wait_ms,
+        self.texts_classified = 0
+        self.batcher: MicroBatcher[Any] = MicroBatcher(
+            self._window_logits, max_batch_size=config.max_batch_size, max_wait_ms=config.batch_wait_ms,
             max_queue=config.max_queue)
 
     @classmethod
@@ -188,8 +239,7 @@ class ClassifierService:
         folder = resolve_model_folder(config.model_id, config.revision or None, extra_patterns=(SHIPPED_GRAPH,))
         revision = resolved_revision(config.model_id, folder)
         quantization = resolve_quantization(config.quantize)
-        served = load_served_model(folder, quantization, max_length=config.max_length,
-                                   cache_dir=Path(config.onnx_cache_dir),
+        served = load_served_model(folder, quantization, config,
                                    cache_key=cache_folder_name(config.model_id, revision),
                                    threads=config.threads or usable_cores())
         service = cls(config, served, revision, read_card_metrics(folder), load_seconds=0.0)
@@ -216,9 +266,13 @@ class ClassifierService:
 
     def predict_now(self, texts: Sequence[str]) -> list[Prediction]:
         """Synchronous, unbatched: the one predict path with this service's backend."""
-        return predict_with(self.backend.probabilities, self.encoder, self.task, texts,
-                            max_length=self.max_length, batch_size=self.config.max_batch_size,
+        return predict_with(self.backend.logits, self.encoder, self.task, texts, max_length=self.max_length,
+                            batch_size=self.config.max_batch_size, policy=self.policy,
                             pad_to_multiple_of=1)  # CPU: padding is wasted work
+
+    def _window_logits(self, windows: list[list[int]]) -> list:
+        return window_logits(self.backend.logits, windows, pad_id_of(self.encoder),
+                             batch_size=self.config.max_batch_size, pad_to_multiple_of=1)
 
     async def start(self) -> None:
         await self.batcher.start()
@@ -227,14 +281,31 @@ class ClassifierService:
         await self.batcher.stop()
 
     async def predict(self, texts: Sequence[str], timing: dict[str, float] | None = None) -> list[Prediction]:
-        """Predictions for ``texts``; raises ``TextError`` naming the first text with nothing to classify, and
-        ``InferenceFailed`` naming the texts the model failed on (a bug: every cleaned text should classify).
-        ``timing`` receives where the time went (``MicroBatcher.submit``)."""
-        return await self.batcher.submit(check_texts(texts), timing)
+        """Predictions for ``texts``; raises ``TextError`` naming the first text with nothing to classify,
+        ``RequestTooLarge`` when their windows could never fit the queue, and ``InferenceFailed`` naming the
+        texts the model failed on (a bug: every cleaned text should classify). ``timing`` receives where the time
+        went (``MicroBatcher.submit``)."""
+        windowed = await self._windows(check_texts(texts))
+        owners = [index for index, text in enumerate(windowed) for _ in text.windows]
+        if len(owners) > self.batcher.max_queue:
+            raise RequestTooLarge(f"{len(windowed)} texts need {len(owners)} windows of {self.max_length} tokens, "
+                                  f"more than the server queues at once ({self.batcher.max_queue}, MAX_QUEUE): "
+                                  "send fewer or shorter texts per request")
+        try:
+            logits = await self.batcher.submit([ids for text in windowed for ids in text.windows], timing)
+        except InferenceFailed as err:  # name the texts, not their windows
+            raise InferenceFailed(sorted({owners[i] for i in err.indices}), err.error) from None
+        self.texts_classified += len(windowed)
+        return predictions_from(self.task, windowed, logits)
+
+    async def _windows(self, texts: list[str]) -> list[TextWindows]:
+        if sum(map(len, texts)) <= TOKENIZE_ON_LOOP_CHARS:
+            return encode_windows(self.encoder, texts, self.policy)
+        return await asyncio.to_thread(encode_windows, self.encoder, texts, self.policy)
 
     async def explain(self, text: str) -> Explanation:
         words, variants = occlusion_texts(check_text(text), MAX_WORDS)
-        return explanation_from(words, await self.batcher.submit(variants))
+        return explanation_from(words, await self.predict(variants))
 
     def test_accuracy(self) -> float | None:
         for metric in self.card_metrics:
@@ -249,6 +320,7 @@ class ClassifierService:
             "problem_type": self.task.problem_type, "threshold": self.task.threshold,
             "test_metrics": [dataclasses.asdict(m) for m in self.card_metrics],
             "quantization": self.quantization, "max_length": self.max_length,
+            "max_windows": self.policy.max_windows, "window_stride": self.policy.stride,
             "max_texts_per_request": self.config.max_texts_per_request,
             "max_batch_size": self.config.max_batch_size, "load_seconds": round(self.load_seconds, 2),
             "version": __version__,

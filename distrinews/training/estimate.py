@@ -8,15 +8,21 @@ training benchmark, ``benchmarks/bench_train.py --preset cpu``). It is an estima
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
 
 import torch
 
+from .config import TrainConfig
+
 # MiniLM-L6, fp32, batch 32, 2 CPU processes: 22.3 samples/s at 3.4 GFLOP per example (README, Performance)
 # against the 197 GFLOP/s the 2-core EPYC development machine measures for a large fp32 matmul.
 CPU_SHARE_OF_PEAK = 0.38
+# A run that checks every step in minutes on a CPU (the notebook's SMOKE setting); distrinews launch names it.
+QUICK_RUN = {"max_train_samples": 2000, "max_eval_samples": 500, "num_train_epochs": 1, "max_steps": -1}
+QUICK_RUN_FLAGS = " ".join(f"--{name} {value}" for name, value in QUICK_RUN.items() if name != "max_steps")
 
 
 def training_flops_per_token(model: torch.nn.Module, tokens_per_example: float) -> float:
@@ -48,7 +54,7 @@ def measure_matmul_flops(seconds: float = 0.4, size: int = 1024) -> float:
 @dataclass(frozen=True)
 class CpuEstimate:
     examples: int  # training examples processed over the whole run (steps x global batch)
-    flops: float
+    flops: float  # training, and the evaluations (a forward pass: a third of a training step's arithmetic)
     peak_flops: float
 
     @property
@@ -56,10 +62,36 @@ class CpuEstimate:
         return self.flops / (self.peak_flops * CPU_SHARE_OF_PEAK)
 
 
-def estimate_cpu_run(model: torch.nn.Module, examples: int, tokens_per_example: float,
-                     peak_flops: float | None = None) -> CpuEstimate:
-    flops = examples * tokens_per_example * training_flops_per_token(model, tokens_per_example)
-    return CpuEstimate(examples=examples, flops=flops, peak_flops=peak_flops or measure_matmul_flops())
+def estimate_cpu_run(config: TrainConfig, processes: int, model: torch.nn.Module, tokens_per_example: float,
+                     train_examples: int, eval_sizes: dict[str, int], peak_flops: float) -> CpuEstimate:
+    """The run ``config`` describes on ``train_examples`` (after max_train_samples) and the evaluation splits of
+    ``eval_sizes`` (after max_eval_samples)."""
+    steps = config.total_steps(train_examples, processes)
+    steps_per_epoch = max(1, train_examples // config.total_train_batch_size(processes))
+    # Validation at each epoch end and every eval_every steps, and once more at the end; test once.
+    validations = math.ceil(steps / steps_per_epoch) + (steps // config.eval_every if config.eval_every else 0) + 1
+    eval_examples = eval_sizes.get("validation", 0) * validations + eval_sizes.get("test", 0)
+    examples = steps * config.total_train_batch_size(processes)
+    per_example = tokens_per_example * training_flops_per_token(model, tokens_per_example)
+    return CpuEstimate(examples=examples, flops=(examples + eval_examples / 3) * per_example, peak_flops=peak_flops)
+
+
+def describe_cpu_cost(config: TrainConfig, processes: int, model: torch.nn.Module, tokens_per_example: float,
+                      train_examples: int, eval_sizes: dict[str, int]) -> str:
+    """What ``distrinews launch`` prints before a CPU run: its estimate, and the quick run's."""
+    peak = measure_matmul_flops()
+    run = estimate_cpu_run(config, processes, model, tokens_per_example, train_examples, eval_sizes, peak)
+    quick = estimate_cpu_run(TrainConfig(**{**config.to_dict(), **QUICK_RUN}), processes, model, tokens_per_example,
+                             min(train_examples, QUICK_RUN["max_train_samples"]),
+                             {name: min(size, QUICK_RUN["max_eval_samples"]) for name, size in eval_sizes.items()},
+                             peak)
+    epochs = (f"{config.max_steps} steps" if config.max_steps > 0
+              else f"{config.num_train_epochs:g} epoch{'' if config.num_train_epochs == 1 else 's'}")
+    return (f"estimate: {config.model_name_or_path} on {run.examples:,} training examples ({epochs}, with its "
+            f"evaluations) takes about {describe_duration(run.seconds)} on this CPU ({os.cpu_count() or 1} cores: "
+            f"{_flops(run.flops)} at {CPU_SHARE_OF_PEAK:.0%} of the {peak / 1e9:.0f} GFLOP/s its fp32 matmuls "
+            f"reach here); a GPU takes minutes. For a quick run add {QUICK_RUN_FLAGS} (about "
+            f"{describe_duration(quick.seconds)}).")
 
 
 def describe_duration(seconds: float) -> str:
@@ -76,12 +108,3 @@ def _flops(count: float) -> str:
     unit, scale = next((u, s) for u, s in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 0))
                        if count >= s)
     return f"{count / (scale or 1e6):.3g} {unit}"
-
-
-def cpu_estimate_message(model_name: str, run: CpuEstimate, quick: CpuEstimate, epochs: str) -> str:
-    cores = os.cpu_count() or 1
-    return (f"estimate: {model_name} on {run.examples:,} training examples ({epochs}) takes about "
-            f"{describe_duration(run.seconds)} on this CPU ({cores} cores: {_flops(run.flops)} at "
-            f"{CPU_SHARE_OF_PEAK:.0%} of the {run.peak_flops / 1e9:.0f} GFLOP/s its fp32 matmuls reach here). "
-            f"A GPU is far faster (README, Training: the cost of a run). For a quick run add "
-            f"--max_train_samples 2000 --num_train_epochs 1 (about {describe_duration(quick.seconds)}).")

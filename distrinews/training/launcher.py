@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import TrainConfig, parse_train_config
-from .hardware import LaunchPlan, list_gpus, plan_launch
+from .config import parse_train_config
+from .hardware import list_gpus, plan_launch
 from ..core.errors import EXIT_STOPPED
 
 # What a rank that failed with its documented code makes torch's elastic agent log (the rank already said why),
@@ -43,25 +43,12 @@ def launch(train_argv: Sequence[str], *, dry_run: bool = False, main_process_por
 
     report = preflight(config)
     if plan.on_cpu:
-        print(_cpu_estimate(config, plan, report), flush=True)
+        from .estimate import describe_cpu_cost
+
+        print(describe_cpu_cost(config, plan.processes, report.model, report.tokens_per_example,
+                                report.train_examples, report.eval_sizes), flush=True)
     del report  # the ranks load their own model; this one's memory goes before they start
     return _run_accelerate_launch(launch_args, Path(config.output_dir))
-
-
-def _cpu_estimate(config: TrainConfig, plan: LaunchPlan, report) -> str:
-    from .estimate import cpu_estimate_message, estimate_cpu_run, measure_matmul_flops
-
-    peak = measure_matmul_flops()
-
-    def estimate(train_examples: int, run: TrainConfig):
-        examples = run.total_steps(train_examples, plan.processes) * run.total_train_batch_size(plan.processes)
-        return estimate_cpu_run(report.model, examples, report.tokens_per_example, peak)
-
-    quick = TrainConfig(**{**config.to_dict(), "max_train_samples": 2000, "num_train_epochs": 1, "max_steps": -1})
-    epochs = (f"{config.max_steps} steps" if config.max_steps > 0
-              else f"{config.num_train_epochs:g} epoch{'' if config.num_train_epochs == 1 else 's'}")
-    return cpu_estimate_message(config.model_name_or_path, estimate(report.train_examples, config),
-                                estimate(min(report.train_examples, 2000), quick), epochs)
 
 
 def _run_accelerate_launch(launch_args: list[str], output_dir: Path) -> int:

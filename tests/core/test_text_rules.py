@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import ANY_TEXT, ODD_TEXTS
 from distrinews.core.modeling import load_classifier
-from distrinews.core.predict import MAX_CHARS_PER_TOKEN, predict_texts
+from distrinews.core.predict import predict_texts
+from distrinews.core.windows import MAX_CHARS_PER_TOKEN
 from distrinews.core.texts import TextError, check_text, clean_text
 from space_support import LABELS
 

@@ -87,13 +87,13 @@ def test_inference_benchmark_runs_every_path_at_a_tiny_size(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(output.read_text())
     assert results["latency_rounds"] == 2
-    assert set(results["paths"]) == {"pipeline", "ort-int8", "space-fp32", "space"}
+    assert set(results["paths"]) == {"pipeline", "ort-int8", "space-fp32", "space", "space-hf"}
     for name, row in results["paths"].items():
         assert 0 < row["p50_ms"] <= row["p99_ms"] and row["texts_per_s_32_clients"] > 0, (name, row)
         for key in ("p50_ms", "p99_ms"):  # the median over rounds lies within the rounds' [min, max]
             low, high = row[f"{key}_spread"]
             assert 0 < low <= row[key] <= high, (name, key, row)
-    for name in ("space-fp32", "space"):
+    for name in ("space-fp32", "space", "space-hf"):
         assert results["paths"][name]["statuses"] == {"200": 24}  # every request answered, no errors
     assert results["paths"]["space"]["quantization"] == "int8"
     assert 0 < results["paths"]["space"]["health_round_trip_p50_ms"] < results["paths"]["space"]["p50_ms"]
@@ -105,7 +105,8 @@ def test_inference_benchmark_runs_every_path_at_a_tiny_size(tmp_path):
     assert accuracy["fp32 (QUANTIZE=none)"]["agreement_with_fp32_pct"] == 100
     ratios = results["ratios"]
     assert set(ratios) >= {"p50_speedup_vs_pipeline", "p50_vs_ort_int8", "throughput_vs_pipeline_batch_32"}
-    for key in ("p50_speedup_vs_pipeline", "p50_vs_ort_int8"):
+    assert results["paths"]["space-hf"]["quantization"] == "int8"
+    for key in ("p50_speedup_vs_pipeline", "p50_vs_ort_int8", "p50_hf_route_over_api"):
         assert ratios[f"{key}_spread"][0] <= ratios[key] <= ratios[f"{key}_spread"][1]
 
     cold = results["cold_start"]

@@ -359,26 +359,26 @@ def test_the_space_serves_several_labels_over_http(multi_label_csv, tmp_path):
     assert all(abs(both["probabilities"][name] - reference[name]) < 0.02 for name in labels)
 
 
-def test_the_space_serves_named_labels_and_the_ui_says_which_it_gives(two_string_labels, multi_label_csv, tmp_path,
-                                                                      monkeypatch):
+def test_the_space_serves_named_labels_and_the_ui_says_which_it_gives(two_string_labels, multi_label_csv, tmp_path):
     """The app in-process (its lifespan loads the model): the API and the Classify tab's given labels."""
     from fastapi.testclient import TestClient
     from space_support import space_env
 
-    from app.app import app, given_labels
+    from distrinews.serving.service import ServingConfig
+    from distrinews.serving.web import create_app
+    from distrinews.serving.web.demo import Demo
 
     multi_label_model, text, _, top_two = _two_topics_model(multi_label_csv[0], tmp_path / "model")
     for model, labels, text, expected in ((two_string_labels[0] / "model", two_string_labels[1],
                                            words_of(0, 2, 6), ["spam"]),
                                           (multi_label_model, multi_label_csv[1], text, top_two)):
-        for key, value in space_env(str(model), tmp_path / "onnx", QUANTIZE="none").items():
-            monkeypatch.setenv(key, value)
+        app = create_app(ServingConfig.from_env(space_env(str(model), tmp_path / "onnx", QUANTIZE="none")))
         with TestClient(app) as client:
             _ready(client)
             info = client.get("/api/info").json()
             (prediction,) = client.post("/api/predict", json={"text": text}).json()["predictions"]
             scores = {"confidences": [{"label": k, "confidence": v} for k, v in prediction["probabilities"].items()]}
-            shown = given_labels(scores)
+            shown = Demo(app.state.serving).given_labels(scores)
         assert info["labels"] == list(labels) and prediction["labels"] == expected
         assert shown == f"**Given:** {', '.join(expected)}"
         if info["problem_type"] != MULTI:

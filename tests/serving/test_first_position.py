@@ -14,7 +14,8 @@ from transformers import (BertConfig, BertForSequenceClassification, DistilBertC
 from distrinews.serving.backends import OnnxInt8Backend, build_backend
 from distrinews.serving.first_position import read_first_position_only
 from distrinews.core.modeling import load_classifier
-from distrinews.core.predict import encode_texts, pad_batch, torch_probabilities
+from distrinews.core.predict import encode_windows, pad_batch, torch_logits
+from distrinews.core.windows import WindowPolicy
 
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=99,
              num_labels=4)
@@ -93,14 +94,15 @@ def test_decoder_classifiers_are_left_alone():
 
 def test_the_served_int8_graph_matches_the_unmodified_model(tiny_model, tmp_path):
     model, tokenizer = load_classifier(str(tiny_model))
-    reference = torch_probabilities(copy.deepcopy(model).eval())
+    reference = torch_logits(copy.deepcopy(model).eval())
     attention = model.config._attn_implementation
     backend = build_backend(model, "int8", cache_dir=tmp_path, cache_key="tiny")
     assert model.config._attn_implementation == attention  # exported with eager attention, then put back
     assert "FirstPosition" in type(_last_layer(model)).__name__  # the export came from the rewritten model
     assert isinstance(backend, OnnxInt8Backend)
     texts = ["the", "shares profit investors quarterly earnings merger", "nasa " * 40, "coach league"]
-    batch = pad_batch(encode_texts(tokenizer, texts, max_length=32)[0], tokenizer.pad_token_id)
-    assert np.abs(backend.probabilities(batch) - reference(batch)).max() < 5e-3
+    windows = [text.windows[0] for text in encode_windows(tokenizer, texts, WindowPolicy(32))]
+    batch = pad_batch(windows, tokenizer.pad_token_id)
+    assert np.abs(backend.logits(batch) - reference(batch)).max() < 5e-3
     torch_backend = build_backend(copy.deepcopy(model), "none", cache_dir=tmp_path, cache_key="tiny")
-    assert np.abs(torch_backend.probabilities(batch) - reference(batch)).max() < 1e-5
+    assert np.abs(torch_backend.logits(batch) - reference(batch)).max() < 1e-5

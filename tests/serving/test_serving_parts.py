@@ -14,8 +14,9 @@ from distrinews.core.errors import InferenceFailed, QueueFull, ServingConfigErro
 from distrinews.serving.batching import MicroBatcher
 from distrinews.serving.explain import explanation_from, occlusion_texts
 from distrinews.core.modeling import load_classifier
-from distrinews.core.predict import Prediction, encode_texts, length_sorted_chunks, model_task, pad_batch, \
-    predict_with, torch_probabilities
+from distrinews.core.predict import Prediction, encode_windows, length_sorted_chunks, model_task, pad_batch, \
+    predict_with, torch_logits
+from distrinews.core.windows import WindowPolicy, scores_from_logits
 from distrinews.serving.service import ServingConfig, texts_from_csv
 
 
@@ -23,19 +24,21 @@ def test_int8_onnx_export_agrees_with_fp32_on_padded_batches_and_is_cached(tiny_
     model, tokenizer = load_classifier(str(tiny_model))
     model.eval()
     path = export_int8_onnx(model, tmp_path, cache_folder_name(str(tiny_model), "local:abc"))
-    backend = OnnxInt8Backend(path, model_task(model), threads=1)
+    backend = OnnxInt8Backend(path, threads=1)
     texts = ["the", "shares profit investors quarterly earnings merger", "nasa " * 40, "coach league"]
-    ids, truncated = encode_texts(tokenizer, texts, max_length=32)
+    windowed = encode_windows(tokenizer, texts, WindowPolicy(32, max_windows=1))
+    ids, truncated = [t.windows[0] for t in windowed], [t.truncated for t in windowed]
     assert truncated == [False, False, True, False] and max(map(len, ids)) == 32
     assert ids == tokenizer(texts, truncation=True, max_length=32)["input_ids"]  # the Rust shortcut changes nothing
     batch = pad_batch(ids, tokenizer.pad_token_id)
     assert batch["input_ids"].shape == (4, 32) and batch["attention_mask"].sum(1).tolist() == list(map(len, ids))
-    fp32 = torch_probabilities(model)(batch)
-    int8 = backend.probabilities(batch)
+    fp32 = scores_from_logits(torch_logits(model)(batch), "softmax")
+    int8 = scores_from_logits(backend.logits(batch), "softmax")
     assert int8.shape == (4, 4) and np.allclose(int8.sum(1), 1, atol=1e-5)
     assert np.abs(int8 - fp32).max() < 5e-3
     # Padding must not change a text's result (the mask was really exported, not traced away).
-    alone = np.concatenate([backend.probabilities(pad_batch([row], tokenizer.pad_token_id)) for row in ids])
+    alone = np.concatenate([scores_from_logits(backend.logits(pad_batch([row], tokenizer.pad_token_id)), "softmax")
+                            for row in ids])
     assert np.abs(alone - int8).max() < 5e-3
     modified = path.stat().st_mtime_ns
     assert export_int8_onnx(model, tmp_path, cache_folder_name(str(tiny_model), "local:abc")) == path
@@ -93,7 +96,7 @@ def test_micro_batcher_batches_concurrent_requests_and_keeps_order():
 
     results, stats = asyncio.run(scenario())
     assert results == [[f"<{i}a>", f"<{i}b>"] for i in range(40)]
-    assert sum(sizes) == 80 == stats.texts and max(sizes) == 8 and len(sizes) < 40
+    assert sum(sizes) == 80 == stats.items and max(sizes) == 8 and len(sizes) < 40
 
 
 def test_micro_batcher_refuses_whole_requests_when_full_and_answers_every_accepted_one():
@@ -109,7 +112,7 @@ def test_micro_batcher_refuses_whole_requests_when_full_and_answers_every_accept
     answered = [o for o in outcomes if isinstance(o, list)]
     assert refused and answered and len(refused) + len(answered) == 12 == len(outcomes)
     assert all(o.retry_after_s >= 1 for o in refused) and stats.refused_requests == len(refused)
-    assert all(len(o) == 3 for o in answered) and stats.texts == 3 * len(answered)
+    assert all(len(o) == 3 for o in answered) and stats.items == 3 * len(answered)
 
 
 def test_a_failing_batch_fails_only_its_own_callers():
@@ -153,7 +156,7 @@ def test_a_batch_that_fails_is_rerun_one_text_at_a_time_so_only_the_culprit_fail
     for failed, index in ((outcomes[2], 0), (outcomes[4], 1)):
         assert isinstance(failed, InferenceFailed) and failed.indices == [index] and "refused" in str(failed)
     assert any(len(call) > 1 and "poison" in call for call in calls)  # they did share a batch
-    assert stats.isolated_batches >= 1 and stats.failed_texts == 2
+    assert stats.isolated_batches >= 1 and stats.failed_items == 2
 
 
 def test_inference_runs_off_the_event_loop_in_one_thread():
@@ -227,7 +230,7 @@ def test_occlusion_gives_the_driving_words_the_largest_weight():
 
 def test_occlusion_with_the_real_predict_path(tiny_model):
     model, tokenizer = load_classifier(str(tiny_model))
-    predict = lambda texts: predict_with(torch_probabilities(model.eval()), tokenizer,  # noqa: E731
+    predict = lambda texts: predict_with(torch_logits(model.eval()), tokenizer,  # noqa: E731
                                          model_task(model), texts, max_length=64)
     text = " ".join(["word"] * 70)
     explanation = explain_text(predict, text)

@@ -13,15 +13,16 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from distrinews.serving.backends import resolve_quantization
 from distrinews.core.modeling import load_classifier
 from distrinews.core.predict import predict_texts
+from distrinews.core.errors import ServingConfigError
+from distrinews.serving.service import ServingConfig
+from distrinews.serving.web import create_app
+from distrinews.serving.web.json_api import PredictResponse
 from space_support import CARD_TEST_ACCURACY, LABELS, space_env
 
 
-def _client(monkeypatch, model, cache_dir, **settings):
-    for key, value in space_env(str(model), cache_dir, **settings).items():
-        monkeypatch.setenv(key, value)
-    from app.app import app
-
-    return TestClient(app, raise_server_exceptions=False)
+def _client(model, cache_dir, **settings):
+    return TestClient(create_app(ServingConfig.from_env(space_env(str(model), cache_dir, **settings))),
+                      raise_server_exceptions=False)
 
 
 def _wait_ready(client: TestClient, timeout: float = 120) -> None:
@@ -37,12 +38,10 @@ def _wait_ready(client: TestClient, timeout: float = 120) -> None:
 
 @pytest.fixture(scope="module", params=["none", "int8"])
 def client(request, space_model, tmp_path_factory):
-    monkeypatch = pytest.MonkeyPatch()
-    with _client(monkeypatch, space_model, tmp_path_factory.mktemp("onnx"), QUANTIZE=request.param,
+    with _client(space_model, tmp_path_factory.mktemp("onnx"), QUANTIZE=request.param,
                  MAX_TEXTS_PER_REQUEST="8", MAX_BODY_BYTES="4096") as test_client:
         _wait_ready(test_client)
         yield test_client
-    monkeypatch.undo()
 
 
 def test_predict_one_and_many_match_the_package_predict_path(client, space_model):
@@ -57,8 +56,6 @@ def test_predict_one_and_many_match_the_package_predict_path(client, space_model
     assert one.status_code == many.status_code == 200, (one.text, many.text)
     body = many.json()
     assert many.headers["content-type"] == "application/json"
-    from app.app import PredictResponse
-
     assert PredictResponse.model_validate(body).model_dump() == body  # exactly the documented schema
     assert body["quantization"] == info["quantization"] and body["revision"] == info["resolved_revision"]
     assert [len(p["probabilities"]) for p in body["predictions"]] == [4, 4, 4]
@@ -72,17 +69,22 @@ def test_predict_one_and_many_match_the_package_predict_path(client, space_model
         for name in LABELS:
             assert got["probabilities"][name] == pytest.approx(want.probabilities[name], abs=tolerance)
         assert got["score"] == max(got["probabilities"].values()) and got["truncated"] is False
+        assert got["windows"] == 1
     # Dynamic int8 scales activations per batch, so a text alone and in a batch differ slightly there.
     assert one.json()["predictions"][0]["probabilities"] == pytest.approx(
         body["predictions"][0]["probabilities"], abs=tolerance)
 
 
-def test_overlong_text_is_truncated_and_the_response_says_so(client):
+def test_a_long_text_is_read_in_windows_and_one_past_them_is_flagged_truncated(client):
+    # 400 tokens: windows of 128 (126 between [CLS] and [SEP]) sharing 32 start 94 tokens apart: 4 windows.
     response = client.post("/api/predict", json={"texts": ["merger " * 400, "short one"]})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert [p["truncated"] for p in body["predictions"]] == [True, False]
-    assert body["max_length"] == 128 and "texts [0] were longer than 128 tokens" in body["warnings"][0]
+    assert [(p["windows"], p["truncated"]) for p in body["predictions"]] == [(4, False), (1, False)]
+    assert body["max_length"] == 128 and body["max_windows"] == 16 and not body["warnings"]
+    beyond = client.post("/api/predict", json={"texts": ["short one", "a " * 1800]}).json()  # 16 windows: 1,536
+    assert [(p["windows"], p["truncated"]) for p in beyond["predictions"]] == [(1, False), (16, True)]
+    assert "texts [1] were longer than 16 windows of 128 tokens" in beyond["warnings"][0]
 
 
 @pytest.mark.parametrize("body, status, message", [
@@ -128,9 +130,9 @@ def test_health_ready_docs_and_the_gradio_page(client):
     assert page.status_code == 200 and "gradio" in page.text.lower()
 
 
-def test_a_model_that_cannot_load_reports_503_with_the_reason(monkeypatch, tmp_path):
+def test_a_model_that_cannot_load_reports_503_with_the_reason(tmp_path):
     (tmp_path / "empty-model").mkdir()
-    with _client(monkeypatch, tmp_path / "empty-model", tmp_path / "onnx", QUANTIZE="none") as client:
+    with _client(tmp_path / "empty-model", tmp_path / "onnx", QUANTIZE="none") as client:
         deadline = time.monotonic() + 60
         while (ready := client.get("/api/ready")).json()["status"] == "loading" and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -141,8 +143,8 @@ def test_a_model_that_cannot_load_reports_503_with_the_reason(monkeypatch, tmp_p
         assert client.get("/api/health").status_code == 200
 
 
-def test_quantize_auto_picks_a_backend_and_reports_it(monkeypatch, space_model, tmp_path):
-    with _client(monkeypatch, space_model, tmp_path / "onnx", QUANTIZE="auto") as client:
+def test_quantize_auto_picks_a_backend_and_reports_it(space_model, tmp_path):
+    with _client(space_model, tmp_path / "onnx", QUANTIZE="auto") as client:
         _wait_ready(client)
         assert client.get("/api/info").json()["quantization"] == resolve_quantization("auto")
 
@@ -168,3 +170,74 @@ def test_fuzzed_request_bodies_never_get_a_5xx(client, body, raw):
         assert len(response.json()["predictions"]) == (1 if single else len(body["texts"]))
     garbage = client.post("/api/predict", content=raw, headers={"content-type": "application/json"})
     assert 400 <= garbage.status_code < 500 or garbage.status_code == 200, (raw, garbage.text)
+
+
+# ---------------------------------------------------------------- the Hugging Face inference route, in process
+
+def test_the_hf_route_answers_one_sorted_list_per_input_through_the_same_predict_path(client):
+    texts = ["shares profit investors", "coach league striker playoff season"]
+    hf = client.post("/", json={"inputs": texts, "parameters": {}, "options": {"wait_for_model": True}})
+    api = client.post("/api/predict", json={"texts": texts}).json()["predictions"]
+    assert hf.status_code == 200 and hf.headers["x-windows"] == "1,1", hf.text
+    for ranked, prediction in zip(hf.json(), api):
+        assert [e["score"] for e in ranked] == sorted((e["score"] for e in ranked), reverse=True)
+        assert {e["label"]: e["score"] for e in ranked} == pytest.approx(prediction["probabilities"], abs=5e-3)
+    one = client.post("/", json={"inputs": texts[0], "parameters": {"top_k": 9, "whatever": [1]}}).json()
+    assert len(one) == 1 and len(one[0]) == 4  # top_k above the label count: every label
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"inputs": ""}, 422, '"inputs" is empty or only whitespace'),
+    ({"inputs": ["fine", "\u200b"]}, 422, '"inputs" items [1] are empty'),
+    ({"inputs": []}, 422, '"inputs" is an empty list'),
+    ({}, 422, "body.inputs: Field required"),
+    ({"inputs": 3}, 422, "body.inputs"),
+    ({"inputs": "a", "parameters": {"top_k": 0}}, 422, "body.parameters.top_k: Input should be greater than"),
+    ({"inputs": "a", "parameters": {"top_k": True}}, 422, "body.parameters.top_k"),
+    ({"inputs": "a", "parameters": {"function_to_apply": "relu"}}, 422, "body.parameters.function_to_apply"),
+    ({"inputs": "a", "parameters": "top_k=1"}, 422, "body.parameters"),
+    ({"inputs": ["news"] * 9}, 422, '"inputs" has 9 items; at most 8 per request'),
+    ({"inputs": "x" * 5000}, 413, "larger than 4096 bytes"),
+], ids=lambda value: json.dumps(value)[:40] if not isinstance(value, int) else str(value))
+def test_bad_hf_requests_get_the_hf_error_shape_and_the_api_statuses(client, body, status, message):
+    response = client.post("/", json=body, headers={"authorization": "Bearer hf_NotReadNotEchoed"})
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"error", "error_type"} and message in response.json()["error"]
+    assert response.json()["error_type"] == {422: "validation", 413: "payload_too_large"}[status]
+    assert "hf_NotReadNotEchoed" not in response.text
+
+
+def test_cors_lets_any_origin_call_both_apis_by_default_and_leaves_the_page_alone(client):
+    origin = {"origin": "https://example.org"}
+    for path in ("/api/predict", "/"):
+        preflight = client.options(path, headers={**origin, "access-control-request-method": "POST",
+                                                  "access-control-request-headers": "authorization,content-type"})
+        assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
+        assert "authorization" in preflight.headers["access-control-allow-headers"]
+        assert "access-control-allow-credentials" not in preflight.headers
+    answer = client.post("/api/predict", json={"text": "stocks"}, headers=origin)
+    assert answer.headers["access-control-allow-origin"] == "*"
+    assert "server-timing" in answer.headers["access-control-expose-headers"].lower()
+    # The demo's own paths keep Gradio's CORS rules (which echo the origin): ours are only on the two APIs.
+    assert "access-control-expose-headers" not in client.get("/", headers=origin).headers
+
+
+def test_a_model_that_cannot_load_answers_the_hf_route_with_503_unhealthy(tmp_path):
+    (tmp_path / "empty-model").mkdir()
+    with _client(tmp_path / "empty-model", tmp_path / "onnx", QUANTIZE="none") as client:
+        deadline = time.monotonic() + 60
+        while client.get("/api/ready").json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        response = client.post("/", json={"inputs": "hello"})
+        assert response.status_code == 503 and response.json()["error_type"] == "unhealthy"
+        assert "failed to load" in response.json()["error"] and response.headers["retry-after"] == "5"
+
+
+def test_serving_settings_are_checked_up_front():
+    with pytest.raises(ServingConfigError, match="CORS_ALLOW_ORIGINS='https://ok.org,example.org/path'"):
+        ServingConfig(model_id="m", cors_allow_origins="https://ok.org,example.org/path")
+    with pytest.raises(ServingConfigError, match="MAX_WINDOWS=0: must be >= 1"):
+        ServingConfig(model_id="m", max_windows=0)
+    assert ServingConfig.from_env({"MODEL_ID": "m", "CORS_ALLOW_ORIGINS": ""}).cors_origins == []  # none
+    assert ServingConfig.from_env({"MODEL_ID": "m", "MAX_WINDOWS": " "}).max_windows == 16  # blank: the default
+    assert ServingConfig.from_env({"MODEL_ID": "m"}).cors_origins == ["*"]

@@ -8,48 +8,42 @@ JSON bytes a client would send: ``json.dumps`` writes a lone surrogate as the es
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import threading
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import ANY_TEXT, ODD_TEXTS, ag_news_rows
+from conftest import ANY_TEXT
 from distrinews.core.texts import clean_text
-from space_support import LABELS, space_env, uvicorn_server
-
-
-def _raw_json(body) -> bytes:
-    return json.dumps(body).encode("ascii")  # escapes every non-ASCII character, lone surrogates included
+from distrinews.serving.service import ServingConfig
+from distrinews.serving.web import create_app
+from distrinews.serving.web.demo import Demo
+from distrinews.serving.web.errors import ContainErrors
+from space_support import LABELS, assert_same_scores, hostile_plan, raw_json, send_concurrently, space_env, \
+    uvicorn_server
 
 
 # ---------------------------------------------------------------- the JSON API, in process
 
 @pytest.fixture(scope="module")
 def client(shipped_space_model, tmp_path_factory):
-    monkeypatch = pytest.MonkeyPatch()
-    for key, value in space_env(str(shipped_space_model), tmp_path_factory.mktemp("onnx"), QUANTIZE="int8",
-                                MAX_TEXTS_PER_REQUEST="8").items():
-        monkeypatch.setenv(key, value)
-    from app.app import app
-
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    config = ServingConfig.from_env(space_env(str(shipped_space_model), tmp_path_factory.mktemp("onnx"),
+                                              QUANTIZE="int8", MAX_TEXTS_PER_REQUEST="8"))
+    with TestClient(create_app(config), raise_server_exceptions=False) as test_client:
         deadline = time.monotonic() + 120
         while test_client.get("/api/ready").status_code != 200:
             assert time.monotonic() < deadline, test_client.get("/api/ready").text
             time.sleep(0.05)
         yield test_client
-    monkeypatch.undo()
 
 
 def _post(client, body):
-    return client.post("/api/predict", content=_raw_json(body), headers={"content-type": "application/json"})
+    return client.post("/api/predict", content=raw_json(body), headers={"content-type": "application/json"})
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -96,47 +90,25 @@ def server(shipped_space_model, tmp_path_factory):
         yield base_url, folder / "uvicorn.log"
 
 
-HOSTILE_BODIES = [*({"text": text} for text in ODD_TEXTS),
-                  {"texts": ["ok", "\udfff fine", "\x00"]}, {"text": 42}, {"texts": "no"}, [1, 2], {"text": ""}]
-
-
 def test_hostile_tenth_of_concurrent_traffic_fails_no_valid_request(server):
     base_url, log_path = server
-    headlines = [f"{title} {body}" for _, title, body in ag_news_rows(120, seed=11)]
-    total, concurrency = 600, 32
-    plan = [(True, HOSTILE_BODIES[i % len(HOSTILE_BODIES)]) if i % 10 == 3 else (False, {"text": headlines[i % 120]})
-            for i in range(total)]
-    answers: list = [None] * total
-
-    async def send_all():
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-            async def one(i):
-                hostile, body = plan[i]
-                raw = _raw_json(body)
-                async with session.post(f"{base_url}/api/predict", data=raw,
-                                        headers={"content-type": "application/json"}) as response:
-                    answers[i] = (response.status, await response.json())
-
-            async def worker(w):
-                for i in range(w, total, concurrency):
-                    await one(i)
-            await asyncio.gather(*(worker(w) for w in range(concurrency)))
-
-    asyncio.run(send_all())
+    plan = hostile_plan(600, lambda text: {"text": text})
+    answers = send_concurrently(f"{base_url}/api/predict", [body for _, body in plan])
     statuses = {}
     for (hostile, body), (status, _) in zip(plan, answers):
         statuses[(hostile, status)] = statuses.get((hostile, status), 0) + 1
     assert not any(status >= 500 for _, status in statuses), statuses
     valid = [(body["text"], answer[1]) for (hostile, body), answer in zip(plan, answers) if not hostile]
     assert all(answer["predictions"] for _, answer in valid), statuses
-    # The same label as each text gets when sent alone, to an idle server.
+    # What each text gets when sent alone, to an idle server (assert_same_scores says how close that is).
     alone = {}
     with KeepAliveConnection(base_url) as connection:
         for text in {text for text, _ in valid}:
-            alone[text] = connection.post({"text": text})["predictions"][0]["label"]
-    assert all(answer["predictions"][0]["label"] == alone[text] for text, answer in valid)
+            alone[text] = connection.post({"text": text})["predictions"][0]["probabilities"]
+    for text, answer in valid:
+        assert_same_scores(answer["predictions"][0]["probabilities"], alone[text])
     assert "inference failed" not in log_path.read_text()
-    print(f"hostile load: {total} requests, statuses (hostile?, status): {statuses}")
+    print(f"hostile load: {len(plan)} requests, statuses (hostile?, status): {statuses}")
 
 
 class KeepAliveConnection:
@@ -167,7 +139,7 @@ class KeepAliveConnection:
         return status, self.reader.read(length)
 
     def post(self, body) -> dict:
-        status, reply = self.send(b"POST", b"/api/predict", _raw_json(body))
+        status, reply = self.send(b"POST", b"/api/predict", raw_json(body))
         assert status == 200, reply
         return json.loads(reply)
 
@@ -185,8 +157,6 @@ def test_a_keep_alive_connection_survives_4xx_answers(server):
 def test_an_unexpected_error_is_a_json_500_and_the_connection_stays_open():
     import uvicorn
     from fastapi import FastAPI
-
-    from app.app import ContainErrors
 
     app = FastAPI()
 
@@ -222,7 +192,9 @@ def test_an_unexpected_error_is_a_json_500_and_the_connection_stays_open():
 def test_the_demo_tabs_take_any_text_and_any_upload(client, tmp_path):
     import gradio as gr
 
-    from app.app import classify, classify_many, explain
+    demo = Demo(client.app.state.serving)
+    demo.cache_dir = tmp_path / "gradio-cache"
+    classify, classify_many, explain = demo.classify, demo.classify_many, demo.explain
 
     async def scenario():
         assert set(await classify("\ud800 stocks \x00 rally")) == set(LABELS)

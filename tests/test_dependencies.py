@@ -76,7 +76,9 @@ def _third_party_imports(folder: str) -> dict[str, Path]:
 
 @functools.cache
 def _distributions(module: str) -> frozenset[str]:
-    return frozenset(_canonical(name) for name in _installed().get(module, []))
+    """The distributions that install ``module`` here; one not installed in this environment (an extra the
+    README's test install leaves out, e.g. `bench`) is taken to be named like it."""
+    return frozenset(_canonical(name) for name in _installed().get(module, [module]))
 
 
 @functools.cache

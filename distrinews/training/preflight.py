@@ -46,8 +46,6 @@ def preflight(config: TrainConfig, say: Callable[[str], None] = print) -> Prefli
     # Imported after the Hub check: the datasets library reads HF_HUB_OFFLINE once, at import.
     from .data import DataOptions, checked_max_length, load_labelled_data
     from ..core.modeling import load_classifier
-    from ..core.predict import encode_windows
-    from ..core.windows import WindowPolicy
 
     import datasets
     from transformers.utils import logging as transformers_logging
@@ -62,11 +60,9 @@ def preflight(config: TrainConfig, say: Callable[[str], None] = print) -> Prefli
     if unreachable:
         say(f"warning: {unreachable}: training offline from the local cache (HF_HUB_OFFLINE=1)")
     max_length = checked_max_length(config.max_length, model, tokenizer, config.model_name_or_path, warn=say)
-    # Training reads each text's first max_length tokens: one window, as the ranks tokenize it.
-    sample = encode_windows(tokenizer, data.splits["train"]["text"][:TOKENS_SAMPLE],
-                            WindowPolicy(max_length, max_windows=1))
-    token_ids = [text.windows[0] for text in sample]
     splits = data.splits
+    # Counted as the ranks tokenize (training/data.py: tokenize_splits), on a sample.
+    token_ids = tokenizer(splits["train"]["text"][:TOKENS_SAMPLE], truncation=True, max_length=max_length)["input_ids"]
     return PreflightReport(model=model, tokenizer=tokenizer, train_examples=len(splits["train"]),
                            eval_sizes={name: len(splits[name]) for name in ("validation", "test") if name in splits},
                            tokens_per_example=sum(map(len, token_ids)) / len(token_ids), offline=bool(unreachable))

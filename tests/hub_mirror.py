@@ -8,9 +8,10 @@ Space) can then be tested over real HTTP with ``HF_ENDPOINT`` pointing at the mi
         subprocess.run([...], env={**os.environ, **mirror.client_env(tmp_path / "hf-home")})
 
 olah is run offline (``[accessibility] offline = true``) with its upstream pointed at a closed loopback
-port, so nothing can leak to the real Hub; repos live under ``mirrors-path`` as ``models/ORG/NAME`` git
-repositories. Metadata caching is off, so new commits are served at once. ``GET /`` answers 500 in
-olah, hence readiness is probed on a repo route. Its ``model_info`` needs an explicit ``revision``.
+port, so nothing can leak to the real Hub; repos live under ``mirrors-path`` as ``models/ORG/NAME`` (or
+``datasets/ORG/NAME``) git repositories. Metadata caching is off, so new commits are served at once. ``GET /``
+answers 500 in olah, hence readiness is probed on a repo route. Its ``model_info`` and ``dataset_info`` need an
+explicit ``revision`` (``datasets.load_dataset(..., revision=SHA)``; a dataset repo needs a README.md too).
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ class HubMirror:
 
     # ---- repositories -------------------------------------------------------------------------------
 
-    def commit(self, repo_id: str, folder: Path, message: str) -> str:
+    def commit(self, repo_id: str, folder: Path, message: str, repo_type: str = "model") -> str:
         """Make the repo's ``main`` hold exactly the files of ``folder``; return the new commit sha."""
-        repo = self.mirrors / "models" / repo_id
+        repo = self.mirrors / f"{repo_type}s" / repo_id
         if not (repo / ".git").is_dir():
             repo.mkdir(parents=True, exist_ok=True)
             self._git(repo, "init", "-q", "-b", "main")
@@ -63,7 +64,7 @@ class HubMirror:
         self._git(repo, "-c", "commit.gpgsign=false", "commit", "-q", "--allow-empty", "-m", message)
         sha = self._git(repo, "rev-parse", "HEAD").strip()
         if self._process is not None:
-            self._wait_for(repo_id, sha)
+            self._wait_for(repo_id, sha, repo_type)
         return sha
 
     @staticmethod
@@ -116,9 +117,9 @@ offline = true
                 self._process.wait()
             self._process = None
 
-    def _wait_for(self, repo_id: str, sha: str | None) -> None:
+    def _wait_for(self, repo_id: str, sha: str | None, repo_type: str = "model") -> None:
         """Until olah answers for ``repo_id`` (any HTTP answer when ``sha`` is None; ``main`` at ``sha`` otherwise)."""
-        url = f"{self.endpoint}/api/models/{repo_id}/revision/main"
+        url = f"{self.endpoint}/api/{repo_type}s/{repo_id}/revision/main"
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:

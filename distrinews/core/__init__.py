@@ -1,4 +1,5 @@
-"""The shared core: label names, text rules, the one loader and the one predict path, the errors.
+"""The shared core: the task objects, dataset presets, text rules, the one loader and the one predict path, the
+errors.
 
 Imports neither training nor serving libraries (no accelerate, datasets, fastapi, gradio, onnxruntime).
 """

@@ -2,9 +2,10 @@
 
 ``resolve_model_folder`` turns a local folder or a Hub repo id (+ revision) into one local folder (for the Hub: the
 HF-cache snapshot of one commit), used by the one loader (``distrinews.core.modeling.load_classifier``) and by the
-Space. ``read_serving_files`` reads what the Space needs besides the graph: label names, the longest input and
-the tokenizer, straight from ``config.json``, ``tokenizer_config.json`` and ``tokenizer.json``, so a Space
-serving a shipped int8 graph never imports torch or transformers (seconds of every cold start).
+Space. ``read_serving_files`` reads what the Space needs besides the graph: the task (label names, problem type,
+decision threshold), the longest input and the tokenizer, straight from ``config.json``, ``tokenizer_config.json``
+and ``tokenizer.json``, so a Space serving a shipped int8 graph never imports torch or transformers (seconds of
+every cold start).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError
+from .tasks import Task, task_from_config
 
 PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
 # What loading a classifier needs: config, safetensors weights and tokenizer files, plus the model card (the
@@ -63,7 +65,7 @@ def resolve_model_folder(model_id_or_path: str, revision: str | None = None,
 class ServingFiles:
     """What a served classifier is besides its weights, read from the model's own files."""
 
-    labels: list[str]
+    task: Task
     max_length: int  # the most tokens the model can read
     tokenizer: Any  # a ``tokenizers.Tokenizer``
     pad_id: int
@@ -80,14 +82,13 @@ def read_serving_files(folder: Path) -> ServingFiles | None:
 
     config = _read_json(folder / "config.json")
     tokenizer_config = _read_json(folder / "tokenizer_config.json", missing_ok=True)
-    id2label = {int(index): name for index, name in (config.get("id2label") or {}).items()}
-    labels = [id2label.get(i, f"LABEL_{i}") for i in range(config.get("num_labels") or len(id2label))]
-    if not labels:
+    task = task_from_config(config)
+    if not task.labels:
         raise ModelLoadError(f"{folder / 'config.json'} names no labels (id2label); is this a classifier?")
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     pad_token = tokenizer_config.get("pad_token")
     pad_id = tokenizer.token_to_id(pad_token) if isinstance(pad_token, str) else None
-    return ServingFiles(labels=labels,
+    return ServingFiles(task=task,
                         max_length=max_input_length(config.get("max_position_embeddings"),
                                                     tokenizer_config.get("model_max_length")),
                         tokenizer=tokenizer, pad_id=pad_id if pad_id is not None else 0,

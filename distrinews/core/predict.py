@@ -1,4 +1,4 @@
-"""The one prediction path: texts in, label + every class probability out.
+"""The one prediction path: texts in, the labels the model gives + every label's probability out.
 
 Used by ``distrinews predict``, ``distrinews evaluate``, the notebook and the Space. Texts are cleaned
 (``distrinews.core.texts``: any string is accepted, so one odd text cannot fail the others), tokenized once into
@@ -6,8 +6,10 @@ windows of ``max_length`` tokens (``distrinews.core.windows``: a long article is
 windows whose scores are combined), sorted by length and cut into batches whose padding stays small, and the
 original order is restored before returning. The model itself is any ``LogitsFn`` (a padded batch of token ids in,
 logits out): the torch model here, or the ONNX Runtime session of ``distrinews.serving.backends``; both go
-through ``predict_with`` so they cannot drift apart. This module imports torch only when a torch model is run:
-the Space's int8 path never loads it.
+through ``predict_with`` so they cannot drift apart. What the logits mean is the model's task
+(``distrinews.core.tasks``, from its config): softmax probabilities and the most probable label, or a sigmoid per
+label and every label at or above the decision threshold (multi-label). This module imports torch only when a torch
+model is run: the Space's int8 path never loads it.
 """
 
 from __future__ import annotations
@@ -20,44 +22,46 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .model_files import max_input_length
+from .tasks import Task, task_from_config
 from .texts import clean_text, each_text
 from .windows import TextWindows, WindowPolicy, bounded_texts, combine_window_scores, scores_from_logits
 
 # A padded batch ({"input_ids", "attention_mask"} as int64 arrays of shape (rows, length)) -> (rows, classes) logits.
 LogitsFn = Callable[[dict[str, np.ndarray]], np.ndarray]
-# The model's own score function; function_to_apply (the HF inference protocol) may ask for another one.
-DEFAULT_SCORE_FUNCTION = "softmax"
 
 
 @dataclass
 class Prediction:
-    label: str
-    score: float
+    label: str  # the most probable label
+    score: float  # its probability
     probabilities: dict[str, float]
     truncated: bool  # part of the text was not read: it needed more than max_windows windows
+    labels: list[str] = field(default_factory=list)  # the labels given, most probable first (multi-label: any)
     windows: int = 1  # windows of max_length tokens read
+    score_function: str = "softmax"  # the model's own (its task's): softmax, or sigmoid for multi-label
     window_logits: np.ndarray | None = field(default=None, repr=False, compare=False)  # (windows, classes)
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "score": self.score, "probabilities": self.probabilities,
-                "truncated": self.truncated, "windows": self.windows}
+        return {"label": self.label, "score": self.score, "labels": self.labels,
+                "probabilities": self.probabilities, "truncated": self.truncated, "windows": self.windows}
 
     def scores(self, function: str) -> dict[str, float]:
         """Every label's score under ``function`` (softmax, sigmoid or none), windows combined as that kind
         of score combines."""
-        if function == DEFAULT_SCORE_FUNCTION or self.window_logits is None:
+        if function == self.score_function or self.window_logits is None:
             return self.probabilities
         combined = combine_window_scores(scores_from_logits(self.window_logits, function), function)
         return dict(zip(self.probabilities, combined.tolist()))
 
 
-def prediction_from_windows(labels: Sequence[str], window_logits: np.ndarray, truncated: bool) -> Prediction:
-    """A text's prediction from its windows' logits, combined by the model's score function."""
-    combined = combine_window_scores(scores_from_logits(window_logits, DEFAULT_SCORE_FUNCTION),
-                                     DEFAULT_SCORE_FUNCTION).tolist()
+def prediction_from_windows(task: Task, window_logits: np.ndarray, truncated: bool) -> Prediction:
+    """A text's prediction from its windows' logits: the task's scores of each window, combined as that kind of
+    score combines (mean of softmax, max of sigmoid), and the labels the task gives for them."""
+    combined = combine_window_scores(task.probabilities(window_logits), task.score_function).tolist()
     best = max(range(len(combined)), key=combined.__getitem__)
-    return Prediction(label=labels[best], score=combined[best], probabilities=dict(zip(labels, combined)),
-                      truncated=truncated, windows=len(window_logits), window_logits=window_logits)
+    return Prediction(label=task.labels[best], score=combined[best], probabilities=dict(zip(task.labels, combined)),
+                      truncated=truncated, labels=[task.labels[i] for i in task.chosen(combined)],
+                      windows=len(window_logits), score_function=task.score_function, window_logits=window_logits)
 
 
 def model_max_length(model, tokenizer) -> int:
@@ -65,8 +69,9 @@ def model_max_length(model, tokenizer) -> int:
                             getattr(tokenizer, "model_max_length", None))
 
 
-def label_names(model) -> list[str]:
-    return [model.config.id2label[i] for i in range(model.config.num_labels)]
+def model_task(model) -> Task:
+    """The task a loaded transformers model was trained for (its config's labels, problem type, threshold)."""
+    return task_from_config(model.config)
 
 
 @dataclass
@@ -198,21 +203,21 @@ def window_logits(logits_of: LogitsFn, windows: Sequence[Sequence[int]], pad_id:
     return results
 
 
-def predictions_from(labels: Sequence[str], texts: Sequence[TextWindows],
-                     logits: Sequence[np.ndarray]) -> list[Prediction]:
+def predictions_from(task: Task, texts: Sequence[TextWindows], logits: Sequence[np.ndarray]) -> list[Prediction]:
     """Each text's prediction from the logits of every window of ``texts``, flattened in order."""
     predictions, start = [], 0
     for text in texts:
         end = start + len(text.windows)
-        predictions.append(prediction_from_windows(labels, np.stack(logits[start:end]), text.truncated))
+        predictions.append(prediction_from_windows(task, np.stack(logits[start:end]), text.truncated))
         start = end
     return predictions
 
 
-def predict_with(logits_of: LogitsFn, tokenizer, labels: Sequence[str], texts: Sequence[str], *,
+def predict_with(logits_of: LogitsFn, tokenizer, task: Task, texts: Sequence[str], *,
                  max_length: int, batch_size: int = 64, pad_to_multiple_of: int = 8,
                  policy: WindowPolicy | None = None) -> list[Prediction]:
-    """Classify ``texts`` with any ``LogitsFn``: windows in length-sorted batches, results in the input order.
+    """Classify ``texts`` with any ``LogitsFn``: windows in length-sorted batches, results in the input order;
+    ``task`` names the labels and decides which the scores give.
 
     Any string is accepted (``distrinews.core.texts.clean_text``); an empty one is classified as the model sees it,
     from its special tokens alone. ``tokenizer`` is a transformers tokenizer or an ``Encoder``. ``policy`` (default:
@@ -227,7 +232,7 @@ def predict_with(logits_of: LogitsFn, tokenizer, labels: Sequence[str], texts: S
     flat = [ids for text in windowed for ids in text.windows]
     logits = window_logits(logits_of, flat, pad_id_of(encoder), batch_size=batch_size,
                            pad_to_multiple_of=pad_to_multiple_of)
-    return predictions_from(labels, windowed, logits)
+    return predictions_from(task, windowed, logits)
 
 
 def torch_logits(model) -> LogitsFn:
@@ -249,7 +254,7 @@ def predict_texts(model, tokenizer, texts: Sequence[str], *, max_length: int | N
     was_training = model.training
     model.eval()
     try:
-        return predict_with(torch_logits(model), tokenizer, label_names(model), texts,
+        return predict_with(torch_logits(model), tokenizer, model_task(model), texts,
                             max_length=max_length or model_max_length(model, tokenizer), batch_size=batch_size,
                             policy=policy)
     finally:

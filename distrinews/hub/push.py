@@ -26,9 +26,11 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from huggingface_hub.utils import filter_repo_objects
 
 from .. import __version__
-from .model_card import write_model_card
+from ..training.model_card import write_model_card
 from ..core.atomic import write_json
 from ..core.errors import HubInputError, HubPushError, ModelCardError, ModelLoadError
+from ..core.formats import AG_NEWS, dataset_display_name, preset_named
+from ..training.reporting import HEADLINE_METRICS
 
 TRANSIENT_STATUS_CODES = (408, 429, 500, 502, 503, 504)
 # Weights from an earlier push that this commit does not overwrite would be loaded instead of (or mixed
@@ -102,6 +104,7 @@ def push_run_to_hub(run_dir: str | Path, repo_id: str, *, private: bool = False,
         raise HubPushError(f"{err}; nothing was pushed") from None
     ship_serving_graph(model_dir, log)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    dataset = json.loads((run_dir / "train_config.json").read_text(encoding="utf-8"))["dataset"]
     api = HfApi(token=token, library_name="distrinews", library_version=__version__)
 
     def push_once():
@@ -110,7 +113,7 @@ def push_run_to_hub(run_dir: str | Path, repo_id: str, *, private: bool = False,
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         # upload_folder makes one commit for a folder this small (the Xet pipeline batches 250 files per commit).
         commit = api.upload_folder(folder_path=model_dir, repo_id=repo_id, revision=revision,
-                                   commit_message=_commit_message(metrics),
+                                   commit_message=_commit_message(metrics, dataset),
                                    commit_description=_commit_description(metrics),
                                    delete_patterns=_stale_weight_files(api, repo_id, revision))
         # An existing repo keeps its visibility whatever was asked for, so read it back.
@@ -211,20 +214,21 @@ def _server_message(err: HfHubHTTPError) -> str:
     return getattr(err, "server_message", None) or str(err).splitlines()[0]
 
 
-def _commit_message(metrics: dict) -> str:
+def _commit_message(metrics: dict, dataset: str) -> str:
     test = metrics["test"]
-    return (f"DistriNews: AG News classifier, test accuracy {test['accuracy']:.4f}, "
-            f"macro-F1 {test['macro_f1']:.4f}")
+    preset = preset_named((metrics.get("data") or {"preset": AG_NEWS.key}).get("preset"))
+    scores = ", ".join(f"{title} {test[key]:.4f}" for key, title in HEADLINE_METRICS if key in test)
+    return f"DistriNews: {dataset_display_name(dataset, preset)} classifier, test {scores}"
 
 
 def _commit_description(metrics: dict) -> str:
-    train = metrics["train"]
+    train, validation = metrics["train"], metrics["validation"]
+    selected = metrics.get("metric_for_best_model", "accuracy")
     return (f"Trained with DistriNews {__version__} on {train['num_processes']} process(es) "
             f"({train['hardware']}), mixed precision {train['mixed_precision']}, effective batch size "
             f"{train['total_train_batch_size']}, {metrics['global_step']} optimizer steps; weights from step "
             f"{metrics['selected_step']} ({metrics['model_selection']}), "
-            + (f"validation accuracy {metrics['validation']['accuracy']:.4f}." if metrics["validation"]
-               else "no validation split."))
+            + (f"validation {selected} {validation[selected]:.4f}." if validation else "no validation split."))
 
 
 def _kaggle_secret(label: str) -> str | None:

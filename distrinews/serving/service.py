@@ -34,8 +34,10 @@ from .batching import MicroBatcher
 from .explain import MAX_WORDS, Explanation, explanation_from, occlusion_texts
 from ..core.errors import InferenceFailed, ModelLoadError, RequestTooLarge, ServingConfigError
 from ..core.model_files import read_serving_files, resolve_model_folder
-from ..core.predict import Encoder, Prediction, encode_windows, encoder_for, label_names, model_max_length, \
+from ..core.formats import AG_NEWS
+from ..core.predict import Encoder, Prediction, encode_windows, encoder_for, model_max_length, model_task, \
     pad_id_of, predict_with, predictions_from, window_logits
+from ..core.tasks import Task
 from ..core.texts import check_text, check_texts, clean_text
 from ..core.windows import DEFAULT_MAX_WINDOWS, TextWindows, WindowPolicy
 
@@ -161,7 +163,7 @@ class ServedModel:
 
     backend: Any  # TorchBackend or OnnxInt8Backend: .logits and .quantization
     encoder: Any  # an Encoder, or a slow transformers tokenizer
-    labels: list[str]
+    task: Task  # the labels, and which of them a row of scores gives
     policy: WindowPolicy
 
     @property
@@ -188,7 +190,7 @@ def load_served_model(folder: Path, quantization: str, config: ServingConfig, *,
         files = read_serving_files(folder) if graph else None
         if graph and files:  # the cold-start path: no torch, no transformers
             policy = window_policy(config, files.max_length)
-            return ServedModel(OnnxInt8Backend(graph, threads), Encoder.from_files(files, policy), files.labels,
+            return ServedModel(OnnxInt8Backend(graph, threads), Encoder.from_files(files, policy), files.task,
                                policy)
     try:
         from ..core.modeling import load_classifier
@@ -200,7 +202,7 @@ def load_served_model(folder: Path, quantization: str, config: ServingConfig, *,
     model, tokenizer = load_classifier(str(folder))
     policy = window_policy(config, model_max_length(model, tokenizer))
     backend = build_backend(model, quantization, cache_dir=cache_dir, cache_key=cache_key, threads=threads)
-    return ServedModel(backend, encoder_for(tokenizer, policy) or tokenizer, label_names(model), policy)
+    return ServedModel(backend, encoder_for(tokenizer, policy) or tokenizer, model_task(model), policy)
 
 
 def _if_file(path: Path) -> Path | None:
@@ -219,7 +221,7 @@ class ClassifierService:
         self.config = config
         self.backend = served.backend
         self.encoder = served.encoder
-        self.labels = served.labels
+        self.task = served.task
         self.policy = served.policy
         self.max_length = served.max_length
         self.resolved_revision = resolved_revision
@@ -248,6 +250,10 @@ class ClassifierService:
         return service
 
     @property
+    def labels(self) -> list[str]:
+        return list(self.task.labels)
+
+    @property
     def quantization(self) -> str:
         return self.backend.quantization
 
@@ -260,7 +266,7 @@ class ClassifierService:
 
     def predict_now(self, texts: Sequence[str]) -> list[Prediction]:
         """Synchronous, unbatched: the one predict path with this service's backend."""
-        return predict_with(self.backend.logits, self.encoder, self.labels, texts, max_length=self.max_length,
+        return predict_with(self.backend.logits, self.encoder, self.task, texts, max_length=self.max_length,
                             batch_size=self.config.max_batch_size, policy=self.policy,
                             pad_to_multiple_of=1)  # CPU: padding is wasted work
 
@@ -290,7 +296,7 @@ class ClassifierService:
         except InferenceFailed as err:  # name the texts, not their windows
             raise InferenceFailed(sorted({owners[i] for i in err.indices}), err.error) from None
         self.texts_classified += len(windowed)
-        return predictions_from(self.labels, windowed, logits)
+        return predictions_from(self.task, windowed, logits)
 
     async def _windows(self, texts: list[str]) -> list[TextWindows]:
         if sum(map(len, texts)) <= TOKENIZE_ON_LOOP_CHARS:
@@ -310,7 +316,8 @@ class ClassifierService:
     def info(self) -> dict[str, Any]:
         return {
             "model_id": self.config.model_id, "revision": self.config.revision or None,
-            "resolved_revision": self.resolved_revision, "labels": self.labels,
+            "resolved_revision": self.resolved_revision, "labels": list(self.task.labels),
+            "problem_type": self.task.problem_type, "threshold": self.task.threshold,
             "test_metrics": [dataclasses.asdict(m) for m in self.card_metrics],
             "quantization": self.quantization, "max_length": self.max_length,
             "max_windows": self.policy.max_windows, "window_stride": self.policy.stride,
@@ -338,7 +345,7 @@ def texts_from_csv(path: str | Path, limit: int) -> list[str]:
     if "text" in header:
         column = header.index("text")
         texts = [row[column] for row in rows[1:] if len(row) > column]
-    elif len(rows[0]) == 3 and rows[0][0].strip() in {"1", "2", "3", "4"}:
+    elif AG_NEWS.is_original_row(rows[0]):
         texts = [f"{row[1]} {row[2]}" for row in rows if len(row) == 3]
     else:
         texts = [row[0] for row in rows]

@@ -23,7 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import SAME, TrainConfig
+from ..core.formats import AG_NEWS
 from ..core.errors import CheckpointMismatchError, CheckpointWriteError, OutputDirError
 
 COMPLETE_MARKER = "COMPLETE"
@@ -43,8 +44,10 @@ class TrainerState:
     global_step: int = 0
     epoch: int = 0
     batches_done_in_epoch: int = 0  # micro-batches of `epoch` already trained on
-    best_validation_accuracy: float = -1.0
+    best_metric: float | None = None  # the best metric_for_best_model so far (None before the first evaluation)
     best_step: int = -1
+    evaluations_without_improvement: int = 0  # the early-stopping patience used up so far
+    stop_reason: str = ""  # set when early stopping ends training before total_steps
     train_seconds: float = 0.0  # time spent in training steps, summed over every resumed attempt
     run_signature: dict = field(default_factory=dict)  # what a resuming run must match (run_signature())
 
@@ -53,7 +56,11 @@ class TrainerState:
 
     @classmethod
     def load(cls, path: Path) -> "TrainerState":
-        return cls(**json.loads(path.read_text()))
+        values = json.loads(path.read_text())
+        if "best_validation_accuracy" in values:  # checkpoints from before metric_for_best_model: accuracy
+            best = values.pop("best_validation_accuracy")
+            values["best_metric"] = None if best < 0 else best
+        return cls(**values)
 
 
 def data_fingerprint(lengths: Sequence[int], labels: Sequence[int]) -> str:
@@ -63,41 +70,38 @@ def data_fingerprint(lengths: Sequence[int], labels: Sequence[int]) -> str:
     return f"{len(lengths)} examples, crc32 {crc:08x}"
 
 
-# Signature keys newer than some checkpoints, with the value every run had before they existed.
-SIGNATURE_KEYS_ADDED_LATER = {"head_learning_rate": 0.0, "layer_lr_decay": 1.0, "model_selection": "best_validation",
-                              "rdrop_weight": 0.0}
+# What checkpoints written before these settings existed did: kept the best validation weights, and trained on
+# the four AG News topics (the one label set there was).
+SIGNATURE_VALUES_BEFORE_THEIR_SETTING = {"model_selection": "best_validation", "labels": list(AG_NEWS.label_names)}
 
 
-def run_signature(config: TrainConfig, num_processes: int, train_data: str, total_steps: int) -> dict:
+def run_signature(config: TrainConfig, num_processes: int, train_data: str, total_steps: int,
+                  labels: Sequence[str]) -> dict:
     """The settings a resumed run must share with the checkpoint to continue the same training.
 
-    The data position is a global batch index, so the global micro-batch (per-device batch x processes)
-    and gradient accumulation must match; the number of processes alone may change. The optimizer and
-    scheduler state carry the learning-rate schedule, which a changed value would silently not reach.
-    ``model_selection`` decides which evaluations kept weights before the checkpoint, so it cannot change either.
+    Every config field marked ``resume=SAME`` (distrinews/training/config.py), by value; fields that only shape
+    the training data through its content (``train_data``: lengths and labels of the tokenized split) and the
+    label names; and two derived values. The data position is a global batch index, so the global micro-batch
+    (per-device batch x processes) must match, while the number of processes alone may change; the scheduler
+    carries the total step count.
     """
-    return {
-        "model_name_or_path": config.model_name_or_path,
-        "train_data": train_data,
-        "seed": config.seed,
-        "group_by_length": config.group_by_length,
-        "examples_per_micro_batch": config.per_device_train_batch_size * num_processes,
-        "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "total_steps": total_steps,
-        "learning_rate": config.learning_rate,
-        "head_learning_rate": config.head_learning_rate,
-        "layer_lr_decay": config.layer_lr_decay,
-        "lr_scheduler_type": config.lr_scheduler_type,
-        "warmup_ratio": config.warmup_ratio,
-        "weight_decay": config.weight_decay,
-        "rdrop_weight": config.rdrop_weight,
-        "model_selection": config.model_selection,
-    }
+    signature = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata["resume"] == SAME}
+    return {**signature, "train_data": train_data, "labels": list(labels),
+            "examples_per_micro_batch": config.per_device_train_batch_size * num_processes,
+            "total_steps": total_steps}
+
+
+def _value_before_setting_existed(key: str):
+    """A checkpoint that lacks a key predates that setting, so it ran with the setting's default."""
+    if key in SIGNATURE_VALUES_BEFORE_THEIR_SETTING:
+        return SIGNATURE_VALUES_BEFORE_THEIR_SETTING[key]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return defaults.get(key, "(not recorded)")
 
 
 def check_resumable(checkpoint: Path, saved: dict, current: dict) -> None:
     """Raise CheckpointMismatchError naming every setting that differs from the checkpoint's run."""
-    saved = {**SIGNATURE_KEYS_ADDED_LATER, **saved}  # checkpoints written before these settings existed
+    saved = {**{key: _value_before_setting_existed(key) for key in current}, **saved}
     differences = [f"{key}: checkpoint {saved.get(key, '(not recorded)')!r}, this run {value!r}"
                    for key, value in current.items() if saved.get(key) != value]
     if differences:

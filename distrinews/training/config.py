@@ -17,11 +17,20 @@ from typing import Any, Sequence
 
 import yaml
 from ..core.errors import ConfigError
+from ..core.tasks import MULTI_LABEL, PROBLEM_TYPES, MultiLabelTask, SingleLabelTask, make_task
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 MODEL_SELECTIONS = ("last", "best_validation")
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio", "all")
 HUB_STRATEGIES = ("end", "checkpoint")
+SELECTION_METRICS = ("auto", *dict.fromkeys(SingleLabelTask.selection_metrics + MultiLabelTask.selection_metrics))
+
+# What a field means for resuming (checkpoint.run_signature reads it, so no field can be forgotten):
+SAME = "same"  # a checkpoint resumes only under the same value: it changes what the steps compute
+DATA = "data"  # reaches training only through the training data, which the signature compares by content
+DERIVED = "derived"  # compared through a value derived from it (examples per micro-batch, total steps)
+FREE = "free"  # may differ between the attempts of one run (where files go, logging, the Hub, workers)
+RESUME_KINDS = (SAME, DATA, DERIVED, FREE)
 
 
 # Seeds feed numpy's and torch's generators, whose seeds are unsigned 32-bit numbers.
@@ -49,15 +58,17 @@ class Bounds:
         return f"must be in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
 
 
-def _doc(text: str, choices: Sequence[str] = (), *, minimum: float | None = None, above: float | None = None,
-         maximum: float | None = None, below: float | None = None, note: str = "", **kwargs: Any) -> Any:
-    """A config field: its help, its allowed values (``choices``, or bounds on a number) and ``note``, which the
-    error for a value out of bounds adds."""
+def _doc(text: str, choices: Sequence[str] = (), *, resume: str, minimum: float | None = None,
+         above: float | None = None, maximum: float | None = None, below: float | None = None, note: str = "",
+         **kwargs: Any) -> Any:
+    """A config field: its help, what it means for resuming (``resume``: one of RESUME_KINDS), its allowed values
+    (``choices``, or bounds on a number) and ``note``, which the error for a value out of bounds adds."""
     bounds = None
     if (minimum, above, maximum, below) != (None,) * 4:
         bounds = Bounds(low=above if above is not None else minimum, high=below if below is not None else maximum,
                         low_open=above is not None, high_open=below is not None)
-    return field(metadata={"help": text, "choices": tuple(choices), "bounds": bounds, "note": note}, **kwargs)
+    return field(metadata={"help": text, "choices": tuple(choices), "bounds": bounds, "note": note, "resume": resume},
+                 **kwargs)
 
 
 @dataclass
@@ -66,99 +77,154 @@ class TrainConfig:
 
     model_name_or_path: str = _doc(
         "Hub repo id or local folder of any AutoModelForSequenceClassification-compatible model.",
-        default="distilbert-base-uncased",
-    )
+        default="distilbert-base-uncased", resume=SAME)
     dataset: str = _doc(
-        "Hub dataset id (loaded with datasets.load_dataset) or a local folder holding train/test files "
-        "(original AG News CSVs, or csv/jsonl/parquet with text and label columns), read as pandas reads them "
-        "(a UTF-8 byte-order mark, CRLF line endings and an index column are fine).",
-        default="fancyzhx/ag_news",
-    )
-    output_dir: str = _doc("Run folder: model, metrics, logs, plots and checkpoints go here.", default="runs/ag_news")
-    num_train_epochs: float = _doc("Epochs to train for (ignored when max_steps > 0).", default=3.0, minimum=0)
-    max_steps: int = _doc("Total optimizer steps; overrides num_train_epochs when > 0.", default=-1, minimum=-1)
-    per_device_train_batch_size: int = _doc("Training examples per process per micro-batch.", default=32, minimum=1)
-    per_device_eval_batch_size: int = _doc("Evaluation examples per process per batch.", default=128, minimum=1)
-    learning_rate: float = _doc("Peak learning rate of AdamW.", default=5e-5, above=0, below=1)
+        "Hub dataset id (loaded with datasets.load_dataset) or a local folder holding a train file and optionally "
+        "validation and test files (csv with a header, jsonl or parquet; or the original AG News CSVs), read as "
+        "pandas reads them (a UTF-8 byte-order mark, CRLF line endings and an index column are fine).",
+        default="fancyzhx/ag_news", resume=DATA)
+    dataset_config_name: str = _doc("The Hub dataset's configuration (datasets.load_dataset's name).", default="",
+                                    resume=DATA)
+    dataset_revision: str = _doc("Branch, tag or commit sha of the Hub dataset (pin a sha to train on exactly the "
+                                 "same rows again).", default="", resume=DATA)
+    text_column_names: str = _doc(
+        "The column holding the text, or several separated by commas, joined with text_column_delimiter "
+        "(e.g. title,content). The original AG News CSVs give title,description as 'text'.", default="text",
+        resume=DATA)
+    text_column_delimiter: str = _doc("What joins several text columns.", default=" ", resume=DATA)
+    label_column_name: str = _doc("The column holding the label (for multi-label: the list of labels).",
+                                  default="label", resume=DATA)
+    problem_type: str = _doc(
+        "single_label_classification (one label per text: softmax, cross-entropy) or multi_label_classification "
+        "(any number of labels, none included: a sigmoid per label, binary cross-entropy, every label at or above "
+        "the decision threshold), as transformers names them.", choices=PROBLEM_TYPES,
+        default="single_label_classification", resume=SAME)
+    label_names: str = _doc(
+        "Label names in label order, separated by commas. Integer labels index into them; string labels must be "
+        "among them. Default: a ClassLabel column's names, the training split's string labels sorted, or "
+        "LABEL_0.. for integers.", default="", resume=SAME)
+    label_separator: str = _doc("Multi-label: what separates the labels in a CSV cell (e.g. '|' for "
+                                "'sport|tech'); JSONL and Parquet hold lists instead.", default="", resume=DATA)
+    output_dir: str = _doc("Run folder: model, metrics, logs, plots and checkpoints go here.",
+                           default="runs/ag_news", resume=FREE)
+    num_train_epochs: float = _doc("Epochs to train for (ignored when max_steps > 0).", default=3.0, minimum=0,
+                                   resume=DERIVED)
+    max_steps: int = _doc("Total optimizer steps; overrides num_train_epochs when > 0.", default=-1, minimum=-1,
+                          resume=DERIVED)
+    per_device_train_batch_size: int = _doc("Training examples per process per micro-batch.", default=32,
+                                            minimum=1, resume=DERIVED)
+    per_device_eval_batch_size: int = _doc("Evaluation examples per process per batch.", default=128, minimum=1,
+                                           resume=FREE)
+    learning_rate: float = _doc("Peak learning rate of AdamW.", default=5e-5, above=0, below=1, resume=SAME)
     head_learning_rate: float = _doc("Peak learning rate of the task head (the parameters outside the pretrained "
                                      "base model, plus a BERT-style pooler); 0 = learning_rate.", default=0.0,
-                                     minimum=0, below=1, note=" (0 = learning_rate)")
+                                     minimum=0, below=1, note=" (0 = learning_rate)", resume=SAME)
     layer_lr_decay: float = _doc("Layer-wise learning-rate decay: each encoder layer below the top trains at this "
                                  "factor times the rate of the one above it (1 = the same rate everywhere).",
-                                 default=1.0, above=0, maximum=1)
+                                 default=1.0, above=0, maximum=1, resume=SAME)
     rdrop_weight: float = _doc(
-        "R-Drop (distrinews/training/rdrop.py): each batch runs twice with different dropout masks and the loss adds this "
-        "weight times the symmetric KL divergence between the two predictions; 0 = off. A step costs ~2x.",
-        default=0.0, minimum=0, note=" (0 = off)")
+        "R-Drop (distrinews/training/rdrop.py): each batch runs twice with different dropout masks and the loss adds "
+        "this weight times the symmetric KL divergence between the two predictions; 0 = off. A step costs ~2x.",
+        default=0.0, minimum=0, note=" (0 = off)", resume=SAME)
+    class_weights: str = _doc(
+        "Weights of the labels in the loss: 'none', 'balanced' (rows / (labels x rows of the label), as "
+        "scikit-learn; multi-label: rows without the label / rows with it, BCE's pos_weight) or one number per "
+        "label in label order, separated by commas.", default="none", resume=SAME)
     weight_decay: float = _doc("AdamW weight decay (never applied to biases and LayerNorm weights).", default=0.01,
-                               minimum=0)
+                               minimum=0, resume=SAME)
     warmup_ratio: float = _doc("Fraction of the optimizer steps spent warming the learning rate up.", default=0.06,
-                               minimum=0, below=1)
-    lr_scheduler_type: str = _doc("Learning-rate schedule after warmup.", choices=LR_SCHEDULERS, default="linear")
-    max_length: int = _doc("Tokens per example after truncation.", default=128, minimum=1)
-    gradient_accumulation_steps: int = _doc("Micro-batches per optimizer step.", default=1, minimum=1)
-    max_grad_norm: float = _doc("Gradient clipping norm; 0 disables clipping.", default=1.0, minimum=0)
-    seed: int = _doc("Seed for the model head, data order, validation split and dropout.", default=42,
-                     minimum=0, maximum=MAX_SEED)
+                               minimum=0, below=1, resume=SAME)
+    lr_scheduler_type: str = _doc("Learning-rate schedule after warmup.", choices=LR_SCHEDULERS, default="linear",
+                                  resume=SAME)
+    max_length: int = _doc("Tokens per example after truncation.", default=128, minimum=1, resume=DATA)
+    gradient_accumulation_steps: int = _doc("Micro-batches per optimizer step.", default=1, minimum=1, resume=SAME)
+    max_grad_norm: float = _doc("Gradient clipping norm; 0 disables clipping.", default=1.0, minimum=0, resume=SAME)
+    seed: int = _doc("Seed for the model head, data order, carved splits and dropout.", default=42, minimum=0,
+                     maximum=MAX_SEED, resume=SAME)
     validation_fraction: float = _doc(
-        "Fraction of train carved out (stratified) as the validation split; 0 = no validation split, every "
-        "training row is trained on (the data's own validation file, if it has one, is still used).", default=0.05,
-        minimum=0, below=1, note=" (0 = no validation split)")
+        "Fraction of train carved out (stratified; multi-label: random) as the validation split; 0 = no validation "
+        "split, every training row is trained on (the data's own validation split, if it has one, is still used).",
+        default=0.05, minimum=0, below=1, note=" (0 = no validation split)", resume=DATA)
+    test_fraction: float = _doc(
+        "Fraction of train carved out (stratified; multi-label: random) as the test split when the data has none "
+        "(metrics.json and the model card say so); the data's own test split is always used.", default=0.1,
+        minimum=0, below=1, note=" (0 = the data must have a test split)", resume=DATA)
     headline_views: bool = _doc(
         "Also train on each article's headline alone and its description alone (3 texts per article). Needs data "
-        "that keeps the two apart: the original AG News CSVs do, the Hub copy joined them.", default=False)
-    max_train_samples: int = _doc("Use at most this many training examples (0 = all).", default=0, minimum=0)
-    max_eval_samples: int = _doc("Use at most this many validation and test examples (0 = all).", default=0, minimum=0)
+        "that keeps the two apart: the original AG News CSVs do, the Hub copy joined them.", default=False,
+        resume=DATA)
+    max_train_samples: int = _doc("Use at most this many training examples (0 = all).", default=0, minimum=0,
+                                  resume=DATA)
+    max_eval_samples: int = _doc("Use at most this many validation and test examples (0 = all).", default=0,
+                                 minimum=0, resume=SAME)
     eval_every: int = _doc("Evaluate on validation every N optimizer steps (0 = at each epoch end only).", default=0,
-                           minimum=0)
+                           minimum=0, resume=SAME)
     model_selection: str = _doc(
         "Which weights become the model: 'last' (the final step's, as the HF Trainer keeps by default) or "
-        "'best_validation' (the evaluation with the best validation accuracy). The default validation split "
+        "'best_validation' (the evaluation with the best metric_for_best_model). The default validation split "
         "is 5% of train: on the 5,000-row sample that is 250 rows, one row = 0.4 points, too few to choose "
-        "between steps reliably.", choices=MODEL_SELECTIONS, default="last")
+        "between steps reliably.", choices=MODEL_SELECTIONS, default="last", resume=SAME)
+    metric_for_best_model: str = _doc(
+        "The validation metric that best_validation and early stopping compare: 'auto' (accuracy; multi-label: "
+        "micro_f1), accuracy, macro_f1, micro_f1, subset_accuracy (multi-label) or loss; lower is better for loss "
+        "only.", choices=SELECTION_METRICS, default="auto", resume=SAME)
+    early_stopping_patience: int = _doc(
+        "Stop training when metric_for_best_model has not improved by more than early_stopping_threshold for "
+        "this many evaluations in a row (every rank at the same step; 0 = never stop early).", default=0,
+        minimum=0, note=" (0 = never stop early)", resume=SAME)
+    early_stopping_threshold: float = _doc("How much metric_for_best_model must improve to reset the patience.",
+                                           default=0.0, minimum=0, resume=SAME)
+    decision_threshold: float = _doc(
+        "Multi-label: a label is given when its probability is at least this; 0 = the threshold with the best "
+        "validation micro-F1 (0.5 without a validation split). Saved in the model's config.", default=0.0,
+        minimum=0, below=1, note=" (0 = chosen on validation)", resume=SAME)
     checkpoint_every: int = _doc("Write a resumable checkpoint every N optimizer steps (0 = at each epoch end only).",
-                                 default=0, minimum=0)
-    keep_last: int = _doc("Complete checkpoints kept on disk (the newest ones).", default=2, minimum=1)
+                                 default=0, minimum=0, resume=FREE)
+    keep_last: int = _doc("Complete checkpoints kept on disk (the newest ones).", default=2, minimum=1, resume=FREE)
     resume: str = _doc("'auto' (newest complete checkpoint in output_dir, if any), a checkpoint path, or 'none' "
                        "(start over, deleting output_dir's checkpoints). A checkpoint must come from the same settings.",
-                       default="auto")
+                       default="auto", resume=FREE)
     logging_steps: int = _doc("Log loss, learning rate and throughput every N optimizer steps.", default=20,
-                              minimum=1)
+                              minimum=1, resume=FREE)
     report_to: str = _doc(
         "Experiment tracker that also receives the run's config, the logged training scalars and every evaluation "
         "(through accelerate's trackers, from the main process): tensorboard (files in output_dir/runs/RUN_NAME), "
         "wandb, trackio, 'all' (each of these installed) or 'none'. Needs the tracker's package "
-        "(pip install tensorboard).", choices=REPORT_TO, default="none")
-    run_name: str = _doc("The run's name in the tracker (default: the name of the output_dir folder).", default="")
-    group_by_length: bool = _doc("Batch examples of similar length together so padding is small.", default=True)
+        "(pip install tensorboard).", choices=REPORT_TO, default="none", resume=FREE)
+    run_name: str = _doc("The run's name in the tracker (default: the name of the output_dir folder).", default="",
+                         resume=FREE)
+    group_by_length: bool = _doc("Batch examples of similar length together so padding is small.", default=True,
+                                 resume=SAME)
     torch_compile: str = _doc("Compile the model with torch.compile: 'auto' (on CUDA only), 'true' or 'false'.",
-                              choices=("auto", "true", "false"), default="auto")
+                              choices=("auto", "true", "false"), default="auto", resume=FREE)
     cpu_dropout_masks: bool = _doc(
-        "On the CPU, draw dropout masks from 16-bit random numbers (distrinews/training/cpu_dropout.py) instead of torch's "
-        "per-element draws, which take a quarter of a bf16 training step there; same expected activations.",
-        default=True)
+        "On the CPU, draw dropout masks from 16-bit random numbers (distrinews/training/cpu_dropout.py) instead of "
+        "torch's per-element draws, which take a quarter of a bf16 training step there; same expected activations.",
+        default=True, resume=SAME)
     dataloader_num_workers: int = _doc("Worker processes per data loader (0 = load in the training process).",
-                                       default=2, minimum=0)
+                                       default=2, minimum=0, resume=FREE)
     max_nonfinite_steps: int = _doc("Stop with an error after this many consecutive steps with a non-finite loss.",
-                                    default=10, minimum=1)
+                                    default=10, minimum=1, resume=FREE)
     ddp_timeout_seconds: int = _doc("How long a collective waits for a hung rank before the run fails (torchrun "
-                                    "ends the others when a rank dies); keep it above the longest checkpoint write.", default=1800,
+                                    "ends the others when a rank dies); keep it above the longest checkpoint write.",
                                     # ~31 years; much larger values overflow c10d's millisecond clock
-                                    minimum=1, maximum=10**9)
-    push_to_hub: bool = _doc("Push model/ with its model card to the Hub after the final test evaluation.", default=False)
+                                    default=1800, minimum=1, maximum=10**9, resume=FREE)
+    push_to_hub: bool = _doc("Push model/ with its model card to the Hub after the final test evaluation.",
+                             default=False, resume=FREE)
     hub_model_id: str = _doc("Hub repo id USER/NAME to push to (required with push_to_hub and "
-                             "hub_strategy=checkpoint).", default="")
-    hub_private: bool = _doc("Create the Hub repo as private.", default=False)
-    hub_revision: str = _doc("Branch to push to (default: main).", default="")
+                             "hub_strategy=checkpoint).", default="", resume=FREE)
+    hub_private: bool = _doc("Create the Hub repo as private.", default=False, resume=FREE)
+    hub_revision: str = _doc("Branch to push to (default: main).", default="", resume=FREE)
     hub_strategy: str = _doc(
         "What goes to hub_model_id during training, as in the HF Trainer: 'end' (nothing; push_to_hub pushes the "
         "model at the end) or 'checkpoint' (also each newest checkpoint, into the repo's folder last-checkpoint/, "
         "uploaded in the background; with resume=auto a run that has no local checkpoint continues from it, e.g. "
-        "in a new Kaggle session).", choices=HUB_STRATEGIES, default="end")
+        "in a new Kaggle session).", choices=HUB_STRATEGIES, default="end", resume=FREE)
 
     def __post_init__(self) -> None:
         self._coerce_types()
         self._check()
+        self._check_labels_and_selection()
 
     # Derived values are computed here rather than stored twice.
     def total_train_batch_size(self, num_processes: int) -> int:
@@ -174,6 +240,27 @@ class TrainConfig:
             raise ConfigError(f"{train_examples} training examples give no full optimizer step of "
                               f"{self.total_train_batch_size(num_processes)} examples")
         return self.max_steps if self.max_steps > 0 else math.ceil(self.num_train_epochs * steps_per_epoch)
+
+    def label_name_list(self) -> tuple[str, ...]:
+        return _comma_list(self.label_names)
+
+    def text_columns(self) -> tuple[str, ...]:
+        return _comma_list(self.text_column_names)
+
+    def class_weight_values(self) -> tuple[float, ...]:
+        """The weights given as numbers (empty for 'none' and 'balanced')."""
+        if self.class_weights in ("none", "balanced"):
+            return ()
+        return tuple(float(value) for value in _comma_list(self.class_weights))
+
+    def selection_metric(self) -> str:
+        """metric_for_best_model with 'auto' resolved for the problem type."""
+        if self.metric_for_best_model != "auto":
+            return self.metric_for_best_model
+        return make_task(self.problem_type, ()).selection_metrics[0]
+
+    def greater_is_better(self) -> bool:
+        return self.selection_metric() != "loss"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -214,6 +301,44 @@ class TrainConfig:
         if self.hub_strategy == "checkpoint":
             need(_looks_like_repo_id(self.hub_model_id), "hub_model_id",
                  "hub_strategy=checkpoint needs hub_model_id as USER/NAME (the repo the checkpoints go to)")
+
+
+    def _check_labels_and_selection(self) -> None:
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: {rule}")
+
+        multi_label = self.problem_type == MULTI_LABEL
+        need(bool(self.text_columns()) and "" not in self.text_columns(), "text_column_names",
+             "must name one column, or several separated by commas")
+        need(bool(self.label_column_name.strip()), "label_column_name", "must not be empty")
+        names = self.label_name_list()
+        need("" not in names and len(set(names)) == len(names), "label_names",
+             "must be distinct, non-empty names separated by commas")
+        need(not names or len(names) >= 2, "label_names", "must name at least 2 labels")
+        need(multi_label or not self.label_separator, "label_separator",
+             "applies to problem_type=multi_label_classification only")
+        need(self.validation_fraction + self.test_fraction < 1, "test_fraction",
+             f"with validation_fraction={self.validation_fraction} leaves no training rows")
+        need(self.class_weights in ("none", "balanced") or _all_positive_numbers(self.class_weights),
+             "class_weights", "must be none, balanced or positive numbers separated by commas (one per label)")
+        choices = ("auto", *make_task(self.problem_type, ()).selection_metrics)
+        need(self.metric_for_best_model in choices, "metric_for_best_model",
+             f"must be one of {', '.join(choices)} for problem_type={self.problem_type}")
+        need(multi_label or not self.decision_threshold, "decision_threshold",
+             "applies to problem_type=multi_label_classification only (one label per text takes the most probable)")
+
+
+def _comma_list(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",")) if value.strip() else ()
+
+
+def _all_positive_numbers(value: str) -> bool:
+    try:
+        numbers = [float(part) for part in _comma_list(value)]
+    except ValueError:
+        return False
+    return bool(numbers) and all(0 < number < math.inf for number in numbers)
 
 
 def _looks_like_repo_id(value: str) -> bool:
@@ -278,7 +403,8 @@ def build_parser(prog: str = "distrinews train") -> argparse.ArgumentParser:
     Parsed values default to "not given" (``SUPPRESS``), so a ``--config`` file can sit between the dataclass
     defaults and the flags; the help states the dataclass default instead."""
     parser = argparse.ArgumentParser(
-        prog=prog, allow_abbrev=False, description="Fine-tune a text classifier on AG News. Settings: the defaults "
+        prog=prog, allow_abbrev=False, description="Fine-tune a text classifier on AG News or any labelled text "
+        "(--dataset, --text_column_names, --label_column_name, --problem_type). Settings: the defaults "
         "below < a --config file < flags. Run it under `accelerate launch` for several processes or GPUs.")
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of the fields below (flags override it).")
     for f in dataclasses.fields(TrainConfig):

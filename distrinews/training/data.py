@@ -1,23 +1,28 @@
-"""AG News loading, validation and tokenization.
+"""Any labelled text into train/validation/test splits and the task they define; tokenization and batching.
 
-``load_ag_news`` returns a ``DatasetDict`` with ``train``/``validation``/``test`` splits (no ``validation``
-when ``validation_fraction`` is 0 and the data has no validation file), each holding a ``text`` string and a
-``label`` (``ClassLabel`` 0..3). Sources: a Hub dataset id, or a local folder with
-either the original AG News CSVs (class_index 1..4, title, description; no header, or Kaggle's
-"Class Index,Title,Description" header) or files with ``text``/``label`` columns (csv with a header, jsonl,
-parquet). Files load as pandas reads them: a UTF-8 byte-order mark, CRLF line endings and pandas' index column
-are fine. Every problem is reported before training starts, naming the file, the row and what is wrong.
+``load_labelled_data(options)`` returns a ``LabelledData``: a ``DatasetDict`` whose splits hold a ``text`` string
+and a ``label`` (a ``ClassLabel`` index, or for multi-label a 0/1 row per label), the task (label names and
+problem type, ``distrinews.core.tasks``) and what the run should report about the data. Sources
+(``distrinews.training.data_files``): a Hub dataset id, or a local folder of train/validation/test files.
 
-With ``headline_views`` the training split also holds each article's headline alone and its description alone
-(with its label), next to the joined text. Only the original CSVs keep the two apart; the Hub copy of AG News
-joined them into one ``text``.
+- The text is one column or several joined (``text_column_names``, ``text_column_delimiter``); the label column
+  is ``label_column_name``. Labels and their order come from the training data (``distrinews.training.labels``).
+- Without a test split, a stratified (multi-label: random), seeded test split is carved from train
+  (``test_fraction``); then, without a validation split, a validation split from what is left
+  (``validation_fraction``). A label with a single training row stays in train. Both are reported, so nobody
+  mistakes a carved split for an official test set.
+- The AG News preset (``distrinews.core.formats.AG_NEWS``): the original CSVs' headline and description become the
+  text, class index 1..4 the label with the four topic names, and ``headline_views`` also trains on each
+  article's headline alone and its description alone (only those files keep the two apart).
+
+Every problem is reported before anything is written, naming the file, the row and what is wrong.
 """
 
 from __future__ import annotations
 
-import csv
 import math
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
 
 import datasets
 import numpy as np
@@ -25,50 +30,205 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from ..core.errors import ConfigError, DataError
-from ..core.labels import LABEL_NAMES
+from ..core.formats import AG_NEWS, DatasetPreset
+from ..core.tasks import MULTI_LABEL, Task, make_task
+from .data_files import StoredSplit, read_splits
+from .labels import LabelRules, RawLabels, encode_labels, label_set, labels_in
 
-SPLIT_FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
-_ORIGINAL_COLUMNS = ["class_index", "title", "description"]
-_PARTS = ("title", "description")  # kept beside "text" from the original CSVs, for headline_views
+_VIEW_PARTS = ("title", "description")  # the AG News columns headline_views trains on alone
 
 
-def load_ag_news(source: str, *, validation_fraction: float, seed: int,
-                 max_train_samples: int = 0, max_eval_samples: int = 0, headline_views: bool = False) -> DatasetDict:
-    """Load, validate and split AG News-style data into train/validation/test."""
-    folder = Path(source)
-    raw = _load_local_folder(folder) if folder.is_dir() else _load_hub_dataset(source)
-    raw = DatasetDict({name: split.cast(_features(split)) for name, split in raw.items()})
+@dataclass(frozen=True)
+class DataOptions:
+    """How to read a dataset into labelled splits (``TrainConfig`` has a field of the same meaning for each)."""
 
-    if "validation" not in raw and validation_fraction > 0:
-        expected = math.ceil(validation_fraction * len(raw["train"]))
-        if expected < len(LABEL_NAMES):
-            raise DataError(f"validation_fraction={validation_fraction} of {len(raw['train'])} training rows gives "
-                            f"{expected} validation examples; a stratified split needs at least {len(LABEL_NAMES)}")
-        # Stratified and seeded, so every run with the same seed sees the same validation set.
-        parts = raw["train"].train_test_split(test_size=validation_fraction, stratify_by_column="label", seed=seed)
-        raw = DatasetDict(train=parts["train"], validation=parts["test"], test=raw["test"])
-    # validation_fraction 0 and no validation file: no validation split, every training row is trained on.
-    splits = DatasetDict({name: raw[name] for name in ("train", "validation", "test") if name in raw})
-    if max_train_samples:
-        splits["train"] = _first_n_shuffled(splits["train"], max_train_samples, seed)
-    if max_eval_samples:
+    source: str
+    config_name: str = ""
+    revision: str = ""
+    text_columns: tuple[str, ...] = ("text",)
+    text_delimiter: str = " "
+    label_column: str = "label"
+    problem_type: str = "single_label_classification"
+    label_names: tuple[str, ...] = ()
+    label_separator: str = ""
+    validation_fraction: float = 0.05
+    test_fraction: float = 0.1
+    seed: int = 42
+    max_train_samples: int = 0
+    max_eval_samples: int = 0
+    headline_views: bool = False
+
+    @classmethod
+    def from_config(cls, config) -> "DataOptions":
+        """The data settings of a ``TrainConfig``."""
+        return cls(source=config.dataset, config_name=config.dataset_config_name, revision=config.dataset_revision,
+                   text_columns=config.text_columns(), text_delimiter=config.text_column_delimiter,
+                   label_column=config.label_column_name, problem_type=config.problem_type,
+                   label_names=config.label_name_list(), label_separator=config.label_separator,
+                   validation_fraction=config.validation_fraction, test_fraction=config.test_fraction,
+                   seed=config.seed, max_train_samples=config.max_train_samples,
+                   max_eval_samples=config.max_eval_samples, headline_views=config.headline_views)
+
+    @property
+    def label_rules(self) -> LabelRules:
+        return LabelRules(self.problem_type == MULTI_LABEL, self.label_names, self.label_separator)
+
+
+@dataclass
+class LabelledData:
+    splits: DatasetDict
+    task: Task
+    preset: DatasetPreset | None = None
+    carved: dict[str, str] = field(default_factory=dict)  # split -> how it was carved from train
+
+    def summary(self) -> dict[str, Any]:
+        """The ``data`` entry of metrics.json: what the model card says about the data."""
+        return {"labels": list(self.task.labels), "problem_type": self.task.problem_type,
+                "preset": self.preset.key if self.preset else None, "carved_splits": self.carved,
+                "rows": {name: len(split) for name, split in self.splits.items()}}
+
+
+def load_labelled_data(options: DataOptions, labels: tuple[str, ...] | None = None) -> LabelledData:
+    """Read, check, label and split ``options.source``. ``labels`` (a saved model's) replaces the label set the
+    training split would give, for evaluating that model on other data."""
+    stored = read_splits(options.source, config_name=options.config_name, revision=options.revision)
+    preset = next((s.preset for s in stored.values() if s.preset), None) or \
+        (AG_NEWS if AG_NEWS.describes(options.source) else None)
+    raw_labels = {name: _raw_labels(split, options) for name, split in stored.items()}
+    names = labels or label_set(raw_labels["train"], options.label_rules)
+    task = make_task(options.problem_type, names)
+    splits = _labelled_splits(stored, raw_labels, options, task, check_unseen=labels is None)
+    splits, carved = _carve_missing_splits(splits, options, task)
+    if options.max_train_samples:
+        splits["train"] = _first_n_shuffled(splits["train"], options.max_train_samples, options.seed)
+    if options.max_eval_samples:
         for name in ("validation", "test"):
             if name in splits:
-                splits[name] = _first_n_shuffled(splits[name], max_eval_samples, seed)
-    if headline_views:  # after the validation split and the subsetting: views of the training articles only
-        splits["train"] = _with_headline_views(splits["train"], source)
-    return DatasetDict({name: split.select_columns(["text", "label"]) for name, split in splits.items()})
+                splits[name] = _first_n_shuffled(splits[name], options.max_eval_samples, options.seed)
+    if options.headline_views:  # after the splits and the subsetting: views of the training articles only
+        splits["train"] = _with_headline_views(splits["train"], options.source)
+    splits = DatasetDict({name: split.select_columns(["text", "label"]) for name, split in splits.items()})
+    return LabelledData(splits, task, preset, carved)
 
 
-def _features(split: Dataset) -> datasets.Features:
-    features = {"text": datasets.Value("string"), "label": ClassLabel(names=list(LABEL_NAMES))}
-    features.update({name: datasets.Value("string") for name in _PARTS if name in split.column_names})
-    return datasets.Features(features)
+def _raw_labels(split: StoredSplit, options: DataOptions) -> RawLabels:
+    column = split.preset.original_columns[0] if split.preset else options.label_column
+    _require_columns(split, [*_text_columns(split, options), column])
+    values = split.rows[column]
+    feature = split.rows.features[column]
+    if split.preset:  # the original files' class index 1..N is label 0..N-1 of the preset's names
+        values = [split.preset.class_indices.index(v.strip()) for v in values]
+        return RawLabels(values, split.where, split.first_row, split.preset.label_names)
+    inner = getattr(feature, "feature", None)  # Sequence(ClassLabel) / List(ClassLabel) of a multi-label column
+    class_label = feature if isinstance(feature, ClassLabel) else inner if isinstance(inner, ClassLabel) else None
+    return RawLabels(values, split.where, split.first_row, tuple(class_label.names) if class_label else (),
+                     split.from_text_file)
+
+
+def _text_columns(split: StoredSplit, options: DataOptions) -> tuple[str, ...]:
+    # The original AG News files have a headline and a description; unless told otherwise, the text is both.
+    return _VIEW_PARTS if split.preset and options.text_columns == ("text",) else options.text_columns
+
+
+def _require_columns(split: StoredSplit, columns: list[str]) -> None:
+    names = split.rows.column_names
+    missing = [name for name in columns if name not in names]
+    if missing:
+        raise DataError(f"{split.where}: missing column(s) {', '.join(missing)} (found: {', '.join(names)}); "
+                        "name the columns with --text_column_names and --label_column_name")
+
+
+def _labelled_splits(stored: dict[str, StoredSplit], raw_labels: dict[str, RawLabels], options: DataOptions,
+                     task: Task, check_unseen: bool) -> dict[str, Dataset]:
+    """Each split as ``text`` + ``label`` (plus the headline and description of AG News files)."""
+    rules, names = options.label_rules, task.labels
+    encoded = {"train": encode_labels(raw_labels["train"], rules, names, None)}
+    seen = labels_in(encoded["train"], rules.multi_label) if check_unseen else None
+    for name in stored:
+        if name != "train":
+            encoded[name] = encode_labels(raw_labels[name], rules, names, seen)
+    label_feature = datasets.Sequence(datasets.Value("int8")) if rules.multi_label else ClassLabel(names=list(names))
+    return {name: _text_and_label(split, _text_columns(split, options), options.text_delimiter, encoded[name],
+                                  label_feature) for name, split in stored.items()}
+
+
+def _text_and_label(split: StoredSplit, columns: tuple[str, ...], delimiter: str, labels: list,
+                    label_feature) -> Dataset:
+    if len(split.rows) == 0:
+        raise DataError(f"{split.where}: no rows")
+    texts = _joined_texts([split.rows[column] for column in columns], delimiter)
+    empty = next((i for i, text in enumerate(texts) if not text.strip()), None)
+    if empty is not None:
+        raise DataError(f"{split.where}: row {split.row(empty)}: empty text (column(s) {', '.join(columns)})")
+    kept = [part for part in _VIEW_PARTS if split.preset]
+    features = datasets.Features({"text": datasets.Value("string"), "label": label_feature,
+                                  **{part: datasets.Value("string") for part in kept}})
+
+    def text_and_label(batch, indices):
+        return {"text": _joined_texts([batch[column] for column in columns], delimiter),
+                "label": [labels[i] for i in indices]}
+
+    # A map over the stored rows (not a new in-memory table): datasets caches its result, and the tokenization
+    # after it, by content, so the other ranks and later runs read them instead of computing them again.
+    return split.rows.map(text_and_label, batched=True, with_indices=True, features=features,
+                          remove_columns=[c for c in split.rows.column_names if c not in kept], desc="Labelling")
+
+
+def _joined_texts(columns: list[list], delimiter: str) -> list[str]:
+    """One column's texts as written; several joined by ``delimiter`` (an empty part adds no delimiter at the
+    ends: the AG News headline and description give exactly "title description")."""
+    as_text = [["" if value is None else str(value) for value in column] for column in columns]
+    if len(as_text) == 1:
+        return as_text[0]
+    return [delimiter.join(parts).strip() for parts in zip(*as_text)]
+
+
+def _carve_missing_splits(splits: dict[str, Dataset], options: DataOptions, task: Task):
+    """A test split (then a validation split) carved from train where the data has none."""
+    carved = {}
+    if "test" not in splits:
+        if options.test_fraction <= 0:
+            raise DataError(f"{options.source!r} has no test split and test_fraction is 0: give it a test file "
+                            "(or split) or set test_fraction > 0 to carve one from train")
+        splits["train"], splits["test"] = _split_off(splits["train"], options.test_fraction, options, task, "test")
+        carved["test"] = _carving(options.test_fraction, task, options.seed, "train")
+    if "validation" not in splits and options.validation_fraction > 0:
+        splits["train"], splits["validation"] = _split_off(splits["train"], options.validation_fraction, options,
+                                                           task, "validation")
+        carved["validation"] = _carving(options.validation_fraction, task, options.seed,
+                                        "what train kept" if "test" in carved else "train")
+    return {name: splits[name] for name in ("train", "validation", "test") if name in splits}, carved
+
+
+def _carving(fraction: float, task: Task, seed: int, source: str) -> str:
+    how = "random" if task.problem_type == MULTI_LABEL else "stratified"
+    return f"{fraction:.0%} of {source}, {how}, seed {seed}"
+
+
+def _split_off(train: Dataset, fraction: float, options: DataOptions, task: Task, name: str):
+    """``fraction`` of ``train`` as a new split, seeded; single-label splits keep each label's share."""
+    held_out = math.ceil(fraction * len(train))
+    if task.problem_type == MULTI_LABEL:
+        parts = train.train_test_split(test_size=fraction, seed=options.seed)
+        return parts["train"], parts["test"]
+    counts = np.bincount(np.asarray(train["label"]), minlength=len(task.labels))
+    if held_out < np.count_nonzero(counts >= 2):
+        raise DataError(f"{name}: {fraction:g} of {len(train)} training rows is {held_out} rows, fewer than the "
+                        f"{np.count_nonzero(counts >= 2)} labels a stratified split gives one row each; raise "
+                        f"{name}_fraction or give the data a {name} split")
+    # A label with a single row stays in train: a stratified split cannot share it out, and a label only in
+    # the held-out split would be one the model never trains on.
+    alone = counts[np.asarray(train["label"])] < 2
+    parts = train.select(np.flatnonzero(~alone)).train_test_split(
+        test_size=fraction, stratify_by_column="label", seed=options.seed)
+    kept = parts["train"] if not alone.any() else datasets.concatenate_datasets(
+        [parts["train"], train.select(np.flatnonzero(alone))])
+    return kept, parts["test"]
 
 
 def _with_headline_views(train: Dataset, source: str) -> Dataset:
     """The articles, then each one's headline alone and description alone (where it has both)."""
-    if not set(_PARTS) <= set(train.column_names):
+    if not set(_VIEW_PARTS) <= set(train.column_names):
         raise DataError(f"headline_views needs data that keeps each headline apart from its description, as the "
                         f"original AG News CSVs do (rows of class_index,title,description); {source!r} has one "
                         f"text per row. Set headline_views=false, or train on the original CSVs.")
@@ -84,151 +244,6 @@ def _with_headline_views(train: Dataset, source: str) -> Dataset:
 
 def _first_n_shuffled(split: Dataset, n: int, seed: int) -> Dataset:
     return split if len(split) <= n else split.shuffle(seed=seed).select(range(n)).flatten_indices()
-
-
-def _load_hub_dataset(dataset_id: str) -> DatasetDict:
-    try:
-        loaded = datasets.load_dataset(dataset_id)
-    except Exception as err:  # the library raises many types; all mean "could not get this dataset"
-        raise DataError(f"dataset {dataset_id!r} is neither a local folder nor a loadable Hub dataset: {err}") from err
-    for split in ("train", "test"):
-        if split not in loaded:
-            raise DataError(f"dataset {dataset_id!r} has no {split!r} split (found: {', '.join(loaded)})")
-    result = {}
-    for name, split in loaded.items():
-        if name not in ("train", "validation", "test"):
-            continue
-        missing = {"text", "label"} - set(split.column_names)
-        if missing:
-            raise DataError(f"dataset {dataset_id!r} split {name!r} lacks column(s) {', '.join(sorted(missing))}")
-        split = split.select_columns(["text", "label"])
-        _check_rows(split, f"dataset {dataset_id!r} split {name!r}", first_row=0)
-        result[name] = split
-    return DatasetDict(result)
-
-
-def find_split_file(folder: Path, split: str) -> Path | None:
-    matches = [folder / f"{split}{suffix}" for suffix in SPLIT_FILE_SUFFIXES if (folder / f"{split}{suffix}").is_file()]
-    if len(matches) > 1:
-        raise DataError(f"{folder}: several files for split {split!r}: {', '.join(m.name for m in matches)}")
-    return matches[0] if matches else None
-
-
-def _load_local_folder(folder: Path) -> DatasetDict:
-    result = {}
-    for split in ("train", "validation", "test"):
-        path = find_split_file(folder, split)
-        if path is None:
-            if split != "validation":
-                raise DataError(f"{folder}: missing {split} split: expected one of "
-                                + ", ".join(f"{split}{s}" for s in SPLIT_FILE_SUFFIXES))
-            continue
-        result[split] = _load_split_file(path)
-    return DatasetDict(result)
-
-
-def _load_split_file(path: Path) -> Dataset:
-    if path.suffix in (".csv", ".jsonl", ".json"):
-        _check_utf8(path)
-    parts = ()  # only the original CSVs hand their headline and description on (for headline_views)
-    if path.suffix == ".csv":
-        split, first_row, parts = _load_csv(path)
-    elif path.suffix in (".jsonl", ".json"):
-        split, first_row = _load_with_datasets("json", path), 1
-    else:
-        split, first_row = _load_with_datasets("parquet", path), 1
-    missing = {"text", "label"} - set(split.column_names)
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))} (found: {', '.join(split.column_names)})")
-    split = split.select_columns(["text", "label", *parts])
-    _check_rows(split, str(path), first_row)
-    return split
-
-
-def _load_csv(path: Path) -> tuple[Dataset, int, tuple[str, ...]]:
-    """The split, the file row of its first example, and the extra columns it keeps."""
-    header = _read_csv_header(path)
-    if {"text", "label"} <= set(header):
-        # Every text as written: pandas alone would read a text "NA" or "null" as missing.
-        return _load_with_datasets("csv", path, keep_default_na=False, na_filter=False), 2, ()
-    if _is_original_header(header):  # the Kaggle copy of AG News: "Class Index,Title,Description"
-        return _load_original_ag_news_csv(path, first_row=2), 2, _PARTS
-    if len(header) == 3 and header[0].strip().isdigit():  # the original files: no header
-        return _load_original_ag_news_csv(path, first_row=1), 1, _PARTS
-    raise DataError(f"{path}: row 1: not an AG News CSV: expected a header with 'text' and 'label' columns, "
-                    f"or rows of class_index,title,description; found {header!r}")
-
-
-def _is_original_header(header: list[str]) -> bool:
-    return [name.strip().lower().replace("_", " ") for name in header] == ["class index", "title", "description"]
-
-
-def _load_with_datasets(builder: str, path: Path, **options) -> Dataset:
-    # The datasets builders cache the parsed Arrow table keyed by the file, so later runs start instantly.
-    try:
-        return datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **options)
-    except Exception as err:
-        cause = err.__cause__ or err
-        raise DataError(f"{path}: cannot be parsed as {builder}: {cause}") from err
-
-
-def _load_original_ag_news_csv(path: Path, first_row: int) -> Dataset:
-    """``first_row`` is 2 when the file starts with a header row (replaced by our column names), else 1."""
-    _check_csv_field_counts(path, len(_ORIGINAL_COLUMNS))
-    # Read every field as a string and nothing as "missing": a headline can be "NA" or "null".
-    as_text = datasets.Features({name: datasets.Value("string") for name in _ORIGINAL_COLUMNS})
-    split = _load_with_datasets("csv", path, column_names=_ORIGINAL_COLUMNS, header=0 if first_row == 2 else None,
-                                keep_default_na=False, na_filter=False, features=as_text)
-    bad = next((i for i, v in enumerate(split["class_index"]) if v.strip() not in ("1", "2", "3", "4")), None)
-    if bad is not None:
-        raise DataError(f"{path}: row {bad + first_row}: class_index {split[bad]['class_index']!r} "
-                        f"is not one of 1, 2, 3, 4")
-
-    def to_text_label(batch):
-        return {"text": [f"{t} {d}".strip() for t, d in zip(batch["title"], batch["description"])],
-                "label": [int(c) - 1 for c in batch["class_index"]]}
-
-    return split.map(to_text_label, batched=True, remove_columns=["class_index"])
-
-
-def _check_utf8(path: Path) -> None:
-    with path.open("rb") as handle:
-        for row, line in enumerate(handle, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}: row {row}: bytes that are not UTF-8 at column {err.start + 1} "
-                                f"({line[err.start:err.start + 4]!r}); re-save the file as UTF-8") from None
-
-
-def _read_csv_header(path: Path) -> list[str]:
-    # utf-8-sig drops the byte-order mark that spreadsheet programs write first ("CSV UTF-8"), as pandas does.
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        header = next(csv.reader(handle), None)
-    if header is None:
-        raise DataError(f"{path}: file is empty")
-    return header
-
-
-def _check_csv_field_counts(path: Path, expected: int) -> None:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        for row, fields in enumerate(csv.reader(handle), start=1):
-            if len(fields) != expected:
-                raise DataError(f"{path}: row {row}: expected {expected} fields "
-                                f"(class_index, title, description), found {len(fields)}")
-
-
-def _check_rows(split: Dataset, where: str, first_row: int) -> None:
-    """Labels must be 0..3 and texts non-empty; ``first_row`` is the file row of dataset index 0."""
-    if len(split) == 0:
-        raise DataError(f"{where}: no rows")
-    for index, label in enumerate(split["label"]):
-        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(LABEL_NAMES):
-            raise DataError(f"{where}: row {index + first_row}: label {label!r} is not an integer in 0..3 "
-                            f"({', '.join(f'{i}={n}' for i, n in enumerate(LABEL_NAMES))})")
-    for index, text in enumerate(split["text"]):
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{where}: row {index + first_row}: empty text")
 
 
 def checked_max_length(max_length: int, model, tokenizer, model_name: str, warn=print) -> int:
@@ -259,7 +274,6 @@ def tokenize_splits(splits: DatasetDict, tokenizer, max_length: int) -> DatasetD
     return tokenized.rename_column("label", "labels")
 
 
-
 def sorted_by_length(split: Dataset) -> Dataset:
     """The split ordered by token count (for evaluation batches that barely pad), without the length column."""
     order = np.argsort(np.asarray(split["length"]), kind="stable")
@@ -270,7 +284,8 @@ class PaddingCollator:
     """Pads a batch to its longest example, rounded up to a multiple of 8 (tensor-core friendly shapes).
 
     A vectorised replacement for ``DataCollatorWithPadding``, whose per-example Python work starves a
-    fast GPU at large batches; every key is padded with the right value and returned as int64 tensors.
+    fast GPU at large batches; every key is padded with the right value and returned as int64 tensors. Labels
+    are int64 indices, or float32 rows of 0/1 for multi-label data (what binary cross-entropy takes).
     """
 
     def __init__(self, pad_token_id: int, multiple: int = 8) -> None:
@@ -289,5 +304,7 @@ class PaddingCollator:
                 padded[row, :len(example[key])] = example[key]
             batch[key] = torch.from_numpy(padded)
         if "labels" in examples[0]:
-            batch["labels"] = torch.tensor([example["labels"] for example in examples], dtype=torch.int64)
+            labels = [example["labels"] for example in examples]
+            multi_label = isinstance(labels[0], (list, tuple))
+            batch["labels"] = torch.tensor(labels, dtype=torch.float32 if multi_label else torch.int64)
         return batch

@@ -53,11 +53,12 @@ def inject(point: str, run) -> None:
 
 
 def _install_nan_loss(model: torch.nn.Module, first_bad_step: int, current_step: Callable[[], int]) -> None:
-    """Make the training loss NaN from ``first_bad_step`` on (a forward hook; evaluation is untouched)."""
+    """Make the training loss NaN from ``first_bad_step`` on (a forward hook on the logits, which the task's loss
+    is computed from; evaluation is untouched)."""
 
     def poison(module, args, kwargs, output):
         if module.training and current_step() >= first_bad_step:
-            output.loss = output.loss * math.nan
+            output.logits = output.logits * math.nan
         return output
 
     model.register_forward_hook(poison, with_kwargs=True)

@@ -1,6 +1,7 @@
-"""Fine-tune a text classifier on AG News with data-parallel training.
+"""Fine-tune a text classifier on AG News or any labelled text with data-parallel training.
 
     accelerate launch --config_file accelerate_configs/multi_gpu.yaml -m distrinews.train --output_dir runs/ag_news
+    accelerate launch ... -m distrinews.train --dataset data/tags --problem_type multi_label_classification
     accelerate launch --config_file accelerate_configs/cpu.yaml -m distrinews.train --config my_run.yaml
     distrinews train --max_train_samples 2000 --num_train_epochs 1      # one process
     accelerate launch --config_file accelerate_configs/cpu.yaml -m distrinews.train --push_to_hub --hub_model_id USER/NAME
@@ -13,18 +14,20 @@ the only module that touches the ``Accelerator``.
 Run the same command again after any interruption: ``resume=auto`` continues from the newest complete
 checkpoint, batch for batch; with ``hub_strategy=checkpoint`` it is also on the Hub, so a new machine or a new
 Kaggle session continues the run from there (distrinews/hub/checkpoints.py). The exit codes are listed with their
-errors in ``distrinews/core/errors.py``.
+errors in ``distrinews/core/errors.py``. What the labels are and what the outputs mean is the data's task
+(``distrinews/core/tasks.py``): the loss, the metrics and the decision threshold all come from it. The Hub's part
+(checkpoint uploads, the push) listens through ``callbacks`` (distrinews/training/callbacks.py); this module
+imports nothing from ``distrinews.hub``.
 
 Read it top to bottom: ``train`` runs the phases in order: ``_set_up`` (accelerator, data, model, loaders,
 optimizer), ``_start_tracking`` (report_to), ``_resume_or_start``, then ``_train_steps``, which calls
 ``_micro_step`` per batch and ``_after_optimizer_step`` per optimizer step (device checks, ``_log_window``,
-``_evaluate_and_checkpoint``, ``_stop``), and ``_finish`` (pick the weights, evaluate test, write the outputs,
-push). Everything the phases share lives in one ``Run``.
+``_evaluate_and_checkpoint``, which may stop early, ``_stop``), and ``_finish`` (pick the weights and the
+threshold, evaluate test, write the outputs, the listeners' end). Everything the phases share lives in one ``Run``.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import os
@@ -35,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import accelerate
 import datasets
@@ -43,36 +46,33 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration, set_seed
-from huggingface_hub.utils import disable_progress_bars
 from safetensors.torch import load_model, save_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from . import checkpoint, faults, tracking
+from ..core.atomic import write_json
+from ..core.errors import EXIT_STOPPED, CheckpointWriteError, ConfigError, TrainingStopped, exit_code_for
+from ..core.modeling import load_classifier
+from ..core.tasks import Task
+from .callbacks import TrainerCallback
 from .checkpoint import TrainerState
 from .config import TrainConfig, parse_train_config
 from .cpu_dropout import use_cpu_dropout
-from .data import PaddingCollator, checked_max_length, load_ag_news, sorted_by_length, tokenize_splits
-from ..core.errors import EXIT_STOPPED, CheckpointWriteError, ConfigError, TrainingStopped, exit_code_for
-from .evaluation import evaluate_split
-from ..hub.checkpoints import CheckpointUploader, HubCheckpointRepo
-from ..hub.push import check_push_ready, push_run_to_hub, resolve_hub_token
-from ..core.labels import LABEL_NAMES
-from ..hub.model_card import write_model_card
-from ..core.modeling import load_classifier
+from .data import DataOptions, LabelledData, PaddingCollator, checked_max_length, load_labelled_data, \
+    sorted_by_length, tokenize_splits
+from .evaluation import collect_outputs, scalar_metrics, score_outputs
+from .model_card import write_model_card
 from .optimization import parameter_settings
 from .preemption import StopRequest, ignore_stop_signals
 from .rdrop import rdrop_loss
-from ..core.atomic import write_json
-from .reporting import RunLog, plot_confusion_matrix, plot_loss
+from .reporting import RunLog, plot_confusion, plot_loss
 from .sampling import ResumableBatchSampler
+from .selection import Selection
 from .stability import NonFiniteGuard
 
 BEST_WEIGHTS = "best_model.safetensors"
-# How long the main process waits at the end for the last checkpoint upload (hub_strategy=checkpoint). At a stop
-# (SIGTERM) the launcher may kill it sooner: torchrun gives the remaining processes 30 s once one has exited.
-UPLOAD_WAIT_SECONDS = 900
 
 
 @dataclass
@@ -101,7 +101,11 @@ class Run:
     model: torch.nn.Module  # wrapped by accelerate: no_sync, unwrap and saving go through it
     forward_model: Any  # the same model, compiled where that pays
     tokenizer: Any
+    data: LabelledData  # the splits as loaded, their task and what the run reports about them
     tokenized: Any  # DatasetDict of the tokenized splits
+    class_weights: torch.Tensor | None  # on the device; the loss's per-label weights (class_weights)
+    selection: Selection
+    callbacks: Sequence[TrainerCallback]
     sampler: ResumableBatchSampler
     train_loader: DataLoader
     eval_loaders: dict[str, DataLoader]
@@ -116,12 +120,14 @@ class Run:
     window: LogWindow | None = None
     progress: Any = None
     stop_vote: torch.Tensor | None = None  # filled, never re-created: no host-to-device copy per step
-    hub_repo: HubCheckpointRepo | None = None  # hub_strategy=checkpoint, main process only
-    uploader: CheckpointUploader | None = None  # the same
 
     @property
     def device(self) -> torch.device:
         return self.accelerator.device
+
+    @property
+    def task(self) -> Task:
+        return self.data.task
 
     @property
     def output_dir(self) -> Path:
@@ -142,11 +148,13 @@ class Run:
         return 1 if self.device.type == "cpu" else self.config.logging_steps
 
 
-def train(config: TrainConfig) -> dict:
-    """Run training, pick the weights to keep and evaluate them on test; return metrics.json."""
+def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict:
+    """Run training, pick the weights to keep and evaluate them on test; return metrics.json.
+
+    ``callbacks`` listen to the run (distrinews/training/callbacks.py): the Hub's uploads and push, for example."""
     stop_request = StopRequest()
     try:
-        run = _set_up(config, stop_request)
+        run = _set_up(config, stop_request, callbacks)
         try:
             _start_tracking(run)
             _resume_or_start(run)
@@ -176,11 +184,12 @@ def release_loader_workers(loaders) -> None:
 
 # ----------------------------------------------------------------------------- setup
 
-def _set_up(config: TrainConfig, stop_request: StopRequest) -> Run:
+def _set_up(config: TrainConfig, stop_request: StopRequest, callbacks: Sequence[TrainerCallback]) -> Run:
     accelerator = _make_accelerator(config)
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls (outside autocast) on TF32 tensor cores
     set_seed(config.seed)  # before the model: the new classification head must match on every rank
-    model, tokenizer, tokenized = _load_model_and_data(config, accelerator)
+    data, model, tokenizer, tokenized = _load_model_and_data(config, accelerator)
+    class_weights = _class_weights(config, data.task, tokenized["train"]["labels"], accelerator.device)
     # On every rank, so all fail together before training (each rank writes into checkpoints).
     checkpoint.check_output_dir(Path(config.output_dir), accelerator.process_index, keep_last=config.keep_last,
                                 weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
@@ -202,27 +211,34 @@ def _set_up(config: TrainConfig, stop_request: StopRequest) -> Run:
 
     train_data = checkpoint.data_fingerprint(tokenized["train"]["length"], tokenized["train"]["labels"])
     state = TrainerState(run_signature=checkpoint.run_signature(config, accelerator.num_processes, train_data,
-                                                                total_steps))
-    hub_repo, uploader = _hub_checkpoints(config, accelerator)
+                                                                total_steps, data.task.labels))
     return Run(config=config, accelerator=accelerator, model=model, forward_model=forward_model, tokenizer=tokenizer,
-               tokenized=tokenized, sampler=sampler, train_loader=train_loader, eval_loaders=eval_loaders,
+               data=data, tokenized=tokenized, class_weights=class_weights, selection=Selection.from_config(config),
+               callbacks=callbacks, sampler=sampler, train_loader=train_loader, eval_loaders=eval_loaders,
                optimizer=optimizer, scheduler=scheduler, total_steps=total_steps,
                micro_batches_per_epoch=steps_per_epoch * config.gradient_accumulation_steps, state=state,
                run_log=RunLog(Path(config.output_dir) / "log.jsonl", enabled=accelerator.is_main_process),
-               stop_request=stop_request, hub_repo=hub_repo, uploader=uploader)
+               stop_request=stop_request)
 
 
-def _hub_checkpoints(config: TrainConfig, accelerator: Accelerator):
-    """The Hub repo and background uploader of hub_strategy=checkpoint, on the main process; (None, None) otherwise."""
-    if config.hub_strategy != "checkpoint" or not accelerator.is_main_process:
-        return None, None
-    say = functools.partial(print, flush=True)  # from the upload thread too, and promptly (Kaggle shows stdout live)
-    # Upload progress bars from the background thread would tear the training progress bar apart; each upload
-    # says in one line what it did instead.
-    disable_progress_bars()
-    repo = HubCheckpointRepo(config.hub_model_id, resolve_hub_token(), revision=config.hub_revision or None,
-                             private=config.hub_private, log=say)
-    return repo, CheckpointUploader(repo.upload, repo.where, log=say)
+def _class_weights(config: TrainConfig, task: Task, train_labels, device: torch.device) -> torch.Tensor | None:
+    """The loss's weight per label (class_weights), the same on every rank: it comes from the same data."""
+    if config.class_weights == "none":
+        return None
+    if config.class_weights == "balanced":
+        counts = task.label_counts(train_labels)
+        if not counts.all():
+            missing = [name for name, count in zip(task.labels, counts) if not count]
+            raise ConfigError(f"class_weights=balanced: label(s) {', '.join(map(repr, missing))} have no training "
+                              "rows, so no weight balances them; give the weights (one number per label) instead")
+        weights = task.balanced_weights(train_labels)
+    else:
+        weights = config.class_weight_values()
+        if len(weights) != len(task.labels):
+            raise ConfigError(f"class_weights={config.class_weights!r} gives {len(weights)} weight(s), but the data "
+                              f"has {len(task.labels)} labels ({', '.join(task.labels)}): give one per label, in "
+                              "that order")
+    return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
 def _make_accelerator(config: TrainConfig) -> Accelerator:
@@ -246,21 +262,23 @@ def _make_accelerator(config: TrainConfig) -> Accelerator:
 def _load_model_and_data(config: TrainConfig, accelerator: Accelerator):
     # Every rank validates the data itself, so a bad file fails them all at once instead of leaving
     # some waiting in a collective; nothing has been written to output_dir yet.
-    splits = load_ag_news(config.dataset, validation_fraction=config.validation_fraction, seed=config.seed,
-                          max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
-                          headline_views=config.headline_views)
-    if config.model_selection == "best_validation" and "validation" not in splits:
-        raise ConfigError("model_selection=best_validation needs a validation split: set validation_fraction > 0 "
-                          "or give the data a validation file")
+    data = load_labelled_data(DataOptions.from_config(config))
+    needing_validation = {"model_selection=best_validation": config.model_selection == "best_validation",
+                          f"early_stopping_patience={config.early_stopping_patience}": config.early_stopping_patience}
+    for setting, asks in needing_validation.items():
+        if asks and "validation" not in data.splits:
+            raise ConfigError(f"{setting} needs a validation split: set validation_fraction > 0 or give the data "
+                              "a validation split")
+    data.task = data.task.with_threshold(config.decision_threshold or None)  # 0: chosen on validation at the end
     with accelerator.main_process_first():  # download once, then read from the cache
-        model, tokenizer = load_classifier(config.model_name_or_path, for_training=True)
+        model, tokenizer = load_classifier(config.model_name_or_path, for_training=True, task=data.task)
     config.max_length = checked_max_length(config.max_length, model, tokenizer, config.model_name_or_path,
                                            warn=accelerator.print)
     with accelerator.local_main_process_first():  # tokenize once per machine; the others hit the cache
-        tokenized = tokenize_splits(splits, tokenizer, config.max_length)
+        tokenized = tokenize_splits(data.splits, tokenizer, config.max_length)
     if accelerator.device.type == "cpu" and config.cpu_dropout_masks:
         accelerator.print(f"CPU dropout masks from 16-bit random numbers: {use_cpu_dropout(model)}")
-    return model, tokenizer, tokenized
+    return data, model, tokenizer, tokenized
 
 
 def _data_loaders(config: TrainConfig, accelerator: Accelerator, tokenized, tokenizer):
@@ -292,8 +310,9 @@ def _start_tracking(run: Run) -> None:
 
 def _resume_or_start(run: Run) -> None:
     accelerator, config = run.accelerator, run.config
-    if config.resume == "auto" and config.hub_strategy == "checkpoint":
-        _fetch_hub_checkpoint(run)
+    for callback in run.callbacks:  # a Hub checkpoint may be fetched here (main process)
+        callback.on_train_begin(run)
+    accelerator.wait_for_everyone()
     resume_from = _find_resume_checkpoint(config, run.checkpoint_root)
     if resume_from is not None:
         saved = TrainerState.load(resume_from / checkpoint.STATE_FILE)
@@ -311,22 +330,14 @@ def _resume_or_start(run: Run) -> None:
         for old in checkpoint.remove_checkpoints(run.checkpoint_root):  # only with resume=none: they would be resumed
             accelerator.print(f"resume=none: deleted {old}")
     faults.inject("start", run)
-    tokenized = run.tokenized
+    tokenized, task = run.tokenized, run.task
     accelerator.print(
-        f"Training {config.model_name_or_path} on {len(tokenized['train'])} examples "
+        f"Training {config.model_name_or_path} ({task.problem_type}, {len(task.labels)} labels: "
+        f"{_shortened(task.labels)}) on {len(tokenized['train'])} examples "
         f"({len(tokenized['validation']) if 'validation' in tokenized else 'no'} validation, "
         f"{len(tokenized['test'])} test): {run.total_steps} steps of {run.examples_per_step} examples on "
         f"{accelerator.num_processes} process(es), {accelerator.device.type}, "
         f"mixed precision {accelerator.mixed_precision}")
-
-
-def _fetch_hub_checkpoint(run: Run) -> None:
-    """With no local checkpoint, the main process fetches the newest one from the Hub into checkpoints/ while the
-    others wait (every rank of a config decides to wait, so none can race past a download in progress); then all
-    resume from it as from any local checkpoint. A failed fetch ends the main process, and the launcher the rest."""
-    if run.accelerator.is_main_process and checkpoint.latest_checkpoint(run.checkpoint_root) is None:
-        run.hub_repo.fetch(run.checkpoint_root, run.output_dir / "log.jsonl")
-    run.accelerator.wait_for_everyone()
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -342,7 +353,7 @@ def _train_steps(run: Run) -> None:
     run.stop_request.install()
     run.model.train()
     finished = False
-    while not finished and state.global_step < run.total_steps:
+    while not finished and state.global_step < run.total_steps and not state.stop_reason:
         run.sampler.set_epoch(state.epoch, start_batch=state.batches_done_in_epoch)
         for batch in itertools.islice(run.train_loader, run.micro_batches_per_epoch - state.batches_done_in_epoch):
             if _micro_step(run, batch) and (finished := _after_optimizer_step(run)):
@@ -356,10 +367,13 @@ def _micro_step(run: Run, batch: dict) -> bool:
     whether it did."""
     accelerator, model = run.accelerator, run.model
     run.window.tokens += int(batch["attention_mask"].sum())  # still a CPU tensor: no device sync
-    batch = {key: value.to(run.device, non_blocking=True) for key, value in batch.items()}
+    inputs = {key: value.to(run.device, non_blocking=True) for key, value in batch.items() if key != "labels"}
+    labels = batch["labels"].to(run.device, non_blocking=True)
     with accelerator.accumulate(model):
-        loss = (rdrop_loss(run.forward_model, batch, run.config.rdrop_weight) if run.config.rdrop_weight
-                else run.forward_model(**batch).loss)
+        if run.config.rdrop_weight:
+            loss = rdrop_loss(run.forward_model, inputs, labels, run.config.rdrop_weight, run.task, run.class_weights)
+        else:  # the task's loss, not the model's: class weights and multi-label go through one path
+            loss = run.task.loss(run.forward_model(**inputs).logits, labels, run.class_weights)
         accelerator.backward(loss)
         if accelerator.sync_gradients:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), run.config.max_grad_norm or math.inf)
@@ -387,7 +401,7 @@ def _after_optimizer_step(run: Run) -> bool:
     finished = state.global_step >= run.total_steps
     if state.global_step % config.logging_steps == 0 or finished:
         _log_window(run)
-    checkpointed = _evaluate_and_checkpoint(run, finished, epoch_finished)
+    checkpointed, finished = _evaluate_and_checkpoint(run, finished, epoch_finished)
     if stop_agreed and not finished:
         _stop(run, checkpointed)
     return finished
@@ -427,35 +441,43 @@ def _log_window(run: Run) -> None:
     window.restart()
 
 
-def _evaluate_and_checkpoint(run: Run, finished: bool, epoch_finished: bool) -> bool:
-    """Validate and checkpoint when due; returns whether a checkpoint was written."""
+def _evaluate_and_checkpoint(run: Run, finished: bool, epoch_finished: bool) -> tuple[bool, bool]:
+    """Validate and checkpoint when due; returns whether a checkpoint was written, and whether training is
+    finished (early stopping may end it here)."""
     config, step = run.config, run.state.global_step
     evaluated = checkpointed = False
     if "validation" in run.eval_loaders and (finished or epoch_finished
                                               or (config.eval_every and step % config.eval_every == 0)):
+        evaluating = time.perf_counter()
         _validate_and_select(run)
         evaluated = True
+        if run.state.stop_reason and not finished:  # early stopping: training ends at this step
+            finished = True
+            if run.window.steps:  # the steps since the last log line, with the evaluation's time left out
+                run.window.started += time.perf_counter() - evaluating
+                _log_window(run)
     if finished or epoch_finished or (config.checkpoint_every and step % config.checkpoint_every == 0):
         _save_checkpoint(run)
         checkpointed = True
     if evaluated or checkpointed:
         run.window.started = time.perf_counter()  # keep evaluation and I/O out of the throughput figures
-    return checkpointed
+    return checkpointed, finished
 
 
 def _validate_and_select(run: Run) -> None:
     state, accelerator = run.state, run.accelerator
-    metrics = evaluate_split(run.model, run.eval_loaders["validation"],
-                             expected_count=len(run.tokenized["validation"]), label_names=LABEL_NAMES,
-                             gather=accelerator.gather_for_metrics)
-    run.run_log.write("eval", split="validation", step=state.global_step, epoch=state.epoch,
-                      accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"])
+    outputs = collect_outputs(run.model, run.eval_loaders["validation"],
+                              expected_count=len(run.tokenized["validation"]), gather=accelerator.gather_for_metrics)
+    metrics = score_outputs(run.task, outputs, run.class_weights)
+    run.run_log.write("eval", split="validation", step=state.global_step, epoch=state.epoch, **scalar_metrics(metrics))
     accelerator.log(tracking.eval_scalars("eval", metrics), step=state.global_step)
-    accelerator.print(f"step {state.global_step}: validation accuracy {metrics['accuracy']:.4f}, "
-                      f"macro-F1 {metrics['macro_f1']:.4f}")
-    # Every rank sees the same gathered metrics, so they agree on "best" without another collective.
-    if run.config.model_selection == "best_validation" and metrics["accuracy"] > state.best_validation_accuracy:
-        state.best_validation_accuracy, state.best_step = metrics["accuracy"], state.global_step
+    accelerator.print(f"step {state.global_step}: validation {_metrics_line(metrics)}")
+    # Every rank sees the same gathered metrics, so they agree on "best" and on stopping without another collective.
+    improved = run.selection.record(state, metrics, state.global_step)
+    if state.stop_reason:
+        run.run_log.write("early_stop", step=state.global_step, reason=state.stop_reason)
+        accelerator.print(f"step {state.global_step}: {state.stop_reason}")
+    if run.config.model_selection == "best_validation" and improved:
         with _written_on_every_rank(run, f"the best weights {run.output_dir / BEST_WEIGHTS}"):
             if accelerator.is_main_process:
                 staging = run.output_dir / f".{BEST_WEIGHTS}.tmp"
@@ -477,8 +499,9 @@ def _save_checkpoint(run: Run) -> None:
             run.config.save(staging / "train_config.json")
             final = checkpoint.finalize_checkpoint(staging, run.state, keep_last=run.config.keep_last,
                                                    best_weights=run.output_dir / BEST_WEIGHTS)
-    if final is not None and run.uploader is not None:
-        _queue_upload(run, final)
+    if final is not None:
+        for callback in run.callbacks:
+            callback.on_checkpoint(run, final)
 
 
 @contextmanager
@@ -502,22 +525,6 @@ def _written_on_every_rank(run: Run, what: str):
                                            "write their part (their error is above)")
 
 
-def _queue_upload(run: Run, final: Path) -> None:
-    """Hand the new checkpoint to the background uploader (a snapshot of hard links: see snapshot_for_upload)."""
-    try:
-        snapshot = checkpoint.snapshot_for_upload(final, run.output_dir / "log.jsonl")
-    except OSError as err:
-        print(f"Warning: checkpoint {final} not uploaded, its snapshot failed ({err}); training goes on", flush=True)
-        return
-    run.uploader.submit(snapshot, run.state.global_step)
-
-
-def _wait_for_uploads(run: Run) -> None:
-    """The newest checkpoint on the Hub before the process ends (main process; bounded)."""
-    if run.uploader is not None:
-        run.uploader.close(UPLOAD_WAIT_SECONDS)
-
-
 def _stop(run: Run, checkpointed: bool) -> None:
     """Every rank agreed to stop (SIGTERM/SIGINT): make sure a checkpoint holds this step, then leave."""
     if not checkpointed:
@@ -528,7 +535,8 @@ def _stop(run: Run, checkpointed: bool) -> None:
     cause = run.stop_request.signal_name or "a signal to another process"
     run.run_log.write("stopped", step=step, cause=cause, checkpoint=str(saved_to), exit_code=EXIT_STOPPED)
     run.progress.close()
-    _wait_for_uploads(run)
+    for callback in run.callbacks:
+        callback.on_stop(run)
     run.accelerator.print(f"Stopped at step {step} of {run.total_steps} on {cause}; checkpoint written to "
                           f"{saved_to}. Run the same command again to resume from it (resume=auto). "
                           f"Exit code {EXIT_STOPPED}.")
@@ -538,31 +546,63 @@ def _stop(run: Run, checkpointed: bool) -> None:
 # ----------------------------------------------------------------------------- finish
 
 def _finish(run: Run) -> dict:
-    """Pick the weights (``model_selection``), evaluate validation (if any) and test once, write the outputs."""
+    """Pick the weights (``model_selection``) and the decision threshold, evaluate validation (if any) and test
+    once, write the outputs; then the listeners' end (the push)."""
     accelerator = run.accelerator
     accelerator.wait_for_everyone()
     selected_step = _select_weights(run)
+    outputs = {name: collect_outputs(run.model, loader, expected_count=len(run.tokenized[name]),
+                                     gather=accelerator.gather_for_metrics)
+               for name, loader in run.eval_loaders.items()}
+    threshold_source = _choose_threshold(run, outputs.get("validation"))
     results = {"validation": None}  # stays None without a validation split
-    for name, loader in run.eval_loaders.items():
-        results[name] = evaluate_split(run.model, loader, expected_count=len(run.tokenized[name]),
-                                       label_names=LABEL_NAMES, gather=accelerator.gather_for_metrics)
-        run.run_log.write("eval", split=name, step=selected_step, final=True,
-                          accuracy=results[name]["accuracy"], macro_f1=results[name]["macro_f1"])
+    for name, split_outputs in outputs.items():
+        results[name] = score_outputs(run.task, split_outputs, run.class_weights)
+        run.run_log.write("eval", split=name, step=selected_step, final=True, **scalar_metrics(results[name]))
     accelerator.log(tracking.eval_scalars("test", results["test"]), step=run.state.global_step)
-    metrics = {**results, "model_selection": run.config.model_selection, "selected_step": selected_step,
-               "global_step": run.state.global_step,
+    ended = run.state.stop_reason or f"completed: {run.state.global_step} of {run.total_steps} optimizer steps"
+    run.run_log.write("end", step=run.state.global_step, reason=ended, final=True)
+    metrics = {**results, "model_selection": run.config.model_selection,
+               "metric_for_best_model": run.selection.metric, "selected_step": selected_step,
+               "global_step": run.state.global_step, "training_ended": ended, "data": run.data.summary(),
+               "class_weights": _named_weights(run), "decision_threshold": threshold_source,
                "train": _describe_training(accelerator, run.config, run.state, len(run.tokenized["train"]))}
     with _written_on_every_rank(run, f"the final model and metrics in {run.output_dir}"):
         if accelerator.is_main_process:
             _write_outputs(run, metrics)
     _end_distributed_run(run)
-    _wait_for_uploads(run)  # after the last collective, like the push: the other ranks are done
-    if run.config.push_to_hub and accelerator.is_main_process:
-        # After the last collective: the other ranks are done, so a slow or failed upload cannot keep them
-        # waiting in a barrier until the NCCL timeout.
-        metrics["hub"] = push_run_to_hub(run.output_dir, run.config.hub_model_id, private=run.config.hub_private,
-                                         revision=run.config.hub_revision or None, log=accelerator.print)
+    for callback in run.callbacks:  # after the last collective: a slow push keeps no other rank waiting
+        callback.on_train_end(run, metrics)
     return metrics
+
+
+def _choose_threshold(run: Run, validation) -> dict | None:
+    """The multi-label decision threshold: decision_threshold, or the best validation micro-F1's (0.5 without a
+    validation split); written into the model's config. None for single-label models, which take the argmax."""
+    task, given = run.task, run.config.decision_threshold
+    chosen = None if given or validation is None else \
+        task.best_threshold(task.probabilities(validation.logits), validation.references)
+    run.data.task = task = task.with_threshold(chosen)
+    run.accelerator.unwrap_model(run.model).config.update(task.model_config())
+    if task.threshold is None:
+        return None
+    how = "given (decision_threshold)" if given else "best validation micro-F1" if chosen is not None else \
+        "default (no validation split to choose it on)"
+    return {"value": task.threshold, "chosen_by": how}
+
+
+def _named_weights(run: Run) -> dict[str, float] | None:
+    if run.class_weights is None:
+        return None
+    return {name: round(float(weight), 6) for name, weight in zip(run.task.labels, run.class_weights.tolist())}
+
+
+def _metrics_line(metrics: dict) -> str:
+    return ", ".join(f"{name} {value:.4f}" for name, value in scalar_metrics(metrics).items())
+
+
+def _shortened(names: Sequence[str], shown: int = 8) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
 
 
 def _end_distributed_run(run: Run) -> None:
@@ -602,12 +642,12 @@ def _write_outputs(run: Run, metrics: dict) -> None:
     write_json(run.output_dir / "metrics.json", metrics)
     plots = run.output_dir / "plots"
     plots.mkdir(exist_ok=True)
-    plot_loss(run.run_log.records(), plots / "loss.png")
+    plot_loss(run.run_log.records(), plots / "loss.png", metric=run.selection.metric)
     test = metrics["test"]
-    plot_confusion_matrix(test["confusion_matrix"], LABEL_NAMES, plots / "confusion_matrix.png")
+    plot_confusion(run.task, test, plots / "confusion_matrix.png")
     write_model_card(run.output_dir, repo_id=run.config.hub_model_id or None)
-    run.accelerator.print(f"test accuracy {test['accuracy']:.4f} (macro-F1 {test['macro_f1']:.4f}) "
-                          f"on {test['num_examples']} examples; outputs in {run.output_dir}")
+    run.accelerator.print(f"test {_metrics_line(test)} on {test['num_examples']} examples; outputs in "
+                          f"{run.output_dir}")
 
 
 def _describe_training(accelerator, config: TrainConfig, state: TrainerState, train_examples: int) -> dict:
@@ -672,13 +712,16 @@ def _find_resume_checkpoint(config: TrainConfig, checkpoint_root: Path) -> Path 
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None,
+         callbacks_for: Callable[[TrainConfig], Sequence[TrainerCallback]] | None = None) -> int:
+    """Train with the config ``argv`` gives; ``callbacks_for`` builds the listeners the config asks for (the entry
+    points, distrinews/train.py and ``distrinews train``, hand in the Hub's). Returns the exit code."""
     try:
         config = parse_train_config(argv)
-        if config.push_to_hub or config.hub_strategy == "checkpoint":
-            # No token or HF_HUB_OFFLINE: fail now, not after hours of training.
-            check_push_ready("push_to_hub" if config.push_to_hub else "hub_strategy=checkpoint")
-        train(config)
+        if callbacks_for is None and (config.push_to_hub or config.hub_strategy == "checkpoint"):
+            raise ConfigError("push_to_hub and hub_strategy=checkpoint need the Hub's listeners: train with "
+                              "`python -m distrinews.train` or `distrinews train`")
+        train(config, callbacks_for(config) if callbacks_for else ())
     except Exception as err:
         code = exit_code_for(err)
         if code is None:
@@ -688,7 +731,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
         return code
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

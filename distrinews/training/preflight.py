@@ -3,7 +3,7 @@
 ``distrinews launch`` calls ``preflight(config)``: a bad setting, an unwritable output_dir, a missing token, a model
 or dataset that does not resolve, or a bad row then ends the command in seconds with one line and exit code 2,
 instead of a failure on every rank after their start-up and the launcher's traceback on top. The checks are the
-ranks' own code (``load_classifier``, ``load_ag_news``, ``checked_max_length``), run once here.
+ranks' own code (``load_labelled_data``, ``load_classifier``, ``checked_max_length``), run once here.
 
 A Hub that cannot be reached (no network, a firewall, a wrong HF_ENDPOINT) is found with one request; the run then
 goes on offline from the local cache if the model and dataset are there (and the ranks are told to stay offline,
@@ -44,7 +44,7 @@ def preflight(config: TrainConfig, say: Callable[[str], None] = print) -> Prefli
     check_output_dir_creatable(Path(config.output_dir))
     unreachable = _go_offline_if_hub_unreachable(config)
     # Imported after the Hub check: the datasets library reads HF_HUB_OFFLINE once, at import.
-    from .data import checked_max_length, load_ag_news
+    from .data import DataOptions, checked_max_length, load_labelled_data
     from ..core.modeling import load_classifier
 
     import datasets
@@ -52,17 +52,15 @@ def preflight(config: TrainConfig, say: Callable[[str], None] = print) -> Prefli
 
     datasets.disable_progress_bars()  # the ranks show theirs; these loads are checks
     transformers_logging.disable_progress_bar()
-    model, tokenizer = _from_cache_if_offline(
+    data = _from_cache_if_offline(unreachable, "dataset", config.dataset,
+                                  lambda: load_labelled_data(DataOptions.from_config(config)))
+    model, tokenizer = _from_cache_if_offline(  # with the head the data's labels need, as the ranks load it
         unreachable, "model", config.model_name_or_path,
-        lambda: load_classifier(config.model_name_or_path, for_training=True))
-    splits = _from_cache_if_offline(
-        unreachable, "dataset", config.dataset,
-        lambda: load_ag_news(config.dataset, validation_fraction=config.validation_fraction, seed=config.seed,
-                             max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
-                             headline_views=config.headline_views))
+        lambda: load_classifier(config.model_name_or_path, for_training=True, task=data.task))
     if unreachable:
         say(f"warning: {unreachable}: training offline from the local cache (HF_HUB_OFFLINE=1)")
     max_length = checked_max_length(config.max_length, model, tokenizer, config.model_name_or_path, warn=say)
+    splits = data.splits
     # Counted as the ranks tokenize (training/data.py: tokenize_splits), on a sample.
     token_ids = tokenizer(splits["train"]["text"][:TOKENS_SAMPLE], truncation=True, max_length=max_length)["input_ids"]
     return PreflightReport(model=model, tokenizer=tokenizer, train_examples=len(splits["train"]),

@@ -68,40 +68,57 @@ def _pyplot():
     return plt
 
 
-def plot_loss(records: Sequence[dict], path: Path) -> None:
+def plot_loss(records: Sequence[dict], path: Path, metric: str = "accuracy") -> None:
+    """The training loss and, on a second axis, the validation ``metric`` of each evaluation."""
     train = [r for r in records if r["type"] == "train"]
-    evals = [r for r in records if r["type"] == "eval" and r.get("split") == "validation"]
+    evals = [r for r in records if r["type"] == "eval" and r.get("split") == "validation" and metric in r]
+    shown = metric.replace("_", " ")
     plt = _pyplot()
     fig, loss_axis = plt.subplots(figsize=(7, 4), dpi=120)
     loss_axis.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="training loss")
     loss_axis.set_xlabel("optimizer step")
     loss_axis.set_ylabel("training loss", color="tab:blue")
     if evals:
-        accuracy_axis = loss_axis.twinx()
-        accuracy_axis.plot([r["step"] for r in evals], [100 * r["accuracy"] for r in evals], "o-",
-                           color="tab:orange", label="validation accuracy")
-        accuracy_axis.set_ylabel("validation accuracy (%)", color="tab:orange")
-    loss_axis.set_title("Training loss and validation accuracy" if evals else "Training loss")
+        scale, unit = (1, "") if metric == "loss" else (100, " (%)")
+        metric_axis = loss_axis.twinx()
+        metric_axis.plot([r["step"] for r in evals], [scale * r[metric] for r in evals], "o-",
+                         color="tab:orange", label=f"validation {shown}")
+        metric_axis.set_ylabel(f"validation {shown}{unit}", color="tab:orange")
+    loss_axis.set_title(f"Training loss and validation {shown}" if evals else "Training loss")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def plot_confusion_matrix(confusion: Sequence[Sequence[int]], label_names: Sequence[str], path: Path,
-                          title: str = "Test confusion matrix") -> None:
+def plot_confusion(task, split_metrics: dict, path: Path) -> None:
+    """The test split's confusion: the label x label matrix, or for multi-label each label's four counts."""
+    if "label_confusion" in split_metrics:
+        counts = split_metrics["label_confusion"]
+        columns = ["true_positive", "false_negative", "false_positive", "true_negative"]
+        plot_count_grid([[counts[name][c] for c in columns] for name in task.labels], task.labels,
+                        [c.replace("_", " ") for c in columns], path, "Test confusion per label",
+                        x_label="", y_label="label")
+    else:
+        plot_count_grid(split_metrics["confusion_matrix"], task.labels, task.labels, path, "Test confusion matrix")
+
+
+def plot_count_grid(counts: Sequence[Sequence[int]], row_names: Sequence[str], column_names: Sequence[str],
+                    path: Path, title: str, x_label: str = "predicted", y_label: str = "true") -> None:
+    """A heat map of counts with each count written in its cell (cells too small to read are left blank)."""
     plt = _pyplot()
-    fig, axis = plt.subplots(figsize=(5.5, 4.8), dpi=120)
-    image = axis.imshow(confusion, cmap="Blues")
-    size = len(label_names)
-    axis.set_xticks(range(size), label_names, rotation=30, ha="right")
-    axis.set_yticks(range(size), label_names)
-    axis.set_xlabel("predicted")
-    axis.set_ylabel("true")
-    peak = max(max(row) for row in confusion) or 1
-    for i in range(size):
-        for j in range(size):
-            axis.text(j, i, str(confusion[i][j]), ha="center", va="center",
-                      color="white" if confusion[i][j] > peak / 2 else "black")
+    rows, columns = len(row_names), len(column_names)
+    fig, axis = plt.subplots(figsize=(max(5.5, 0.32 * columns + 2.5), max(4.8, 0.28 * rows + 1.8)), dpi=120)
+    image = axis.imshow(counts, cmap="Blues", aspect="auto")
+    axis.set_xticks(range(columns), column_names, rotation=30, ha="right")
+    axis.set_yticks(range(rows), row_names)
+    axis.set_xlabel(x_label)
+    axis.set_ylabel(y_label)
+    peak = max(max(row) for row in counts) or 1
+    if max(rows, columns) <= 16:
+        for i in range(rows):
+            for j in range(columns):
+                axis.text(j, i, str(counts[i][j]), ha="center", va="center",
+                          color="white" if counts[i][j] > peak / 2 else "black")
     fig.colorbar(image, ax=axis)
     axis.set_title(title)
     fig.tight_layout()
@@ -109,18 +126,26 @@ def plot_confusion_matrix(confusion: Sequence[Sequence[int]], label_names: Seque
     plt.close(fig)
 
 
+# The one-number metrics a table shows, where a split has them: single-label splits have accuracy, multi-label
+# splits micro-F1 and subset accuracy.
+HEADLINE_METRICS = (("accuracy", "accuracy"), ("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"),
+                    ("subset_accuracy", "subset accuracy"))
+
+
 def metrics_markdown_table(metrics: dict, splits: Sequence[str] = ("validation", "test")) -> str:
-    """A Markdown table of a run's ``metrics.json``: accuracy, macro-F1 and per-class F1 for each split."""
+    """A Markdown table of a run's ``metrics.json``: the headline metrics and per-label F1 for each split."""
     missing = [split for split in splits if split not in metrics]
     if missing:
         raise KeyError(f"metrics has no {', '.join(missing)} section (it has: {', '.join(metrics) or 'nothing'})")
     shown = [split for split in splits if metrics[split] is not None]  # validation is None in a run without one
     label_names = list(metrics[shown[0]]["per_class"])
-    lines = ["| split | examples | accuracy | macro-F1 | " + " | ".join(f"F1 {name}" for name in label_names) + " |",
-             "|---" * (4 + len(label_names)) + "|"]
+    headline = [(key, title) for key, title in HEADLINE_METRICS if key in metrics[shown[0]]]
+    lines = ["| split | examples | " + " | ".join(title for _, title in headline) + " | "
+             + " | ".join(f"F1 {name}" for name in label_names) + " |",
+             "|---" * (2 + len(headline) + len(label_names)) + "|"]
     for split in shown:
         scores = metrics[split]
+        values = " | ".join(f"{scores[key]:.4f}" for key, _ in headline)
         per_class = " | ".join(f"{scores['per_class'][name]['f1']:.4f}" for name in label_names)
-        lines.append(f"| {split} | {scores['num_examples']} | {scores['accuracy']:.4f} | {scores['macro_f1']:.4f} "
-                     f"| {per_class} |")
+        lines.append(f"| {split} | {scores['num_examples']} | {values} | {per_class} |")
     return "\n".join(lines)

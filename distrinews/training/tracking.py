@@ -15,6 +15,7 @@ import accelerate.utils
 
 from ..core.errors import ConfigError
 from .config import TrainConfig
+from .evaluation import scalar_metrics
 
 TRACKERS = ("tensorboard", "wandb", "trackio")  # report_to=all: every one of these that is installed
 TRACKER_FOLDER = "runs"
@@ -67,4 +68,5 @@ def train_scalars(record: dict[str, Any]) -> dict[str, float]:
 
 
 def eval_scalars(split: str, metrics: dict[str, Any]) -> dict[str, float]:
-    return {f"{split}/accuracy": metrics["accuracy"], f"{split}/macro_f1": metrics["macro_f1"]}
+    """Every one-number metric of an evaluation (accuracy or micro-F1, macro-F1, loss, ...) under ``split/``."""
+    return {f"{split}/{name}": value for name, value in scalar_metrics(metrics).items()}

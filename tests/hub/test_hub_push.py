@@ -19,7 +19,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from conftest import REPO_ROOT, accelerate_launch, tiny_train_args
-from distrinews.hub.model_card import build_model_card
+from distrinews.training.model_card import build_model_card
 from hub_server import FakeHub, assert_token_absent
 
 REPO_ID = "distrinews-test/ag-news-tiny"

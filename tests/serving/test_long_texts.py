@@ -17,8 +17,9 @@ from distrinews.core.modeling import load_classifier
 from distrinews.core.predict import predict_with
 from distrinews.core.windows import WindowPolicy, combine_window_scores, scores_from_logits
 from distrinews.serving.batching import MicroBatcher
+from distrinews.core.tasks import SingleLabelTask
 
-LABELS = ["Sports", "Business"]
+TASK = SingleLabelTask(("Sports", "Business"))  # one topic per text: softmax, windows averaged
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +48,28 @@ def article(filler_words: int, topic_words: list[str]) -> str:
 
 def test_an_article_whose_topic_sits_past_the_first_window_is_classified_by_it(tokenizer):
     text = article(300, CLASS_WORDS[2][:6] * 3)
-    whole = predict_with(counting_model(tokenizer, []), tokenizer, LABELS, [text], max_length=128)[0]
-    start_only = predict_with(counting_model(tokenizer, []), tokenizer, LABELS, [text], max_length=128,
+    whole = predict_with(counting_model(tokenizer, []), tokenizer, TASK, [text], max_length=128)[0]
+    start_only = predict_with(counting_model(tokenizer, []), tokenizer, TASK, [text], max_length=128,
                               policy=WindowPolicy(128, max_windows=1))[0]
     assert whole.label == "Sports" and whole.windows == 4 and not whole.truncated
     assert start_only.probabilities == {"Sports": 0.5, "Business": 0.5} and start_only.truncated
     # The text's probabilities are the mean of its windows' softmax; each window sums to 1, so does the mean.
     assert sum(whole.probabilities.values()) == pytest.approx(1)
     assert whole.scores("none")["Sports"] == pytest.approx(np.mean(whole.window_logits[:, 0]))
+
+
+def test_a_multi_label_article_gives_each_label_found_in_any_window(tokenizer):
+    """A multi-label model's scores are sigmoids combined by their max: a topic in one window is in the text."""
+    from distrinews.core.tasks import MultiLabelTask
+
+    sports, business = " ".join(CLASS_WORDS[2][:4]), " ".join(CLASS_WORDS[3][:4])
+    text = f"{sports} {article(300, [business])}"  # sports in the first window, business in the last
+    (prediction,) = predict_with(counting_model(tokenizer, []), tokenizer, MultiLabelTask(TASK.labels, 0.9), [text],
+                                 max_length=128)
+    assert prediction.windows >= 3 and prediction.score_function == "sigmoid"
+    four_words = 1 / (1 + np.exp(-4))  # each window's sigmoid of its 4 topic words; the mean would be far lower
+    assert prediction.probabilities == pytest.approx({"Sports": four_words, "Business": four_words})
+    assert prediction.labels == ["Sports", "Business"]  # both at or above 0.9: most probable first, ties in order
 
 
 def test_window_scores_combine_by_their_kind():
@@ -71,7 +86,7 @@ def test_the_cost_grows_linearly_with_the_windows(tokenizer):
     windows, tokens = [], []
     for words in (100, 400, 800, 1200):
         calls: list[int] = []
-        (prediction,) = predict_with(counting_model(tokenizer, calls), tokenizer, LABELS, [article(words, [])],
+        (prediction,) = predict_with(counting_model(tokenizer, calls), tokenizer, TASK, [article(words, [])],
                                      max_length=128)
         assert sum(calls) == prediction.windows  # the model runs each window once: the cost is per window
         windows.append(prediction.windows)

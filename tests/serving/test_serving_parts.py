@@ -14,8 +14,8 @@ from distrinews.core.errors import InferenceFailed, QueueFull, ServingConfigErro
 from distrinews.serving.batching import MicroBatcher
 from distrinews.serving.explain import explanation_from, occlusion_texts
 from distrinews.core.modeling import load_classifier
-from distrinews.core.predict import Prediction, encode_windows, length_sorted_chunks, pad_batch, predict_with, \
-    torch_logits
+from distrinews.core.predict import Prediction, encode_windows, length_sorted_chunks, model_task, pad_batch, \
+    predict_with, torch_logits
 from distrinews.core.windows import WindowPolicy, scores_from_logits
 from distrinews.serving.service import ServingConfig, texts_from_csv
 
@@ -231,7 +231,7 @@ def test_occlusion_gives_the_driving_words_the_largest_weight():
 def test_occlusion_with_the_real_predict_path(tiny_model):
     model, tokenizer = load_classifier(str(tiny_model))
     predict = lambda texts: predict_with(torch_logits(model.eval()), tokenizer,  # noqa: E731
-                                         [model.config.id2label[i] for i in range(4)], texts, max_length=64)
+                                         model_task(model), texts, max_length=64)
     text = " ".join(["word"] * 70)
     explanation = explain_text(predict, text)
     assert len(explanation.words) == 70 and explanation.weights[64:] == [None] * 6

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
+from distrinews.core.formats import AG_NEWS
 from distrinews.training import checkpoint, faults
 from distrinews.training.checkpoint import CheckpointMismatchError, TrainerState
 from distrinews.training.config import TrainConfig
@@ -63,16 +65,21 @@ def test_best_weights_are_linked_into_the_checkpoint_and_restored_from_it(tmp_pa
     checkpoint.restore_best_weights(root / "step-00000001", best)
     assert not best.exists()
 
+AG_NEWS_LABELS = AG_NEWS.label_names
+
 
 def test_signature_mismatch_names_every_difference(tmp_path):
     config = TrainConfig(seed=7, per_device_train_batch_size=8)
-    saved = checkpoint.run_signature(config, num_processes=2, train_data="216 examples, crc32 0001", total_steps=26)
+    saved = checkpoint.run_signature(config, num_processes=2, train_data="216 examples, crc32 0001", total_steps=26,
+                                     labels=AG_NEWS_LABELS)
     # Same global micro-batch on another number of processes: the data position still means the same.
     same_global = TrainConfig(seed=7, per_device_train_batch_size=16)
-    checkpoint.check_resumable(tmp_path, saved, checkpoint.run_signature(same_global, 1, "216 examples, crc32 0001", 26))
+    checkpoint.check_resumable(tmp_path, saved, checkpoint.run_signature(same_global, 1, "216 examples, crc32 0001", 26,
+                                                                         AG_NEWS_LABELS))
     other = TrainConfig(seed=8, per_device_train_batch_size=4, learning_rate=1e-4)
     with pytest.raises(CheckpointMismatchError) as error:
-        checkpoint.check_resumable(tmp_path, saved, checkpoint.run_signature(other, 2, "216 examples, crc32 0002", 26))
+        checkpoint.check_resumable(tmp_path, saved, checkpoint.run_signature(other, 2, "216 examples, crc32 0002",
+                                                                             26, AG_NEWS_LABELS))
     message = str(error.value)
     for expected in ("seed: checkpoint 7, this run 8", "examples_per_micro_batch: checkpoint 16, this run 8",
                      "learning_rate: checkpoint 5e-05, this run 0.0001", "train_data: checkpoint '216 examples, crc32 "
@@ -140,11 +147,11 @@ def test_state_round_trips_with_its_signature(tmp_path):
 
 def test_per_parameter_rates_are_part_of_the_signature_and_old_checkpoints_still_resume(tmp_path):
     config = TrainConfig(seed=7)
-    current = checkpoint.run_signature(config, 2, "216 examples, crc32 0001", 26)
+    current = checkpoint.run_signature(config, 2, "216 examples, crc32 0001", 26, AG_NEWS_LABELS)
     older = {key: value for key, value in current.items() if key not in ("head_learning_rate", "layer_lr_decay")}
     checkpoint.check_resumable(tmp_path, older, current)  # written before these settings existed: the defaults
     changed = checkpoint.run_signature(TrainConfig(seed=7, head_learning_rate=1e-3, layer_lr_decay=0.9), 2,
-                                       "216 examples, crc32 0001", 26)
+                                       "216 examples, crc32 0001", 26, AG_NEWS_LABELS)
     with pytest.raises(CheckpointMismatchError) as error:
         checkpoint.check_resumable(tmp_path, older, changed)
     assert "head_learning_rate: checkpoint 0.0, this run 0.001" in str(error.value)
@@ -152,10 +159,35 @@ def test_per_parameter_rates_are_part_of_the_signature_and_old_checkpoints_still
 
 
 def test_checkpoints_from_before_model_selection_resume_as_the_best_validation_runs_they_were(tmp_path):
-    signature = {name: checkpoint.run_signature(TrainConfig(seed=7, model_selection=name), 2, "216 examples", 26)
+    signature = {name: checkpoint.run_signature(TrainConfig(seed=7, model_selection=name), 2, "216 examples", 26,
+                                                AG_NEWS_LABELS)
                  for name in ("last", "best_validation")}
     older = {key: value for key, value in signature["last"].items() if key != "model_selection"}
     checkpoint.check_resumable(tmp_path, older, signature["best_validation"])
     with pytest.raises(CheckpointMismatchError) as error:
         checkpoint.check_resumable(tmp_path, older, signature["last"])
     assert "model_selection: checkpoint 'best_validation', this run 'last'" in str(error.value)
+
+
+def test_checkpoints_from_before_labels_came_from_the_data_resume_as_the_ag_news_runs_they_were(tmp_path):
+    current = checkpoint.run_signature(TrainConfig(seed=7), 2, "216 examples", 26, AG_NEWS_LABELS)
+    older = {key: value for key, value in current.items() if key not in ("labels", "problem_type", "class_weights")}
+    checkpoint.check_resumable(tmp_path, older, current)
+    other = checkpoint.run_signature(TrainConfig(seed=7), 2, "216 examples", 26, ("ham", "spam"))
+    with pytest.raises(CheckpointMismatchError, match=r"labels: checkpoint \['World', 'Sports', 'Business', "
+                                                      r"'Sci/Tech'\], this run \['ham', 'spam'\]"):
+        checkpoint.check_resumable(tmp_path, older, other)
+
+
+@pytest.mark.parametrize("change", [dict(class_weights="balanced"), dict(problem_type="multi_label_classification"),
+                                    dict(max_grad_norm=0.5), dict(metric_for_best_model="loss")])
+def test_a_setting_that_changes_the_steps_is_part_of_the_signature(change, tmp_path):
+    """Every field marked resume=SAME is compared; a new one cannot be forgotten in a hand-kept list."""
+    from distrinews.training.config import SAME
+
+    saved = checkpoint.run_signature(TrainConfig(seed=7), 2, "216 examples", 26, AG_NEWS_LABELS)
+    (name,) = change
+    assert {f.name: f.metadata["resume"] for f in dataclasses.fields(TrainConfig)}[name] == SAME
+    with pytest.raises(CheckpointMismatchError, match=f"{name}: checkpoint"):
+        checkpoint.check_resumable(tmp_path, saved, checkpoint.run_signature(TrainConfig(seed=7, **change), 2,
+                                                                             "216 examples", 26, AG_NEWS_LABELS))

@@ -53,6 +53,16 @@ def test_saved_config_loads_back(tmp_path):
     (["--head_learning_rate", "-0.1"], "head_learning_rate=-0.1: must be in [0, 1)"),
     (["--layer_lr_decay", "0"], "layer_lr_decay=0.0: must be in (0, 1]"),
     (["--validation_fraction", "1"], "validation_fraction=1.0: must be in [0, 1)"),
+    (["--problem_type", "multi_label"], "problem_type='multi_label': must be one of single_label_classification, "
+                                        "multi_label_classification"),
+    (["--metric_for_best_model", "micro_f1"], "metric_for_best_model='micro_f1': must be one of auto, accuracy, "
+                                              "macro_f1, loss for problem_type=single_label_classification"),
+    (["--class_weights", "1,-2"], "class_weights='1,-2': must be none, balanced or positive numbers"),
+    (["--label_names", "a,a"], "label_names='a,a': must be distinct, non-empty names"),
+    (["--label_separator", "|"], "label_separator='|': applies to problem_type=multi_label_classification only"),
+    (["--decision_threshold", "0.4"], "decision_threshold=0.4: applies to problem_type=multi_label_classification"),
+    (["--test_fraction", "0.96"], "test_fraction=0.96: with validation_fraction=0.05 leaves no training rows"),
+    (["--early_stopping_patience", "-1"], "early_stopping_patience=-1: must be >= 0"),
 ])
 def test_bad_values_name_the_field(flags, message):
     with pytest.raises(ConfigError) as caught:

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from conftest import write_csv_rows
-from distrinews.training.data import DataError, load_ag_news
+from conftest import load_splits, write_csv_rows
+from distrinews.core.errors import DataError
 
 
 def test_training_split_gains_each_headline_and_description_with_its_label(tmp_path):
@@ -16,7 +16,7 @@ def test_training_split_gains_each_headline_and_description_with_its_label(tmp_p
              ("3", "", "A description with no headline."), ("4", "A headline with no description", "")]
     write_csv_rows(tmp_path / "data" / "train.csv", train)
     write_csv_rows(tmp_path / "data" / "test.csv", [("1", "Summit opens", "Leaders meet.")])
-    splits = load_ag_news(str(tmp_path / "data"), validation_fraction=0, seed=0, headline_views=True)
+    splits = load_splits(tmp_path / "data", validation_fraction=0, seed=0, headline_views=True)
     rows = list(zip(splits["train"]["text"], splits["train"]["label"]))
     assert rows == [("Rebels seize town Fighting spread overnight.", 0), ("Cup final tonight Fans gather.", 1),
                     ("A description with no headline.", 2), ("A headline with no description", 3),
@@ -29,8 +29,8 @@ def test_training_split_gains_each_headline_and_description_with_its_label(tmp_p
 
 def test_views_come_from_training_articles_only(ag_news_dir):
     """The validation split is carved out first: none of its headlines is trained on."""
-    plain = load_ag_news(str(ag_news_dir), validation_fraction=0.2, seed=3)
-    views = load_ag_news(str(ag_news_dir), validation_fraction=0.2, seed=3, headline_views=True)
+    plain = load_splits(ag_news_dir, validation_fraction=0.2, seed=3)
+    views = load_splits(ag_news_dir, validation_fraction=0.2, seed=3, headline_views=True)
     assert views["validation"]["text"] == plain["validation"]["text"]
     assert views["train"]["text"][:len(plain["train"])] == plain["train"]["text"]
     assert len(views["train"]) == 3 * len(plain["train"])  # every conftest row has both parts
@@ -43,11 +43,12 @@ def test_views_come_from_training_articles_only(ag_news_dir):
 def test_data_with_one_text_per_row_is_refused_by_name(tmp_path):
     folder = tmp_path / "joined"
     folder.mkdir()
+    rows = [{"text": "Rebels seize town", "label": 0}, {"text": "Cup final tonight", "label": 1}]
     for name in ("train", "test"):
-        (folder / f"{name}.jsonl").write_text(json.dumps({"text": "Rebels seize town", "label": 0}) + "\n")
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(DataError, match=r"headline_views needs .* has one text per row"):
-        load_ag_news(str(folder), validation_fraction=0, seed=0, headline_views=True)
-    assert len(load_ag_news(str(folder), validation_fraction=0, seed=0)["train"]) == 1  # fine without views
+        load_splits(folder, validation_fraction=0, seed=0, headline_views=True)
+    assert len(load_splits(folder, validation_fraction=0, seed=0)["train"]) == 2  # fine without views
 
 
 def test_training_run_uses_the_views(tiny_model, ag_news_dir, tmp_path, capsys):
@@ -66,9 +67,10 @@ def test_other_files_keep_only_text_and_label_whatever_else_they_hold(tmp_path):
     """Only the original CSVs hand their parts on: a file's own 'title' column, of any type, is not read."""
     folder = tmp_path / "extra-columns"
     folder.mkdir()
-    row = {"text": "Rebels seize town", "label": 0, "title": {"nested": 1}, "description": ["a", "list"]}
+    rows = [{"text": "Rebels seize town", "label": label, "title": {"nested": 1}, "description": ["a", "list"]}
+            for label in (0, 1)]
     for name in ("train", "test"):
-        (folder / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
-    assert load_ag_news(str(folder), validation_fraction=0, seed=0)["train"].column_names == ["text", "label"]
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert load_splits(folder, validation_fraction=0, seed=0)["train"].column_names == ["text", "label"]
     with pytest.raises(DataError, match="headline_views needs"):
-        load_ag_news(str(folder), validation_fraction=0, seed=0, headline_views=True)
+        load_splits(folder, validation_fraction=0, seed=0, headline_views=True)

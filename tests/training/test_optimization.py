@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from distrinews.core.formats import AG_NEWS
+from distrinews.core.tasks import SingleLabelTask
 from distrinews.training.config import TrainConfig
 from distrinews.core.modeling import load_classifier
 from distrinews.training.optimization import parameter_settings
@@ -19,7 +21,7 @@ def _settings(model, **recipe):
 
 @pytest.fixture(scope="module")
 def model(tiny_model):
-    return load_classifier(str(tiny_model), for_training=True)[0]
+    return load_classifier(str(tiny_model), for_training=True, task=SingleLabelTask(AG_NEWS.label_names))[0]
 
 
 def test_defaults_train_everything_at_one_rate_and_spare_biases_and_norms_from_decay(model):

@@ -7,7 +7,10 @@ import json
 import pytest
 import torch
 
+from distrinews.core.tasks import SingleLabelTask
 from distrinews.training.rdrop import rdrop_loss
+
+TASK = SingleLabelTask(("a", "b", "c", "d"))
 
 
 def _bert(dropout: float):
@@ -24,19 +27,18 @@ def _batch():
     generator = torch.Generator().manual_seed(1)
     mask = torch.ones(4, 9, dtype=torch.long)
     mask[1, 5:] = 0
-    return dict(input_ids=torch.randint(5, 50, (4, 9), generator=generator), attention_mask=mask,
-                labels=torch.tensor([0, 1, 2, 3]))
+    return dict(input_ids=torch.randint(5, 50, (4, 9), generator=generator), attention_mask=mask), \
+        torch.tensor([0, 1, 2, 3])
 
 
 def test_loss_is_cross_entropy_of_both_passes_plus_weighted_symmetric_kl():
-    model, batch = _bert(dropout=0.3), _batch()
+    model, (batch, labels) = _bert(dropout=0.3), _batch()
     torch.manual_seed(5)
-    loss = rdrop_loss(model, batch, weight=0.7)
+    loss = rdrop_loss(model, batch, labels, 0.7, TASK)
     # The same two passes, written out: the doubled batch draws its masks in one forward, as rdrop_loss does.
     torch.manual_seed(5)
-    logits = model(**{key: torch.cat([value, value]) for key, value in batch.items() if key != "labels"}).logits
+    logits = model(**{key: torch.cat([value, value]) for key, value in batch.items()}).logits
     p, q = logits[:4].softmax(-1), logits[4:].softmax(-1)
-    labels = batch["labels"]
     cross_entropy = -(p[range(4), labels].log().mean() + q[range(4), labels].log().mean()) / 2
     kl_pq = (p * (p.log() - q.log())).sum(-1).mean()
     kl_qp = (q * (q.log() - p.log())).sum(-1).mean()
@@ -46,22 +48,22 @@ def test_loss_is_cross_entropy_of_both_passes_plus_weighted_symmetric_kl():
 
 def test_without_dropout_it_is_the_plain_loss_and_gradient():
     """Two identical passes: no disagreement to penalise, and cross-entropy over both equals one pass's."""
-    model, batch = _bert(dropout=0.0), _batch()
-    rdrop_loss(model, batch, weight=1.0).backward()
+    model, (batch, labels) = _bert(dropout=0.0), _batch()
+    rdrop_loss(model, batch, labels, 1.0, TASK).backward()
     rdrop_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    plain = model(**batch).loss
+    plain = model(**batch, labels=labels).loss  # the model's own cross-entropy
     plain.backward()
-    assert torch.allclose(rdrop_loss(model, batch, weight=1.0), plain, atol=1e-6)
+    assert torch.allclose(rdrop_loss(model, batch, labels, 1.0, TASK), plain, atol=1e-6)
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(rdrop_grads, model.parameters()))
 
 
 def test_the_kl_term_scales_with_the_weight():
-    model, batch = _bert(dropout=0.3), _batch()
+    model, (batch, labels) = _bert(dropout=0.3), _batch()
 
     def loss(weight):
         torch.manual_seed(9)  # the same masks for every weight
-        return rdrop_loss(model, batch, weight)
+        return rdrop_loss(model, batch, labels, weight, TASK)
 
     assert torch.allclose(loss(2.0) - loss(0.0), 2 * (loss(1.0) - loss(0.0)), atol=1e-6)
     assert loss(1.0) > loss(0.0)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_train_args
+from conftest import assert_same_weights, tiny_train_args
 from distrinews.training import faults
 from distrinews.training.loop import main as train_main
 
@@ -29,13 +29,6 @@ def _train(tiny_model, ag_news_dir, output_dir, **overrides) -> int:
 def _records(output_dir, kind):
     lines = (output_dir / "log.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["type"] == kind]
-
-
-def assert_same_weights(a, b):
-    wa, wb = load_file(a), load_file(b)
-    assert wa.keys() == wb.keys()
-    different = [name for name in wa if not torch.equal(wa[name], wb[name])]
-    assert not different, f"{a} and {b} differ in {different}"
 
 
 @pytest.fixture(scope="module")

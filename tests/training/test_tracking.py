@@ -32,8 +32,8 @@ def test_two_process_run_logs_to_tensorboard(tiny_model, ag_news_dir, tmp_path):
     # One writer: only the main process logs (a second rank would add its own events file).
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
     scalars = _scalars(run_dir)
-    assert sorted(scalars) == sorted(TRAIN_TAGS + ["eval/accuracy", "eval/macro_f1", "test/accuracy",
-                                                   "test/macro_f1"])
+    assert sorted(scalars) == sorted(TRAIN_TAGS + ["eval/accuracy", "eval/macro_f1", "eval/loss", "test/accuracy",
+                                                   "test/macro_f1", "test/loss"])
 
     log = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
     train = [r for r in log if r["type"] == "train"]

@@ -13,9 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ag_news_rows
+from conftest import ag_news_rows, load_splits
 from distrinews.core.errors import DataError
-from distrinews.training.data import load_ag_news
 
 # Texts that trip naive readers: a separator, quotes, an embedded line break, pandas "missing" markers and
 # non-ASCII.
@@ -97,7 +96,7 @@ def test_file_loads_as_pandas_reads_it(case, tmp_path):
     if "bom" in case:
         assert train.read_bytes().startswith(b"\xef\xbb\xbf") and b"\r\n" in train.read_bytes()
 
-    splits = load_ag_news(str(folder), validation_fraction=0, seed=0)
+    splits = load_splits(folder, validation_fraction=0, seed=0)
 
     for split, path in (("train", train), ("test", test)):
         loaded = list(zip(splits[split]["text"], splits[split]["label"]))
@@ -118,4 +117,4 @@ def test_damaged_file_with_header_names_its_file_row(tmp_path):
     articles.to_csv(folder / "train.csv", index=False, **EXCEL)
     _write("csv_pandas_no_index", _articles(12, seed=2), folder, "test")
     with pytest.raises(DataError, match=r"train\.csv: row 6: class_index '9' is not one of 1, 2, 3, 4"):
-        load_ag_news(str(folder), validation_fraction=0, seed=0)
+        load_splits(folder, validation_fraction=0, seed=0)

@@ -7,9 +7,8 @@ import shutil
 
 import pytest
 
-from conftest import tiny_train_args
+from conftest import load_splits, tiny_train_args
 from distrinews.cli import main as cli_main
-from distrinews.training.data import load_ag_news
 from distrinews.training.reporting import metrics_markdown_table
 from distrinews.training.loop import main as train_main
 
@@ -17,7 +16,7 @@ TRAIN_ROWS = 240  # conftest's train.csv
 
 
 def test_fraction_zero_keeps_every_row_for_training(ag_news_dir):
-    splits = load_ag_news(str(ag_news_dir), validation_fraction=0, seed=0)
+    splits = load_splits(ag_news_dir, validation_fraction=0, seed=0)
     assert set(splits) == {"train", "test"}
     assert len(splits["train"]) == TRAIN_ROWS
 
@@ -26,7 +25,7 @@ def test_a_validation_file_is_still_used(ag_news_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(ag_news_dir, data)
     shutil.copyfile(data / "test.csv", data / "validation.csv")
-    splits = load_ag_news(str(data), validation_fraction=0, seed=0)
+    splits = load_splits(data, validation_fraction=0, seed=0)
     assert len(splits["train"]) == TRAIN_ROWS and len(splits["validation"]) == len(splits["test"]) == 61
 
 

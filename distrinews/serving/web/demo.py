@@ -44,13 +44,25 @@ class Demo:
         info = self.state.service.info()
         accuracy = self.state.service.test_accuracy()
         accuracy_text = f"{accuracy:.2%}" if accuracy is not None else "not in the model card"
+        threshold = f", labels given at probability >= {info['threshold']:g}" if info["threshold"] is not None else ""
         return (f"**Model:** `{info['model_id']}` · **revision** `{info['resolved_revision'][:12]}` · "
-                f"**test accuracy** {accuracy_text} · **backend** {info['quantization']}")
+                f"**test accuracy** {accuracy_text} · **backend** {info['quantization']}\n\n"
+                f"**Labels** ({info['problem_type'].replace('_', ' ')}{threshold}): {', '.join(info['labels'])}")
 
     async def classify(self, text: str) -> dict[str, float]:
         """The probability of every label for one text (a headline or a whole article)."""
         (prediction,) = await self._call(lambda service: service.predict([typed_text(text)]))
         return prediction.probabilities
+
+    def given_labels(self, scores: dict | None) -> str:
+        """The labels the model gives for the scores shown: the most likely, or every one at or above the
+        threshold (multi-label)."""
+        if self.state.service is None or not scores:
+            return ""
+        task = self.state.service.task
+        confidence = {c["label"]: c["confidence"] for c in scores.get("confidences") or []}
+        given = [task.labels[i] for i in task.chosen([confidence.get(name, 0.0) for name in task.labels])]
+        return f"**Given:** {', '.join(given) or 'no label (none reaches the threshold)'}"
 
     async def explain(self, text: str) -> list[tuple[str, float | None]]:
         """Each word of the text with how much it pushed the prediction (leave-one-word-out), scaled to [-1, 1]."""
@@ -68,9 +80,10 @@ class Demo:
 
         predictions = await self._call(predict_in_pieces)
         labels = self.state.service.labels
-        header = ["text", "label", "score", *labels, "truncated"]
-        rows = [[text, p.label, round(p.score, 4), *(round(p.probabilities[name], 4) for name in labels),
-                 p.truncated] for text, p in zip(texts, predictions)]
+        header = ["text", "label", "score", "labels", *labels, "truncated"]
+        rows = [[text, p.label, round(p.score, 4), "; ".join(p.labels),
+                 *(round(p.probabilities[name], 4) for name in labels), p.truncated]
+                for text, p in zip(texts, predictions)]
         return gr.update(value=rows, headers=header), self._write_result_csv([header, *rows])
 
     def _batch_texts(self, lines: str, upload: str | None) -> list[str]:
@@ -114,8 +127,8 @@ def build_demo(state: ServingState, files_ttl_s: int) -> gr.Blocks:
     demo = Demo(state)
     with gr.Blocks(title="DistriNews: news topic classifier", analytics_enabled=False,
                    delete_cache=(max(1, files_ttl_s // 2), files_ttl_s)) as blocks:
-        gr.Markdown("# DistriNews\nClassify a news headline or a whole article as **World**, **Sports**, "
-                    "**Business** or **Sci/Tech**.")
+        gr.Markdown("# DistriNews\nClassify a headline or a whole article with the model below: the labels it "
+                    "gives and every label's probability.")
         summary = gr.Markdown("**Model:** loading…")
         with gr.Tab("Classify"):
             with gr.Row():
@@ -124,9 +137,13 @@ def build_demo(state: ServingState, files_ttl_s: int) -> gr.Blocks:
                                           placeholder="Paste a news headline, or a whole article…")
                     run = gr.Button("Classify", variant="primary", elem_id="classify")
                     gr.Examples(EXAMPLES, inputs=headline)
-                label = gr.Label(num_top_classes=4, label="Topic", elem_id="topic")
-            run.click(demo.classify, headline, label, api_name="classify")
-            headline.submit(demo.classify, headline, label, **PRIVATE)
+                with gr.Column():
+                    label = gr.Label(label="Scores", elem_id="topic")  # every label: a multi-label model gives any
+                    given = gr.Markdown(elem_id="given")
+            run.click(demo.classify, headline, label, api_name="classify").then(demo.given_labels, label, given,
+                                                                                **PRIVATE)
+            headline.submit(demo.classify, headline, label, **PRIVATE).then(demo.given_labels, label, given,
+                                                                             **PRIVATE)
         with gr.Tab("Batch"):
             lines = gr.Textbox(label="One text per line", lines=8)
             upload = gr.File(label="…or a CSV (a 'text' column, or AG News class,title,description rows)",

@@ -90,8 +90,8 @@ def create_app(config: ServingConfig, service: ClassifierService | None = None, 
             await state.stop()
 
     api = FastAPI(title="DistriNews", version=__version__, lifespan=lifespan, docs_url="/api/docs",
-                  openapi_url="/openapi.json", description="AG News topic classifier (World, Sports, Business, "
-                  "Sci/Tech): a JSON API under /api, the Hugging Face inference protocol at POST /, Prometheus "
+                  openapi_url="/openapi.json", description="A text classifier (its labels: GET /api/info): a JSON API "
+                  "under /api, the Hugging Face inference protocol at POST /, Prometheus "
                   "metrics at /metrics. The demo UI is at /.")
     api.state.serving = state
     fronts = api_fronts(config)

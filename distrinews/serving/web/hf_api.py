@@ -23,7 +23,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
-from ...core.predict import DEFAULT_SCORE_FUNCTION, Prediction
+from ...core.predict import Prediction
 from ...core.texts import clean_text
 from .classify import classify
 from .errors import Front
@@ -67,7 +67,8 @@ class LabelScore(BaseModel):
 
 def ranked(prediction: Prediction, parameters: TextClassificationParameters | None) -> list[dict]:
     """One text's labels with their scores, highest first, cut to ``top_k``."""
-    function = (parameters and parameters.function_to_apply) or DEFAULT_SCORE_FUNCTION
+    # The model's own function by default (sigmoid for a multi-label model), as transformers' pipeline chooses.
+    function = (parameters and parameters.function_to_apply) or prediction.score_function
     scores = sorted(prediction.scores(function).items(), key=lambda item: item[1], reverse=True)
     top_k = parameters.top_k if parameters and parameters.top_k else len(scores)
     return [{"label": label, "score": score} for label, score in scores[:top_k]]

@@ -52,9 +52,12 @@ class PredictRequest(BaseModel):
 
 
 class TextPrediction(BaseModel):
-    label: str = Field(description="The most likely class.")
-    score: float = Field(description="Probability of that class.")
-    probabilities: dict[str, float] = Field(description="Probability of every class.")
+    label: str = Field(description="The most likely label.")
+    score: float = Field(description="Probability of that label.")
+    labels: list[str] = Field(description="The labels the model gives: the most likely one, or for a multi-label "
+                                          "model every label at or above its threshold (possibly none).")
+    probabilities: dict[str, float] = Field(description="Probability of every label (multi-label: each label's "
+                                                        "own, so they need not sum to 1).")
     truncated: bool = Field(description="The text needed more than max_windows windows; only those were read.")
     windows: int = Field(description="Windows of max_length tokens read (overlapping by window_stride tokens).")
 
@@ -81,6 +84,8 @@ class InfoResponse(BaseModel):
     revision: str | None = Field(description="The revision asked for (MODEL_REVISION), if any.")
     resolved_revision: str = Field(description="The commit sha loaded (local:<hash> for a folder).")
     labels: list[str]
+    problem_type: str = Field(description="single_label_classification or multi_label_classification.")
+    threshold: float | None = Field(description="Multi-label: the probability at which a label is given.")
     test_metrics: list[CardMetric] = Field(description="From the model card's model-index; empty if none.")
     quantization: str
     max_length: int
@@ -109,8 +114,9 @@ def json_api_router(state: ServingState, front: Front) -> APIRouter:
 
     @router.post("/predict", response_model=PredictResponse, responses=ERRORS)
     async def predict(request: PredictRequest) -> Response:
-        """Classify one text or a list of texts: the top label and every class probability, per text. A text
-        longer than max_length tokens is read in overlapping windows whose probabilities are averaged.
+        """Classify one text or a list of texts: the top label, the labels given and every label's probability,
+        per text. A text longer than max_length tokens is read in overlapping windows whose probabilities are
+        averaged (multi-label: the highest of each label's).
 
         The ``Server-Timing`` header says where the time went, in ms: waiting for a batch (``queue``), the batch's
         tokenization and model call (``batch``, with its size), building the response (``respond``), and the whole

@@ -1,0 +1,230 @@
+"""What a classifier's outputs mean: one task object per ``problem_type``, used by training, evaluation and serving.
+
+    task = task_from_config(model.config)          # or make_task(problem_type, labels)
+    task.probabilities(logits)                      # softmax (one label per text) or sigmoid (any number of labels)
+    task.chosen(row)                                # the label indices a row of probabilities decides for
+    task.loss(logits, labels, weights)              # cross-entropy or binary cross-entropy, with class weights
+    task.metrics(probabilities, references)         # the metrics.json entry of a split
+
+The names are transformers' own (``config.problem_type``), so ``pipeline("text-classification")`` applies the same
+softmax or sigmoid to a pushed model. A multi-label model also carries its decision threshold in its config
+(``decision_threshold``), chosen on validation by the training run. Probabilities, decisions and metrics are
+numpy (the Space never imports torch; the score functions are ``distrinews.core.windows``', which also combines a
+long text's windows by the kind of score); ``loss`` and ``divergence`` take torch tensors and import torch then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from .windows import scores_from_logits
+
+SINGLE_LABEL = "single_label_classification"
+MULTI_LABEL = "multi_label_classification"
+PROBLEM_TYPES = (SINGLE_LABEL, MULTI_LABEL)
+THRESHOLD_KEY = "decision_threshold"  # in the model's config.json, multi-label models only
+DEFAULT_THRESHOLD = 0.5
+# Thresholds tried on validation: a grid fine enough that the best of it is within noise of the true optimum.
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)
+
+
+@dataclass(frozen=True)
+class SingleLabelTask:
+    """Exactly one label per text: softmax, the most probable label, cross-entropy."""
+
+    labels: tuple[str, ...]
+    problem_type: ClassVar[str] = SINGLE_LABEL
+    score_function: ClassVar[str] = "softmax"  # as the HF pipelines name it (function_to_apply)
+    threshold: ClassVar[None] = None
+    # metric_for_best_model choices; the first is the default ("auto")
+    selection_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "loss")
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return scores_from_logits(logits, self.score_function)
+
+    def torch_probabilities(self, logits):
+        return logits.float().softmax(dim=-1)
+
+    def chosen(self, row: Sequence[float]) -> list[int]:
+        return [max(range(len(row)), key=row.__getitem__)]
+
+    def loss(self, logits, labels, weights=None):
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits.float().view(-1, len(self.labels)), labels.view(-1), weight=weights)
+
+    def divergence(self, first_logits, second_logits):
+        """Symmetric KL between two predictions of the same batch (R-Drop), averaged over the batch."""
+        import torch.nn.functional as F
+
+        first, second = first_logits.float().log_softmax(dim=-1), second_logits.float().log_softmax(dim=-1)
+        return 0.5 * (F.kl_div(first, second, log_target=True, reduction="batchmean")
+                      + F.kl_div(second, first, log_target=True, reduction="batchmean"))
+
+    def label_counts(self, references: np.ndarray) -> np.ndarray:
+        return np.bincount(np.asarray(references, dtype=np.int64), minlength=len(self.labels))
+
+    def balanced_weights(self, references: np.ndarray) -> np.ndarray:
+        """scikit-learn's "balanced": rows / (labels x rows of the label), so every label weighs the same in total."""
+        counts = self.label_counts(references)
+        return len(references) / (len(self.labels) * counts)
+
+    def metrics(self, probabilities: np.ndarray, references: np.ndarray) -> dict:
+        """Accuracy, macro-F1, per-label precision/recall/F1/support and the confusion matrix."""
+        predictions = np.asarray(probabilities).argmax(axis=-1)
+        references = np.asarray(references, dtype=np.int64)
+        n = len(self.labels)
+        confusion = np.zeros((n, n), dtype=np.int64)  # rows: true label, columns: predicted label
+        np.add.at(confusion, (references, predictions), 1)
+        scores = _precision_recall_f1(np.diag(confusion), confusion.sum(axis=0), confusion.sum(axis=1))
+        return {
+            "accuracy": float(np.diag(confusion).sum() / max(len(references), 1)),
+            "macro_f1": float(scores["f1"].mean()),
+            "num_examples": int(len(references)),
+            "per_class": _per_label(self.labels, scores),
+            "confusion_matrix": confusion.tolist(),
+        }
+
+    def best_threshold(self, probabilities: np.ndarray, references: np.ndarray) -> None:
+        return None  # one label per text: the most probable, whatever its probability
+
+    def with_threshold(self, threshold: float | None) -> "SingleLabelTask":
+        return self
+
+    def model_config(self) -> dict[str, Any]:
+        """What ``from_pretrained`` needs to size the head and name its outputs."""
+        return {"num_labels": len(self.labels), "id2label": dict(enumerate(self.labels)),
+                "label2id": {name: i for i, name in enumerate(self.labels)}, "problem_type": self.problem_type}
+
+
+@dataclass(frozen=True)
+class MultiLabelTask:
+    """Any number of labels per text, none included: a sigmoid per label and every label at or above the
+    threshold; binary cross-entropy per label."""
+
+    labels: tuple[str, ...]
+    threshold: float = DEFAULT_THRESHOLD
+    problem_type: ClassVar[str] = MULTI_LABEL
+    score_function: ClassVar[str] = "sigmoid"
+    selection_metrics: ClassVar[tuple[str, ...]] = ("micro_f1", "macro_f1", "subset_accuracy", "loss")
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return scores_from_logits(logits, self.score_function)
+
+    def torch_probabilities(self, logits):
+        return logits.float().sigmoid()
+
+    def chosen(self, row: Sequence[float]) -> list[int]:
+        above = [i for i, p in enumerate(row) if p >= self.threshold]
+        return sorted(above, key=row.__getitem__, reverse=True)
+
+    def loss(self, logits, labels, weights=None):
+        import torch.nn.functional as F
+
+        # weights are BCE's pos_weight: how much a missed label costs against a wrongly given one
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=weights)
+
+    def divergence(self, first_logits, second_logits):
+        """Symmetric KL between the two passes' Bernoulli distributions, summed over labels, averaged over rows."""
+        import torch.nn.functional as F
+
+        first, second = first_logits.float(), second_logits.float()
+        p, q = first.sigmoid(), second.sigmoid()
+        log_p, log_q = F.logsigmoid(first), F.logsigmoid(second)
+        log_not_p, log_not_q = F.logsigmoid(-first), F.logsigmoid(-second)
+        kl_pq = p * (log_p - log_q) + (1 - p) * (log_not_p - log_not_q)
+        kl_qp = q * (log_q - log_p) + (1 - q) * (log_not_q - log_not_p)
+        return 0.5 * (kl_pq + kl_qp).sum(dim=-1).mean()
+
+    def label_counts(self, references: np.ndarray) -> np.ndarray:
+        return np.asarray(references, dtype=np.int64).reshape(-1, len(self.labels)).sum(axis=0)
+
+    def balanced_weights(self, references: np.ndarray) -> np.ndarray:
+        """pos_weight = rows without the label / rows with it, so a label's positives weigh as much as its negatives."""
+        counts = self.label_counts(references)
+        return (len(references) - counts) / counts
+
+    def metrics(self, probabilities: np.ndarray, references: np.ndarray) -> dict:
+        """Micro- and macro-F1, subset accuracy (every label of a row right), per-label scores and confusion."""
+        predicted = np.asarray(probabilities) >= self.threshold
+        actual = np.asarray(references).astype(bool).reshape(predicted.shape)
+        true_positive = (predicted & actual).sum(axis=0)
+        false_positive = (predicted & ~actual).sum(axis=0)
+        false_negative = (~predicted & actual).sum(axis=0)
+        scores = _precision_recall_f1(true_positive, predicted.sum(axis=0), actual.sum(axis=0))
+        micro = _precision_recall_f1([true_positive.sum()], [predicted.sum()], [actual.sum()])
+        return {
+            "micro_f1": float(micro["f1"][0]),
+            "macro_f1": float(scores["f1"].mean()),
+            "subset_accuracy": float((predicted == actual).all(axis=1).mean()) if len(actual) else 0.0,
+            "micro_precision": float(micro["precision"][0]),
+            "micro_recall": float(micro["recall"][0]),
+            "threshold": self.threshold,
+            "num_examples": int(len(actual)),
+            "per_class": _per_label(self.labels, scores),
+            "label_confusion": {name: {"true_positive": int(tp), "false_positive": int(fp),
+                                       "false_negative": int(fn), "true_negative": int(len(actual) - tp - fp - fn)}
+                                for name, tp, fp, fn in zip(self.labels, true_positive, false_positive,
+                                                            false_negative)},
+        }
+
+    def best_threshold(self, probabilities: np.ndarray, references: np.ndarray) -> float:
+        """The threshold of THRESHOLD_GRID with the highest micro-F1 on these rows (ties: the one nearest 0.5)."""
+        probabilities = np.asarray(probabilities)
+        actual = np.asarray(references).astype(bool).reshape(probabilities.shape)
+        predicted = probabilities[None, :, :] >= THRESHOLD_GRID[:, None, None]
+        true_positive = (predicted & actual).sum(axis=(1, 2))
+        denominator = predicted.sum(axis=(1, 2)) + actual.sum()
+        f1 = np.divide(2 * true_positive, denominator, out=np.zeros(len(THRESHOLD_GRID)), where=denominator > 0)
+        candidates = np.flatnonzero(f1 == f1.max())
+        return float(THRESHOLD_GRID[candidates[np.argmin(np.abs(THRESHOLD_GRID[candidates] - 0.5))]])
+
+    def with_threshold(self, threshold: float | None) -> "MultiLabelTask":
+        return self if threshold is None else replace(self, threshold=float(threshold))
+
+    def model_config(self) -> dict[str, Any]:
+        return {"num_labels": len(self.labels), "id2label": dict(enumerate(self.labels)),
+                "label2id": {name: i for i, name in enumerate(self.labels)}, "problem_type": self.problem_type,
+                THRESHOLD_KEY: self.threshold}
+
+
+Task = SingleLabelTask | MultiLabelTask
+
+
+def make_task(problem_type: str, labels: Sequence[str], threshold: float | None = None) -> Task:
+    if problem_type == MULTI_LABEL:
+        return MultiLabelTask(tuple(labels), DEFAULT_THRESHOLD if threshold is None else float(threshold))
+    if problem_type == SINGLE_LABEL:
+        return SingleLabelTask(tuple(labels))
+    raise ValueError(f"problem_type {problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
+
+
+def task_from_config(config: Any) -> Task:
+    """The task of a saved model, from its ``config.json`` (a dict) or its loaded ``PretrainedConfig``.
+
+    A config without ``problem_type`` is single-label, as transformers reads it for more than one label."""
+    values = config if isinstance(config, Mapping) else config.to_dict()
+    id2label = {int(index): name for index, name in (values.get("id2label") or {}).items()}
+    count = values.get("num_labels") or len(id2label)
+    labels = [id2label.get(i, f"LABEL_{i}") for i in range(count)]
+    return make_task(values.get("problem_type") or SINGLE_LABEL, labels, values.get(THRESHOLD_KEY))
+
+
+def _precision_recall_f1(true_positive, predicted, actual) -> dict[str, np.ndarray]:
+    """Per-label scores; a label never predicted (or never present) scores 0, not NaN."""
+    true_positive = np.asarray(true_positive, dtype=float)
+    predicted, actual = np.asarray(predicted), np.asarray(actual)
+    precision = np.divide(true_positive, predicted, out=np.zeros(len(true_positive)), where=predicted > 0)
+    recall = np.divide(true_positive, actual, out=np.zeros(len(true_positive)), where=actual > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(len(true_positive)), where=denominator > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+
+
+def _per_label(labels: Sequence[str], scores: dict[str, np.ndarray]) -> dict[str, dict]:
+    return {name: {"precision": float(scores["precision"][i]), "recall": float(scores["recall"][i]),
+                   "f1": float(scores["f1"][i]), "support": int(scores["support"][i])}
+            for i, name in enumerate(labels)}

@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import platform
+import selectors
 import signal
 import statistics
 import subprocess
@@ -39,9 +40,11 @@ REQUIRED = ["torch", "transformers", "accelerate", "datasets", "matplotlib", "di
 
 # What each preset measures. Throughput cases: (model, system, per-device batch); accuracy cases: seeds.
 PRESETS = {
+    # Every case end to end at a tiny size, measuring nothing: the cases share one worker interpreter (one import
+    # of torch and transformers instead of one per case); the DDP cases still launch their own processes.
     "smoke": dict(throughput_models=["tiny"], batches=[8], warmup_steps=2, measure_steps=4, accuracy_model="tiny",
                   accuracy_seeds=[0], accuracy_train_rows=64, accuracy_test_rows=40,
-                  recipes=["baseline"], ddp_scaling=True, validation_fraction=0.1),
+                  recipes=["baseline"], ddp_scaling=True, validation_fraction=0.1, one_worker=True),
     # One whole epoch of the 5,000 real rows per case (measure_steps 0 = an epoch), 3 interleaved repeats, against
     # the faster Trainer set-up only (dynamic padding; the tutorial's padding to 128 takes ~15 minutes an epoch
     # here): about 45 minutes on 2 cores for MiniLM; --throughput_models minilm,distilbert adds DistilBERT (~3x).
@@ -120,12 +123,15 @@ def main() -> int:
     parser.add_argument("--parts", default="throughput,accuracy,ddp_scaling",
                         help="Comma-separated subset of throughput, accuracy, ddp_scaling")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker_loop", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.recipes and (unknown := set(args.recipes.split(",")) - RECIPES.keys()):
         parser.error(f"unknown recipe(s): {', '.join(sorted(unknown))}")
     if args.worker:
         print("RESULT " + json.dumps(_run_worker(json.loads(args.worker))), flush=True)
         return 0
+    if args.worker_loop:
+        return _worker_loop()
     missing = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
     if missing:
         print(f"missing packages: {', '.join(missing)} (pip install them, or carry wheels)", file=sys.stderr)
@@ -140,8 +146,14 @@ def _run_preset(args) -> int:
     # the work folder is removed, instead of both outliving this process.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     # Models, data and every run's checkpoints go here: gigabytes at the real sizes, so it goes when the run does.
+    global _SHARED_WORKER
+    _SHARED_WORKER = SharedWorker() if PRESETS[args.preset].get("one_worker") else None
     with tempfile.TemporaryDirectory(prefix="bench_train_") as workdir:
-        return _run_preset_in(args, Path(workdir))
+        try:
+            return _run_preset_in(args, Path(workdir))
+        finally:  # before the work folder goes: the worker may be writing into it
+            if _SHARED_WORKER is not None:
+                _SHARED_WORKER.close()
 
 
 def _run_preset_in(args, workdir: Path) -> int:
@@ -239,14 +251,15 @@ def _median_row(rows: list[dict], measure: int) -> dict:
 
 
 def _spawn(case: dict, results: dict, timeout: float = 1800) -> dict | None:
-    """Run one case in a fresh interpreter; a failure is recorded, not fatal, so the other cases still run."""
+    """Run one case in a fresh interpreter (in the shared one of a ``one_worker`` preset); a failure is recorded,
+    not fatal, so the other cases still run."""
     label = " ".join(f"{k}={case[k]}" for k in ("kind", "system", "model_name", "batch", "recipe") if k in case)
     print(f"--- {label}", flush=True)
     started = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     try:
-        done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(case)], capture_output=True,
-                              text=True, timeout=timeout, env=env, cwd=REPO_ROOT)
+        done = (_SHARED_WORKER.run(case, timeout) if _SHARED_WORKER is not None else
+                subprocess.run([sys.executable, __file__, "--worker", json.dumps(case)], capture_output=True,
+                               text=True, timeout=timeout, env=_worker_env(), cwd=REPO_ROOT))
     except subprocess.TimeoutExpired:
         results["errors"].append(f"{label}: timed out after {timeout} s")
         return None
@@ -259,6 +272,72 @@ def _spawn(case: dict, results: dict, timeout: float = 1800) -> dict | None:
     row["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(row), flush=True)
     return row
+
+
+def _worker_env() -> dict:
+    return {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+class SharedWorker:
+    """One worker interpreter that runs case after case (``--worker_loop``: a case as a JSON line on stdin, its
+    RESULT line on stdout), restarted after a case that failed, killed it or ran out of time."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None
+        self.log = None  # its stderr: a file, so that what the cases print can never fill a pipe and block it
+
+    def run(self, case: dict, timeout: float) -> subprocess.CompletedProcess:
+        if self.process is None:
+            self.log = tempfile.TemporaryFile(mode="w+")
+            # Its own process group: closing it also ends a launch of a DDP case under way.
+            self.process = subprocess.Popen([sys.executable, __file__, "--worker_loop"], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=self.log, text=True, env=_worker_env(),
+                                            cwd=REPO_ROOT, start_new_session=True)
+        self.process.stdin.write(json.dumps(case) + "\n")
+        self.process.stdin.flush()
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            ready = selector.select(timeout)
+        if not ready:
+            self.close()
+            raise subprocess.TimeoutExpired("worker loop", timeout)
+        answer = self.process.stdout.readline()
+        if answer.startswith("RESULT "):
+            return subprocess.CompletedProcess("worker loop", 0, answer, "")
+        self.log.seek(0)
+        error = self.log.read()
+        self.close()  # the case raised or the worker died; the next case gets a fresh one
+        return subprocess.CompletedProcess("worker loop", 1, "", error)
+
+    def close(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            self.log.close()
+            self.process = None
+
+
+_SHARED_WORKER: SharedWorker | None = None
+
+
+def _worker_loop() -> int:
+    """Cases one after another in this interpreter, each from the same environment and fresh accelerate state."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    environment = dict(os.environ)
+    # What the cases (and processes they start) print goes to stderr, at the descriptor: stdout is the answers'.
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    for line in sys.stdin:
+        os.environ.clear()
+        os.environ.update(environment)
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        row = _run_worker(json.loads(line))
+        answers.write("RESULT " + json.dumps(row) + "\n")
+        answers.flush()
+    return 0
 
 
 def _prepare_data(args, workdir: Path, preset: dict) -> dict:

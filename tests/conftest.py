@@ -220,3 +220,24 @@ def reference_run(tiny_model, ag_news_dir, tmp_path_factory) -> Path:
 
     return shared_folder(tmp_path_factory, "reference-run", train) / "out"
 
+
+# One 2-process run read by the end-to-end and the tracking tests: TensorBoard, a log line every 3 steps and a
+# validation every 4 (2 epochs of 13 steps, as the reference run's); what the launch printed is kept beside it.
+TWO_PROCESS_RUN = dict(report_to="tensorboard", run_name="tiny-run", logging_steps=3, eval_every=4)
+TWO_PROCESS_STEPS = REFERENCE_STEPS
+
+
+@pytest.fixture(scope="session")
+def two_process_run(tiny_model, ag_news_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """(output_dir, what the launch printed) of that run (read-only)."""
+    def train(folder: Path) -> None:
+        result = accelerate_launch(tiny_train_args(tiny_model, ag_news_dir, folder / "out", **TWO_PROCESS_RUN))
+        (folder / "stdout.txt").write_text(result.stdout)
+        (folder / "stderr.txt").write_text(result.stderr)
+
+    folder = shared_folder(tmp_path_factory, "two-process-run", train)
+    printed = subprocess.CompletedProcess(args=["accelerate", "launch"], returncode=0,
+                                          stdout=(folder / "stdout.txt").read_text(),
+                                          stderr=(folder / "stderr.txt").read_text())
+    return folder / "out", printed
+

@@ -212,7 +212,8 @@ def venv(tmp_path_factory) -> Venv:
     started = time.perf_counter()
     venv = make_venv(tmp_path_factory.mktemp("venv") / "env", *(f"{name}=={version(name)}" for name in
                                                                 KAGGLE_IMAGE_PACKAGES), with_pip=True,
-                     compile_bytecode=True)  # as pip leaves them; else every rank compiles torch at start
+                     # with the bytecode an image ships: else the launcher and both ranks compile torch at once
+                     compile_bytecode=True)
     print(f"\nfresh venv with {', '.join(KAGGLE_IMAGE_PACKAGES)}: {time.perf_counter() - started:.0f} s")
     return venv
 

@@ -64,7 +64,7 @@ def cell_index(notebook, marker: str) -> int:
 
 
 def training_cell_index(notebook) -> int:
-    return cell_index(notebook, "!accelerate launch")
+    return cell_index(notebook, "-m distrinews launch")
 
 
 def notebook_client(notebook, working_dir) -> NotebookClient:
@@ -281,7 +281,8 @@ def test_with_a_token_a_full_run_keeps_its_checkpoint_on_the_hub(fake_hub, tmp_p
     train_index = training_cell_index(notebook)
     with pytest.raises(CellExecutionError, match=r"training failed with exit code [1-9]"):
         run_cells(notebook, train_index, tmp_path, hub_env(fake_hub, FakeHub.valid_token))
-    command = cell_text(notebook.cells[train_index]).splitlines()[0]
-    assert command.startswith("accelerate launch ")
+    # distrinews launch prints the plan, then the accelerate launch command it runs.
+    plan, command = cell_text(notebook.cells[train_index]).splitlines()[:2]
+    assert plan.startswith("no GPU found") and " -m accelerate.commands.launch --config_file " in command
     assert command.endswith("--resume auto --hub_strategy checkpoint --hub_model_id kaggle-user/distrinews-ag-news")
     assert FakeHub.valid_token not in json.dumps(notebook)

@@ -1,27 +1,17 @@
-"""The real entry point under a real `accelerate launch` with 2 CPU processes (gloo)."""
+"""The real entry point under a real `accelerate launch` with 2 CPU processes (gloo): conftest's two_process_run,
+whose 61 test and 24 validation examples divide by neither 2 processes x 7 per batch, so the last batch is padded
+by accelerate and those duplicates must not be counted."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
 from safetensors.torch import load_file
-
-from conftest import accelerate_launch, tiny_train_args
 
 EXPECTED_FILES = [
     "model/config.json", "model/model.safetensors", "model/tokenizer.json", "model/tokenizer_config.json",
     "metrics.json", "train_config.json", "log.jsonl", "plots/loss.png", "plots/confusion_matrix.png",
 ]
-
-
-@pytest.fixture(scope="module")
-def two_process_run(tiny_model, ag_news_dir, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("run") / "out"
-    # 61 test and 24 validation examples: neither divides by 2 processes x 7 per batch, so the last
-    # batch is padded by accelerate and those duplicates must not be counted.
-    result = accelerate_launch(tiny_train_args(tiny_model, ag_news_dir, output_dir))
-    return output_dir, result
 
 
 def test_writes_every_output(two_process_run):

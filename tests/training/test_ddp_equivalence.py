@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import accelerate_launch, tiny_train_args
+from conftest import REFERENCE_RUN, REFERENCE_STEPS, accelerate_launch, tiny_train_args
 
 
 def _losses(output_dir):
@@ -12,17 +12,14 @@ def _losses(output_dir):
     return [(r["step"], r["loss"]) for r in records if r["type"] == "train"]
 
 
-def test_two_processes_match_one_process_with_double_batch(tiny_model, ag_news_dir, tmp_path):
-    common = dict(max_steps=12, logging_steps=1, learning_rate="2e-3", eval_every=0)
-    two = tmp_path / "two"
+def test_two_processes_match_one_process_with_double_batch(reference_run, tiny_model, ag_news_dir, tmp_path):
+    # The shared reference run (conftest.py): 2 processes x 8 per batch, a loss logged at every step.
     one = tmp_path / "one"
-    accelerate_launch(tiny_train_args(tiny_model, ag_news_dir, two, per_device_train_batch_size=4, **common),
-                      num_processes=2)
-    accelerate_launch(tiny_train_args(tiny_model, ag_news_dir, one, per_device_train_batch_size=8, **common),
+    accelerate_launch(tiny_train_args(tiny_model, ag_news_dir, one, **REFERENCE_RUN, per_device_train_batch_size=16),
                       num_processes=1)
-    two_losses, one_losses = _losses(two), _losses(one)
-    assert [s for s, _ in two_losses] == [s for s, _ in one_losses] == list(range(1, 13))
+    two_losses, one_losses = _losses(reference_run), _losses(one)
+    assert [s for s, _ in two_losses] == [s for s, _ in one_losses] == list(range(1, REFERENCE_STEPS + 1))
     for (step, a), (_, b) in zip(two_losses, one_losses):
-        assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), f"step {step}: 2x4 loss {a} != 1x8 loss {b}"
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), f"step {step}: 2x8 loss {a} != 1x16 loss {b}"
     # Sanity: the curve actually moves, so agreement is not trivial.
     assert abs(two_losses[0][1] - two_losses[-1][1]) > 1e-3

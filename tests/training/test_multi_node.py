@@ -7,12 +7,11 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT, accelerate_launch, free_port, tiny_train_args
+from conftest import REFERENCE_RUN, REPO_ROOT, free_port, tiny_train_args
 from distrinews.training.launch_configs import launch_config_path
 
 TIMEOUT = 300
@@ -50,20 +49,15 @@ def _weights(output_dir) -> dict[str, torch.Tensor]:
     return load_file(str(output_dir / "model" / "model.safetensors"))
 
 
-def test_two_machines_train_like_two_processes_on_one(tiny_model, ag_news_dir, tmp_path):
-    common = {"max_steps": 8, "logging_steps": 4, "learning_rate": "2e-3"}
-    two_machines, one_machine = tmp_path / "two_machines", tmp_path / "one_machine"
-    # All three launches at once: start-up (imports) is nearly all of their time.
-    with ThreadPoolExecutor(1) as pool:
-        reference = pool.submit(accelerate_launch, tiny_train_args(tiny_model, ag_news_dir, one_machine, **common),
-                                num_processes=2, timeout=TIMEOUT)
-        _run_two_machines(tiny_train_args(tiny_model, ag_news_dir, two_machines, **common), tmp_path / "caches")
-        reference.result()
+def test_two_machines_train_like_two_processes_on_one(reference_run, tiny_model, ag_news_dir, tmp_path):
+    """The two machines run the shared reference run's settings (conftest.py): 2 processes on one machine."""
+    two_machines = tmp_path / "two_machines"
+    _run_two_machines(tiny_train_args(tiny_model, ag_news_dir, two_machines, **REFERENCE_RUN), tmp_path / "caches")
 
     described = json.loads((two_machines / "metrics.json").read_text())["train"]
     assert (described["num_machines"], described["num_processes"]) == (2, 2)
-    assert json.loads((one_machine / "metrics.json").read_text())["train"]["num_machines"] == 1
-    multi, single = _weights(two_machines), _weights(one_machine)
+    assert json.loads((reference_run / "metrics.json").read_text())["train"]["num_machines"] == 1
+    multi, single = _weights(two_machines), _weights(reference_run)
     assert multi.keys() == single.keys()
     unequal = {name: (multi[name] - single[name]).abs().max().item()
                for name in multi if not torch.equal(multi[name], single[name])}

@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from conftest import accelerate_launch, tiny_train_args
+from conftest import TWO_PROCESS_STEPS, tiny_train_args
 from distrinews.cli import main as cli_main
 
 TRAIN_TAGS = ["train/loss", "train/learning_rate", "train/samples_per_second", "train/epoch"]
@@ -23,10 +23,11 @@ def _scalars(run_dir):
     return {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def test_two_process_run_logs_to_tensorboard(tiny_model, ag_news_dir, tmp_path):
-    output_dir = tmp_path / "out"
-    accelerate_launch(tiny_train_args(tiny_model, ag_news_dir, output_dir, max_steps=12, logging_steps=3,
-                                      eval_every=4, report_to="tensorboard", run_name="tiny-run"), num_processes=2)
+def test_two_process_run_logs_to_tensorboard(two_process_run):
+    output_dir, _ = two_process_run  # conftest.TWO_PROCESS_RUN: report_to=tensorboard, run_name=tiny-run
+    logged = [step for step in range(1, TWO_PROCESS_STEPS + 1) if step % 3 == 0] + [TWO_PROCESS_STEPS]
+    # Every 4 steps and at each epoch's end (step 13 of 2 x 13).
+    validated = sorted({step for step in range(4, TWO_PROCESS_STEPS + 1, 4)} | {13, TWO_PROCESS_STEPS})
 
     run_dir = output_dir / "runs" / "tiny-run"
     # One writer: only the main process logs (a second rank would add its own events file).
@@ -38,21 +39,22 @@ def test_two_process_run_logs_to_tensorboard(tiny_model, ag_news_dir, tmp_path):
     log = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
     train = [r for r in log if r["type"] == "train"]
     evals = [r for r in log if r["type"] == "eval" and r["split"] == "validation" and not r.get("final")]
-    assert [r["step"] for r in train] == [3, 6, 9, 12]
-    assert [r["step"] for r in evals] == [4, 8, 12]
+    assert [r["step"] for r in train] == logged
+    assert [r["step"] for r in evals] == validated
     for tag, key in zip(TRAIN_TAGS, ("loss", "lr", "samples_per_s", "epoch")):
-        assert [step for step, _ in scalars[tag]] == [3, 6, 9, 12], tag
+        assert [step for step, _ in scalars[tag]] == logged, tag
         assert [value for _, value in scalars[tag]] == pytest.approx([r[key] for r in train], rel=1e-6), tag
-    assert [step for step, _ in scalars["eval/accuracy"]] == [4, 8, 12]
+    assert [step for step, _ in scalars["eval/accuracy"]] == validated
     assert [value for _, value in scalars["eval/accuracy"]] == pytest.approx([r["accuracy"] for r in evals])
     test_accuracy = json.loads((output_dir / "metrics.json").read_text())["test"]["accuracy"]
-    assert scalars["test/accuracy"] == [(12, pytest.approx(test_accuracy))]
+    assert scalars["test/accuracy"] == [(TWO_PROCESS_STEPS, pytest.approx(test_accuracy))]
 
     # The resolved config, as the trackers stored it (TensorBoard's hparams, with accelerate's hparams.yml copy).
     [hparams_file] = run_dir.glob("*/hparams.yml")
     hparams = yaml.safe_load(hparams_file.read_text())
     assert hparams["report_to"] == "tensorboard" and hparams["run_name"] == "tiny-run"
-    assert hparams["num_processes"] == 2 and hparams["total_steps"] == 12 and hparams["total_train_batch_size"] == 16
+    assert hparams["num_processes"] == 2 and hparams["total_steps"] == TWO_PROCESS_STEPS
+    assert hparams["total_train_batch_size"] == 16
 
 
 @pytest.mark.parametrize("tracker", ["wandb", "trackio"])

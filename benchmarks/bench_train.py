@@ -510,21 +510,34 @@ def _summarise_log(case: dict, output_dir: Path, warmup: int, torch) -> dict:
 
 
 def _distrinews_launch_throughput(case: dict) -> dict:
+    """One process trains in this interpreter, on ``threads`` threads (a launcher would only add its start-up);
+    several go through ``accelerate launch`` with the shipped CPU config, as a user runs them."""
     import torch
 
     output_dir = Path(tempfile.mkdtemp(dir=case["workdir"]))
     warmup = case["warmup"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO_ROOT / "accelerate_configs" / "cpu.yaml"), "--num_processes", str(case["processes"]),
-               "--main_process_port", "0", "-m", "distrinews.train",
-               "--model_name_or_path", case["model"], "--dataset", case["data"], "--output_dir", str(output_dir),
-               "--max_steps", str(warmup + case["measure"]), "--logging_steps", str(warmup),
-               "--per_device_train_batch_size", str(case["batch"]), "--per_device_eval_batch_size", "256",
-               "--max_eval_samples", "256", "--validation_fraction", str(case["validation_fraction"]),
-               "--checkpoint_every", "1000000",
-               "--resume", "none", "--seed", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(case["threads"])}
-    subprocess.run(command, check=True, env=env, cwd=REPO_ROOT, capture_output=True)
+    train_args = ["--model_name_or_path", case["model"], "--dataset", case["data"], "--output_dir", str(output_dir),
+                  "--max_steps", str(warmup + case["measure"]), "--logging_steps", str(warmup),
+                  "--per_device_train_batch_size", str(case["batch"]), "--per_device_eval_batch_size", "256",
+                  "--max_eval_samples", "256", "--validation_fraction", str(case["validation_fraction"]),
+                  "--checkpoint_every", "1000000", "--resume", "none", "--seed", "0"]
+    if case["processes"] == 1:
+        from distrinews.training.config import parse_train_config
+        from distrinews.training.loop import train
+
+        os.environ["ACCELERATE_MIXED_PRECISION"] = "no"  # as accelerate_configs/cpu.yaml sets it
+        threads = torch.get_num_threads()
+        torch.set_num_threads(case["threads"])
+        try:
+            train(parse_train_config(train_args))
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                   str(REPO_ROOT / "accelerate_configs" / "cpu.yaml"), "--num_processes", str(case["processes"]),
+                   "--main_process_port", "0", "-m", "distrinews.train", *train_args]
+        env = {**os.environ, "OMP_NUM_THREADS": str(case["threads"])}
+        subprocess.run(command, check=True, env=env, cwd=REPO_ROOT, capture_output=True)
     row = _summarise_log(case, output_dir, warmup, torch)
     row.update(processes=case["processes"], threads=case["threads"])
     return row

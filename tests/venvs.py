@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from uv import find_uv_bin
 
 # pip's setting -> uv's option; each may hold several values separated by spaces.
@@ -72,6 +76,43 @@ def make_venv(root: Path, *requirements: str, with_pip: bool = False, compile_by
            if name not in ("PYTHONPATH", "PYTHONHOME", "HF_TOKEN", "PIP_REQUIRE_VIRTUALENV")}
     env.update(PATH=os.pathsep.join([str(root / "bin"), env.get("PATH", "")]), VIRTUAL_ENV=str(root))
     return Venv(root, python, env)
+
+
+def make_image_venv(root: Path, distributions: tuple[str, ...]) -> Venv:
+    """A fresh environment (pip seeded) that already holds ``distributions`` and everything they require, as a
+    machine image ships them preinstalled: each file of their install records is hard-linked from this
+    environment, bytecode included (an image has it; installing and compiling torch again takes a minute)."""
+    venv = make_venv(root, with_pip=True)
+    target = venv.site_packages
+    for dist in _with_requirements(distributions):
+        origin = Path(dist.locate_file("")).resolve()
+        for entry in dist.files or ():
+            source = Path(dist.locate_file(entry)).resolve()
+            if origin not in source.parents or not source.is_file():
+                continue  # console scripts in bin/ point at this interpreter; the image's would not
+            copy = target / source.relative_to(origin)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, copy)
+            except OSError:  # another filesystem
+                shutil.copy2(source, copy)
+    return venv
+
+
+def _with_requirements(names: tuple[str, ...]) -> list[metadata.Distribution]:
+    """These installed distributions and the ones they require (markers evaluated here, no extras)."""
+    found: dict[str, metadata.Distribution] = {}
+    pending = list(names)
+    while pending:
+        name = canonicalize_name(pending.pop())
+        if name in found:
+            continue
+        found[name] = metadata.distribution(name)
+        for line in found[name].requires or ():
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+    return list(found.values())
 
 
 class VenvInstallError(RuntimeError):

@@ -22,7 +22,6 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from importlib.metadata import version
 from pathlib import Path
 
 import nbformat
@@ -40,7 +39,7 @@ from distrinews.cli import COMMANDS
 from distrinews.kaggle import bundle as kaggle_bundle
 from distrinews.training.launch_configs import launch_config_path
 from test_notebook import cell_index, cell_text, training_cell_index, with_parameters
-from venvs import Venv, make_venv
+from venvs import Venv, make_image_venv
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "distrinews_kaggle.ipynb"
 DATASET, KERNEL = "jane/distrinews-wheel", "jane/news-on-two-t4"
@@ -208,12 +207,9 @@ KAGGLE_IMAGE_PACKAGES = ("torch", "ipykernel", "transformers", "datasets", "acce
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory) -> Venv:
-    """A fresh venv (pip seeded) with the packages of a Kaggle image; distrinews is not in it."""
+    """A fresh venv (pip seeded) with the packages of a Kaggle image, preinstalled; distrinews is not in it."""
     started = time.perf_counter()
-    venv = make_venv(tmp_path_factory.mktemp("venv") / "env", *(f"{name}=={version(name)}" for name in
-                                                                KAGGLE_IMAGE_PACKAGES), with_pip=True,
-                     # with the bytecode an image ships: else the launcher and both ranks compile torch at once
-                     compile_bytecode=True)
+    venv = make_image_venv(tmp_path_factory.mktemp("venv") / "env", KAGGLE_IMAGE_PACKAGES)
     print(f"\nfresh venv with {', '.join(KAGGLE_IMAGE_PACKAGES)}: {time.perf_counter() - started:.0f} s")
     return venv
 

@@ -116,7 +116,8 @@ def test_launch_trains_from_an_unactivated_venv_offline_from_the_cache(tiny_mode
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "no GPU found: 2 CPU processes" in result.stdout
-    assert f"{sys.executable} -m accelerate.commands.launch --config_file {launch_config_path('cpu')}" in result.stdout
+    interpreter = Path(DISTRINEWS).read_text().splitlines()[0].removeprefix("#!")  # the script's own, not this one
+    assert f"{interpreter} -m accelerate.commands.launch --config_file {launch_config_path('cpu')}" in result.stdout
     assert f"the Hub at {env['HF_ENDPOINT']} cannot be reached" in result.stdout
     assert "training offline from the local cache (HF_HUB_OFFLINE=1)" in result.stdout
     assert "estimate: " in result.stdout and "--max_train_samples 2000" in result.stdout

@@ -91,7 +91,8 @@ def test_the_space_runs_from_a_fresh_environment_of_its_requirements(shipped_spa
     assert installed.stdout.strip() == "[]", installed  # the image has none of them
     size_mb = sum(f.stat().st_size for f in (tmp_path / "venv").rglob("*") if f.is_file()) / 2**20
     print(f"the Space's environment: {size_mb:.0f} MiB")
-    # 478 MiB when measured (docs/README-space.md); the CPU build of torch alone is over 700 MiB.
+    # 478 MiB by `du` for pip's build (docs/README-space.md), 418 MiB for this one (uv, no pip in it); the CPU build
+    # of torch alone is over 700 MiB.
     assert size_mb < 700, f"the Space's environment grew to {size_mb:.0f} MiB"
     with uvicorn_server(str(shipped_space_model), tmp_path / "onnx", tmp_path / "uvicorn.log", python=str(python),
                         QUANTIZE="auto") as base_url:

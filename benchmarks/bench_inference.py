@@ -14,8 +14,8 @@ What it measures, on real AG News test text (title + description, ../shared/data
    (``distrinews.serving.backends``) quantizes the same way, from a model whose last layer computes only the position
    the head reads (``distrinews.serving.first_position``: same logits, less work).
 3. ``space-fp32`` and ``space``: the app itself (``uvicorn app.app:app``) with QUANTIZE=none (fp32 torch) and
-   QUANTIZE=auto (int8 where the CPU has VNNI, else fp32 where torch is installed; ``--space-quantize int8``
-   serves int8 on any CPU), over HTTP on 127.0.0.1, so every number includes HTTP, JSON, validation and the
+   QUANTIZE=auto (the int8 graph wherever ONNX Runtime is installed and the graph agrees with fp32, as a user's
+   Space gets it; ``--space-quantize int8`` serves the graph unchecked), over HTTP on 127.0.0.1, so every number includes HTTP, JSON, validation and the
    micro-batcher. The int8 graph ships with the model first (``write_shipped_graph``, what
    ``distrinews push`` / ``export-onnx`` do), so ``space`` starts as a deployed Space does: from the shipped
    graph, without torch or transformers.
@@ -168,6 +168,52 @@ def build_distilbert_base(folder: Path, config_dir: Path) -> Path:
     DistilBertForSequenceClassification(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(config_dir).save_pretrained(folder)
     return folder
+
+
+def served_flops(config, tokens: float) -> float:
+    """The arithmetic of one served text of ``tokens`` tokens (multiply-adds x 2): every layer over every position,
+    except the last, whose queries, attention output and feed-forward run on the one position the head reads
+    (``distrinews.serving.first_position``), plus the head. Paths that compute more (the pipeline) are charged
+    the same useful work."""
+    hidden = getattr(config, "dim", None) or config.hidden_size
+    layers = getattr(config, "n_layers", None) or config.num_hidden_layers
+    ffn = getattr(config, "hidden_dim", None) or config.intermediate_size
+    full_layer = 2 * tokens * (4 * hidden * hidden + 2 * hidden * ffn) + 2 * 2 * tokens * tokens * hidden
+    last_layer = 2 * tokens * 2 * hidden * hidden + 2 * (2 * hidden * hidden + 2 * hidden * ffn) + 2 * 2 * tokens * hidden
+    head = 2 * hidden * hidden + 2 * hidden * len(config.id2label)
+    return (layers - 1) * full_layer + last_layer + head
+
+
+def measure_peaks(threads: int, folder: Path, seconds: float = 2.0) -> dict[str, float]:
+    """This machine's matmul rate on ``threads`` threads, GFLOP/s: fp32 through torch, and int8 through ONNX
+    Runtime with the served graph's recipe (``quantize_dynamic``: int8 weights, activations quantized per run)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from distrinews.training.estimate import measure_matmul_flops
+
+    size = 1024
+    weights = numpy_helper.from_array(np.random.default_rng(0).standard_normal((size, size)).astype(np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["X", "W"], ["Y"])], "peak",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [size, size])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [size, size])], [weights])
+    fp32_graph, int8_graph = folder / "peak.fp32.onnx", folder / "peak.int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32_graph))
+    quantize_dynamic(str(fp32_graph), str(int8_graph), weight_type=QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(int8_graph), options, providers=["CPUExecutionProvider"])
+    inputs = {"X": np.random.default_rng(1).standard_normal((size, size)).astype(np.float32)}
+    session.run(None, inputs)
+    done, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds or done < 3:
+        session.run(None, inputs)
+        done += 1
+    return {"fp32": round(measure_matmul_flops(seconds=seconds, size=2048) / 1e9, 1),
+            "int8": round(done * 2 * size**3 / elapsed / 1e9, 1)}
 
 
 def plain_ort_int8(model, folder: Path):
@@ -398,9 +444,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cold-starts", type=int, default=3,
                         help="Cold starts of each kind (import gradio, the Space, the pipeline), taking turns.")
     parser.add_argument("--space-quantize", choices=("auto", "int8"), default="auto",
-                        help="QUANTIZE of the `space` server and the Space's cold starts. auto serves fp32 torch "
-                             "on a CPU without int8 dot-product units (VNNI) where torch is installed; int8 "
-                             "serves the shipped graph there too.")
+                        help="QUANTIZE of the `space` server and the Space's cold starts: auto, what a Space "
+                             "gets (the int8 graph where ONNX Runtime is installed and the graph agrees with "
+                             "fp32), or int8 (the graph, unchecked).")
     parser.add_argument("--optimum-python", default=os.environ.get("OPTIMUM_PYTHON"),
                         help="A Python with optimum[onnxruntime] installed (it needs transformers 4, so a venv of "
                              "its own): adds optimum's own int8 pipeline as a path. See benchmarks/optimum_worker.py.")
@@ -444,6 +490,7 @@ def run(args, work: Path) -> int:
                      "latency_texts": len(latency_texts), "latency_rounds": args.latency_rounds,
                      "throughput_texts": len(throughput_texts), "clients": args.clients, "paths": {}}
 
+    results["peak_gflops"] = {"start": measure_peaks(usable_cores(), work)}
     classifier = transformers.pipeline("text-classification", model=str(model_dir), device=-1)
     model, tokenizer = load_classifier(str(model_dir))
     task = model_task(model)
@@ -606,6 +653,13 @@ def run(args, work: Path) -> int:
     results["cold_start"] = measure_cold_starts(args.cold_starts, model_dir, latency_texts[0], work,
                                                 args.space_quantize)
 
+    results["peak_gflops"]["end"] = measure_peaks(usable_cores(), work)
+    peak = {dtype: max(results["peak_gflops"]["start"][dtype], results["peak_gflops"]["end"][dtype])
+            for dtype in ("fp32", "int8")}
+    mean_tokens = {name: statistics.mean(len(ids) for ids in tokenizer(chosen, truncation=True, max_length=128)["input_ids"])
+                   for name, chosen in (("latency", latency_texts), ("throughput", throughput_texts))}
+    work_per_text = {name: served_flops(model.config, tokens) for name, tokens in mean_tokens.items()}
+    results["work"] = {"mean_tokens": mean_tokens, "gflop_per_text": {k: round(v / 1e9, 3) for k, v in work_per_text.items()}}
     fp32_labels = [p.label for p in predict_with(fp32, tokenizer, task, throughput_texts, max_length=128)]
     paths = results["paths"]
     round_p50 = {}  # path -> its p50 in each round, for the per-round ratios
@@ -627,6 +681,13 @@ def run(args, work: Path) -> int:
                 row["health_round_trip_p50_ms"] = percentiles(round_trips)["p50_ms"]
         row["agreement_with_fp32_pct"] = round(
             100 * sum(a == b for a, b in zip(predicted[name], fp32_labels)) / len(fp32_labels), 2)
+        # The machine's own limit for this path's arithmetic: the time the work takes at the measured peak.
+        int8 = name in ("ort-int8", "optimum-int8") or row.get("quantization") == "int8"
+        row["peak_gflops"] = peak["int8" if int8 else "fp32"]
+        row["floor_ms"] = round(1000 * work_per_text["latency"] / (row["peak_gflops"] * 1e9), 2)
+        row["p50_of_peak"] = round(1000 * work_per_text["latency"] / (row["peak_gflops"] * 1e9) / row["p50_ms"], 6)
+        row["throughput_of_peak"] = round(row["texts_per_s_32_clients"] * work_per_text["throughput"]
+                                          / (row["peak_gflops"] * 1e9), 6)
         paths[name] = row
         print(f"{name}: {row}", flush=True)
 
@@ -764,12 +825,20 @@ def print_table(results: dict) -> None:
 
     print(f"\nsingle-text latency: median over {results['latency_rounds']} rounds of {results['latency_texts']} texts "
           f"each, [min, max] of the rounds")
-    print("| path | single p50, ms | single p99, ms | texts/s, 32 clients | texts/s, batch 32 | agreement with fp32 |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| path | single p50, ms | single p99, ms | texts/s, 32 clients | texts/s, batch 32 | agreement with fp32 "
+          "| p50 of peak | 32 clients of peak |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results["paths"].items():
         print(f"| {name} | {spread(r['p50_ms'], r['p50_ms_spread'])} | {spread(r['p99_ms'], r['p99_ms_spread'])} | "
               f"{r['texts_per_s_32_clients']} | {r.get('texts_per_s_batch_32', '-')} | "
-              f"{r['agreement_with_fp32_pct']}% |")
+              f"{r['agreement_with_fp32_pct']}% | {r['p50_of_peak']:.1%} | {r['throughput_of_peak']:.1%} |")
+    peaks, work = results["peak_gflops"], results["work"]
+    print(f"\npeak on {results['machine']['cores']} cores, GFLOP/s (start, end of the run): fp32 "
+          f"{peaks['start']['fp32']}, {peaks['end']['fp32']}; int8 (ONNX Runtime, the served recipe) "
+          f"{peaks['start']['int8']}, {peaks['end']['int8']}. Work per text: {work['gflop_per_text']['latency']} GFLOP "
+          f"at {work['mean_tokens']['latency']:.1f} tokens (latency texts), {work['gflop_per_text']['throughput']} "
+          f"GFLOP at {work['mean_tokens']['throughput']:.1f} (throughput texts); of peak = that work at the peak "
+          f"over the measured time.")
     ratios = results["ratios"]
     print("\nratios (per round, median [min, max]): " + ", ".join(
         f"{key} {spread(value, ratios[key + '_spread'])}" if key + "_spread" in ratios else f"{key} {value}"
@@ -778,8 +847,7 @@ def print_table(results: dict) -> None:
           f"{results['paths']['space']['health_round_trip_p50_ms']} ms")
     if results["paths"]["space"]["quantization"] != "int8":
         print(f"NOTE: QUANTIZE={results['space_quantize']} chose {results['paths']['space']['quantization']} here "
-              f"(int8 dot-product units: {results['machine']['int8_dot_product']}), so `space` is fp32 torch, not "
-              f"the shipped int8 graph; --space-quantize int8 serves the graph on this CPU too.")
+              f"(the Space's log says why), so `space` is fp32 torch, not the shipped int8 graph.")
 
     cold = results["cold_start"]
     print(f"\ncold start, {cold['repeats']} repeats taking turns: median [min, max], seconds")

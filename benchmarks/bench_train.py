@@ -175,6 +175,8 @@ def _run_preset_in(args, workdir: Path) -> int:
     def save():
         output.write_text(json.dumps(results, indent=2) + "\n")
 
+    if not on_gpu:
+        results["cpu_peak"] = {"start": _cpu_matmul_peaks()}
     parts = set(args.parts.split(","))
     throughput_models = args.throughput_models.split(",") if args.throughput_models else preset["throughput_models"]
     for model_name in throughput_models if "throughput" in parts else []:
@@ -195,6 +197,9 @@ def _run_preset_in(args, workdir: Path) -> int:
         results["ddp_scaling"] = _ddp_scaling(models[preset["throughput_models"][0]], data["throughput"], preset,
                                               workdir, results)
         save()
+    if not on_gpu:
+        results["cpu_peak"]["end"] = _cpu_matmul_peaks()
+        _add_fractions_of_peak(results)
     charted = _plot(results, output.with_suffix(".png"))
     save()
     _print_table(results)
@@ -241,12 +246,13 @@ def _median_row(rows: list[dict], measure: int) -> dict:
     """The median of a system's repeats, with [min, max] and every repeat kept."""
     speeds = [r["samples_per_s"] for r in rows]
     summary = {key: value for key, value in rows[0].items() if key not in ("samples_per_s", "tokens_per_s", "mfu",
-                                                                         "wall_s", "repeat")}
+                                                                         "achieved_gflops", "wall_s", "repeat")}
     summary.update(samples_per_s=round(statistics.median(speeds), 1), samples_per_s_spread=[min(speeds), max(speeds)],
                    tokens_per_s=round(statistics.median(r["tokens_per_s"] for r in rows), 1),
                    measured_steps=measure, repeats=rows)
-    if all("mfu" in r for r in rows):
-        summary["mfu"] = statistics.median(r["mfu"] for r in rows)
+    for key in ("mfu", "achieved_gflops"):
+        if all(key in r for r in rows):
+            summary[key] = statistics.median(r[key] for r in rows)
     return summary
 
 
@@ -609,11 +615,10 @@ def _build_trainer(model_path: str, data: str, *, seed: int, batch: int, variant
 
 
 def _add_mfu(row: dict, case: dict) -> dict:
-    """Model FLOPs utilisation: 6 x non-embedding parameters x real (unpadded) tokens per second."""
+    """The arithmetic a row's steps did per second (``achieved_gflops``: forward + backward, 6 FLOPs per
+    non-embedding weight and real, unpadded token plus attention, as ``distrinews.training.estimate`` counts it)
+    and, on a GPU, its share of ``--peak_tflops`` (MFU). On a CPU the parent divides by the peak it measured."""
     import torch
-
-    if not torch.cuda.is_available() or case.get("model_name") == "tiny":
-        return row
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(case["model"])
@@ -621,8 +626,41 @@ def _add_mfu(row: dict, case: dict) -> dict:
     layers = getattr(config, "n_layers", None) or config.num_hidden_layers
     ffn = getattr(config, "hidden_dim", None) or config.intermediate_size
     non_embedding = layers * (4 * hidden * hidden + 2 * hidden * ffn)
-    row["mfu"] = round(6 * non_embedding * row["tokens_per_s"] / (case["peak_tflops"] * 1e12), 4)
+    tokens_per_example = row["tokens_per_s"] / row["samples_per_s"]
+    per_token = 6 * non_embedding + 3 * 2 * 2 * layers * hidden * tokens_per_example
+    row["achieved_gflops"] = round(per_token * row["tokens_per_s"] / 1e9, 4)
+    if torch.cuda.is_available():
+        row["mfu"] = round(row["achieved_gflops"] / (case["peak_tflops"] * 1e3), 4)
     return row
+
+
+def _cpu_matmul_peaks() -> dict:
+    """This CPU's matmul rate in GFLOP/s over all cores: fp32, and bf16 where it has bf16 units (the rate the
+    bf16 cases are measured against). Measured at the start and the end of a run, in the parent process."""
+    import torch
+
+    from distrinews.training.estimate import measure_matmul_flops
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    peaks = {"fp32": round(measure_matmul_flops(seconds=2.0, size=2048) / 1e9, 1)}
+    if _cpu_has_bf16_units():
+        peaks["bf16"] = round(measure_matmul_flops(seconds=2.0, size=2048, dtype=torch.bfloat16) / 1e9, 1)
+    return peaks
+
+
+def _add_fractions_of_peak(results: dict) -> None:
+    """Each throughput row's achieved rate over the higher of the run's two peak measurements of its precision."""
+    peak = {dtype: max(results["cpu_peak"]["start"][dtype], results["cpu_peak"]["end"][dtype])
+            for dtype in results["cpu_peak"]["start"]}
+    for row in results["throughput"]:
+        dtype = "bf16" if row.get("mixed_precision") == "bf16" and "bf16" in peak else "fp32"
+        for run in [row, *row.get("repeats", [])]:
+            if "achieved_gflops" in run:
+                run["fraction_of_peak"] = round(run["achieved_gflops"] / peak[dtype], 6)
+        shares = [r["fraction_of_peak"] for r in row.get("repeats", []) if "fraction_of_peak" in r]
+        if shares:
+            row["fraction_of_peak_spread"] = [min(shares), max(shares)]
+        row["peak_gflops"] = peak[dtype]
 
 
 def _accuracy(case: dict) -> dict:
@@ -706,13 +744,19 @@ def _speedups(results: dict) -> list[dict]:
 def _print_table(results: dict) -> None:
     print(f"\nhardware: {results['hardware']}   versions: {results['versions']}")
     print(f"{'model':<12}{'batch':>6}  {'system':<30}{'samples/s (median [min, max])':>32}{'tokens/s':>10}"
-          f"{'peak GB':>9}{'MFU':>8}")
+          f"{'peak GB':>9}{'MFU':>8}{'GFLOP/s':>9}{'of peak':>9}")
     for row in results["throughput"]:
         low, high = row.get("samples_per_s_spread", [row["samples_per_s"]] * 2)
         print(f"{row['model_name']:<12}{row['batch']:>6}  {row['system']:<30}"
               f"{row['samples_per_s']:>14,.1f} [{low:,.1f}, {high:,.1f}]".ljust(80) +
               f"{row['tokens_per_s']:>10,.0f}{row.get('peak_memory_gb', float('nan')):>9.2f}"
-              f"{row.get('mfu', float('nan')):>8.1%}")
+              f"{row.get('mfu', float('nan')):>8.1%}{row.get('achieved_gflops', float('nan')):>9.1f}"
+              f"{row.get('fraction_of_peak', float('nan')):>9.1%}")
+    if "cpu_peak" in results:
+        print(f"CPU matmul peak, GFLOP/s over all cores (start, end of the run): "
+              + ", ".join(f"{dtype} {results['cpu_peak']['start'][dtype]:,.1f}, "
+                          f"{results['cpu_peak'].get('end', {}).get(dtype, float('nan')):,.1f}"
+                          for dtype in results["cpu_peak"]["start"]))
     for speedup in _speedups(results):
         low, high = speedup["speedup_spread"]
         print(f"speedup {speedup['model']} batch {speedup['batch']}: {speedup['system']} / {speedup['best_trainer']} = "

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .. import __version__
-from .backends import QUANTIZATION_CHOICES, SHIPPED_GRAPH, OnnxInt8Backend, build_backend, cache_folder_name, \
-    cached_graph, resolve_quantization, shipped_graph, usable_cores, weights_fingerprint
+from .agreement import probe_batch
+from .backends import ONNX_INPUTS, QUANTIZATION_CHOICES, SHIPPED_GRAPH, OnnxInt8Backend, build_backend, \
+    cache_folder_name, cached_graph, resolve_quantization, shipped_graph, usable_cores, weights_fingerprint
 from .batching import MicroBatcher
 from .explain import MAX_WORDS, Explanation, explanation_from, occlusion_texts
 from ..core.errors import InferenceFailed, ModelLoadError, RequestTooLarge, ServingConfigError
@@ -56,8 +57,9 @@ class ServingConfig:
     model_id: str = _doc("Hub repo id USER/NAME or a local model folder.", "MODEL_ID", default="")
     revision: str = _doc("Branch, tag or commit sha of a Hub model (pin a sha in production).", "MODEL_REVISION",
                          default="")
-    quantize: str = _doc("auto (int8 where the CPU has int8 dot-product units or torch is not installed), none "
-                         "(fp32 torch) or int8 (ONNX Runtime dynamic int8).", "QUANTIZE", default="auto")
+    quantize: str = _doc("auto (the int8 graph wherever ONNX Runtime is installed, unless it cannot be made or "
+                         "decides unlike fp32 on the probe texts: then fp32 torch), none (fp32 torch) or int8 "
+                         "(ONNX Runtime dynamic int8).", "QUANTIZE", default="auto")
     max_length: int = _doc("Tokens per window (0 = the model's maximum); 128 is what training uses.", "MAX_LENGTH",
                            default=128)
     max_windows: int = _doc("Most windows read per text: a longer text is read up to there and flagged truncated "
@@ -201,8 +203,11 @@ def load_served_model(folder: Path, quantization: str, config: ServingConfig, *,
             f"which are not installed ({err})") from None
     model, tokenizer = load_classifier(str(folder))
     policy = window_policy(config, model_max_length(model, tokenizer))
-    backend = build_backend(model, quantization, cache_dir=cache_dir, cache_key=cache_key, threads=threads)
-    return ServedModel(backend, encoder_for(tokenizer, policy) or tokenizer, model_task(model), policy)
+    task = model_task(model)
+    probes = probe_batch(tokenizer, policy.max_length, ONNX_INPUTS) if quantization == "int8" else None
+    backend = build_backend(model, quantization, cache_dir=cache_dir, cache_key=cache_key, threads=threads,
+                            probes=probes, task=task, fall_back=config.quantize == "auto")
+    return ServedModel(backend, encoder_for(tokenizer, policy) or tokenizer, task, policy)
 
 
 def _if_file(path: Path) -> Path | None:
@@ -246,7 +251,7 @@ class ClassifierService:
         service.warm_up()
         service.load_seconds = time.perf_counter() - started
         log.info("serving %s at %s with quantization=%s, loaded and warm in %.1f s", config.model_id, revision,
-                 quantization, service.load_seconds)
+                 service.quantization, service.load_seconds)
         return service
 
     @property

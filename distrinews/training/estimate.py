@@ -39,10 +39,10 @@ def training_flops_per_token(model: torch.nn.Module, tokens_per_example: float) 
     return 6 * weights + attention
 
 
-def measure_matmul_flops(seconds: float = 0.4, size: int = 1024) -> float:
-    """This CPU's fp32 matmul rate over all of torch's threads, in FLOP/s (a square matmul large enough to run at
-    the kernels' peak, repeated for about ``seconds``)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def measure_matmul_flops(seconds: float = 0.4, size: int = 1024, dtype: torch.dtype = torch.float32) -> float:
+    """This CPU's matmul rate over all of torch's threads, in FLOP/s (a square matmul large enough to run at the
+    kernels' peak, repeated for about ``seconds``)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)  # warm-up: thread pool start, first-touch of the output
     done, started = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds or done < 3:

@@ -26,6 +26,14 @@ def test_benchmark_smoke_preset_runs_every_case(tmp_path):
     # bf16 (and bf16 with torch's own dropout masks) only where the CPU has bf16 units
     assert expected <= systems and systems - expected <= {"distrinews_bf16", "distrinews_bf16_torch_dropout"}
     assert all(row["samples_per_s"] > 0 and row["tokens_per_s"] > 0 for row in results["throughput"])
+    # The machine's own limit, measured in the run, beside each case's share of it.
+    peaks = results["cpu_peak"]
+    assert set(peaks) == {"start", "end"} and all(value > 0 for value in peaks["start"].values())
+    for row in results["throughput"]:
+        assert row["achieved_gflops"] > 0 and row["fraction_of_peak"] == round(
+            row["achieved_gflops"] / row["peak_gflops"], 6), row
+        low, high = row["fraction_of_peak_spread"]
+        assert 0 < low <= high
     assert {row["system"] for row in results["accuracy"]} == {"trainer_tutorial", "distrinews"}
     assert all(0 <= acc <= 1 for row in results["accuracy"] for acc in row["test_accuracy"])
     assert [row["mixed_precision"] for row in results["accuracy"] if row["system"] == "distrinews"][0] in {"bf16", "no"}
@@ -33,7 +41,8 @@ def test_benchmark_smoke_preset_runs_every_case(tmp_path):
     assert scaling["samples_per_s_2"] > 0 and scaling["efficiency"] > 0 and scaling["efficiency_equal_threads"] > 0
     assert output.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     table = done.stdout[done.stdout.index("hardware:"):]
-    assert "speedup tiny batch 8" in table and "DDP scaling on CPU" in table
+    assert "speedup tiny batch 8" in table and "DDP scaling on CPU" in table and "of peak" in table
+    assert "CPU matmul peak, GFLOP/s over all cores (start, end of the run): fp32 " in table
     assert not list(scratch.glob("bench_train_*"))
 
 

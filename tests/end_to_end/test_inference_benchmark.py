@@ -37,6 +37,13 @@ def test_inference_benchmark_runs_every_path_at_a_tiny_size(tmp_path):
         for key in ("p50_ms", "p99_ms"):  # the median over rounds lies within the rounds' [min, max]
             low, high = row[f"{key}_spread"]
             assert 0 < low <= row[key] <= high, (name, key, row)
+    peaks = results["peak_gflops"]
+    assert all(peaks[when][dtype] > 0 for when in ("start", "end") for dtype in ("fp32", "int8"))
+    assert results["work"]["gflop_per_text"]["latency"] > 0
+    for name, row in results["paths"].items():  # each path against the peak of its own arithmetic
+        assert row["peak_gflops"] == max(peaks["start"][row_dtype(name, row)], peaks["end"][row_dtype(name, row)])
+        assert 0 < row["p50_of_peak"] and 0 < row["throughput_of_peak"], (name, row)
+    assert "p50 of peak" in done.stdout and "int8 (ONNX Runtime, the served recipe)" in done.stdout
     for name in ("space-fp32", "space", "space-hf"):
         assert results["paths"][name]["statuses"] == {"200": 24}  # every request answered, no errors
     assert results["paths"]["space"]["quantization"] == "int8"
@@ -78,3 +85,7 @@ def test_inference_benchmark_runs_every_path_at_a_tiny_size(tmp_path):
                   "| space: HTTP round trip |"):
         assert table in done.stdout, table
     assert not list(scratch.glob("bench-inference-*"))  # the model and its ONNX exports went with the run
+
+
+def row_dtype(name: str, row: dict) -> str:
+    return "int8" if name == "ort-int8" or row.get("quantization") == "int8" else "fp32"

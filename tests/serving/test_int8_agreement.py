@@ -1,0 +1,84 @@
+"""QUANTIZE=auto serves the int8 graph wherever ONNX Runtime is installed, once the graph has passed the agreement
+check against its fp32 model; a graph that decides otherwise is served only when asked for by name (int8)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from distrinews.core.modeling import load_classifier
+from distrinews.core.tasks import make_task
+from distrinews.serving.agreement import PROBE_TEXTS, measure_agreement
+from distrinews.serving.backends import resolve_quantization
+from distrinews.serving.service import ClassifierService, ServingConfig
+from space_support import space_env, write_space_model
+
+
+def test_auto_is_int8_wherever_onnxruntime_is_installed():
+    assert resolve_quantization("auto") == "int8"  # the suite's environment has onnxruntime, VNNI or not
+
+
+def test_agreement_counts_clear_decisions_and_the_mean_difference():
+    task = make_task("single_label_classification", ["a", "b", "c"])
+    logits = np.array([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.1, 0.0, 0.0], [0.0, 0.0, 4.0]])
+    batch = {"input_ids": np.zeros((4, 2), dtype=np.int64)}
+    same = measure_agreement(lambda b: logits, lambda b: logits + 1e-4, batch, task)
+    assert (same.probes, same.clear, same.same) == (4, 3, 3) and same.mean_difference < 1e-4 and same.holds
+    flipped = logits[:, [1, 0, 2]]  # the first two decisions swap places
+    other = measure_agreement(lambda b: logits, lambda b: flipped, batch, task)
+    assert (other.clear, other.same) == (3, 1) and not other.holds
+    assert "int8 decides as fp32 on 1 of the 3 probe texts fp32 decides clearly" in str(other)
+    multi = make_task("multi_label_classification", ["a", "b"], threshold=0.5)
+    both = np.array([[3.0, -3.0], [0.05, 3.0]])  # the second row's first label sits on the threshold: not clear
+    result = measure_agreement(lambda b: both, lambda b: -both, {"input_ids": np.zeros((2, 1))}, multi)
+    assert (result.clear, result.same) == (1, 0) and not result.holds
+
+
+@pytest.fixture(scope="module")
+def int8_breaks_this_model(tmp_path_factory):
+    """A model whose fp32 decisions live in small head weights that per-tensor int8 rounds to zero: one huge
+    weight in the pre-classifier sets the scale, the classifier ignores that unit and amplifies the others."""
+    import torch
+
+    folder = write_space_model(tmp_path_factory.mktemp("outlier-model"))
+    model, tokenizer = load_classifier(str(folder))
+    with torch.no_grad():
+        model.pre_classifier.weight[0, 0] = 1e4
+        model.classifier.weight[:, 0] = 0
+        model.classifier.weight.mul_(300)
+        model.classifier.bias.zero_()
+    model.save_pretrained(folder)
+    return folder
+
+
+def _load(model_dir, cache_dir, quantize: str) -> ClassifierService:
+    return ClassifierService.load(ServingConfig.from_env(space_env(str(model_dir), cache_dir, QUANTIZE=quantize)))
+
+
+def test_auto_serves_fp32_when_the_graph_decides_otherwise_and_caches_nothing(int8_breaks_this_model, tmp_path,
+                                                                               caplog):
+    with caplog.at_level(logging.WARNING, logger="distrinews.serving.backends"):
+        service = _load(int8_breaks_this_model, tmp_path / "onnx", "auto")
+    assert service.quantization == "none"
+    (warning,) = [r.getMessage() for r in caplog.records if "QUANTIZE=auto serves fp32 torch" in r.getMessage()]
+    assert "fails the agreement check: int8 decides as fp32 on" in warning and f"over {len(PROBE_TEXTS)} probes" in warning
+    assert not list((tmp_path / "onnx").rglob("*.onnx"))  # a restart checks again rather than trusting a bad graph
+    assert len(service.predict_now(["stocks rally", "striker scores"])) == 2
+
+
+def test_int8_by_name_serves_the_graph_with_a_warning(int8_breaks_this_model, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="distrinews.serving.backends"):
+        service = _load(int8_breaks_this_model, tmp_path / "onnx", "int8")
+    assert service.quantization == "int8"
+    assert any("QUANTIZE=int8 serves the int8 graph although it fails the agreement check" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_auto_serves_and_caches_a_graph_that_agrees(space_model, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="distrinews.serving.backends"):
+        service = _load(space_model, tmp_path / "onnx", "auto")
+    assert service.quantization == "int8"
+    assert any(r.getMessage().startswith("int8 graph checked: int8 decides as fp32") for r in caplog.records)
+    assert list((tmp_path / "onnx").rglob("model.int8.onnx"))

@@ -44,7 +44,7 @@ PRESETS = {
     # of torch and transformers instead of one per case); the DDP cases still launch their own processes.
     "smoke": dict(throughput_models=["tiny"], batches=[8], warmup_steps=2, measure_steps=4, accuracy_model="tiny",
                   accuracy_seeds=[0], accuracy_train_rows=64, accuracy_test_rows=40,
-                  recipes=["baseline"], ddp_scaling=True, validation_fraction=0.1, one_worker=True),
+                  recipes=["baseline"], ddp_scaling=True, validation_fraction=0.1, one_worker=True, peak_seconds=0.2),
     # One whole epoch of the 5,000 real rows per case (measure_steps 0 = an epoch), 3 interleaved repeats, against
     # the faster Trainer set-up only (dynamic padding; the tutorial's padding to 128 takes ~15 minutes an epoch
     # here): about 45 minutes on 2 cores for MiniLM; --throughput_models minilm,distilbert adds DistilBERT (~3x).
@@ -176,7 +176,7 @@ def _run_preset_in(args, workdir: Path) -> int:
         output.write_text(json.dumps(results, indent=2) + "\n")
 
     if not on_gpu:
-        results["cpu_peak"] = {"start": _cpu_matmul_peaks()}
+        results["cpu_peak"] = {"start": _cpu_matmul_peaks(preset.get("peak_seconds", 2.0))}
     parts = set(args.parts.split(","))
     throughput_models = args.throughput_models.split(",") if args.throughput_models else preset["throughput_models"]
     for model_name in throughput_models if "throughput" in parts else []:
@@ -198,7 +198,7 @@ def _run_preset_in(args, workdir: Path) -> int:
                                               workdir, results)
         save()
     if not on_gpu:
-        results["cpu_peak"]["end"] = _cpu_matmul_peaks()
+        results["cpu_peak"]["end"] = _cpu_matmul_peaks(preset.get("peak_seconds", 2.0))
         _add_fractions_of_peak(results)
     charted = _plot(results, output.with_suffix(".png"))
     save()
@@ -634,7 +634,7 @@ def _add_mfu(row: dict, case: dict) -> dict:
     return row
 
 
-def _cpu_matmul_peaks() -> dict:
+def _cpu_matmul_peaks(seconds: float) -> dict:
     """This CPU's matmul rate in GFLOP/s over all cores: fp32, and bf16 where it has bf16 units (the rate the
     bf16 cases are measured against). Measured at the start and the end of a run, in the parent process."""
     import torch
@@ -642,9 +642,9 @@ def _cpu_matmul_peaks() -> dict:
     from distrinews.training.estimate import measure_matmul_flops
 
     torch.set_num_threads(os.cpu_count() or 1)
-    peaks = {"fp32": round(measure_matmul_flops(seconds=2.0, size=2048) / 1e9, 1)}
+    peaks = {"fp32": round(measure_matmul_flops(seconds=seconds, size=2048) / 1e9, 1)}
     if _cpu_has_bf16_units():
-        peaks["bf16"] = round(measure_matmul_flops(seconds=2.0, size=2048, dtype=torch.bfloat16) / 1e9, 1)
+        peaks["bf16"] = round(measure_matmul_flops(seconds=seconds, size=2048, dtype=torch.bfloat16) / 1e9, 1)
     return peaks
 
 

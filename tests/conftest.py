@@ -21,6 +21,22 @@ from hypothesis import strategies as st
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# The files that take longest, in the order the workers take them up (the rest follow in their usual order):
+# a worker runs one file at a time (--dist loadfile), so a long file begun last would leave the other worker idle
+# at the end of the run. The fault-injection file first: the reference run it builds is shared by the Hub-checkpoint
+# file, which comes a few files later. (xdist's own order, by number of tests, put these last: pyproject.toml turns
+# it off with --no-loadscope-reorder.)
+LONGEST_FILES_FIRST = ("training/test_fault_injection.py", "end_to_end/test_kaggle_bundle.py",
+                       "end_to_end/test_notebook.py", "hub/test_hub_checkpoints.py",
+                       "end_to_end/test_inference_benchmark.py", "end_to_end/test_launch_failures.py",
+                       "end_to_end/test_own_data.py", "end_to_end/test_benchmark_smoke.py",
+                       "serving/test_space_server.py", "hub/test_hub_push.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0].removeprefix("tests/"), len(rank)))
+
 # Words that mark each class, plus filler shared by all classes, so a tiny model can learn something.
 CLASS_WORDS = {
     1: "minister election embassy treaty rebels parliament ceasefire diplomat refugees summit".split(),

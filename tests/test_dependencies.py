@@ -96,3 +96,10 @@ def test_every_import_is_a_declared_dependency():
                   for folder, allowed in where.items() for module, path in _third_party_imports(folder).items()
                   if not _distributions(module) & allowed]
     assert not undeclared, "declare these in pyproject.toml: " + "; ".join(undeclared)
+
+
+def test_the_files_conftest_orders_first_exist():
+    from conftest import LONGEST_FILES_FIRST, REPO_ROOT
+
+    missing = [name for name in LONGEST_FILES_FIRST if not (REPO_ROOT / "tests" / name).is_file()]
+    assert not missing, f"tests/conftest.py orders files that are gone: {missing}"

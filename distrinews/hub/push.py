@@ -171,7 +171,8 @@ def export_serving_graph(model_dir: Path, log: Callable[[str], None] = print) ->
     started = time.perf_counter()
     transformers_logging.disable_progress_bar()  # a weights-loading bar in the middle of the push's own messages
     try:
-        graph = write_shipped_graph(load_classifier(str(model_dir))[0], model_dir)
+        model, tokenizer = load_classifier(str(model_dir))
+        graph = write_shipped_graph(model, model_dir, tokenizer)  # checked against fp32 before it is written
     finally:
         transformers_logging.enable_progress_bar()
     log(f"int8 ONNX graph for the Space: {graph} ({time.perf_counter() - started:.1f} s)")

@@ -36,6 +36,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..core.errors import ModelLoadError
 from ..core.predict import LogitsFn, torch_logits
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def build_backend(model, quantization: str, *, cache_dir: Path, cache_key: str, 
         return torch_backend
 
 
-class Int8Disagreement(Exception):
+class Int8Disagreement(ModelLoadError):
     """An exported int8 graph decides too differently from its fp32 model to be served under ``auto``."""
 
 
@@ -229,9 +230,11 @@ def shipped_graph(model_dir: Path) -> Path | None:
     return graph
 
 
-def write_shipped_graph(model, model_dir: Path) -> Path:
+def write_shipped_graph(model, model_dir: Path, tokenizer=None) -> Path:
     """Export ``model`` (loaded from ``model_dir``) to ``model_dir/onnx/``, unless a matching graph is there.
 
+    With ``tokenizer`` the graph is written only if it passes the agreement check (``agreement.py``; else
+    ``Int8Disagreement``): a Space serves a shipped graph under ``auto`` without checking it again.
     ``model`` is rewritten for serving (``read_first_position_only``): pass a copy you will not train."""
     existing = shipped_graph(model_dir)
     if existing is not None:
@@ -239,9 +242,18 @@ def write_shipped_graph(model, model_dir: Path) -> Path:
     from .first_position import read_first_position_only
 
     read_first_position_only(model)
+    check = None
+    if tokenizer is not None:
+        from .agreement import probe_batch
+        from ..core.predict import model_task
+
+        check = functools.partial(_check_agreement, TorchBackend(model).logits,
+                                  probe_batch(tokenizer, 128, ONNX_INPUTS), model_task(model), None, True)
     target = Path(model_dir) / SHIPPED_GRAPH
     with _staging_folder(target.parent) as staging:
         _export_int8(model, staging / target.name)
+        if check is not None:
+            check(staging / target.name)
         (staging / Path(SHIPPED_GRAPH_INFO).name).write_text(json.dumps(
             {"recipe": EXPORT_RECIPE, "weights": weight_hashes(model_dir)}, indent=2) + "\n", encoding="utf-8")
         shutil.rmtree(target.parent, ignore_errors=True)  # a stale graph from other weights or another recipe

@@ -82,3 +82,21 @@ def test_auto_serves_and_caches_a_graph_that_agrees(space_model, tmp_path, caplo
     assert service.quantization == "int8"
     assert any(r.getMessage().startswith("int8 graph checked: int8 decides as fp32") for r in caplog.records)
     assert list((tmp_path / "onnx").rglob("model.int8.onnx"))
+
+
+def test_a_graph_that_decides_otherwise_is_not_shipped(int8_breaks_this_model, tmp_path):
+    """A Space serves a shipped graph under auto without checking it again, so push and export-onnx check it."""
+    import shutil
+
+    from distrinews.hub.push import ship_serving_graph
+    from distrinews.serving.backends import SHIPPED_GRAPH, Int8Disagreement, write_shipped_graph
+
+    folder = tmp_path / "model"
+    shutil.copytree(int8_breaks_this_model, folder)
+    model, tokenizer = load_classifier(str(folder))
+    with pytest.raises(Int8Disagreement, match="fails the agreement check: int8 decides as fp32 on"):
+        write_shipped_graph(model, folder, tokenizer)
+    assert not (folder / SHIPPED_GRAPH).parent.exists()  # nothing half-written
+    said = []
+    assert ship_serving_graph(folder, said.append) is None
+    assert said[-1].startswith("Warning: no int8 ONNX graph for the Space (Int8Disagreement: fails the agreement")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import shutil
 import subprocess
 import threading
@@ -30,7 +31,9 @@ JS_CLIENT = Path(__file__).parent / "js"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TOKEN = "hf_PlantedCallerToken0123456789abcdefXYZ"  # what the clients send as Authorization: must echo nowhere
+# What the clients send as Authorization, made afresh each run (no token-shaped string lives in the tree): it must
+# echo nowhere.
+TOKEN = "hf_" + secrets.token_hex(17)
 TEXT = "Stocks rally as oil prices slide and the central bank holds rates"
 
 

@@ -62,10 +62,11 @@ from .config import TrainConfig, parse_train_config
 from .cpu_dropout import use_cpu_dropout
 from .data import DataOptions, LabelledData, PaddingCollator, checked_max_length, load_labelled_data, \
     sorted_by_length, tokenize_splits
+from .data_workers import start_data_worker
 from .evaluation import collect_outputs, scalar_metrics, score_outputs
 from .model_card import write_model_card
 from .optimization import parameter_settings
-from .preemption import StopRequest, ignore_stop_signals
+from .preemption import StopRequest
 from .rdrop import rdrop_loss
 from .reporting import RunLog, plot_confusion, plot_loss
 from .sampling import ResumableBatchSampler
@@ -690,13 +691,19 @@ def _build_optimizer(model: torch.nn.Module, config: TrainConfig, fused: bool) -
                              fused=fused or None)
 
 
+# A batch takes milliseconds to collate; one that takes this long was lost (data_workers.py says how that can
+# happen), and an error says so where a wait would hang the run without a word.
+BATCH_WAIT_SECONDS = 600
+
+
 def _data_loader(dataset, collator, config: TrainConfig, device: torch.device, **batching) -> DataLoader:
     workers = config.dataloader_num_workers
     # A private generator: each new iterator draws its worker seed from it, not from torch's global RNG, which
     # then feeds dropout alone. Otherwise a resumed run (one iterator more than the run it resumes) would
     # draw different dropout masks from the checkpointed RNG state.
     return DataLoader(dataset, collate_fn=collator, num_workers=workers, persistent_workers=workers > 0,
-                      pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals if workers else None,
+                      pin_memory=device.type == "cuda", worker_init_fn=start_data_worker if workers else None,
+                      timeout=BATCH_WAIT_SECONDS if workers else 0,
                       generator=torch.Generator().manual_seed(config.seed), **batching)
 
 

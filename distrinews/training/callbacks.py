@@ -20,6 +20,9 @@ class TrainerCallback:
         """Set up, before the loop looks for a checkpoint to resume from; every rank waits for the others after
         this, so the main process may fetch one here."""
 
+    def on_step_end(self, run: Any) -> None:
+        """An optimizer step is done, with its log, evaluation and checkpoint; ``run.state.global_step`` counts it."""
+
     def on_checkpoint(self, run: Any, folder: Path) -> None:
         """A checkpoint is complete in ``folder`` (main process only)."""
 

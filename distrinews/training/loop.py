@@ -405,6 +405,8 @@ def _after_optimizer_step(run: Run) -> bool:
     checkpointed, finished = _evaluate_and_checkpoint(run, finished, epoch_finished)
     if stop_agreed and not finished:
         _stop(run, checkpointed)
+    for callback in run.callbacks:
+        callback.on_step_end(run)
     return finished
 
 

@@ -73,3 +73,19 @@ def test_an_unknown_recipe_is_refused_before_anything_runs():
     done = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--preset", "cpu_recipes", "--recipes",
                            "baseline_all,nope"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "unknown recipe(s): nope" in done.stderr
+
+
+def test_the_step_profile_puts_every_operator_in_a_phase_and_a_kind(tmp_path, tiny_model, ag_news_dir):
+    output = tmp_path / "profile.json"
+    done = subprocess.run([sys.executable, "benchmarks/profile_train.py", "--model", str(tiny_model), "--data",
+                           str(ag_news_dir), "--batch", "8", "--warmup", "1", "--steps", "2", "--peak_seconds", "0.2",
+                           "--output", str(output)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    profile = json.loads(output.read_text())
+    assert profile["steps"] == 2 and profile["step_seconds"] > 0 and profile["matmul_peak_gflops"] > 0
+    for table in ("phases", "kinds"):
+        assert abs(sum(profile[table].values()) - 1) < 0.01, profile[table]
+    assert {"forward and the rest of the step", "backward", "optimizer"} <= set(profile["phases"])
+    assert profile["kinds"]["matmul"] > 0 and profile["kinds"]["optimizer kernels"] > 0
+    assert 0 < profile["matmul_share_of_peak"] and 0 < profile["step_share_of_peak"] < 1
+    assert "| kinds | share of the step |" in done.stdout

@@ -47,14 +47,16 @@ PRESETS = {
                   recipes=["baseline"], ddp_scaling=True, validation_fraction=0.1, one_worker=True, peak_seconds=0.2),
     # One whole epoch of the 5,000 real rows per case (measure_steps 0 = an epoch), 3 interleaved repeats, against
     # the faster Trainer set-up only (dynamic padding; the tutorial's padding to 128 takes ~15 minutes an epoch
-    # here): about 45 minutes on 2 cores for MiniLM; --throughput_models minilm,distilbert adds DistilBERT (~3x).
+    # here): 56 minutes on 2 AVX-512 cores for MiniLM with the bf16 cases; --throughput_models minilm,distilbert adds
+    # DistilBERT (~3x).
     "cpu": dict(throughput_models=["minilm"], batches=[32], warmup_steps=3, measure_steps=0, repeats=3,
-                trainer_variants=["trainer_dynamic"],
+                trainer_variants=["trainer_dynamic", "trainer_dynamic_bf16"],
                 accuracy_model=None, accuracy_seeds=[], ddp_scaling=False, recipes=[], validation_fraction=0.0),
     # DDP over gloo, 2 processes against 1 (a few steps each; the record is docs/experiments.md).
     "cpu_ddp": dict(throughput_models=["minilm"], batches=[32], warmup_steps=3, measure_steps=8,
                     accuracy_model=None, accuracy_seeds=[], ddp_scaling=True, recipes=[], validation_fraction=0.02),
     "gpu": dict(throughput_models=["distilbert"], batches=[32, 128, 512], warmup_steps=30, measure_steps=60,
+                trainer_variants=["trainer_tutorial", "trainer_dynamic_bf16"],
                 accuracy_model="minilm", accuracy_seeds=[0, 1, 2],
                 recipes=["baseline", "lr1e-4_4ep", "lr2e-4_4ep", "head1e-3", "head3e-3", "head1e-3_4ep",
                          "lr1e-4_head2e-3_llrd0.8", "lr1e-4_head1e-3", "baseline_all", "lr1e-4_head1e-3_all",
@@ -69,10 +71,12 @@ PRESETS = {
                                                      "views_rdrop1_lr1e-4_head1e-3_2ep_all"],
                         ddp_scaling=False, validation_fraction=0.02),
 }
-# Trainer set-ups people actually use: the tutorial's (fp32, pad everything to max_length) and the informed
-# one (bf16 where available, dynamic padding). Each ratio is taken against the faster of the two.
+# Trainer set-ups people actually use: the tutorial's (fp32, pad everything to max_length) and the informed one
+# (dynamic padding), in fp32 and, where the hardware has bf16 units (a GPU, or a CPU with AMX or AVX-512 bf16),
+# with bf16=True. Each distrinews row is compared with the faster Trainer set-up of its own precision.
 TRAINER_VARIANTS = {"trainer_tutorial": dict(pad_to_max=True, half=False),
-                    "trainer_dynamic": dict(pad_to_max=False, half=True)}
+                    "trainer_dynamic": dict(pad_to_max=False, half=False),
+                    "trainer_dynamic_bf16": dict(pad_to_max=False, half=True)}
 # The accuracy recipes. "baseline" is the Trainer's setting of the reference runs (docs/experiments.md);
 # "views_rdrop1_lr1e-4_head1e-3_2ep_all" is the most accurate on this data and model so far (README, Performance).
 RECIPES = {
@@ -220,8 +224,9 @@ def _throughput_cases(args, preset: dict, models: dict, data: dict, workdir: Pat
                 peak_tflops=args.peak_tflops, validation_fraction=preset["validation_fraction"])
     # fp32 padded to 128 at batch 512 is nobody's choice and would take minutes: the tutorial set-up runs
     # at the batch sizes tutorials use.
-    trainers = preset.get("trainer_variants", list(TRAINER_VARIANTS))
-    systems = [s for s in trainers if batch <= 128 or s != "trainer_tutorial"] + ["distrinews"]
+    trainers = [s for s in preset.get("trainer_variants", list(TRAINER_VARIANTS))
+                if (batch <= 128 or s != "trainer_tutorial") and (_has_bf16() or not TRAINER_VARIANTS[s]["half"])]
+    systems = trainers + ["distrinews"]
     if not on_gpu and _cpu_has_bf16_units():
         systems.append("distrinews_bf16")  # accelerate's bf16 autocast on AMX/AVX-512 bf16 units
         # The same with torch's own dropout masks (cpu_dropout_masks=false): what those masks cost.
@@ -474,6 +479,15 @@ def _cpu_flags_of_interest() -> set[str]:
     return cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni"}
 
 
+def _has_bf16() -> bool:
+    """Whether this machine computes in bf16 at speed: a GPU that supports it, or a CPU with bf16 units."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return _cpu_has_bf16_units()
+
+
 def _cpu_has_bf16_units() -> bool:
     from distrinews.serving.backends import cpu_flags
 
@@ -602,13 +616,13 @@ def _build_trainer(model_path: str, data: str, *, seed: int, batch: int, variant
     model = AutoModelForSequenceClassification.from_pretrained(
         model_path, num_labels=len(labels), dtype=torch.float32, id2label=dict(enumerate(labels)),
         label2id={n: i for i, n in enumerate(labels)})
-    half = variant["half"] and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    half = variant["half"] and _has_bf16()
     arguments = TrainingArguments(
         output_dir=str(Path(tempfile.mkdtemp(dir=workdir))), per_device_train_batch_size=batch,
         per_device_eval_batch_size=256, learning_rate=learning_rate, weight_decay=0.01,
         warmup_steps=0.06 if max_steps < 0 else 0, num_train_epochs=epochs, max_steps=max_steps,
-        lr_scheduler_type="linear", bf16=half, logging_steps=50, save_strategy="no", eval_strategy="no",
-        report_to=[], seed=seed, disable_tqdm=True)
+        lr_scheduler_type="linear", bf16=half, use_cpu=not torch.cuda.is_available(), logging_steps=50,
+        save_strategy="no", eval_strategy="no", report_to=[], seed=seed, disable_tqdm=True)
     trainer = Trainer(model=model, args=arguments, train_dataset=train_set, eval_dataset=test_set,
                       processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer))
     return trainer, tokens_per_example
@@ -724,13 +738,15 @@ def _versions() -> dict:
 
 
 def _speedups(results: dict) -> list[dict]:
-    """distrinews against the faster Trainer set-up (by median): the median of the per-repeat ratios, [min, max]."""
+    """distrinews against the faster Trainer set-up (by median) of the same precision: the median of the
+    per-repeat ratios, [min, max]."""
     rows = []
     for row in results["throughput"]:
         if not row["system"].startswith("distrinews"):
             continue
         trainers = [r for r in results["throughput"] if r["system"].startswith("trainer")
-                    and r["model_name"] == row["model_name"] and r["batch"] == row["batch"]]
+                    and r["model_name"] == row["model_name"] and r["batch"] == row["batch"]
+                    and r["mixed_precision"] == row["mixed_precision"]]
         if trainers:
             best = max(trainers, key=lambda r: r["samples_per_s"])
             ratios = [ours["samples_per_s"] / theirs["samples_per_s"]

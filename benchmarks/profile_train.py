@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO_ROOT))
 # An operator's kind, by the first pattern its name matches; self time, so aten::linear (which only calls
 # aten::addmm) costs nothing of its own and the matmul's time lands on the kernel.
 KINDS = [
-    ("compiled kernels", r"cpp_fused|Torch-Compiled|CompiledFunction|inductor"),
+    ("compiled kernels", r"CompiledFxGraph|cpp_fused|Torch-Compiled|CompiledFunction|inductor"),
     ("loss", r"cross_entropy|nll_loss|log_softmax|binary_cross"),
     ("attention", r"scaled_dot_product|softmax|flash_attention"),
     ("matmul", r"aten::(mm|addmm|bmm|baddbmm|matmul|linear)$|mkldnn_matmul|_addmm_activation"),
@@ -145,9 +145,10 @@ def _summarise(events, args, peak_flops: float, torch) -> dict:
             continue
         seconds = event.self_cpu_time_total / 1e6
         kind = _kind(event.name)
-        by_phase[_phase(event)] += seconds
+        phase = _phase(event)
+        by_phase[phase] += seconds
         by_kind[kind] += seconds
-        by_operator[event.name] += seconds
+        by_operator[f"{event.name} ({phase.split()[0]})"] += seconds
         if kind == "matmul" and event.flops:
             matmul_flops += event.flops
             matmul_seconds += seconds

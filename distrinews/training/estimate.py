@@ -17,8 +17,9 @@ import torch
 
 from .config import TrainConfig
 
-# MiniLM-L6, fp32, batch 32, 2 CPU processes: 22.3 samples/s at 3.4 GFLOP per example (README, Performance)
-# against the 197 GFLOP/s the 2-core EPYC development machine measures for a large fp32 matmul.
+# MiniLM-L6, fp32, batch 32: 22.3 samples/s at 3.4 GFLOP per example against the 197 GFLOP/s of a large fp32
+# matmul on 2 AVX2 EPYC cores (benchmarks/results/cpu.json at commit df100a3). On 2 AVX-512 EPYC cores the same
+# run reaches 0.68 (README, Performance); the lower share keeps the estimate on the safe side for AVX2 CPUs.
 CPU_SHARE_OF_PEAK = 0.38
 # A run that checks every step in minutes on a CPU (the notebook's SMOKE setting); distrinews launch names it.
 QUICK_RUN = {"max_train_samples": 2000, "max_eval_samples": 500, "num_train_epochs": 1, "max_steps": -1}

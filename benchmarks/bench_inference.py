@@ -503,7 +503,7 @@ def run(args, work: Path) -> int:
     # The int8 graph ships with the model, as `distrinews push` uploads it, so the `space` server (and every cold
     # start below) serves it as a deployed Space does, without torch. A copy: shipping rewrites the model it is
     # given (the last layer computes position 0 only), and `model` stays the fp32 reference.
-    shipped = write_shipped_graph(copy.deepcopy(model), model_dir)
+    shipped = write_shipped_graph(copy.deepcopy(model), model_dir, tokenizer)
     optimum = OptimumWorker(args.optimum_python, model_dir, usable_cores(), work / "optimum.log") \
         if args.optimum_python else None
     if optimum:

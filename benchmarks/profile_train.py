@@ -28,6 +28,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+from bench_train import _cpu_name  # noqa: E402 - this folder is on sys.path when the script runs
 
 # An operator's kind, by the first pattern its name matches; self time, so aten::linear (which only calls
 # aten::addmm) costs nothing of its own and the matmul's time lands on the kernel.
@@ -153,13 +154,15 @@ def _summarise(events, args, peak_flops: float, torch) -> dict:
             matmul_flops += event.flops
             matmul_seconds += seconds
     total = sum(by_phase.values())
-    share = lambda table: {name: round(seconds / total, 4)  # noqa: E731
-                           for name, seconds in sorted(table.items(), key=lambda item: -item[1])}
+
+    def share(table: dict[str, float]) -> dict[str, float]:
+        return {name: round(seconds / total, 4) for name, seconds in sorted(table.items(), key=lambda item: -item[1])}
+
     matmul_rate = matmul_flops / matmul_seconds if matmul_seconds else 0.0
     return dict(
         model=args.model_name, batch=args.batch, mixed_precision=args.mixed_precision,
         torch_compile=args.torch_compile, steps=len(steps), threads=torch.get_num_threads(),
-        cpu=_cpu_name(), torch=torch.__version__,
+        cpu=f"{_cpu_name()}, {os.cpu_count()} cores", torch=torch.__version__,
         step_seconds=round(step_seconds, 4), profiled_seconds_per_step=round(total / len(steps), 4),
         matmul_peak_gflops=round(peak_flops / 1e9, 1),
         matmul_gflops=round(matmul_rate / 1e9, 1), matmul_share_of_peak=round(matmul_rate / peak_flops, 4),
@@ -183,16 +186,6 @@ def _phase(event) -> str:
                 return phase
         parent = parent.cpu_parent
     return "forward and the rest of the step"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores"
 
 
 def _file_name(args) -> str:

@@ -163,7 +163,8 @@ def shipped_space_model(tmp_path_factory) -> Path:
     from distrinews.serving.backends import write_shipped_graph
 
     folder = write_space_model(tmp_path_factory.mktemp("shipped-space-model"))
-    write_shipped_graph(load_classifier(str(folder))[0], folder)
+    model, tokenizer = load_classifier(str(folder))
+    write_shipped_graph(model, folder, tokenizer)
     return folder
 
 

@@ -172,7 +172,7 @@ def export_serving_graph(model_dir: Path, log: Callable[[str], None] = print) ->
     transformers_logging.disable_progress_bar()  # a weights-loading bar in the middle of the push's own messages
     try:
         model, tokenizer = load_classifier(str(model_dir))
-        graph = write_shipped_graph(model, model_dir, tokenizer)  # checked against fp32 before it is written
+        graph = write_shipped_graph(model, model_dir, tokenizer)
     finally:
         transformers_logging.enable_progress_bar()
     log(f"int8 ONNX graph for the Space: {graph} ({time.perf_counter() - started:.1f} s)")

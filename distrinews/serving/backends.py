@@ -145,7 +145,7 @@ def build_backend(model, quantization: str, *, cache_dir: Path, cache_key: str, 
     if quantization == "none":
         return torch_backend
     check = None if probes is None else functools.partial(
-        _check_agreement, torch_backend.logits, probes, task, threads, fall_back)
+        _check_agreement, torch_backend.logits, probes, task, threads=threads, strict=fall_back)
     try:
         return OnnxInt8Backend(export_int8_onnx(model, cache_dir, cache_key, check=check), threads)
     except Exception as err:  # noqa: BLE001 - under auto, any export failure means serving fp32 instead
@@ -159,8 +159,8 @@ class Int8Disagreement(ModelLoadError):
     """An exported int8 graph decides too differently from its fp32 model to be served under ``auto``."""
 
 
-def _check_agreement(fp32: LogitsFn, probes: dict[str, np.ndarray], task, threads: int | None, strict: bool,
-                     graph: Path) -> None:
+def _check_agreement(fp32: LogitsFn, probes: dict[str, np.ndarray], task, graph: Path, *, threads: int | None,
+                     strict: bool) -> None:
     from .agreement import measure_agreement
 
     agreement = measure_agreement(fp32, OnnxInt8Backend(graph, threads).logits, probes, task)
@@ -230,30 +230,24 @@ def shipped_graph(model_dir: Path) -> Path | None:
     return graph
 
 
-def write_shipped_graph(model, model_dir: Path, tokenizer=None) -> Path:
-    """Export ``model`` (loaded from ``model_dir``) to ``model_dir/onnx/``, unless a matching graph is there.
-
-    With ``tokenizer`` the graph is written only if it passes the agreement check (``agreement.py``; else
+def write_shipped_graph(model, model_dir: Path, tokenizer) -> Path:
+    """Export ``model`` (loaded from ``model_dir`` with ``tokenizer``) to ``model_dir/onnx/``, unless a matching
+    graph is there. The graph is written only if it passes the agreement check (``agreement.py``; else
     ``Int8Disagreement``): a Space serves a shipped graph under ``auto`` without checking it again.
     ``model`` is rewritten for serving (``read_first_position_only``): pass a copy you will not train."""
     existing = shipped_graph(model_dir)
     if existing is not None:
         return existing
+    from ..core.predict import model_task
+    from .agreement import probe_batch
     from .first_position import read_first_position_only
 
     read_first_position_only(model)
-    check = None
-    if tokenizer is not None:
-        from .agreement import probe_batch
-        from ..core.predict import model_task
-
-        check = functools.partial(_check_agreement, TorchBackend(model).logits,
-                                  probe_batch(tokenizer, 128, ONNX_INPUTS), model_task(model), None, True)
     target = Path(model_dir) / SHIPPED_GRAPH
     with _staging_folder(target.parent) as staging:
         _export_int8(model, staging / target.name)
-        if check is not None:
-            check(staging / target.name)
+        _check_agreement(TorchBackend(model).logits, probe_batch(tokenizer, 128, ONNX_INPUTS), model_task(model),
+                         staging / target.name, threads=None, strict=True)
         (staging / Path(SHIPPED_GRAPH_INFO).name).write_text(json.dumps(
             {"recipe": EXPORT_RECIPE, "weights": weight_hashes(model_dir)}, indent=2) + "\n", encoding="utf-8")
         shutil.rmtree(target.parent, ignore_errors=True)  # a stale graph from other weights or another recipe

@@ -78,6 +78,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -188,7 +189,9 @@ def served_flops(config, tokens: float) -> float:
 
 def measure_peaks(threads: int, folder: Path, seconds: float = 2.0) -> dict[str, float]:
     """This machine's matmul rate on ``threads`` threads, GFLOP/s: fp32 through torch, and int8 through ONNX
-    Runtime with the served graph's recipe (``quantize_dynamic``: int8 weights, activations quantized per run)."""
+    Runtime with the served graph's recipe (``quantize_dynamic``: int8 weights, activations quantized per run),
+    the better of one session over every thread and one single-thread session per thread side by side (the
+    Space's lanes)."""
     import numpy as np
     import onnx
     import onnxruntime as ort
@@ -205,17 +208,35 @@ def measure_peaks(threads: int, folder: Path, seconds: float = 2.0) -> dict[str,
     fp32_graph, int8_graph = folder / "peak.fp32.onnx", folder / "peak.int8.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32_graph))
     quantize_dynamic(str(fp32_graph), str(int8_graph), weight_type=QuantType.QInt8)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(int8_graph), options, providers=["CPUExecutionProvider"])
     inputs = {"X": np.random.default_rng(1).standard_normal((size, size)).astype(np.float32)}
-    session.run(None, inputs)
-    done, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds or done < 3:
-        session.run(None, inputs)
-        done += 1
-    return {"fp32": round(measure_matmul_flops(seconds=seconds, size=2048) / 1e9, 1),
-            "int8": round(done * 2 * size**3 / elapsed / 1e9, 1)}
+
+    def session(session_threads: int):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = session_threads
+        return ort.InferenceSession(str(int8_graph), options, providers=["CPUExecutionProvider"])
+
+    def side_by_side(sessions) -> float:
+        runs = [0] * len(sessions)
+
+        def keep_running(i: int, stop: float) -> None:
+            sessions[i].run(None, inputs)  # warm-up, not counted
+            started_at[i] = time.perf_counter()
+            while time.perf_counter() < stop or runs[i] < 3:
+                sessions[i].run(None, inputs)
+                runs[i] += 1
+            ended_at[i] = time.perf_counter()
+
+        started_at, ended_at = [0.0] * len(sessions), [0.0] * len(sessions)
+        workers = [threading.Thread(target=keep_running, args=(i, time.perf_counter() + seconds))
+                   for i in range(len(sessions))]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return sum(n * 2 * size**3 / (end - start) for n, start, end in zip(runs, started_at, ended_at)) / 1e9
+
+    int8 = max(side_by_side([session(threads)]), side_by_side([session(1) for _ in range(threads)]))
+    return {"fp32": round(measure_matmul_flops(seconds=seconds, size=2048) / 1e9, 1), "int8": round(int8, 1)}
 
 
 def plain_ort_int8(model, folder: Path):
@@ -508,8 +529,12 @@ def run(args, work: Path) -> int:
         if args.optimum_python else None
     if optimum:
         results["machine"]["optimum_environment"] = optimum.versions
-    servers = {name: SpaceServer(str(model_dir), work / "onnx-cache", work / f"uvicorn-{name}.log", QUANTIZE=quantize)
-               for name, quantize in (("space-fp32", "none"), ("space", args.space_quantize))}
+    # `space` is the Space as deployed (int8: a lane per core); `space-1-lane` the same with one session over every
+    # core (INFERENCE_LANES=1), the other way to use the cores, measured beside it.
+    server_settings = {"space-fp32": {"QUANTIZE": "none"}, "space": {"QUANTIZE": args.space_quantize},
+                       "space-1-lane": {"QUANTIZE": args.space_quantize, "INFERENCE_LANES": "1"}}
+    servers = {name: SpaceServer(str(model_dir), work / "onnx-cache", work / f"uvicorn-{name}.log", **settings)
+               for name, settings in server_settings.items()}
     http = {}
     try:
         info = {name: server.wait_ready() for name, server in servers.items()}
@@ -578,6 +603,7 @@ def run(args, work: Path) -> int:
             "ort-int8": bare_session,
             "space-fp32": timed(lambda text: http["space-fp32"].predict(text)),
             "space": space_request,
+            "space-1-lane": timed(lambda text: http["space-1-lane"].predict(text)),
             "space-hf": timed(lambda text: http["space"].predict(text, route="hf")),
         }
         if optimum:
@@ -609,7 +635,8 @@ def run(args, work: Path) -> int:
                 time.sleep(SETTLE_S)
                 space_in_process(text)
 
-        # Throughput: the paths take turns on slices of the texts (rounds), elapsed time summed per path.
+        # Throughput: the paths take turns on slices of the texts (rounds); each path's rate per round, and its
+        # median [min, max] over the rounds.
         batched = {
             "pipeline": lambda part: [r["label"] for r in classifier(part, truncation=True, max_length=128,
                                                                       batch_size=32)],
@@ -618,9 +645,10 @@ def run(args, work: Path) -> int:
         }
         if optimum:
             batched["optimum-int8"] = lambda part: optimum.run(texts=part, batch_size=32)
-        elapsed = {name: 0.0 for name in single}
+        rates = {name: [] for name in single}
         predicted = {name: [] for name in single}
-        http_paths = {"space-fp32": ("space-fp32", "api"), "space": ("space", "api"), "space-hf": ("space", "hf")}
+        http_paths = {"space-fp32": ("space-fp32", "api"), "space": ("space", "api"),
+                      "space-1-lane": ("space-1-lane", "api"), "space-hf": ("space", "hf")}
         statuses = {name: {} for name in http_paths}
         step = -(-len(throughput_texts) // args.rounds)
         for start in range(0, len(throughput_texts), step):
@@ -632,11 +660,11 @@ def run(args, work: Path) -> int:
                 if isinstance(labels_, tuple):  # (seconds timed inside the optimum worker, labels)
                     seconds, labels_ = labels_
                 predicted[name] += labels_
-                elapsed[name] += seconds
+                rates[name].append(len(part) / seconds)
             for name, (server, route) in http_paths.items():
                 seconds, codes, labels_ = asyncio.run(concurrent_clients(servers[server].url, part, args.clients,
                                                                          route))
-                elapsed[name] += seconds
+                rates[name].append(len(part) / seconds)
                 predicted[name] += labels_
                 for code, count in codes.items():
                     statuses[name][code] = statuses[name].get(code, 0) + count
@@ -677,9 +705,9 @@ def run(args, work: Path) -> int:
         if name in batched:
             # one text per call, as a server calling this path per request would run
             row["texts_per_s_32_clients"] = round(len(pooled) / sum(pooled), 1)
-            row["texts_per_s_batch_32"] = round(len(throughput_texts) / elapsed[name], 1)
+            row["texts_per_s_batch_32"], row["texts_per_s_batch_32_spread"] = median_spread(rates[name], 1)
         else:
-            row["texts_per_s_32_clients"] = round(len(throughput_texts) / elapsed[name], 1)
+            row["texts_per_s_32_clients"], row["texts_per_s_32_clients_spread"] = median_spread(rates[name], 1)
             row.update(statuses=statuses[name], quantization=info[http_paths[name][0]]["quantization"])
             if name == "space":
                 row["health_round_trip_p50_ms"] = percentiles(round_trips)["p50_ms"]
@@ -718,6 +746,10 @@ def run(args, work: Path) -> int:
         if other in paths:
             ratios[key], ratios[f"{key}_spread"] = median_spread(
                 [theirs / ours for theirs, ours in zip(round_p50[other], round_p50["space"])])
+    ratios["p50_one_lane_over_lanes"], ratios["p50_one_lane_over_lanes_spread"] = median_spread(
+        [theirs / ours for theirs, ours in zip(round_p50["space-1-lane"], round_p50["space"])])
+    ratios["throughput_lanes_over_one_lane"], ratios["throughput_lanes_over_one_lane_spread"] = median_spread(
+        [ours / theirs for ours, theirs in zip(rates["space"], rates["space-1-lane"])])
     results["ratios"] = {
         **ratios,
         "throughput_vs_pipeline_sequential": round(paths["space"]["texts_per_s_32_clients"]
@@ -827,6 +859,11 @@ def print_table(results: dict) -> None:
     def spread(value, bounds) -> str:
         return f"{value} [{bounds[0]}, {bounds[1]}]"
 
+    def with_spread(row: dict, key: str) -> str:
+        if key + "_spread" in row:
+            return spread(row[key], row[key + "_spread"])
+        return str(row.get(key, "-"))
+
     print(f"\nsingle-text latency: median over {results['latency_rounds']} rounds of {results['latency_texts']} texts "
           f"each, [min, max] of the rounds")
     print("| path | single p50, ms | single p99, ms | texts/s, 32 clients | texts/s, batch 32 | agreement with fp32 "
@@ -834,7 +871,7 @@ def print_table(results: dict) -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results["paths"].items():
         print(f"| {name} | {spread(r['p50_ms'], r['p50_ms_spread'])} | {spread(r['p99_ms'], r['p99_ms_spread'])} | "
-              f"{r['texts_per_s_32_clients']} | {r.get('texts_per_s_batch_32', '-')} | "
+              f"{with_spread(r, 'texts_per_s_32_clients')} | {with_spread(r, 'texts_per_s_batch_32')} | "
               f"{r['agreement_with_fp32_pct']}% | {r['p50_of_peak']:.1%} | {r['throughput_of_peak']:.1%} |")
     peaks, work = results["peak_gflops"], results["work"]
     print(f"\npeak on {results['machine']['cores']} cores, GFLOP/s (start, end of the run): fp32 "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -82,6 +83,8 @@ class ServingConfig:
     ui_files_ttl_s: int = _doc("Seconds the demo keeps its result CSVs and uploaded files before deleting them.",
                                "UI_FILES_TTL_S", default=600)
     threads: int = _doc("Inference threads (0 = every usable core).", "INFERENCE_THREADS", default=0)
+    lanes: int = _doc("Model sessions running batches side by side, sharing the threads (0 = one per thread for "
+                      "the int8 graph, 1 for fp32 torch).", "INFERENCE_LANES", default=0)
     onnx_cache_dir: str = _doc("Where exported int8 ONNX models are cached.", "ONNX_CACHE_DIR",
                                default=str(Path.home() / ".cache" / "distrinews" / "onnx"))
 
@@ -95,7 +98,7 @@ class ServingConfig:
         need(self.quantize in QUANTIZATION_CHOICES, "quantize", f"must be one of {', '.join(QUANTIZATION_CHOICES)}")
         for name in ("max_batch_size", "max_queue", "max_texts_per_request", "max_body_bytes", "ui_files_ttl_s"):
             need(getattr(self, name) >= 1, name, "must be >= 1")
-        for name in ("max_length", "threads", "batch_wait_ms"):
+        for name in ("max_length", "threads", "lanes", "batch_wait_ms"):
             need(getattr(self, name) >= 0, name, "must be >= 0")
         need(self.max_windows >= 1, "max_windows", "must be >= 1")
         need(self.window_stride >= -1, "window_stride", "must be >= 0, or -1 for a quarter of the window")
@@ -163,10 +166,11 @@ def resolved_revision(model_id: str, model_folder: Path) -> str:
 class ServedModel:
     """A backend and what turns texts into its input and its output into labels."""
 
-    backend: Any  # TorchBackend or OnnxInt8Backend: .logits and .quantization
+    backend: Any  # TorchBackend or OnnxInt8Backend: .logits and .quantization, over every thread
     encoder: Any  # an Encoder, or a slow transformers tokenizer
     task: Task  # the labels, and which of them a row of scores gives
     policy: WindowPolicy
+    lanes: list = field(default_factory=list)  # backends that run batches side by side (empty: ``backend``)
 
     @property
     def max_length(self) -> int:
@@ -185,7 +189,18 @@ def window_policy(config: ServingConfig, model_limit: int) -> WindowPolicy:
 
 def load_served_model(folder: Path, quantization: str, config: ServingConfig, *, cache_key: str,
                       threads: int) -> ServedModel:
-    """The model in ``folder`` behind the backend for ``quantization`` (``none`` or ``int8``)."""
+    """The model in ``folder`` behind the backend for ``quantization`` (``none`` or ``int8``), with its lanes."""
+    served = _load_backend(folder, quantization, config, cache_key=cache_key, threads=threads)
+    lanes = config.lanes or (threads if served.backend.quantization == "int8" else 1)
+    if lanes > 1 and served.backend.quantization == "int8":
+        served.lanes = [OnnxInt8Backend(served.backend.path, max(1, threads // lanes)) for _ in range(lanes)]
+    elif lanes > 1:  # torch's threads are the process's: sessions side by side would share one pool
+        log.warning("INFERENCE_LANES=%d ignored: the fp32 torch backend runs one lane", lanes)
+    return served
+
+
+def _load_backend(folder: Path, quantization: str, config: ServingConfig, *, cache_key: str,
+                  threads: int) -> ServedModel:
     cache_dir = Path(config.onnx_cache_dir)
     if quantization == "int8":
         graph = shipped_graph(folder) or _if_file(cached_graph(cache_dir, cache_key))
@@ -233,9 +248,11 @@ class ClassifierService:
         self.card_metrics = card_metrics
         self.load_seconds = load_seconds
         self.texts_classified = 0
+        self.lanes = served.lanes or [served.backend]
         self.batcher: MicroBatcher[Any] = MicroBatcher(
             self._window_logits, max_batch_size=config.max_batch_size, max_wait_ms=config.batch_wait_ms,
-            max_queue=config.max_queue)
+            max_queue=config.max_queue, size_of=len,
+            lanes=[functools.partial(self._window_logits, backend=lane) for lane in self.lanes])
 
     @classmethod
     def load(cls, config: ServingConfig) -> "ClassifierService":
@@ -265,18 +282,20 @@ class ClassifierService:
     def warm_up(self) -> None:
         """First calls allocate buffers and pick kernels; pay that before the first user does."""
         words = "markets rally as the central bank holds rates steady".split()
-        for length in (1, 8, 40, self.max_length):
-            self.predict_now([" ".join(words[i % len(words)] for i in range(length))])
-        self.predict_now([" ".join(words[: 1 + i % len(words)]) for i in range(self.config.max_batch_size)])
+        batch = [" ".join(words[: 1 + i % len(words)]) for i in range(self.config.max_batch_size)]
+        for backend in {id(b): b for b in (self.backend, *self.lanes)}.values():
+            for length in (1, 8, 40, self.max_length):
+                self.predict_now([" ".join(words[i % len(words)] for i in range(length))], backend)
+            self.predict_now(batch, backend)
 
-    def predict_now(self, texts: Sequence[str]) -> list[Prediction]:
-        """Synchronous, unbatched: the one predict path with this service's backend."""
-        return predict_with(self.backend.logits, self.encoder, self.task, texts, max_length=self.max_length,
+    def predict_now(self, texts: Sequence[str], backend: Any = None) -> list[Prediction]:
+        """Synchronous, unbatched: the one predict path with this service's backend (or one of its lanes)."""
+        return predict_with((backend or self.backend).logits, self.encoder, self.task, texts, max_length=self.max_length,
                             batch_size=self.config.max_batch_size, policy=self.policy,
                             pad_to_multiple_of=1)  # CPU: padding is wasted work
 
-    def _window_logits(self, windows: list[list[int]]) -> list:
-        return window_logits(self.backend.logits, windows, pad_id_of(self.encoder),
+    def _window_logits(self, windows: list[list[int]], backend: Any = None) -> list:
+        return window_logits((backend or self.backend).logits, windows, pad_id_of(self.encoder),
                              batch_size=self.config.max_batch_size, pad_to_multiple_of=1)
 
     async def start(self) -> None:
@@ -327,7 +346,7 @@ class ClassifierService:
             "quantization": self.quantization, "max_length": self.max_length,
             "max_windows": self.policy.max_windows, "window_stride": self.policy.stride,
             "max_texts_per_request": self.config.max_texts_per_request,
-            "max_batch_size": self.config.max_batch_size, "load_seconds": round(self.load_seconds, 2),
+            "max_batch_size": self.config.max_batch_size, "lanes": len(self.lanes), "load_seconds": round(self.load_seconds, 2),
             "version": __version__,
         }
 

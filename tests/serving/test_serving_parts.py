@@ -198,6 +198,94 @@ def test_a_lone_text_runs_on_the_event_loop_and_a_text_with_others_waiting_does_
     assert all(name.startswith("inference") for _, name in threads[1:3])
 
 
+def test_lanes_run_batches_side_by_side_each_in_its_own_thread():
+    started = {"a": threading.Event(), "b": threading.Event()}
+    overlapped, threads = [], set()
+
+    def lane(name, other):
+        def run_batch(items):
+            threads.add(threading.current_thread().name)
+            started[name].set()
+            overlapped.append(started[other].wait(timeout=10))  # only if the other lane runs meanwhile
+            return [f"{name}:{item}" for item in items]
+        return run_batch
+
+    async def scenario():
+        batcher = MicroBatcher(lane("a", "b"), lanes=[lane("a", "b"), lane("b", "a")], max_batch_size=8,
+                               max_wait_ms=0, max_queue=64)
+        await batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit([i]) for i in range(8))), batcher.stats
+        finally:
+            await batcher.stop()
+
+    results, stats = asyncio.run(scenario())
+    assert sorted(int(r[0].split(":")[1]) for r in results) == list(range(8))  # each answered once, its own
+    assert all(r[0].endswith(f":{i}") for i, r in enumerate(results))
+    assert overlapped and all(overlapped) and threads == {"inference-0_0", "inference-1_0"}
+    assert stats.items == 8 and stats.largest_batch <= 4  # the idle lanes shared the queue
+
+
+def test_a_lone_item_takes_the_event_loop_only_when_every_lane_is_idle():
+    ran, hold = [], threading.Event()
+
+    def in_a_lane(items):
+        ran.append((items[0], "lane"))
+        if items == ["hold"]:
+            hold.wait(timeout=10)
+        return items
+
+    def alone(items):
+        ran.append((items[0], "loop"))
+        return items
+
+    async def scenario():
+        batcher = MicroBatcher(in_a_lane, lanes=[in_a_lane, in_a_lane], run_alone=alone, max_batch_size=4,
+                               max_wait_ms=0, max_queue=10)
+        await batcher.start()
+        try:
+            held = asyncio.create_task(batcher.submit(["hold", "x"]))  # one item to each lane
+            while ("x", "lane") not in ran:
+                await asyncio.sleep(0.005)
+            await batcher.submit(["c"])  # alone in the queue, but a lane is busy: the other lane runs it
+            hold.set()
+            await held
+            await batcher.submit(["d"])  # alone at an idle server: on the event loop
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+    assert dict(ran) == {"hold": "lane", "x": "lane", "c": "lane", "d": "loop"}
+
+
+@pytest.mark.parametrize("lengths, grouped", [
+    ([1, 9, 1, 9, 1, 9, 1, 9], [[1, 1, 1, 1], [9, 9, 9, 9]]),
+    ([9, 1, 1, 1, 1, 9, 9, 9], [[9, 9, 9, 9], [1, 1, 1, 1]]),  # the first in turn is never passed over
+])
+def test_batches_group_items_of_like_size_and_keep_the_first_in_turn(lengths, grouped):
+    def batches_for(size_of):
+        batches = []
+
+        def run_batch(items):
+            batches.append(sorted(map(len, items)))
+            return items
+
+        async def scenario():
+            batcher = MicroBatcher(run_batch, max_batch_size=4, max_wait_ms=0, max_queue=64, size_of=size_of)
+            await batcher.start()
+            try:
+                texts = ["x" * n for n in lengths]
+                assert await asyncio.gather(*(batcher.submit([t]) for t in texts)) == [[t] for t in texts]
+            finally:
+                await batcher.stop()
+
+        asyncio.run(scenario())
+        return batches
+
+    assert batches_for(len) == grouped
+    assert batches_for(None) == [sorted(lengths[:4]), sorted(lengths[4:])]  # round-robin order only
+
+
 def _keyword_classifier(texts):
     """A transparent stand-in model: 'Sports' probability grows with each sports word, for checking occlusion."""
     labels = ["World", "Sports"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
@@ -233,7 +234,29 @@ def test_a_model_that_cannot_load_answers_the_hf_route_with_503_unhealthy(tmp_pa
         assert "failed to load" in response.json()["error"] and response.headers["retry-after"] == "5"
 
 
+@pytest.mark.parametrize("quantize, lanes", [("int8", 2), ("none", 1)])
+def test_lanes_answer_concurrent_requests_as_one_session_does(space_model, tmp_path, quantize, lanes):
+    """Two int8 lanes (one thread each) serve concurrent requests with the predictions of the one-lane server;
+    fp32 torch asked for two lanes keeps one (its threads are the process's)."""
+    texts = [f"{word} " * (1 + i % 7) + "shares league nasa" for i, word in enumerate(["profit", "coach"] * 12)]
+
+    def served(**settings):
+        with _client(space_model, tmp_path / "onnx", QUANTIZE=quantize, INFERENCE_THREADS="2", **settings) as c:
+            _wait_ready(c)
+            with ThreadPoolExecutor(8) as pool:
+                replies = list(pool.map(lambda text: c.post("/api/predict", json={"text": text}), texts))
+            assert [r.status_code for r in replies] == [200] * len(texts)
+            return c.get("/api/info").json()["lanes"], [r.json()["predictions"][0] for r in replies]
+
+    (one, reference), (several, predictions) = served(INFERENCE_LANES="1"), served(INFERENCE_LANES="2")
+    assert (one, several) == (1, lanes)
+    for got, want in zip(predictions, reference):  # int8 scales activations per batch: batches differ a little
+        assert got["probabilities"] == pytest.approx(want["probabilities"], abs=5e-3)
+
+
 def test_serving_settings_are_checked_up_front():
+    with pytest.raises(ServingConfigError, match="INFERENCE_LANES=-1: must be >= 0"):
+        ServingConfig(model_id="m", lanes=-1)
     with pytest.raises(ServingConfigError, match="CORS_ALLOW_ORIGINS='https://ok.org,example.org/path'"):
         ServingConfig(model_id="m", cors_allow_origins="https://ok.org,example.org/path")
     with pytest.raises(ServingConfigError, match="MAX_WINDOWS=0: must be >= 1"):

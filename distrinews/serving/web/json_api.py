@@ -93,6 +93,7 @@ class InfoResponse(BaseModel):
     window_stride: int
     max_texts_per_request: int
     max_batch_size: int
+    lanes: int = Field(description="Model sessions running batches side by side (INFERENCE_LANES).")
     load_seconds: float
     version: str
 

@@ -90,3 +90,19 @@ def test_the_step_profile_puts_every_operator_in_a_phase_and_a_kind(tmp_path, ti
     assert profile["kinds"]["matmul"] > 0 and profile["kinds"]["optimizer kernels"] > 0
     assert 0 < profile["matmul_share_of_peak"] and 0 < profile["step_share_of_peak"] < 1
     assert "| kinds | share of the step |" in done.stdout
+
+
+def test_the_serving_profile_sets_the_int8_matmuls_against_the_one_thread_peak(tmp_path, tiny_model):
+    output = tmp_path / "profile_serving.json"
+    done = subprocess.run([sys.executable, "benchmarks/profile_serving.py", "--base-config", str(tiny_model),
+                           "--batch", "2", "--tokens", "16", "--runs", "3", "--peak-seconds", "0.2",
+                           "--output", str(output)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    profile = json.loads(output.read_text())
+    assert (profile["batch"], profile["tokens"], profile["runs"], profile["threads"]) == (2, 16, 3, 1)
+    operators = profile["operators_ms_per_run"]
+    assert {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"} & set(operators), operators  # the int8 weights
+    matmuls = profile["quantized_matmuls"]
+    assert 0 < matmuls["ms_per_run"] <= sum(operators.values()) <= profile["session_ms_per_run"] * 1.05
+    assert 0 < matmuls["share_of_session"] < 1 and matmuls["of_peak"] > 0 and profile["session_of_peak"] > 0
+    assert profile["int8_peak_gops_one_thread"] > 0 and "| operator | ms per run | share |" in done.stdout

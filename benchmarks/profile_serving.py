@@ -8,8 +8,9 @@ real tokenizer), ships its int8 graph as ``distrinews push`` does, and runs ``--
 of ``--tokens`` tokens through one single-thread session over it, the session a Space lane runs, with ONNX
 Runtime's profiler on. Each operator's time is summed by its type; the quantized matmuls' work (the weights'
 multiply-adds, counted from the config) over their time is set against the single-thread int8 peak measured in the
-same run with the served recipe (``bench_inference.measure_peaks``, before and after the profile). The session's time outside those matmuls is
-what keeps a lane below the peak. Writes benchmarks/results/profile_serving_<model>.json and prints the table.
+same run with the served recipe (``bench_inference.measure_peaks``, before and after the profile). The session's
+time outside those matmuls is what keeps a lane below the peak. Writes
+benchmarks/results/profile_serving_<model>.json and prints the table.
 """
 
 from __future__ import annotations

@@ -60,6 +60,10 @@ class HubMirror:
             if entry.name != ".git":
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         shutil.copytree(folder, repo, dirs_exist_ok=True)
+        # Without its index git hashes every file again. With it, git trusts the stat data it holds, and a file of
+        # the same size and mtime (copytree keeps mtimes) written within the same second as the one it replaces
+        # keeps the old blob: a commit of new weights then held the old ones.
+        (repo / ".git" / "index").unlink(missing_ok=True)
         self._git(repo, "add", "-A")
         self._git(repo, "-c", "commit.gpgsign=false", "commit", "-q", "--allow-empty", "-m", message)
         sha = self._git(repo, "rev-parse", "HEAD").strip()

@@ -290,8 +290,8 @@ class ClassifierService:
 
     def predict_now(self, texts: Sequence[str], backend: Any = None) -> list[Prediction]:
         """Synchronous, unbatched: the one predict path with this service's backend (or one of its lanes)."""
-        return predict_with((backend or self.backend).logits, self.encoder, self.task, texts, max_length=self.max_length,
-                            batch_size=self.config.max_batch_size, policy=self.policy,
+        return predict_with((backend or self.backend).logits, self.encoder, self.task, texts,
+                            max_length=self.max_length, batch_size=self.config.max_batch_size, policy=self.policy,
                             pad_to_multiple_of=1)  # CPU: padding is wasted work
 
     def _window_logits(self, windows: list[list[int]], backend: Any = None) -> list:
@@ -346,8 +346,8 @@ class ClassifierService:
             "quantization": self.quantization, "max_length": self.max_length,
             "max_windows": self.policy.max_windows, "window_stride": self.policy.stride,
             "max_texts_per_request": self.config.max_texts_per_request,
-            "max_batch_size": self.config.max_batch_size, "lanes": len(self.lanes), "load_seconds": round(self.load_seconds, 2),
-            "version": __version__,
+            "max_batch_size": self.config.max_batch_size, "lanes": len(self.lanes),
+            "load_seconds": round(self.load_seconds, 2), "version": __version__,
         }
 
 

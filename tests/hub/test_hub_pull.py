@@ -152,3 +152,16 @@ def test_unknown_repo_fails_with_one_clear_line(mirror, tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.startswith(f"error: cannot load model '{missing}': it is not a local folder"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_mirror_commit_holds_new_content_of_the_same_size_and_mtime(tmp_path):
+    """copytree keeps mtimes: new weights of the same size written in the same second as the old ones must
+    still be committed (git's stat cache alone would keep the old blob)."""
+    for name, byte in (("old", b"A"), ("new", b"B")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(byte * 1000)
+        os.utime(tmp_path / name / "model.safetensors", (1e9, 1e9))
+    mirror = HubMirror(tmp_path / "server")
+    mirror.commit(REPO_ID, tmp_path / "old", "old weights")
+    mirror.commit(REPO_ID, tmp_path / "new", "new weights")
+    assert mirror._git(mirror.mirrors / "models" / REPO_ID, "show", "HEAD:model.safetensors") == "B" * 1000

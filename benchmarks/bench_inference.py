@@ -173,16 +173,17 @@ def build_classifier(folder: Path, config_dir: Path) -> Path:
     return folder
 
 
-def served_flops(config, tokens: float) -> float:
+def served_flops(config, tokens: float, attention: bool = True) -> float:
     """The arithmetic of one served text of ``tokens`` tokens (multiply-adds x 2): every layer over every position,
     except the last, whose queries, attention output and feed-forward run on the one position the head reads
     (``distrinews.serving.first_position``), plus the head. Paths that compute more (the pipeline) are charged
-    the same useful work."""
+    the same useful work. Without ``attention``: the weights' matmuls alone (the scores' and values' left out)."""
     hidden = getattr(config, "dim", None) or config.hidden_size
     layers = getattr(config, "n_layers", None) or config.num_hidden_layers
     ffn = getattr(config, "hidden_dim", None) or config.intermediate_size
-    full_layer = 2 * tokens * (4 * hidden * hidden + 2 * hidden * ffn) + 2 * 2 * tokens * tokens * hidden
-    last_layer = 2 * tokens * 2 * hidden * hidden + 2 * (2 * hidden * hidden + 2 * hidden * ffn) + 2 * 2 * tokens * hidden
+    full_layer = 2 * tokens * (4 * hidden * hidden + 2 * hidden * ffn) + attention * 2 * 2 * tokens * tokens * hidden
+    last_layer = (2 * tokens * 2 * hidden * hidden + 2 * (2 * hidden * hidden + 2 * hidden * ffn)
+                  + attention * 2 * 2 * tokens * hidden)
     head = 2 * hidden * hidden + 2 * hidden * len(config.id2label)
     return (layers - 1) * full_layer + last_layer + head
 

@@ -69,7 +69,7 @@ def profile(args, work: Path) -> dict:
     peak = max(peaks)
     config = model.config
     texts_work = args.batch * served_flops(config, args.tokens)
-    weights_work = texts_work - args.batch * _attention_flops(config, args.tokens)
+    weights_work = args.batch * served_flops(config, args.tokens, attention=False)
     matmul_ms = sum(op_ms.get(op, 0.0) for op in QUANTIZED_MATMULS)
     return {
         "model": args.base_config.name.replace("-", "_").lower(), "base_config": str(args.base_config),
@@ -110,13 +110,6 @@ def _profile_session(graph: Path, batch: list[list[int]], runs: int, work: Path)
             by_op[event["args"]["op_name"]] += event["dur"]
     return ({op: us / len(measured) / 1000 for op, us in by_op.items()},
             sum(e["dur"] for e in measured) / len(measured) / 1000)
-
-
-def _attention_flops(config, tokens: int) -> float:
-    """The attention score and value matmuls of one text in ``served_flops`` (activations x activations: fp32)."""
-    hidden = getattr(config, "dim", None) or config.hidden_size
-    layers = getattr(config, "n_layers", None) or config.num_hidden_layers
-    return (layers - 1) * 2 * 2 * tokens * tokens * hidden + 2 * 2 * tokens * hidden
 
 
 def print_table(results: dict) -> None:

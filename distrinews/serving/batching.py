@@ -167,12 +167,10 @@ class MicroBatcher(Generic[Result]):
         """Up to ``room`` waiting items: the next in round-robin order (one item from each waiting request in
         turn), and with ``size_of`` the rest nearest it in size among the next ``GROUPING_TURNS * room``."""
         turns = self._round_robin(room if self.size_of is None else GROUPING_TURNS * room)
-        if self.size_of is not None and len(turns) > room:
+        if len(turns) > room:  # only with size_of: choose the room - 1 nearest in size to the first
             first = self.size_of(turns[0][2].item)
             nearest = sorted(range(1, len(turns)), key=lambda i: abs(self.size_of(turns[i][2].item) - first))
             turns = [turns[i] for i in sorted([0, *nearest[:room - 1]])]
-        else:
-            turns = turns[:room]
         for request, position, _ in sorted(turns, key=lambda turn: -turn[1]):  # later positions first
             del request[position]
         served = {id(request) for request, _, _ in turns}

@@ -74,6 +74,11 @@ class ServingConfig:
                           "429 + Retry-After, one that never can 413.", "MAX_QUEUE", default=1024)
     max_texts_per_request: int = _doc("Most texts in one request to /api/predict or the HF inference route.",
                                       "MAX_TEXTS_PER_REQUEST", default=64)
+    max_windows_per_request: int = _doc("Most windows (a headline is one) one request may need, whichever route "
+                                        "it comes by (at most MAX_QUEUE); a request over it is refused with its count (413).",
+                                        "MAX_WINDOWS_PER_REQUEST", default=256)
+    max_text_chars: int = _doc("Characters read from one text: the rest is cut before anything else is done with it, "
+                               "and the text is flagged truncated.", "MAX_TEXT_CHARS", default=100_000)
     max_body_bytes: int = _doc("Largest request body accepted by the API routes, in bytes.", "MAX_BODY_BYTES",
                                default=256 * 1024)
     cors_allow_origins: str = _doc("Web origins whose pages may call the API routes from a browser: '*' (any), a "
@@ -96,7 +101,8 @@ class ServingConfig:
 
         need(bool(self.model_id.strip()), "model_id", "set it to a Hub repo id USER/NAME or a local model folder")
         need(self.quantize in QUANTIZATION_CHOICES, "quantize", f"must be one of {', '.join(QUANTIZATION_CHOICES)}")
-        for name in ("max_batch_size", "max_queue", "max_texts_per_request", "max_body_bytes", "ui_files_ttl_s"):
+        for name in ("max_batch_size", "max_queue", "max_texts_per_request", "max_windows_per_request",
+                     "max_text_chars", "max_body_bytes", "ui_files_ttl_s"):
             need(getattr(self, name) >= 1, name, "must be >= 1")
         for name in ("max_length", "threads", "lanes", "batch_wait_ms"):
             need(getattr(self, name) >= 0, name, "must be >= 0")
@@ -107,6 +113,11 @@ class ServingConfig:
              "like https://example.org (scheme and host, optional port, no path)")
         need(self.max_queue >= max(self.max_batch_size, self.max_texts_per_request, MAX_WORDS + 1), "max_queue",
              f"must hold at least one full batch, one full request and one explanation ({MAX_WORDS + 1} texts)")
+
+    @property
+    def window_budget(self) -> int:
+        """Windows one request may need: its own limit, within what the queue can ever hold."""
+        return min(self.max_windows_per_request, self.max_queue)
 
     @property
     def cors_origins(self) -> list[str]:
@@ -346,6 +357,8 @@ class ClassifierService:
             "quantization": self.quantization, "max_length": self.max_length,
             "max_windows": self.policy.max_windows, "window_stride": self.policy.stride,
             "max_texts_per_request": self.config.max_texts_per_request,
+            "max_windows_per_request": self.config.window_budget,
+            "max_text_chars": self.config.max_text_chars,
             "max_batch_size": self.config.max_batch_size, "lanes": len(self.lanes),
             "load_seconds": round(self.load_seconds, 2), "version": __version__,
         }

@@ -10,8 +10,8 @@ What it measures, on real AG News test text (title + description, ../shared/data
 2. ``ort-int8``: the ONNX Runtime dynamic int8 recipe that ``optimum``'s ``ORTQuantizer`` (avx512_vnni, dynamic)
    applies: ``torch.onnx.export`` + ``onnxruntime.quantization.quantize_dynamic``, called in-process. optimum
    itself is not used here: ``optimum[onnxruntime]`` requires transformers 4, and DistriNews runs on
-   transformers 5 (``--optimum-python`` adds it from a Python of its own). The Space's int8 backend
-   (``distrinews.serving.backends``) quantizes the same way, from a model whose last layer computes only the position
+   transformers 5 (``--optimum-python`` adds it from a Python of its own). The Space's int8 export
+   (``distrinews.serving.export``) quantizes the same way, from a model whose last layer computes only the position
    the head reads (``distrinews.serving.first_position``: same logits, less work).
 3. ``space-fp32`` and ``space``: the app itself (``uvicorn app.app:app``) with QUANTIZE=none (fp32 torch) and
    QUANTIZE=auto (the int8 graph wherever ONNX Runtime is installed and the graph agrees with fp32, as a user's
@@ -495,7 +495,8 @@ def run(args, work: Path) -> int:
     import torch
     import transformers
 
-    from distrinews.serving.backends import OnnxInt8Backend, cpu_has_int8_dot_product, usable_cores, write_shipped_graph
+    from distrinews.serving.backends import OnnxInt8Backend, cpu_has_int8_dot_product, usable_cores
+    from distrinews.serving.export import write_shipped_graph
     from distrinews.core.model_files import read_serving_files
     from distrinews.core.modeling import load_classifier
     from distrinews.core.predict import Encoder, model_task, predict_with, torch_logits
@@ -830,7 +831,8 @@ def measure_accuracy(model_path: str, texts: list[str], gold: list[int], work: P
     backends, which serve it with the last layer computing position 0 only (``distrinews.serving.first_position``)."""
     import copy
 
-    from distrinews.serving.backends import build_backend, cache_folder_name
+    from distrinews.serving.backends import build_backend
+    from distrinews.serving.export import cache_folder_name
     from distrinews.core.modeling import load_classifier
     from distrinews.core.predict import model_task, predict_with, torch_logits
 

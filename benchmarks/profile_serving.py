@@ -55,7 +55,7 @@ def main(argv=None) -> int:
 
 def profile(args, work: Path) -> dict:
     from distrinews.core.modeling import load_classifier
-    from distrinews.serving.backends import write_shipped_graph
+    from distrinews.serving.export import write_shipped_graph
 
     model_dir = build_classifier(work / "model", args.base_config)
     model, tokenizer = load_classifier(str(model_dir))

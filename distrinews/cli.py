@@ -167,7 +167,7 @@ def _export_onnx(argv: Sequence[str]) -> int:
     parser.add_argument("model_dir", help="A saved model folder, e.g. RUN_DIR/model.")
     args = parser.parse_args(argv)
 
-    from .hub.push import export_serving_graph
+    from .serving.export import export_serving_graph
 
     export_serving_graph(args.model_dir)
     return 0

@@ -160,7 +160,7 @@ def shipped_space_model(tmp_path_factory) -> Path:
     from space_support import write_space_model
 
     from distrinews.core.modeling import load_classifier
-    from distrinews.serving.backends import write_shipped_graph
+    from distrinews.serving.export import write_shipped_graph
 
     folder = write_space_model(tmp_path_factory.mktemp("shipped-space-model"))
     model, tokenizer = load_classifier(str(folder))

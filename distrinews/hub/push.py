@@ -28,15 +28,18 @@ from huggingface_hub.utils import filter_repo_objects
 from .. import __version__
 from ..training.model_card import write_model_card
 from ..core.atomic import write_json
-from ..core.errors import HubInputError, HubPushError, ModelCardError, ModelLoadError
+from ..core.errors import HubInputError, HubPushError, ModelCardError
 from ..core.formats import AG_NEWS, dataset_display_name, preset_named
+from ..serving.export import SHIPPED_FILES, SHIPPED_FOLDER, export_serving_graph
 from ..training.reporting import HEADLINE_METRICS
 
 TRANSIENT_STATUS_CODES = (408, 429, 500, 502, 503, 504)
 # Weights from an earlier push that this commit does not overwrite would be loaded instead of (or mixed
-# with) the new ones, e.g. an old shard index next to a new single file; the commit deletes them.
+# with) the new ones, e.g. an old shard index next to a new single file; the commit deletes them, and the
+# int8 graph of those weights (SHIPPED_FILES) with them. Other files in onnx/ (a transformers.js export, say)
+# are the user's and stay.
 STALE_WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.h5",
-                         "*.msgpack", "onnx/*"]
+                         "*.msgpack"]
 # The resumable checkpoint of hub_strategy=checkpoint (distrinews/hub/checkpoints.py) lives here; a model push
 # leaves it alone, and a checkpoint upload touches nothing else.
 HUB_CHECKPOINT_FOLDER = "last-checkpoint"
@@ -136,15 +139,17 @@ def push_run_to_hub(run_dir: str | Path, repo_id: str, *, private: bool = False,
 
 
 def _stale_weight_files(api: HfApi, repo_id: str, revision: str | None) -> list[str] | None:
-    """The repo's files matching STALE_WEIGHT_PATTERNS outside last-checkpoint/, as exact patterns (upload_folder
-    matches its delete patterns with fnmatch, whose "*" crosses "/": "*.safetensors" alone would delete the
-    checkpoint's weights too). None when there are none; a new repo has none."""
+    """The repo's files matching STALE_WEIGHT_PATTERNS outside last-checkpoint/ and onnx/, and its SHIPPED_FILES,
+    as exact patterns (upload_folder matches its delete patterns with fnmatch, whose "*" crosses "/":
+    "*.safetensors" alone would delete the checkpoint's weights too). None when there are none; a new repo has
+    none. Files this commit uploads are not deleted, whatever the patterns say."""
     try:
         files = api.list_repo_files(repo_id, revision=revision)
     except RepositoryNotFoundError:
         return None
     stale = [name for name in filter_repo_objects(files, allow_patterns=STALE_WEIGHT_PATTERNS)
-             if not name.startswith(f"{HUB_CHECKPOINT_FOLDER}/")]
+             if not name.startswith((f"{HUB_CHECKPOINT_FOLDER}/", f"{SHIPPED_FOLDER}/"))]
+    stale += [name for name in files if name in SHIPPED_FILES]
     return [glob.escape(name) for name in stale] or None
 
 
@@ -157,26 +162,6 @@ def ship_serving_graph(model_dir: Path, log: Callable[[str], None] = print) -> P
     except Exception as err:  # noqa: BLE001 - the weights are what matters; the graph is a start-up shortcut
         log(f"Warning: no int8 ONNX graph for the Space ({type(err).__name__}: {err}); pushing without it")
         return None
-
-
-def export_serving_graph(model_dir: Path, log: Callable[[str], None] = print) -> Path:
-    """``distrinews export-onnx``: the int8 graph of the saved model in ``model_dir``, written into its ``onnx/``."""
-    if not Path(model_dir).is_dir():  # before seconds of torch and transformers imports
-        raise ModelLoadError(f"{model_dir} is not a folder: give the folder of a saved model, e.g. RUN_DIR/model")
-    from transformers.utils import logging as transformers_logging
-
-    from ..serving.backends import write_shipped_graph
-    from ..core.modeling import load_classifier
-
-    started = time.perf_counter()
-    transformers_logging.disable_progress_bar()  # a weights-loading bar in the middle of the push's own messages
-    try:
-        model, tokenizer = load_classifier(str(model_dir))
-        graph = write_shipped_graph(model, model_dir, tokenizer)
-    finally:
-        transformers_logging.enable_progress_bar()
-    log(f"int8 ONNX graph for the Space: {graph} ({time.perf_counter() - started:.1f} s)")
-    return graph
 
 
 def retry_hub_call(push_once, repo_id: str, later: str, attempts: int, backoff_seconds: float, log):

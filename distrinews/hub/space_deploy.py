@@ -34,21 +34,26 @@ from .push import check_repo_id, resolve_hub_token, retry_hub_call
 # Files of an earlier deploy under these folders that this one does not upload are deleted in the same commit
 # (a module removed from the package must not linger in the image); anything else in the Space repo is kept.
 OWNED_PATTERNS = ["app/*", "distrinews/*"]
-_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
+# What a Space is made of, by name: the image runs app/app.py with app/requirements.txt installed (app/Dockerfile),
+# at the root go the Dockerfile and the card. Nothing else in app/ travels (a local .env, notes, scratch files):
+# a Space is public unless made private.
+SPACE_APP_FILES = ("app.py", "requirements.txt")
 
 
 def repository_app_dir() -> Path:
     """The repository's app/ folder next to the package; absent when distrinews was installed from a wheel."""
     app_dir = Path(distrinews.__file__).resolve().parents[1] / "app"
-    if not (app_dir / "app.py").is_file() or not (app_dir / "Dockerfile").is_file():
-        raise HubInputError(f"the Space sources (app/app.py, app/Dockerfile) are not at {app_dir}: distrinews seems "
+    missing = [name for name in ("Dockerfile", "README.md", *SPACE_APP_FILES) if not (app_dir / name).is_file()]
+    if missing:
+        raise HubInputError(f"the Space sources ({', '.join(missing)}) are not in {app_dir}: distrinews seems "
                            "to be installed as a package, not run from a clone. Run deploy-space from a clone of "
                            "the DistriNews repository (`pip install -e .` there).")
     return app_dir
 
 
 def stage_space(target: Path, model_id: str, revision: str | None) -> Path:
-    """Write the Space repo into ``target`` (new or empty): Dockerfile and README.md at the root, app/, distrinews/.
+    """Write the Space repo into ``target`` (new or empty): Dockerfile and README.md at the root, the
+    ``SPACE_APP_FILES`` in app/, the package's modules in distrinews/; nothing else.
 
     The README's Spaces header gets ``models: [model_id]``. ``revision`` is only checked: the pin is the
     ``MODEL_REVISION`` Space variable, not a file, so one staged folder serves any revision.
@@ -68,15 +73,23 @@ def stage_space(target: Path, model_id: str, revision: str | None) -> Path:
     card = SpaceCard((app_dir / "README.md").read_text(encoding="utf-8"))
     card.data.models = [model_id]
     card.save(target / "README.md")
-    shutil.copytree(app_dir, target / "app", ignore=_IGNORED)
+    (target / "app").mkdir()
+    for name in SPACE_APP_FILES:
+        shutil.copy2(app_dir / name, target / "app" / name)
     package_dir = Path(distrinews.__file__).resolve().parent
-    for source in sorted(package_dir.rglob("*.py")):
-        if "__pycache__" in source.parts:
-            continue
+    for source in package_modules(package_dir):
         destination = target / "distrinews" / source.relative_to(package_dir)
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, destination)
     return target
+
+
+def package_modules(package_dir: Path) -> list[Path]:
+    """The package's Python modules: ``*.py`` files outside ``__pycache__`` and outside anything whose name
+    starts with a dot (editor and tool leftovers such as ``.ipynb_checkpoints/``, hidden files)."""
+    return [source for source in sorted(package_dir.rglob("*.py"))
+            if not any(part == "__pycache__" or part.startswith(".")
+                       for part in source.relative_to(package_dir).parts)]
 
 
 def check_revision(revision: str | None) -> None:

@@ -30,8 +30,8 @@ from typing import Any, Mapping, Sequence
 
 from .. import __version__
 from .agreement import probe_batch
-from .backends import ONNX_INPUTS, QUANTIZATION_CHOICES, SHIPPED_GRAPH, OnnxInt8Backend, build_backend, \
-    cache_folder_name, cached_graph, resolve_quantization, shipped_graph, usable_cores, weights_fingerprint
+from .backends import QUANTIZATION_CHOICES, OnnxInt8Backend, build_backend, resolve_quantization, usable_cores
+from .export import ONNX_INPUTS, SHIPPED_GRAPH, cache_folder_name, cached_graph, shipped_graph, weights_fingerprint
 from .batching import MicroBatcher
 from .explain import MAX_WORDS, Explanation, explanation_from, occlusion_texts
 from ..core.errors import InferenceFailed, ModelLoadError, RequestTooLarge, ServingConfigError

@@ -169,6 +169,35 @@ def test_push_command_retries_transient_errors_and_replaces_stale_weights(pushed
     assert_token_absent(token, [output], [run_dir, tmp_path / "hf-home"], hub)
 
 
+def test_push_replaces_only_its_own_onnx_files(pushed_run, tmp_path):
+    """onnx/ is shared with other exports (transformers.js reads onnx/model.onnx, onnx/model_quantized.onnx): the
+    push re-exports a stale graph of its own, deletes only its own two files on the Hub, and keeps the rest of
+    onnx/, locally and on the Hub."""
+    from distrinews.serving.export import EXPORT_RECIPE, SHIPPED_GRAPH, SHIPPED_GRAPH_INFO
+
+    run_dir = shutil.copytree(pushed_run[0], tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
+    model_dir = run_dir / "model"
+    local = {"onnx/model.onnx": b"a transformers.js graph", "onnx/model_quantized.onnx": b"its int8 graph"}
+    stale = {SHIPPED_GRAPH: b"a graph of other weights", SHIPPED_GRAPH_INFO: b'{"recipe": "an-older-recipe"}'}
+    for name, data in {**local, **stale}.items():
+        (model_dir / name).write_bytes(data)
+    on_hub_only = {"onnx/model_fp16.onnx": b"an fp16 graph", "onnx/model.onnx_data": b"external weights"}
+    token = _fake_token()
+    with FakeHub(token) as hub:
+        hub.seed(REPO_ID, {**on_hub_only, SHIPPED_GRAPH: b"an older graph", SHIPPED_GRAPH_INFO: b"{}",
+                           "onnx/model.onnx": b"an older transformers.js graph"})
+        result = _push(run_dir, hub, token, tmp_path / "hf-home")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert {name: (model_dir / name).read_bytes() for name in local} == local
+    assert json.loads((model_dir / SHIPPED_GRAPH_INFO).read_text())["recipe"] == EXPORT_RECIPE
+    assert (model_dir / SHIPPED_GRAPH).read_bytes() != stale[SHIPPED_GRAPH]
+    files = hub.repos[REPO_ID].files("main")
+    assert set(files) == MODEL_FILES | set(local) | set(on_hub_only) | {".gitattributes"}
+    for name in MODEL_FILES | set(local):
+        assert files[name] == (model_dir / name).read_bytes(), name
+    assert {name: files[name] for name in on_hub_only} == on_hub_only
+
+
 def test_push_command_auth_errors_are_clear(pushed_run, tmp_path):
     output_dir = pushed_run[0]
     run_dir = shutil.copytree(output_dir, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))

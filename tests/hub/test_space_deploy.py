@@ -41,14 +41,17 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
 
 
+def _package_modules(package_dir: Path) -> dict[str, bytes]:
+    return {f"distrinews/{name}": data for name, data in _files(package_dir).items()
+            if name.endswith(".py") and "__pycache__" not in name}
+
+
 def _expected_files() -> dict[str, bytes]:
-    """What the Space repo must hold besides README.md: the Dockerfile, all of app/, the package's .py files."""
+    """What the Space repo must hold besides README.md: the Dockerfile, the app and its requirements (what the
+    Dockerfile installs and runs), the package's .py files."""
     files = {"Dockerfile": (APP_DIR / "Dockerfile").read_bytes()}
-    files.update({f"app/{name}": data for name, data in _files(APP_DIR).items()
-                  if "__pycache__" not in name and not name.endswith(".pyc")})
-    files.update({f"distrinews/{name}": data for name, data in _files(PACKAGE_DIR).items()
-                  if name.endswith(".py") and "__pycache__" not in name})
-    return files
+    files.update({f"app/{name}": (APP_DIR / name).read_bytes() for name in ("app.py", "requirements.txt")})
+    return files | _package_modules(PACKAGE_DIR)
 
 
 def _dockerfile_copy_sources(dockerfile: str) -> list[str]:
@@ -102,6 +105,36 @@ def test_stage_space_leaves_out_bytecode_and_needs_a_clone(tmp_path, monkeypatch
     shutil.rmtree(clone / "app")
     with pytest.raises(HubInputError, match="clone of the DistriNews repository"):
         stage_space(tmp_path / "space2", MODEL_ID, None)
+
+
+def test_stage_only_leaves_out_everything_but_the_spaces_own_files(tmp_path):
+    """A clone with a local .env, a stray file and a scratch folder in app/, and hidden files in the package: the
+    Space (public by default) gets the files it is made of and nothing else."""
+    clone = tmp_path / "clone"
+    shutil.copytree(APP_DIR, clone / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(PACKAGE_DIR, clone / "distrinews", ignore=shutil.ignore_patterns("__pycache__"))
+    secret = _fake_token()
+    (clone / "app" / ".env").write_text(f"HF_TOKEN={secret}\n")
+    (clone / "app" / "notes-to-self.txt").write_text(f"token {secret}\n")
+    (clone / "app" / "scratch").mkdir()
+    (clone / "app" / "scratch" / "try.py").write_text(f"TOKEN = {secret!r}\n")
+    (clone / "distrinews" / ".local_settings.py").write_text(f"TOKEN = {secret!r}\n")
+    (clone / "distrinews" / ".ipynb_checkpoints").mkdir()
+    (clone / "distrinews" / ".ipynb_checkpoints" / "cli-checkpoint.py").write_text(f"TOKEN = {secret!r}\n")
+    (clone / "distrinews" / "added_module.py").write_text("ADDED = 1\n")  # shows the clone's package was staged
+    env = {**os.environ, "PYTHONPATH": str(clone)}
+    result = subprocess.run([sys.executable, "-m", "distrinews", "deploy-space", SPACE_ID, "--model_id", MODEL_ID,
+                             "--stage_only", str(tmp_path / "staged")], cwd=clone, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = _files(tmp_path / "staged")
+    assert {name for name in files if not name.startswith("distrinews/")} == \
+        {"Dockerfile", "README.md", "app/app.py", "app/requirements.txt"}
+    expected_modules = {name: data for name, data in _package_modules(clone / "distrinews").items()
+                        if "/." not in name}
+    assert "distrinews/added_module.py" in expected_modules
+    assert {name: data for name, data in files.items() if name.startswith("distrinews/")} == expected_modules
+    assert not [name for name, data in files.items() if secret.encode() in data]
 
 
 def _deploy(hub: FakeHub, token: str | None, hf_home: Path, *args: str) -> subprocess.CompletedProcess:

@@ -1,9 +1,12 @@
 """QUANTIZE=auto serves the int8 graph wherever ONNX Runtime is installed, once the graph has passed the agreement
-check against its fp32 model; a graph that decides otherwise is served only when asked for by name (int8)."""
+check against its fp32 model; a graph that decides otherwise is served only when asked for by name (int8). The
+graph shipped with a model (`distrinews export-onnx`) replaces only its own files in the model's onnx/ folder."""
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -69,7 +72,7 @@ def test_auto_serves_fp32_when_the_graph_decides_otherwise_and_caches_nothing(in
 
 
 def test_int8_by_name_serves_the_graph_with_a_warning(int8_breaks_this_model, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="distrinews.serving.backends"):
+    with caplog.at_level(logging.WARNING, logger="distrinews.serving"):  # the check is the export's, in export.py
         service = _load(int8_breaks_this_model, tmp_path / "onnx", "int8")
     assert service.quantization == "int8"
     assert any("QUANTIZE=int8 serves the int8 graph although it fails the agreement check" in r.getMessage()
@@ -77,7 +80,7 @@ def test_int8_by_name_serves_the_graph_with_a_warning(int8_breaks_this_model, tm
 
 
 def test_auto_serves_and_caches_a_graph_that_agrees(space_model, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="distrinews.serving.backends"):
+    with caplog.at_level(logging.INFO, logger="distrinews.serving"):
         service = _load(space_model, tmp_path / "onnx", "auto")
     assert service.quantization == "int8"
     assert any(r.getMessage().startswith("int8 graph checked: int8 decides as fp32") for r in caplog.records)
@@ -86,10 +89,8 @@ def test_auto_serves_and_caches_a_graph_that_agrees(space_model, tmp_path, caplo
 
 def test_a_graph_that_decides_otherwise_is_not_shipped(int8_breaks_this_model, tmp_path):
     """A Space serves a shipped graph under auto without checking it again, so push and export-onnx check it."""
-    import shutil
-
     from distrinews.hub.push import ship_serving_graph
-    from distrinews.serving.backends import SHIPPED_GRAPH, Int8Disagreement, write_shipped_graph
+    from distrinews.serving.export import SHIPPED_GRAPH, Int8Disagreement, write_shipped_graph
 
     folder = tmp_path / "model"
     shutil.copytree(int8_breaks_this_model, folder)
@@ -100,3 +101,28 @@ def test_a_graph_that_decides_otherwise_is_not_shipped(int8_breaks_this_model, t
     said = []
     assert ship_serving_graph(folder, said.append) is None
     assert said[-1].startswith("Warning: no int8 ONNX graph for the Space (Int8Disagreement: fails the agreement")
+
+
+def test_export_onnx_replaces_only_its_own_files(space_model, tmp_path):
+    """onnx/ is shared with other exports (transformers.js reads onnx/model.onnx and onnx/model_quantized.onnx):
+    `distrinews export-onnx` replaces a stale graph of its own and its info file, and leaves every other file."""
+    from distrinews.cli import main as cli_main
+    from distrinews.serving.backends import OnnxInt8Backend
+    from distrinews.serving.export import EXPORT_RECIPE, SHIPPED_GRAPH, SHIPPED_GRAPH_INFO, shipped_graph
+
+    folder = shutil.copytree(space_model, tmp_path / "model")
+    theirs = {"onnx/model.onnx": b"a transformers.js graph", "onnx/model_quantized.onnx": b"its int8 graph",
+              "onnx/notes/README.md": b"how these were made"}
+    stale = {SHIPPED_GRAPH: b"a graph of other weights", SHIPPED_GRAPH_INFO: b'{"recipe": "an-older-recipe"}'}
+    for name, data in {**theirs, **stale}.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+
+    assert cli_main(["export-onnx", str(folder)]) == 0
+    assert {name: (folder / name).read_bytes() for name in theirs} == theirs
+    assert shipped_graph(folder) == folder / SHIPPED_GRAPH
+    assert json.loads((folder / SHIPPED_GRAPH_INFO).read_text())["recipe"] == EXPORT_RECIPE
+    assert OnnxInt8Backend(folder / SHIPPED_GRAPH).input_names  # a real graph replaced the stale bytes
+    files = {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()}
+    assert files == {path.relative_to(space_model).as_posix() for path in space_model.rglob("*") if path.is_file()} \
+        | set(theirs) | set(stale), "a staging file was left behind"

@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from distrinews.serving.backends import OnnxInt8Backend, cache_folder_name, export_int8_onnx, resolve_quantization
+from distrinews.serving.backends import OnnxInt8Backend, resolve_quantization
+from distrinews.serving.export import cache_folder_name, export_int8_onnx
 from distrinews.core.errors import InferenceFailed, QueueFull, ServingConfigError
 from distrinews.serving.batching import MicroBatcher
 from distrinews.serving.explain import explanation_from, occlusion_texts

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from conftest import REPO_ROOT
-from distrinews.serving.backends import SHIPPED_GRAPH, shipped_graph
+from distrinews.serving.export import SHIPPED_GRAPH, shipped_graph
 from hub_mirror import HubMirror
 from space_support import LABELS, space_env, uvicorn_server
 from venvs import VenvInstallError, make_venv
@@ -62,7 +62,7 @@ def test_a_stale_or_foreign_graph_is_not_served(shipped_space_model, tmp_path):
 
 def test_a_graph_shipped_in_a_hub_repo_is_found_in_its_snapshot(shipped_space_model, tmp_path):
     script = ("import sys\n"
-              "from distrinews.serving.backends import SHIPPED_GRAPH, shipped_graph\n"
+              "from distrinews.serving.export import SHIPPED_GRAPH, shipped_graph\n"
               "from distrinews.core.model_files import resolve_model_folder\n"
               "folder = resolve_model_folder('distrinews/shipped', sys.argv[1], extra_patterns=(SHIPPED_GRAPH,))\n"
               "print(folder.name, shipped_graph(folder) == folder / SHIPPED_GRAPH)\n")

@@ -40,6 +40,9 @@ TRANSIENT_STATUS_CODES = (408, 429, 500, 502, 503, 504)
 # are the user's and stay.
 STALE_WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.h5",
                          "*.msgpack"]
+# The staging folders of an export killed halfway (serving/export.py writes beside onnx/ under a hidden name):
+# half-written files that are never uploaded.
+EXPORT_LEFTOVERS = [f".{SHIPPED_FOLDER}.*"]
 # The resumable checkpoint of hub_strategy=checkpoint (distrinews/hub/checkpoints.py) lives here; a model push
 # leaves it alone, and a checkpoint upload touches nothing else.
 HUB_CHECKPOINT_FOLDER = "last-checkpoint"
@@ -118,7 +121,8 @@ def push_run_to_hub(run_dir: str | Path, repo_id: str, *, private: bool = False,
         commit = api.upload_folder(folder_path=model_dir, repo_id=repo_id, revision=revision,
                                    commit_message=_commit_message(metrics, dataset),
                                    commit_description=_commit_description(metrics),
-                                   delete_patterns=_stale_weight_files(api, repo_id, revision))
+                                   delete_patterns=_stale_weight_files(api, repo_id, revision),
+                                   ignore_patterns=EXPORT_LEFTOVERS)
         # An existing repo keeps its visibility whatever was asked for, so read it back.
         return repo_url, commit, api.repo_info(repo_id, revision=commit.oid).private
 

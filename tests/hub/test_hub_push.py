@@ -181,6 +181,8 @@ def test_push_replaces_only_its_own_onnx_files(pushed_run, tmp_path):
     stale = {SHIPPED_GRAPH: b"a graph of other weights", SHIPPED_GRAPH_INFO: b'{"recipe": "an-older-recipe"}'}
     for name, data in {**local, **stale}.items():
         (model_dir / name).write_bytes(data)
+    (model_dir / ".onnx.k1ll3d").mkdir()  # the staging folder of an export killed halfway: never uploaded
+    (model_dir / ".onnx.k1ll3d" / "model.int8.onnx").write_bytes(b"half a graph")
     on_hub_only = {"onnx/model_fp16.onnx": b"an fp16 graph", "onnx/model.onnx_data": b"external weights"}
     token = _fake_token()
     with FakeHub(token) as hub:

@@ -317,15 +317,7 @@ def _resume_or_start(run: Run) -> None:
     accelerator.wait_for_everyone()
     resume_from = _find_resume_checkpoint(config, run.checkpoint_root)
     if resume_from is not None:
-        scheduler_state = state_files.checked_scheduler_state(resume_from)  # every rank: nothing read yet can run
-        saved = TrainerState.load(resume_from / checkpoint.STATE_FILE)
-        checkpoint.check_resumable(resume_from, saved.run_signature, run.state.run_signature)
-        if accelerator.is_main_process:
-            state_files.convert_legacy_scheduler_state(resume_from, scheduler_state)
-        accelerator.wait_for_everyone()
-        accelerator.load_state(str(resume_from))
-        run.scheduler.load_state_dict(scheduler_state)
-        run.state = saved
+        saved = run.state = _load_checkpoint(run, resume_from)
         if accelerator.is_main_process:
             checkpoint.restore_best_weights(resume_from, run.output_dir / BEST_WEIGHTS)
         run.run_log.rewind(saved.global_step, checkpoint=str(resume_from))
@@ -714,6 +706,22 @@ def _data_loader(dataset, collator, config: TrainConfig, device: torch.device, *
                       pin_memory=device.type == "cuda", worker_init_fn=start_data_worker if workers else None,
                       timeout=BATCH_WAIT_SECONDS if workers else 0,
                       generator=torch.Generator().manual_seed(config.seed), **batching)
+
+
+def _load_checkpoint(run: Run, folder: Path) -> TrainerState:
+    """Check checkpoint ``folder`` on every rank (state_files.py: nothing in it may run code), then load it into the
+    run; returns its trainer state."""
+    accelerator = run.accelerator
+    scheduler_state = state_files.checked_scheduler_state(folder)
+    saved = TrainerState.load(folder / checkpoint.STATE_FILE)
+    checkpoint.check_resumable(folder, saved.run_signature, run.state.run_signature)
+    accelerator.wait_for_everyone()  # every rank has read the folder before the main process may convert it
+    if accelerator.is_main_process:
+        state_files.convert_legacy_scheduler_state(folder, scheduler_state)
+    accelerator.wait_for_everyone()
+    accelerator.load_state(str(folder))
+    state_files.load_scheduler_state(run.scheduler, scheduler_state)
+    return saved
 
 
 def _find_resume_checkpoint(config: TrainConfig, checkpoint_root: Path) -> Path | None:

@@ -11,7 +11,7 @@ and torch's state files are pickles: a full unpickle runs whatever code the file
   is also tried on private generators here, and resuming is exact or refused;
 - the LR scheduler's state is JSON (``SCHEDULER_FILE``), never registered with accelerate (whose custom objects
   are loaded with ``weights_only=False``). A checkpoint of an earlier release holds it pickled instead; that file is
-  read as plain data too and converted (``convert_legacy_scheduler_state``).
+  read as plain data too, wins over a JSON beside it, and is converted (``convert_legacy_scheduler_state``).
 
 Everything refused raises UnsafeCheckpointError (exit code 2) with one line naming the file.
 """
@@ -61,15 +61,26 @@ def checked_scheduler_state(checkpoint: Path) -> dict:
     return _checked_scheduler_state(checkpoint, SCHEDULER_FILE, state)
 
 
+def load_scheduler_state(scheduler, state: dict) -> None:
+    """Restore ``scheduler`` from a checked state: only the keys it saves itself, since its load_state_dict sets
+    whatever it is given as attributes (the optimizer, say)."""
+    own_keys = scheduler.state_dict().keys()
+    scheduler.load_state_dict({key: value for key, value in state.items() if key in own_keys})
+
+
 def convert_legacy_scheduler_state(checkpoint: Path, state: dict) -> None:
-    """Replace an earlier release's pickled scheduler state by its JSON (main process, after the check; the other
-    ranks wait: accelerate's load_state refuses a folder holding custom-object files nobody registered)."""
+    """Replace an earlier release's pickled scheduler state by its JSON (main process, once every rank has checked
+    the folder; they wait for it: accelerate's load_state refuses a folder holding custom-object files nobody
+    registered)."""
     legacy = checkpoint / LEGACY_SCHEDULER_FILE
     if not legacy.exists():
         return
-    staging = checkpoint / f".{SCHEDULER_FILE}.tmp"
-    staging.write_text(json.dumps(state, indent=1) + "\n")
-    os.replace(staging, checkpoint / SCHEDULER_FILE)  # the JSON first: a kill between the two leaves both, reconverted
+    # The JSON is complete on disk before the pickle goes; a kill before that leaves the pickle, which wins again.
+    # Written in place: a temporary name would be a file no checkpoint holds.
+    with (checkpoint / SCHEDULER_FILE).open("w") as handle:
+        handle.write(json.dumps(state, indent=1) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
     legacy.unlink()
 
 

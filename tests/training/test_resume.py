@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 
@@ -15,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import assert_same_weights, tiny_train_args
+from planted_pickle import plant_pickle
 from distrinews.core.errors import UnsafeCheckpointError
 from distrinews.training import checkpoint, faults, state_files
 from distrinews.training.loop import main as train_main
@@ -151,43 +151,26 @@ def test_weights_size_estimate_matches_a_real_checkpoint(reference):
 
 # ---- what a resumed checkpoint may hold: only the files this program writes, all of them plain data
 
-class RunsCode:
-    """A pickle that, fully unpickled, runs a shell command (here: creates ``marker``)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
+def _link_elsewhere(path, marker):
+    outside = path.parent.parent / f"outside-{path.name}"
+    shutil.move(path, outside)
+    path.symlink_to(outside)
 
 
-def _plant(path, marker):
-    torch.save({"state": RunsCode(marker)}, path)
-
-
-def _symlink_out(folder, name):
-    outside = folder.parent / f"outside-{name}"
-    shutil.move(folder / name, outside)
-    (folder / name).symlink_to(outside)
-
-
-BAD_FOLDERS = {  # name: (how the checkpoint is changed, the file the refusal names, what it says)
-    "unexpected_pickle": (lambda c, m: _plant(c / "extra.pkl", m), "extra.pkl", "is not a file this program writes"),
-    "subfolder": (lambda c, m: (c / "random_states_0.pkl.d").mkdir(), "random_states_0.pkl.d", "is a folder"),
-    "symlink": (lambda c, m: _symlink_out(c, "optimizer.bin"), "optimizer.bin", "is a symbolic link"),
-    "optimizer_that_runs_code": (lambda c, m: _plant(c / "optimizer.bin", m), "optimizer.bin",
+BAD_FOLDERS = {  # id: (the file, how it is changed given its path and the marker, what the refusal says of it)
+    "unexpected_pickle": ("extra.pkl", plant_pickle, "is not a file this program writes"),
+    "subfolder": ("random_states_0.pkl.d", lambda path, marker: path.mkdir(), "is a folder"),
+    "symlink": ("optimizer.bin", _link_elsewhere, "is a symbolic link"),
+    "optimizer_that_runs_code": ("optimizer.bin", plant_pickle,
                                  "is not plain tensor data (Trying to load unsupported GLOBAL posix.system"),
-    "rng_that_runs_code": (lambda c, m: _plant(c / "random_states_0.pkl", m), "random_states_0.pkl",
-                           "is not plain tensor data"),
-    "another_ranks_rng_that_runs_code": (lambda c, m: _plant(c / "random_states_5.pkl", m), "random_states_5.pkl",
-                                         "is not plain tensor data"),
-    # Plain data, but not RNG states: accelerate would skip it silently and resume with other random numbers.
-    "rng_without_states": (lambda c, m: torch.save({"step": 4}, c / "random_states_0.pkl"), "random_states_0.pkl",
+    "rng_that_runs_code": ("random_states_0.pkl", plant_pickle, "is not plain tensor data"),
+    "another_ranks_rng_that_runs_code": ("random_states_5.pkl", plant_pickle, "is not plain tensor data"),
+    # Plain data, but no RNG states: accelerate would skip it silently and resume with other random numbers.
+    "rng_without_states": ("random_states_0.pkl", lambda path, marker: torch.save({"step": 4}, path),
                            "does not hold the random number generators' states (KeyError: 'random_state')"),
-    "scheduler_json_of_something_else": (lambda c, m: (c / checkpoint.SCHEDULER_FILE).write_text("[1, 2]"),
-                                         checkpoint.SCHEDULER_FILE, "does not hold an LR scheduler's state"),
-    "legacy_scheduler_that_runs_code": (lambda c, m: _plant(c / checkpoint.LEGACY_SCHEDULER_FILE, m),
-                                        checkpoint.LEGACY_SCHEDULER_FILE, "is not plain tensor data"),
+    "scheduler_json_of_something_else": (checkpoint.SCHEDULER_FILE, lambda path, marker: path.write_text("[1, 2]"),
+                                         "does not hold an LR scheduler's state"),
+    "legacy_scheduler_that_runs_code": (checkpoint.LEGACY_SCHEDULER_FILE, plant_pickle, "is not plain tensor data"),
 }
 
 
@@ -197,8 +180,8 @@ def test_a_checkpoint_with_a_file_that_is_not_safe_to_load_is_refused(change, re
     shutil.copytree(reference / "checkpoints" / folder.name, folder)
     assert state_files.checked_scheduler_state(folder)["last_epoch"] == 4  # as written, it passes
     marker = tmp_path / "code-ran"
-    alter, name, problem = BAD_FOLDERS[change]
-    alter(folder, marker)
+    name, alter, problem = BAD_FOLDERS[change]
+    alter(folder / name, marker)
     with pytest.raises(UnsafeCheckpointError) as refusal:
         state_files.checked_scheduler_state(folder)
     assert str(refusal.value).startswith(f"refusing to resume from {folder}: {name} {problem}")
@@ -213,7 +196,7 @@ def test_a_planted_rng_pickle_stops_the_run_before_anything_is_loaded(reference,
     output_dir, marker = tmp_path / "out", tmp_path / "code-ran"
     _copy_checkpoint(reference, 24, output_dir)
     log_before = (output_dir / "log.jsonl").read_text()
-    _plant(output_dir / "checkpoints" / "step-00000024" / "random_states_0.pkl", marker)
+    plant_pickle(output_dir / "checkpoints" / "step-00000024" / "random_states_0.pkl", marker)
     assert _train(tiny_model, ag_news_dir, output_dir) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"error: refusing to resume from {output_dir / 'checkpoints' / 'step-00000024'}: "

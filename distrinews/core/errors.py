@@ -8,7 +8,7 @@ print one line instead of a traceback. The exit codes are what a job scheduler o
 | --- | --- | --- |
 | 0 | done | |
 | 1 | the run is complete but the Hub push failed: `distrinews push` retries it | HubPushError |
-| 2 | bad input: config, data, model, output_dir, a checkpoint of another run or one the Hub did not hand over, a text, a Hub command's repo id, folder or missing token | InputError and its subclasses |
+| 2 | bad input: config, data, model, output_dir, a checkpoint of another run, one the Hub did not hand over or one with files that are not safe to load, a text, a Hub command's repo id, folder or missing token | InputError and its subclasses |
 | 3 | the loss was non-finite for max_nonfinite_steps steps in a row | NonFiniteLossError |
 | 4 | a checkpoint could not be written (the previous one is intact) | CheckpointWriteError |
 | 75 | stopped by SIGTERM/SIGINT after writing a checkpoint: run the same command to resume | TrainingStopped |
@@ -46,6 +46,11 @@ class OutputDirError(InputError):
 
 class CheckpointMismatchError(InputError):
     """The checkpoint to resume from was written by a run with different data, model or batching."""
+
+
+class UnsafeCheckpointError(InputError):
+    """A checkpoint holding a file this program does not write (or a link, a folder), or a state file that is not
+    plain data (a pickle that would run code when loaded): nothing of it was loaded; the message names the file."""
 
 
 class CheckpointDownloadError(InputError):

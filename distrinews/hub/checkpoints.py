@@ -88,7 +88,9 @@ class HubCheckpointRepo:
         log = self._log
         log(f"No local checkpoint: looking for one in {self.where} ...")
         try:
-            snapshot_download(self.repo_id, revision=self.revision, allow_patterns=[f"{CHECKPOINT_FOLDER}/*"],
+            # Only the files a checkpoint holds: anything else in the folder is never fetched, let alone loaded.
+            wanted = [f"{CHECKPOINT_FOLDER}/{name}" for name in checkpoint.CHECKPOINT_FILE_PATTERNS]
+            snapshot_download(self.repo_id, revision=self.revision, allow_patterns=wanted,
                               local_dir=download, token=self._token, library_name="distrinews",
                               library_version=__version__)
         except (RepositoryNotFoundError, RevisionNotFoundError):
@@ -106,8 +108,11 @@ class HubCheckpointRepo:
             log(f"No checkpoint on the Hub: {self.repo_id} has no {CHECKPOINT_FOLDER}/ folder yet; "
                 "starting from scratch")
             return None
-        installed = checkpoint.install_downloaded_checkpoint(download / CHECKPOINT_FOLDER, checkpoint_root, run_log)
-        shutil.rmtree(download, ignore_errors=True)
+        try:  # the download is checked again as it landed (a pattern's * also matches a subfolder)
+            installed = checkpoint.install_downloaded_checkpoint(download / CHECKPOINT_FOLDER, checkpoint_root, run_log,
+                                                                 source=self.where)
+        finally:
+            shutil.rmtree(download, ignore_errors=True)
         log(f"Fetched {installed.name} from {self.where} into {installed}")
         return installed
 

@@ -1,8 +1,9 @@
 """Crash-safe checkpoint folders: written under a temporary name, renamed into place when complete.
 
 A checkpoint is ``checkpoints/step-00000120/`` holding accelerate's state files (model, optimizer,
-scheduler, scaler, every rank's RNG), ``trainer_state.json`` (the data position, bookkeeping and the
-run signature), the run's ``train_config.json``, a hard link to the best weights so far, and a ``COMPLETE`` marker written last.
+scaler, every rank's RNG), the LR scheduler's state (JSON), ``trainer_state.json`` (the data position, bookkeeping
+and the run signature), the run's ``train_config.json``, a hard link to the best weights so far, and a ``COMPLETE``
+marker written last. A checkpoint holding any other file is never resumed from (``check_checkpoint_files``).
 Only folders with the marker are ever resumed from, and an older checkpoint is deleted only after a
 newer one is complete, so a kill at any moment leaves a usable one. A checkpoint is resumed only by a
 run with the same signature (``check_resumable``): anything else would not continue the same run.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import zlib
 from contextlib import contextmanager
@@ -25,7 +27,7 @@ import numpy as np
 
 from .config import SAME, TrainConfig
 from ..core.formats import AG_NEWS
-from ..core.errors import CheckpointMismatchError, CheckpointWriteError, OutputDirError
+from ..core.errors import CheckpointMismatchError, CheckpointWriteError, OutputDirError, UnsafeCheckpointError
 
 COMPLETE_MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
@@ -35,6 +37,20 @@ _DELETING_PREFIX = ".deleting-"  # renamed away first, so a half-deleted checkpo
 _UPLOAD_PREFIX = ".upload-"  # a checkpoint's snapshot while it is uploaded to the Hub (distrinews/hub/checkpoints.py)
 RUN_LOG_COPY = "log.jsonl"  # the run's log up to the checkpoint, in an uploaded checkpoint only
 BEST_WEIGHTS_LINK = "best_model.safetensors"
+CONFIG_FILE = "train_config.json"
+SCHEDULER_FILE = "scheduler_state.json"
+# Releases before the scheduler's JSON pickled its state through accelerate's register_for_checkpointing; such a
+# checkpoint still resumes (training/state_files.py converts it), but the file is only ever loaded as plain data.
+LEGACY_SCHEDULER_FILE = "custom_checkpoint_0.pkl"
+
+# Every file a checkpoint of this program holds: accelerate's save_state (the weights, the optimizer, the grad
+# scaler under fp16, each rank's RNG state), the training loop (config, scheduler), finalize_checkpoint (the best
+# weights, the trainer state, the marker) and snapshot_for_upload (the log, in a Hub copy). Nothing else is resumed.
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.bin", "scaler.pt", CONFIG_FILE, SCHEDULER_FILE, STATE_FILE,
+                    BEST_WEIGHTS_LINK, COMPLETE_MARKER, RUN_LOG_COPY, LEGACY_SCHEDULER_FILE)
+RANK_RNG_FILE = re.compile(r"random_states_\d+\.pkl")  # accelerate's name for rank N's RNG states
+# The same list for a download's allow_patterns (glob: the check after the download insists on the digits).
+CHECKPOINT_FILE_PATTERNS = (*CHECKPOINT_FILES, "random_states_*.pkl")
 
 
 @dataclass
@@ -247,12 +263,45 @@ def snapshot_for_upload(checkpoint: Path, run_log: Path) -> Path:
     return snapshot
 
 
-def install_downloaded_checkpoint(folder: Path, root: Path, run_log: Path) -> Path:
-    """Move a checkpoint fetched from the Hub into ``root`` under its step's name; its log becomes the run's log.
+def check_checkpoint_files(folder: Path, source: Path | str | None = None) -> list[Path]:
+    """The files of checkpoint ``folder`` (sorted by name), if each is a plain file under a name this program writes.
+
+    Raises UnsafeCheckpointError naming the first that is not (a link, a folder, another name), before anything is
+    read: resuming loads the state files, and a file nobody expects is what a planted one looks like. ``source``
+    names the checkpoint in the message (default: the folder).
+    """
+    files = sorted(folder.iterdir())
+    for path in files:
+        if path.is_symlink():
+            problem = "is a symbolic link"
+        elif path.is_dir():
+            problem = "is a folder"
+        elif not path.is_file():
+            problem = "is not a regular file"
+        elif path.name not in CHECKPOINT_FILES and not RANK_RNG_FILE.fullmatch(path.name):
+            problem = "is not a file this program writes into a checkpoint"
+        else:
+            continue
+        raise unsafe_checkpoint(source or folder, f"{path.name} {problem}")
+    return files
+
+
+def unsafe_checkpoint(source: Path | str, problem: str) -> UnsafeCheckpointError:
+    """The error that refuses to resume from ``source`` because of ``problem`` (which names the file)."""
+    return UnsafeCheckpointError(
+        f"refusing to resume from {source}: {problem}; nothing was loaded. A checkpoint holds only the files this "
+        "program writes, and their state as plain data. Delete that checkpoint, or start over with --resume none.")
+
+
+def install_downloaded_checkpoint(folder: Path, root: Path, run_log: Path, source: str | None = None) -> Path:
+    """Move a checkpoint fetched from the Hub (``source``, for messages) into ``root`` under its step's name; its
+    log becomes the run's log.
 
     Refuses a folder without the ``COMPLETE`` marker or the trainer state: an upload never commits one (each
-    checkpoint is one commit), so it is not a checkpoint of this program.
+    checkpoint is one commit), so it is not a checkpoint of this program; and one holding anything else than the
+    files of a checkpoint (``check_checkpoint_files``).
     """
+    check_checkpoint_files(folder, source)
     if not (folder / COMPLETE_MARKER).is_file() or not (folder / STATE_FILE).is_file():
         raise CheckpointMismatchError(f"{folder} holds no complete checkpoint (no {COMPLETE_MARKER} marker or "
                                       f"{STATE_FILE}); start over with --resume none")

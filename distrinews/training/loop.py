@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from . import checkpoint, faults, tracking
+from . import checkpoint, faults, state_files, tracking
 from ..core.atomic import write_json
 from ..core.errors import EXIT_STOPPED, CheckpointWriteError, ConfigError, TrainingStopped, exit_code_for
 from ..core.modeling import load_classifier
@@ -205,8 +205,9 @@ def _set_up(config: TrainConfig, stop_request: StopRequest, callbacks: Sequence[
     optimizer = _build_optimizer(model, config, fused=accelerator.device.type in ("cuda", "cpu"))
     scheduler = get_scheduler(config.lr_scheduler_type, optimizer,
                               num_warmup_steps=round(config.warmup_ratio * total_steps), num_training_steps=total_steps)
+    # The scheduler is stepped by hand, once per optimizer step, and checkpointed as JSON (state_files.py), not
+    # registered with accelerate, which loads custom objects with a full unpickle.
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)  # stepped by hand, once per optimizer step
     # Compile the DDP-wrapped model (as accelerate does), but keep `model` itself for no_sync, unwrap and saving.
     forward_model = torch.compile(model, dynamic=True) if _should_compile(config, accelerator.device) else model
 
@@ -316,10 +317,7 @@ def _resume_or_start(run: Run) -> None:
     accelerator.wait_for_everyone()
     resume_from = _find_resume_checkpoint(config, run.checkpoint_root)
     if resume_from is not None:
-        saved = TrainerState.load(resume_from / checkpoint.STATE_FILE)
-        checkpoint.check_resumable(resume_from, saved.run_signature, run.state.run_signature)
-        accelerator.load_state(str(resume_from))
-        run.state = saved
+        saved = run.state = _load_checkpoint(run, resume_from)
         if accelerator.is_main_process:
             checkpoint.restore_best_weights(resume_from, run.output_dir / BEST_WEIGHTS)
         run.run_log.rewind(saved.global_step, checkpoint=str(resume_from))
@@ -499,7 +497,8 @@ def _save_checkpoint(run: Run) -> None:
     final = None
     with _written_on_every_rank(run, what):
         if accelerator.is_main_process:
-            run.config.save(staging / "train_config.json")
+            run.config.save(staging / checkpoint.CONFIG_FILE)
+            state_files.save_scheduler_state(staging, run.scheduler)
             final = checkpoint.finalize_checkpoint(staging, run.state, keep_last=run.config.keep_last,
                                                    best_weights=run.output_dir / BEST_WEIGHTS)
     if final is not None:
@@ -707,6 +706,22 @@ def _data_loader(dataset, collator, config: TrainConfig, device: torch.device, *
                       pin_memory=device.type == "cuda", worker_init_fn=start_data_worker if workers else None,
                       timeout=BATCH_WAIT_SECONDS if workers else 0,
                       generator=torch.Generator().manual_seed(config.seed), **batching)
+
+
+def _load_checkpoint(run: Run, folder: Path) -> TrainerState:
+    """Check checkpoint ``folder`` on every rank (state_files.py: nothing in it may run code), then load it into the
+    run; returns its trainer state."""
+    accelerator = run.accelerator
+    scheduler_state = state_files.checked_scheduler_state(folder)
+    saved = TrainerState.load(folder / checkpoint.STATE_FILE)
+    checkpoint.check_resumable(folder, saved.run_signature, run.state.run_signature)
+    accelerator.wait_for_everyone()  # every rank has read the folder before the main process may convert it
+    if accelerator.is_main_process:
+        state_files.convert_legacy_scheduler_state(folder, scheduler_state)
+    accelerator.wait_for_everyone()
+    accelerator.load_state(str(folder))
+    state_files.load_scheduler_state(run.scheduler, scheduler_state)
+    return saved
 
 
 def _find_resume_checkpoint(config: TrainConfig, checkpoint_root: Path) -> Path | None:

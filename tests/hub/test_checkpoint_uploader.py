@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from distrinews.core.errors import CheckpointMismatchError, HubPushError
+from distrinews.core.errors import CheckpointMismatchError, HubPushError, UnsafeCheckpointError
 from distrinews.hub.checkpoints import CheckpointUploader
 from distrinews.training import checkpoint
 from distrinews.training.checkpoint import TrainerState
@@ -139,3 +139,24 @@ def test_downloaded_checkpoint_is_installed_under_its_step_with_its_log(tmp_path
     assert installed == root / "step-00000012" and checkpoint.latest_checkpoint(root) == installed
     assert run_log.read_text() == '{"type": "train", "step": 12}\n'  # the checkpoint's log replaces any other
     assert not (installed / "log.jsonl").exists() and not downloaded.exists()
+
+
+@pytest.mark.parametrize("planted, problem", [
+    # What the download's pattern random_states_*.pkl also matches: its * spans folders.
+    ("random_states_0/evil.pkl", "random_states_0 is a folder"),
+    ("optimizer.bin", "optimizer.bin is a symbolic link"),  # a path that leaves the folder
+], ids=["subfolder", "symlink"])
+def test_a_download_holding_what_no_checkpoint_holds_is_refused_and_not_installed(planted, problem, tmp_path):
+    root, run_log = tmp_path / "checkpoints", tmp_path / "log.jsonl"
+    downloaded = tmp_path / "download" / "last-checkpoint"
+    downloaded.mkdir(parents=True)
+    TrainerState(global_step=12).save(downloaded / checkpoint.STATE_FILE)
+    (downloaded / checkpoint.COMPLETE_MARKER).write_text("12\n")
+    (downloaded / planted).parent.mkdir(exist_ok=True)
+    if planted == "optimizer.bin":
+        (downloaded / planted).symlink_to(tmp_path / "elsewhere.bin")
+    else:
+        (downloaded / planted).write_bytes(b"anything")
+    with pytest.raises(UnsafeCheckpointError, match=f"^refusing to resume from user/repo/last-checkpoint: {problem}"):
+        checkpoint.install_downloaded_checkpoint(downloaded, root, run_log, source="user/repo/last-checkpoint")
+    assert checkpoint.latest_checkpoint(root) is None and not run_log.exists()

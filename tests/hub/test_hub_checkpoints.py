@@ -4,13 +4,15 @@ A run uploads its checkpoints to the local upload endpoint (tests/hub_server.py)
 Kaggle session ends. The repo it leaves is then served by a real olah mirror (tests/hub_mirror.py), standing in for
 the Hub a new session downloads from: a run in an EMPTY output_dir fetches last-checkpoint/ and must finish with
 exactly the weights and per-step losses of an uninterrupted run. The olah mirror is read-only, so that run's own
-uploads fail: it must warn and finish anyway. A planted token must never leave the Authorization header.
+uploads fail: it must warn and finish anyway. A planted token must never leave the Authorization header. A pickle
+planted in that checkpoint must never run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from conftest import REFERENCE_RUN, REFERENCE_STEPS as TOTAL_STEPS, REPO_ROOT, a
     tiny_train_args
 from hub_mirror import HubMirror
 from hub_server import FakeHub, assert_token_absent
+from planted_pickle import plant_pickle
 
 REPO_ID = "distrinews-test/ag-news-resume"
 TOKEN = "hf_" + "CheckpointUploadTestToken0123456789"[:34]
@@ -189,11 +192,12 @@ EARLIER_MODEL = {"config.json": b'{"model_type": "distilbert"}', "model.safetens
                  "README.md": b"---\nlicense: apache-2.0\n---\nAn earlier model\n"}
 
 
-def _train_one_process(tiny_model, ag_news_dir, output_dir: Path, endpoint: str, token: str, **overrides):
+def _train_one_process(tiny_model, ag_news_dir, output_dir: Path, endpoint: str, token: str, run: dict = SHORT_RUN,
+                       **overrides):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **_hub_env(endpoint, output_dir.parent / "hf-home", token)}
     result = subprocess.run(
         [sys.executable, "-m", "distrinews.train",
-         *tiny_train_args(tiny_model, ag_news_dir, output_dir, **{**SHORT_RUN, **overrides})],
+         *tiny_train_args(tiny_model, ag_news_dir, output_dir, **{**run, **overrides})],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     return result, result.stdout + result.stderr
 
@@ -238,3 +242,30 @@ def test_a_checkpoint_that_cannot_be_fetched_stops_the_run_before_training(tiny_
     assert "--resume none" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "log.jsonl").exists() and not hub.commits_made()
     assert_token_absent(wrong_token, [output], [tmp_path], hub)
+
+
+def test_a_pickle_planted_in_the_hub_checkpoint_never_runs(sessions, tiny_model, ag_news_dir):
+    """The checkpoint on the Hub is anyone's who can write to the repo. Before, earlier releases' scheduler state
+    file, custom_checkpoint_0.pkl, was fully unpickled by accelerate: a command planted in it ran on every rank of
+    the new session. Now it is loaded as plain data or not at all, and a file no checkpoint holds is not fetched."""
+    root = sessions["root"] / "planted"
+    published = root / "published"
+    shutil.copytree(sessions["root"] / "published", published)
+    marker = root / "code-ran"
+    for name in ("custom_checkpoint_0.pkl", "notes.pkl"):
+        plant_pickle(published / "last-checkpoint" / name, marker)
+    mirror = HubMirror(root / "mirror")
+    mirror.commit(REPO_ID, published, "a checkpoint with a planted pickle")
+    output_dir = root / "out"
+    with mirror:  # one process with the first session's global batch: the signature matches, as an attacker's would
+        result, output = _train_one_process(tiny_model, ag_news_dir, output_dir, mirror.endpoint, TOKEN,
+                                            run=dict(HUB_RUN, per_device_train_batch_size=16))
+    assert result.returncode == 2, output[-3000:]
+    (stopped,) = _records(sessions["first_dir"], "stopped")
+    installed = output_dir / "checkpoints" / f"step-{stopped['step']:08d}"
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: refusing to resume from {installed}: custom_checkpoint_0.pkl is not plain tensor data (Trying to "
+        "load unsupported GLOBAL posix.system"), result.stderr[-2000:]
+    assert not marker.exists() and "Traceback" not in output
+    assert not (installed / "notes.pkl").exists()  # never downloaded
+    assert [r["type"] for r in _records(output_dir, "resume")] == []  # nothing loaded, nothing trained

@@ -1,5 +1,6 @@
 """Resuming in one process (in-process, no launcher): epoch boundaries, NaN losses, checkpoints of other runs,
-output folders that cannot take the run. The 2-process kill/SIGTERM tests are in test_fault_injection.py."""
+checkpoints holding files that must not be loaded, an earlier release's checkpoint, output folders that cannot take
+the run. The 2-process kill/SIGTERM tests are in test_fault_injection.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import assert_same_weights, tiny_train_args
-from distrinews.training import faults
+from planted_pickle import plant_pickle
+from distrinews.core.errors import UnsafeCheckpointError
+from distrinews.training import checkpoint, faults, state_files
 from distrinews.training.loop import main as train_main
 
 STEPS_PER_EPOCH = 13  # 216 training examples // 16 per step
@@ -144,3 +147,86 @@ def test_weights_size_estimate_matches_a_real_checkpoint(reference):
     weights = (folder / "model.safetensors").stat().st_size
     state = weights + (folder / "optimizer.bin").stat().st_size
     assert math.isclose(state / weights, 3, rel_tol=0.15)
+
+
+# ---- what a resumed checkpoint may hold: only the files this program writes, all of them plain data
+
+def _link_elsewhere(path, marker):
+    outside = path.parent.parent / f"outside-{path.name}"
+    shutil.move(path, outside)
+    path.symlink_to(outside)
+
+
+BAD_FOLDERS = {  # id: (the file, how it is changed given its path and the marker, what the refusal says of it)
+    "unexpected_pickle": ("extra.pkl", plant_pickle, "is not a file this program writes"),
+    "subfolder": ("random_states_0.pkl.d", lambda path, marker: path.mkdir(), "is a folder"),
+    "symlink": ("optimizer.bin", _link_elsewhere, "is a symbolic link"),
+    "optimizer_that_runs_code": ("optimizer.bin", plant_pickle,
+                                 "is not plain tensor data (Trying to load unsupported GLOBAL posix.system"),
+    "rng_that_runs_code": ("random_states_0.pkl", plant_pickle, "is not plain tensor data"),
+    "another_ranks_rng_that_runs_code": ("random_states_5.pkl", plant_pickle, "is not plain tensor data"),
+    # Plain data, but no RNG states: accelerate would skip it silently and resume with other random numbers.
+    "rng_without_states": ("random_states_0.pkl", lambda path, marker: torch.save({"step": 4}, path),
+                           "does not hold the random number generators' states (KeyError: 'random_state')"),
+    "scheduler_json_of_something_else": (checkpoint.SCHEDULER_FILE, lambda path, marker: path.write_text("[1, 2]"),
+                                         "does not hold an LR scheduler's state"),
+    "legacy_scheduler_that_runs_code": (checkpoint.LEGACY_SCHEDULER_FILE, plant_pickle, "is not plain tensor data"),
+}
+
+
+@pytest.mark.parametrize("change", BAD_FOLDERS, ids=list(BAD_FOLDERS))
+def test_a_checkpoint_with_a_file_that_is_not_safe_to_load_is_refused(change, reference, tmp_path):
+    folder = tmp_path / "checkpoints" / "step-00000004"
+    shutil.copytree(reference / "checkpoints" / folder.name, folder)
+    assert state_files.checked_scheduler_state(folder)["last_epoch"] == 4  # as written, it passes
+    marker = tmp_path / "code-ran"
+    name, alter, problem = BAD_FOLDERS[change]
+    alter(folder / name, marker)
+    with pytest.raises(UnsafeCheckpointError) as refusal:
+        state_files.checked_scheduler_state(folder)
+    assert str(refusal.value).startswith(f"refusing to resume from {folder}: {name} {problem}")
+    assert "nothing was loaded" in str(refusal.value) and "--resume none" in str(refusal.value)
+    assert "\n" not in str(refusal.value) and not marker.exists()
+
+
+def test_a_planted_rng_pickle_stops_the_run_before_anything_is_loaded(reference, tiny_model, ag_news_dir, tmp_path,
+                                                                     capsys):
+    """Before, accelerate refused it with weights_only=True, then skipped the RNG states silently: the run resumed
+    with other random numbers, exit code 0."""
+    output_dir, marker = tmp_path / "out", tmp_path / "code-ran"
+    _copy_checkpoint(reference, 24, output_dir)
+    log_before = (output_dir / "log.jsonl").read_text()
+    plant_pickle(output_dir / "checkpoints" / "step-00000024" / "random_states_0.pkl", marker)
+    assert _train(tiny_model, ag_news_dir, output_dir) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: refusing to resume from {output_dir / 'checkpoints' / 'step-00000024'}: "
+                            "random_states_0.pkl is not plain tensor data"), error
+    assert not marker.exists() and (output_dir / "log.jsonl").read_text() == log_before  # not even rewound
+
+
+def test_a_checkpoint_of_the_previous_release_resumes_exactly_and_is_converted(reference, tiny_model, ag_news_dir,
+                                                                               tmp_path):
+    """Releases before the scheduler's JSON kept its state in custom_checkpoint_0.pkl, written by accelerate's
+    save_custom_state; it is read as plain data and replaced by the JSON."""
+    from accelerate.checkpointing import save_custom_state
+    from transformers import get_scheduler
+
+    output_dir = tmp_path / "out"
+    _copy_checkpoint(reference, 24, output_dir)
+    folder = output_dir / "checkpoints" / "step-00000024"
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))]} for _ in range(2)]  # the run's two rate groups
+    scheduler = get_scheduler("linear", torch.optim.SGD(groups, lr=5e-3), num_warmup_steps=0, num_training_steps=26)
+    scheduler.load_state_dict(json.loads((folder / checkpoint.SCHEDULER_FILE).read_text()))
+    save_custom_state(scheduler, str(folder))
+    (folder / checkpoint.SCHEDULER_FILE).unlink()
+    assert sorted(p.name for p in folder.glob("*.pkl")) == [checkpoint.LEGACY_SCHEDULER_FILE, "random_states_0.pkl"]
+
+    assert _train(tiny_model, ag_news_dir, output_dir) == 0
+    assert [r["step"] for r in _records(output_dir, "resume")] == [24]
+    # The learning rate of steps 25 and 26 comes from the converted scheduler state.
+    assert [(r["step"], r["lr"], r["loss"]) for r in _records(output_dir, "train")] == \
+        [(r["step"], r["lr"], r["loss"]) for r in _records(reference, "train")]
+    for name in ("model/model.safetensors", "best_model.safetensors", "checkpoints/step-00000026/model.safetensors"):
+        assert_same_weights(reference / name, output_dir / name)
+    assert not (folder / checkpoint.LEGACY_SCHEDULER_FILE).exists()
+    assert json.loads((folder / checkpoint.SCHEDULER_FILE).read_text())["last_epoch"] == 24

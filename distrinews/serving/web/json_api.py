@@ -143,12 +143,13 @@ def json_api_router(state: ServingState, front: Front) -> APIRouter:
 
     @router.get("/ready", response_model=Status, responses={503: {"model": Status}})
     async def ready():
-        """200 once the model is loaded and warm; 503 while loading or if loading failed (detail says why)."""
+        """200 once the model is loaded and warm; 503 while loading or if loading failed (the server's log says
+        why)."""
         if state.service is not None:
             return Status(status="ready")
-        status = "failed" if state.error else "loading"
-        return JSONResponse(Status(status=status, detail=state.error).model_dump(), status_code=503,
-                            headers={"Retry-After": "5"})
+        unavailable = state.unavailable()
+        return JSONResponse(Status(status=state.status, detail=unavailable.message).model_dump(),
+                            status_code=unavailable.status, headers=unavailable.headers)
 
     @router.get("/info", response_model=InfoResponse, responses={503: {"model": ErrorResponse}})
     async def info() -> InfoResponse:

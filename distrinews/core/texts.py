@@ -46,10 +46,31 @@ def _replacement(char: str) -> str | None:
     return char
 
 
-# Every character that changes, for str.translate: one C-level pass instead of a Python call per character, so
-# cleaning a long text in any script stays cheap.
+# Every character that changes, and what it becomes, for str.translate.
 _CHANGES = {code: new for plane in _PLANES_WITH_CHANGES for code in range(plane << 16, (plane + 1) << 16)
             if unicodedata.category(chr(code)) in _CHANGED_CATEGORIES and (new := _replacement(chr(code))) != chr(code)}
+
+
+def _runs_of(codes) -> re.Pattern:
+    """A pattern matching runs of the characters ``codes``, written as ranges of consecutive code points."""
+    ranges, codes = [], sorted(codes)
+    for code in codes:
+        if ranges and code == ranges[-1][1] + 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    return re.compile("[" + "".join(f"{re.escape(chr(low))}-{re.escape(chr(high))}" for low, high in ranges) + "]+")
+
+
+# str.translate looks each character up in _CHANGES, which is slow for the many that are not there unless the
+# text is ASCII; elsewhere only the runs that change are found (one C-level scan) and translated.
+_CHANGED_RUNS = _runs_of(_CHANGES)
+
+
+def _changed(text: str) -> str:
+    if text.isascii():
+        return text.translate(_CHANGES)
+    return _CHANGED_RUNS.sub(lambda run: run.group().translate(_CHANGES), text)
 
 
 def clean_text(text: str) -> str:
@@ -59,7 +80,7 @@ def clean_text(text: str) -> str:
     if not isinstance(text, str):
         raise TextError(f"must be a string, not {type(text).__name__}")
     if _NOT_PRINTABLE_ASCII.search(text):
-        text = unicodedata.normalize("NFC", text.translate(_CHANGES))
+        text = unicodedata.normalize("NFC", _changed(text))
     return " ".join(text.split())
 
 

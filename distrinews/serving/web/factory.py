@@ -38,13 +38,13 @@ API_PREFIX = "/api"
 # through this queue.
 GRADIO_IDLE_POLL_S = 0.02
 GRADIO_PROGRESS_POLL_S = 0.05
-# The demo's limits. One upload is one CSV for the Batch tab; Gradio is given the same file size, so its own
-# check and ours agree. Any other demo request carries at most one text the service reads (MAX_TEXT_CHARS), each
-# character taking at most 6 bytes of JSON (a \uXXXX escape), plus the event's other fields.
+# The demo's limits. One upload is one CSV for the Batch tab, in a body of at most UPLOAD_MAX_BYTES; Gradio's own
+# file size limit is the same, so a file ours lets through never reaches Gradio's. Any other demo request carries
+# at most one text the service reads (MAX_TEXT_CHARS), each character taking at most 6 bytes of JSON (a \uXXXX
+# escape), plus the event's other fields.
 GRADIO_UPLOAD_PATH = "/gradio_api/upload"
 UPLOAD_MAX_BYTES = 5 * 1024 * 1024
 UPLOAD_MAX_FILES = 1
-MULTIPART_OVERHEAD_BYTES = 16 * 1024  # the boundaries and the part's headers around the file
 JSON_BYTES_PER_CHAR = 6
 GRADIO_EVENT_BYTES = 64 * 1024
 GRADIO_QUEUE_SIZE = 64  # demo events waiting at once; past it Gradio tells the visitor the queue is full
@@ -70,8 +70,7 @@ def demo_fronts(config: ServingConfig) -> list[Front]:
         return scope["path"].rstrip("/") == GRADIO_UPLOAD_PATH
 
     call_limit = config.max_text_chars * JSON_BYTES_PER_CHAR + GRADIO_EVENT_BYTES
-    return [Front("gradio-upload", is_upload, UPLOAD_MAX_BYTES + MULTIPART_OVERHEAD_BYTES, detail_body,
-                  body_limit_source=f"one file of at most {UPLOAD_MAX_BYTES} bytes per upload",
+    return [Front("gradio-upload", is_upload, UPLOAD_MAX_BYTES, detail_body, body_limit_source="one CSV per upload",
                   max_files=UPLOAD_MAX_FILES),
             Front("gradio", lambda scope: True, call_limit, detail_body,
                   body_limit_source=f"MAX_TEXT_CHARS={config.max_text_chars} characters of JSON")]

@@ -102,6 +102,8 @@ def test_a_request_over_the_window_budget_is_refused_with_its_count_on_both_apis
     hf = httpx.post(f"{base_url}/", json={"inputs": texts}, timeout=60)
     assert hf.status_code == 413 and hf.json()["error_type"] == "payload_too_large" and "1024 windows" in \
         hf.json()["error"]
+    info = httpx.get(f"{base_url}/api/info").json()  # what a client sizes its requests by
+    assert (info["max_windows_per_request"], info["max_text_chars"]) == (256, DEFAULTS.max_text_chars)
     at_budget = httpx.post(f"{base_url}/api/predict", json={"texts": texts[:16]}, timeout=60)
     assert at_budget.status_code == 200 and [p["windows"] for p in at_budget.json()["predictions"]] == [16] * 16
 

@@ -92,6 +92,10 @@ class InfoResponse(BaseModel):
     max_windows: int
     window_stride: int
     max_texts_per_request: int
+    max_windows_per_request: int = Field(description="Most windows one request may need (MAX_WINDOWS_PER_REQUEST, "
+                                                     "at most MAX_QUEUE); a request over it gets 413.")
+    max_text_chars: int = Field(description="Characters read from one text; the rest is cut and the text flagged "
+                                            "truncated.")
     max_batch_size: int
     lanes: int = Field(description="Model sessions running batches side by side (INFERENCE_LANES).")
     load_seconds: float

@@ -50,7 +50,9 @@ def space_env(model_id: str, cache_dir: Path, **settings: str) -> dict[str, str]
     return env
 
 
-def wait_until_ready(base_url: str, timeout: float, process: subprocess.Popen | None = None) -> dict:
+def wait_until_ready(base_url: str, timeout: float, process: subprocess.Popen | None = None,
+                     failing: bool = False) -> dict:
+    """/api/info once the model is ready; with ``failing``, /api/ready's answer once loading has failed."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -58,9 +60,11 @@ def wait_until_ready(base_url: str, timeout: float, process: subprocess.Popen | 
             raise AssertionError(f"uvicorn exited with {process.returncode} before the model was ready")
         with contextlib.suppress(httpx.HTTPError):
             last = httpx.get(f"{base_url}/api/ready", timeout=5)
-            if last.status_code == 200:
+            if last.status_code == 200 and not failing:
                 return httpx.get(f"{base_url}/api/info", timeout=5).json()
             if last.json().get("status") == "failed":
+                if failing:
+                    return last.json()
                 raise AssertionError(f"model failed to load: {last.json()}")
         time.sleep(0.2)
     raise AssertionError(f"not ready after {timeout} s; last /api/ready: {last and last.text}")
@@ -68,19 +72,21 @@ def wait_until_ready(base_url: str, timeout: float, process: subprocess.Popen | 
 
 @contextlib.contextmanager
 def uvicorn_server(model_id: str, cache_dir: Path, log_path: Path, timeout: float = 180, python: str = sys.executable,
-                   unset: tuple[str, ...] = (), **settings: str) -> Iterator[str]:
-    """``python -m uvicorn app.app:app`` on a free loopback port; yields its base URL once /api/ready is 200.
-    ``unset`` names variables the server must not see (not even space_env's)."""
+                   unset: tuple[str, ...] = (), http: str = "auto", failing: bool = False,
+                   **settings: str) -> Iterator[str]:
+    """``python -m uvicorn app.app:app`` on a free loopback port; yields its base URL once /api/ready is 200 (with
+    ``failing``: once it says loading failed). ``unset`` names variables the server must not see (not even
+    space_env's); ``http`` is uvicorn's HTTP parser (auto, h11 or httptools)."""
     port = free_port()
     env = {**os.environ, **space_env(model_id, cache_dir, **settings), "PYTHONPATH": str(REPO_ROOT)}
     env = {key: value for key, value in env.items() if key not in unset}
     with log_path.open("w") as log:
         process = subprocess.Popen([python, "-m", "uvicorn", "app.app:app", "--host", "127.0.0.1",
-                                    "--port", str(port), "--no-access-log"], cwd=REPO_ROOT, env=env,
+                                    "--port", str(port), "--no-access-log", "--http", http], cwd=REPO_ROOT, env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
         base_url = f"http://127.0.0.1:{port}"
         try:
-            wait_until_ready(base_url, timeout, process)
+            wait_until_ready(base_url, timeout, process, failing)
             yield base_url
         except BaseException:
             process.terminate()
@@ -89,6 +95,29 @@ def uvicorn_server(model_id: str, cache_dir: Path, log_path: Path, timeout: floa
             raise
         process.terminate()
         assert process.wait(30) is not None
+
+
+@contextlib.contextmanager
+def uvicorn_in_thread(app) -> Iterator[str]:
+    """``app`` under uvicorn on a free loopback port, in this process (so a test can reach into it); yields its
+    base URL once it is accepting connections."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 def raw_json(body) -> bytes:

@@ -104,16 +104,23 @@ class QueueFull(RuntimeError):
 
 class InferenceFailed(RuntimeError):
     """The model raised for these texts of a request even when each ran alone (a bug): HTTP 500 for that
-    request only."""
+    request only. The message names the texts only: the model's own error (``error``, which can hold paths or
+    the backend's internals) is for the server's log."""
 
     def __init__(self, indices: list[int], error: BaseException):
-        super().__init__(f"inference failed for texts {indices[:20]}: {type(error).__name__}: {error}")
+        super().__init__(f"inference failed for texts {indices[:20]} (an internal error; the server log has it)")
         self.indices = indices
         self.error = error
 
 
 class RequestTooLarge(RuntimeError):
-    """A request whose texts need more model work (windows) than the Space ever queues at once: HTTP 413."""
+    """A request whose texts need more model work (``windows``) than one request may ask for (``limit``): HTTP
+    413."""
+
+    def __init__(self, message: str, *, windows: int, limit: int):
+        super().__init__(message)
+        self.windows = windows
+        self.limit = limit
 
 
 class EvaluationCountError(AssertionError):

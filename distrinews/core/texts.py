@@ -26,10 +26,14 @@ from .errors import TextError
 # Any character outside printable ASCII; plain ASCII headlines skip the per-character work entirely.
 _NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
 _KEPT_FORMAT_CHARACTERS = {"\u200c", "\u200d"}  # ZWNJ, ZWJ: they change how some scripts and emoji render
+# Where the characters that change are: whitespace, control, format and surrogate code points, all in planes 0, 1
+# and 14 (the others hold letters, ideographs and private use); a test checks this against every code point.
+_CHANGED_CATEGORIES = {"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"}
+_PLANES_WITH_CHANGES = (0, 1, 14)
 
 
-def _replacement(match: re.Match) -> str:
-    char = match.group()
+def _replacement(char: str) -> str | None:
+    """What ``clean_text`` makes of one character: a space, U+FFFD, nothing (None), or itself."""
     if char.isspace():
         return " "
     category = unicodedata.category(char)
@@ -38,8 +42,35 @@ def _replacement(match: re.Match) -> str:
     if category == "Cc":
         return " "
     if category == "Cf" and char not in _KEPT_FORMAT_CHARACTERS:
-        return ""
+        return None
     return char
+
+
+# Every character that changes, and what it becomes, for str.translate.
+_CHANGES = {code: new for plane in _PLANES_WITH_CHANGES for code in range(plane << 16, (plane + 1) << 16)
+            if unicodedata.category(chr(code)) in _CHANGED_CATEGORIES and (new := _replacement(chr(code))) != chr(code)}
+
+
+def _runs_of(codes) -> re.Pattern:
+    """A pattern matching runs of the characters ``codes``, written as ranges of consecutive code points."""
+    ranges, codes = [], sorted(codes)
+    for code in codes:
+        if ranges and code == ranges[-1][1] + 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    return re.compile("[" + "".join(f"{re.escape(chr(low))}-{re.escape(chr(high))}" for low, high in ranges) + "]+")
+
+
+# str.translate looks each character up in _CHANGES, which is slow for the many that are not there unless the
+# text is ASCII; elsewhere only the runs that change are found (one C-level scan) and translated.
+_CHANGED_RUNS = _runs_of(_CHANGES)
+
+
+def _changed(text: str) -> str:
+    if text.isascii():
+        return text.translate(_CHANGES)
+    return _CHANGED_RUNS.sub(lambda run: run.group().translate(_CHANGES), text)
 
 
 def clean_text(text: str) -> str:
@@ -49,8 +80,15 @@ def clean_text(text: str) -> str:
     if not isinstance(text, str):
         raise TextError(f"must be a string, not {type(text).__name__}")
     if _NOT_PRINTABLE_ASCII.search(text):
-        text = unicodedata.normalize("NFC", _NOT_PRINTABLE_ASCII.sub(_replacement, text))
+        text = unicodedata.normalize("NFC", _changed(text))
     return " ".join(text.split())
+
+
+def cut_texts(texts, max_chars: int) -> tuple[list, list[bool]]:
+    """Each text cut to its first ``max_chars`` characters, and which were cut. Done before anything else, so the
+    work on a text is bounded whatever its length; anything that is not a string is left for ``check_text``."""
+    cut = [isinstance(text, str) and len(text) > max_chars for text in texts]
+    return [text[:max_chars] if was_cut else text for text, was_cut in zip(texts, cut)], cut
 
 
 def check_text(text: str) -> str:

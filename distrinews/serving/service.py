@@ -4,7 +4,8 @@
 it up, and reads the test metrics from the model card. With an int8 graph that matches the weights (shipped with the
 model, or cached from an earlier start) it reads only the graph, the tokenizer and the config: no torch, no
 transformers. Otherwise it goes through the one loader (``load_classifier``) and exports the graph.
-Every text is cleaned before it is batched (``distrinews.core.texts``), and a batch that fails anyway is retried
+Every text is cut to ``MAX_TEXT_CHARS`` and cleaned before it is batched (``distrinews.core.texts``), a request
+needing more than ``MAX_WINDOWS_PER_REQUEST`` windows is refused whole, and a batch that fails anyway is retried
 one text at a time (``distrinews.serving.batching``), so one client's text never fails another's request.
 A text longer than the model's window is read in overlapping windows (``distrinews.core.windows``); the
 micro-batcher batches windows, not texts, so one long article shares batches with the headlines behind it.
@@ -40,7 +41,7 @@ from ..core.formats import AG_NEWS
 from ..core.predict import Encoder, Prediction, encode_windows, encoder_for, model_max_length, model_task, \
     pad_id_of, predict_with, predictions_from, window_logits
 from ..core.tasks import Task
-from ..core.texts import check_text, check_texts, clean_text
+from ..core.texts import check_text, check_texts, clean_text, cut_texts
 from ..core.windows import DEFAULT_MAX_WINDOWS, TextWindows, WindowPolicy
 
 log = logging.getLogger(__name__)
@@ -240,8 +241,9 @@ def _if_file(path: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-# Requests with more characters than this are tokenized off the event loop (a 256 KiB article takes tens of ms).
-TOKENIZE_ON_LOOP_CHARS = 20_000
+# Requests with more characters than this are cleaned and tokenized off the event loop (a 256 KiB article takes
+# tens of ms), so the other requests and the health checks keep being answered meanwhile.
+PREPARE_ON_LOOP_CHARS = 20_000
 
 
 class ClassifierService:
@@ -315,17 +317,16 @@ class ClassifierService:
     async def stop(self) -> None:
         await self.batcher.stop()
 
-    async def predict(self, texts: Sequence[str], timing: dict[str, float] | None = None) -> list[Prediction]:
-        """Predictions for ``texts``; raises ``TextError`` naming the first text with nothing to classify,
-        ``RequestTooLarge`` when their windows could never fit the queue, and ``InferenceFailed`` naming the
-        texts the model failed on (a bug: every cleaned text should classify). ``timing`` receives where the time
-        went (``MicroBatcher.submit``)."""
-        windowed = await self._windows(check_texts(texts))
+    async def predict(self, texts: Sequence[str], timing: dict[str, float] | None = None, *,
+                      max_windows: int | None = None) -> list[Prediction]:
+        """Predictions for ``texts``, each cut to MAX_TEXT_CHARS characters and cleaned first (a cut text is flagged
+        truncated). Raises ``TextError`` naming the first text with nothing to classify, ``RequestTooLarge`` when
+        they need more than ``max_windows`` windows (default: ``config.window_budget``), ``QueueFull`` when the
+        queue has no room for them now, and ``InferenceFailed`` naming the texts the model failed on (a bug: every
+        cleaned text should classify). ``timing`` receives where the time went (``MicroBatcher.submit``)."""
+        windowed = await self._windows(texts)
         owners = [index for index, text in enumerate(windowed) for _ in text.windows]
-        if len(owners) > self.batcher.max_queue:
-            raise RequestTooLarge(f"{len(windowed)} texts need {len(owners)} windows of {self.max_length} tokens, "
-                                  f"more than the server queues at once ({self.batcher.max_queue}, MAX_QUEUE): "
-                                  "send fewer or shorter texts per request")
+        self._within_budget(len(windowed), len(owners), max_windows)
         try:
             logits = await self.batcher.submit([ids for text in windowed for ids in text.windows], timing)
         except InferenceFailed as err:  # name the texts, not their windows
@@ -333,10 +334,32 @@ class ClassifierService:
         self.texts_classified += len(windowed)
         return predictions_from(self.task, windowed, logits)
 
-    async def _windows(self, texts: list[str]) -> list[TextWindows]:
-        if sum(map(len, texts)) <= TOKENIZE_ON_LOOP_CHARS:
-            return encode_windows(self.encoder, texts, self.policy)
-        return await asyncio.to_thread(encode_windows, self.encoder, texts, self.policy)
+    async def count_windows(self, texts: Sequence[str]) -> list[int]:
+        """The windows each text would be read in by ``predict`` (what the request budget counts), e.g. to split a
+        long list into requests that fit it; raises ``TextError`` as ``predict`` does."""
+        return [len(text.windows) for text in await self._windows(texts)]
+
+    def _within_budget(self, texts: int, windows: int, max_windows: int | None) -> None:
+        # Never more than the queue holds: a request that could never fit would be refused as busy (429) forever.
+        limit = min(self.config.window_budget if max_windows is None else max_windows, self.batcher.max_queue)
+        if windows > limit:
+            raise RequestTooLarge(f"{texts} texts need {windows} windows of {self.max_length} tokens; at most "
+                                  f"{limit} per request (MAX_WINDOWS_PER_REQUEST): send fewer or shorter texts",
+                                  windows=windows, limit=limit)
+
+    async def _windows(self, texts: Sequence[str]) -> list[TextWindows]:
+        size = sum(min(len(text), self.config.max_text_chars) for text in texts if isinstance(text, str))
+        if size <= PREPARE_ON_LOOP_CHARS:
+            return self._windows_now(texts)
+        return await asyncio.to_thread(self._windows_now, texts)
+
+    def _windows_now(self, texts: Sequence[str]) -> list[TextWindows]:
+        """Each text cut to MAX_TEXT_CHARS, cleaned, and read into windows (flagged truncated if it was cut)."""
+        texts, cut = cut_texts(texts, self.config.max_text_chars)
+        windowed = encode_windows(self.encoder, check_texts(texts), self.policy)
+        for text, was_cut in zip(windowed, cut):
+            text.truncated = text.truncated or was_cut
+        return windowed
 
     async def explain(self, text: str) -> Explanation:
         words, variants = occlusion_texts(check_text(text), MAX_WORDS)

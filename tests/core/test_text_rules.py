@@ -7,6 +7,7 @@ leaves them out, which is how a surrogate that failed whole batches went unnotic
 from __future__ import annotations
 
 import time
+import unicodedata
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -24,9 +25,28 @@ def reference(space_model):
     return model, tokenizer
 
 
+def _by_the_rule(text: str) -> str:
+    """clean_text as the module docstring states it, one character at a time (the slow, obvious way)."""
+    def one(char: str) -> str:
+        if char.isspace():
+            return " "
+        category = unicodedata.category(char)
+        if category in ("Cs", "Cc"):
+            return "\ufffd" if category == "Cs" else " "
+        return "" if category == "Cf" and char not in "\u200c\u200d" else char
+    return " ".join(unicodedata.normalize("NFC", "".join(map(one, text))).split())
+
+
+def test_every_code_point_is_cleaned_as_the_rule_says():
+    for plane in range(17):  # the fast path only looks for changes in some planes: this checks all of them
+        text = "".join(map(chr, range(plane << 16, (plane + 1) << 16)))
+        assert clean_text(text) == _by_the_rule(text), f"plane {plane}"
+
+
 @settings(max_examples=300, deadline=None)
 @given(text=ANY_TEXT)
 def test_cleaning_any_string_gives_encodable_idempotent_text(text):
+    assert clean_text(text) == _by_the_rule(text)
     cleaned = clean_text(text)
     cleaned.encode("utf-8")  # no surrogate survives
     assert clean_text(cleaned) == cleaned

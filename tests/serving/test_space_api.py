@@ -131,17 +131,19 @@ def test_health_ready_docs_and_the_gradio_page(client):
     assert page.status_code == 200 and "gradio" in page.text.lower()
 
 
-def test_a_model_that_cannot_load_reports_503_with_the_reason(tmp_path):
+def test_a_model_that_cannot_load_reports_503_and_logs_the_reason(tmp_path, caplog):
     (tmp_path / "empty-model").mkdir()
     with _client(tmp_path / "empty-model", tmp_path / "onnx", QUANTIZE="none") as client:
         deadline = time.monotonic() + 60
         while (ready := client.get("/api/ready")).json()["status"] == "loading" and time.monotonic() < deadline:
             time.sleep(0.05)
         assert ready.status_code == 503 and ready.json()["status"] == "failed"
-        assert "empty-model" in ready.json()["detail"]
+        assert "failed to load" in ready.json()["detail"] and "empty-model" not in ready.text  # a local path
         predict = client.post("/api/predict", json={"text": "hello"})
         assert predict.status_code == 503 and "failed to load" in predict.json()["detail"]
+        assert "empty-model" not in predict.text
         assert client.get("/api/health").status_code == 200
+    assert "empty-model" in caplog.text and "safetensors" in caplog.text
 
 
 def test_quantize_auto_picks_a_backend_and_reports_it(space_model, tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from distrinews.serving.web import create_app
 from distrinews.serving.web.demo import Demo
 from distrinews.serving.web.errors import ContainErrors
 from space_support import LABELS, assert_same_scores, hostile_plan, raw_json, send_concurrently, space_env, \
-    uvicorn_server
+    uvicorn_in_thread, uvicorn_server
 
 
 # ---------------------------------------------------------------- the JSON API, in process
@@ -155,7 +154,6 @@ def test_a_keep_alive_connection_survives_4xx_answers(server):
 
 
 def test_an_unexpected_error_is_a_json_500_and_the_connection_stays_open():
-    import uvicorn
     from fastapi import FastAPI
 
     app = FastAPI()
@@ -169,24 +167,10 @@ def test_an_unexpected_error_is_a_json_500_and_the_connection_stays_open():
         return {"fine": True}
 
     app.add_middleware(ContainErrors)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        with KeepAliveConnection(f"http://127.0.0.1:{port}") as connection:
-            status, reply = connection.send(b"POST", b"/api/predict", b"{}")
-            assert status == 500 and json.loads(reply) == {"detail": "internal server error (logged)"}
-            assert connection.send(b"GET", b"/ok") == (200, b'{"fine":true}')
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with uvicorn_in_thread(app) as base_url, KeepAliveConnection(base_url) as connection:
+        status, reply = connection.send(b"POST", b"/api/predict", b"{}")
+        assert status == 500 and json.loads(reply) == {"detail": "internal server error (logged)"}
+        assert connection.send(b"GET", b"/ok") == (200, b'{"fine":true}')
 
 
 def test_the_demo_tabs_take_any_text_and_any_upload(client, tmp_path):

@@ -35,12 +35,12 @@ class Demo:
 
     def service(self) -> ClassifierService:
         if self.state.service is None:
-            raise gr.Error(self.state.error or "The model is still loading; try again in a few seconds.")
+            raise gr.Error(self.state.unavailable().message)
         return self.state.service
 
     def model_summary(self) -> str:
         if self.state.service is None:
-            return f"**Model:** {self.state.error or 'loading…'}"
+            return f"**Model:** {self.state.unavailable().message}"
         info = self.state.service.info()
         accuracy = self.state.service.test_accuracy()
         accuracy_text = f"{accuracy:.2%}" if accuracy is not None else "not in the model card"

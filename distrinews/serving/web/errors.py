@@ -1,16 +1,19 @@
-"""Errors and limits of the API routes, in one place: every failure becomes an ``ApiError`` (status, message, type,
-headers) here, and each protocol only says how its error body looks.
+"""Errors and limits of every route, in one place: every failure becomes an ``ApiError`` (status, public message,
+type, headers, and the private detail that only the log gets) here, and each protocol only says how its error body
+looks.
 
 The JSON API answers ``{"detail": "..."}`` (FastAPI's shape); the Hugging Face inference route answers
 ``{"error": "...", "error_type": "..."}`` (text-embeddings-inference's shape, which huggingface_hub and
 huggingface.js read). Both use the same status codes: 422 bad input, 413 too large, 429 queue full (with
-``Retry-After``), 503 not ready, 500 a bug kept to one request.
+``Retry-After``), 503 not ready, 500 a bug kept to one request. The demo's routes (Gradio's) are fronts too, with
+their own body limits, so no route of the Space reads a body of any size.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -29,11 +32,14 @@ ERROR_TYPES = {400: "validation", 404: "not_found", 405: "method_not_allowed", 4
 
 @dataclass(eq=False)  # compared and hashed by identity, as exceptions are
 class ApiError(Exception):
-    """What a failed API request is answered with, whichever protocol it came in by."""
+    """What a failed API request is answered with, whichever protocol it came in by. ``message`` is public: it
+    never holds a local path or a backend's or the Hub's own text; that goes in ``logged``, which only the
+    server's log gets."""
 
     status: int
     message: str
     headers: dict[str, str] = field(default_factory=dict)
+    logged: str | None = None
 
     @property
     def error_type(self) -> str:
@@ -58,7 +64,7 @@ def api_error_for(exc: BaseException) -> ApiError | None:
     if isinstance(exc, InferenceFailed):
         # A bug (every cleaned text should classify), kept to the request whose texts caused it: the batcher
         # already reran its batch one window at a time, so the others who shared it got their answers.
-        return ApiError(500, printable(str(exc)))
+        return ApiError(500, str(exc), logged=f"{type(exc.error).__name__}: {exc.error}")
     if isinstance(exc, RequestValidationError):
         return ApiError(422, readable_validation_errors(exc))
     if isinstance(exc, StarletteHTTPException):
@@ -98,8 +104,10 @@ class Front:
     name: str
     matches: Callable[[dict], bool]  # ASGI scope -> whether the request is for this front
     max_body_bytes: int
-    max_texts: int
     error_body: Callable[[ApiError], dict]
+    body_limit_source: str = "MAX_BODY_BYTES"  # where max_body_bytes comes from, for the 413's message
+    max_texts: int = 0  # texts per request, for the fronts that classify
+    max_files: int | None = None  # parts of a multipart body, for the fronts that take uploads
 
     def error_response(self, error: ApiError) -> JSONResponse:
         return JSONResponse(self.error_body(error), status_code=error.status, headers=error.headers)
@@ -118,6 +126,9 @@ def install_error_handlers(app: FastAPI, fronts: list[Front]) -> None:
         error = api_error_for(exc)
         if error is None:
             raise exc
+        if error.logged:
+            log.error("%s %s answered %d: %s", request.method, printable(request.url.path), error.status,
+                      printable(error.logged))
         return (front_for(fronts, request.scope) or default).error_response(error)
 
     for kind in (ApiError, QueueFull, TextError, RequestTooLarge, InferenceFailed, RequestValidationError,
@@ -128,7 +139,8 @@ def install_error_handlers(app: FastAPI, fronts: list[Front]) -> None:
 # ---------------------------------------------------------------- ASGI middleware
 
 class BodySizeLimit:
-    """Refuse request bodies over a front's ``max_body_bytes`` with 413, whether or not Content-Length is sent.
+    """Refuse request bodies over a front's ``max_body_bytes``, and multipart bodies with more parts than its
+    ``max_files``, with 413, whether or not Content-Length is sent, before the route reads any of it.
 
     Pure ASGI (no BaseHTTPMiddleware), and reading at most max_bytes + one chunk, so a huge body never sits in
     memory."""
@@ -142,11 +154,12 @@ class BodySizeLimit:
         if front is None:
             return await self.app(scope, receive, send)
         limit = front.max_body_bytes
-        too_large = ApiError(413, f"request body larger than {limit} bytes (MAX_BODY_BYTES)", {"Connection": "close"})
+        too_large = ApiError(413, f"request body larger than {limit} bytes ({front.body_limit_source})",
+                             {"Connection": "close"})
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await front.error_response(too_large)(scope, receive, send)
-        body, more = b"", True
+        body, more = bytearray(), True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -155,16 +168,30 @@ class BodySizeLimit:
             more = message.get("more_body", False)
             if len(body) > limit:
                 return await front.error_response(too_large)(scope, receive, send)
+        parts = multipart_parts(scope, body)
+        if front.max_files is not None and parts > front.max_files:
+            too_many = ApiError(413, f"{parts} files in one upload; at most {front.max_files}", {"Connection": "close"})
+            return await front.error_response(too_many)(scope, receive, send)
         replayed = False
 
         async def replay():
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+_BOUNDARY = re.compile(rb'boundary="?([^";,\s]+)', re.IGNORECASE)
+
+
+def multipart_parts(scope: dict, body: bytes) -> int:
+    """The parts of a multipart body (one per file or field), counted by its boundary; 0 for any other body."""
+    content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
+    found = _BOUNDARY.search(content_type) if content_type.lower().startswith(b"multipart/") else None
+    return max(0, body.count(b"--" + found.group(1)) - 1) if found else 0
 
 
 class ContainErrors:

@@ -8,7 +8,8 @@ protocol at ``POST /`` (``hf_api``), ``GET /metrics`` (``metrics``), then the Gr
 (``demo``), which keeps ``GET /`` and everything else. Around them, outermost first: errors that escape become
 a JSON 500 without closing the connection, every request is counted and timed, CORS (``CORS_ALLOW_ORIGINS``) for
 the two API fronts, and each front's body-size limit. Each front (``errors.Front``) names its own limits and
-error body, so the errors are mapped in one place.
+error body, so the errors are mapped in one place; the demo's paths are fronts too (``demo_fronts``), so every
+route has a body limit.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ API_PREFIX = "/api"
 # through this queue.
 GRADIO_IDLE_POLL_S = 0.02
 GRADIO_PROGRESS_POLL_S = 0.05
+# The demo's limits. One upload is one CSV for the Batch tab, in a body of at most UPLOAD_MAX_BYTES; Gradio's own
+# file size limit is the same, so a file ours lets through never reaches Gradio's. Any other demo request carries
+# at most one text the service reads (MAX_TEXT_CHARS), each character taking at most 6 bytes of JSON (a \uXXXX
+# escape), plus the event's other fields.
+GRADIO_UPLOAD_PATH = "/gradio_api/upload"
+UPLOAD_MAX_BYTES = 5 * 1024 * 1024
+UPLOAD_MAX_FILES = 1
+JSON_BYTES_PER_CHAR = 6
+GRADIO_EVENT_BYTES = 64 * 1024
+GRADIO_QUEUE_SIZE = 64  # demo events waiting at once; past it Gradio tells the visitor the queue is full
 
 
 def api_fronts(config: ServingConfig) -> list[Front]:
@@ -47,9 +58,22 @@ def api_fronts(config: ServingConfig) -> list[Front]:
     def is_hf_inference(scope) -> bool:  # GET / is the demo page
         return scope["path"] == HF_INFERENCE_PATH and scope.get("method") in ("POST", "OPTIONS")
 
-    return [Front("json-api", is_json_api, config.max_body_bytes, config.max_texts_per_request, detail_body),
-            Front("hf-inference", is_hf_inference, config.max_body_bytes, config.max_texts_per_request,
-                  hf_inference_body)]
+    return [Front("json-api", is_json_api, config.max_body_bytes, detail_body, max_texts=config.max_texts_per_request),
+            Front("hf-inference", is_hf_inference, config.max_body_bytes, hf_inference_body,
+                  max_texts=config.max_texts_per_request)]
+
+
+def demo_fronts(config: ServingConfig) -> list[Front]:
+    """Gradio's uploads, and every other path (the demo's calls, its queue, and any path no route has), so that
+    no request reaches Gradio with a body of any size. Matched after ``api_fronts``."""
+    def is_upload(scope) -> bool:
+        return scope["path"].rstrip("/") == GRADIO_UPLOAD_PATH
+
+    call_limit = config.max_text_chars * JSON_BYTES_PER_CHAR + GRADIO_EVENT_BYTES
+    return [Front("gradio-upload", is_upload, UPLOAD_MAX_BYTES, detail_body, body_limit_source="one CSV per upload",
+                  max_files=UPLOAD_MAX_FILES),
+            Front("gradio", lambda scope: True, call_limit, detail_body,
+                  body_limit_source=f"MAX_TEXT_CHARS={config.max_text_chars} characters of JSON")]
 
 
 class ApiCors:
@@ -101,7 +125,7 @@ def create_app(config: ServingConfig, service: ClassifierService | None = None, 
                              {"/metrics", api.docs_url, api.openapi_url})
     for router in [*routers, metrics.router()]:
         api.include_router(router)
-    api.add_middleware(BodySizeLimit, fronts=fronts)
+    api.add_middleware(BodySizeLimit, fronts=fronts + demo_fronts(config))
     if config.cors_origins:
         api.add_middleware(ApiCors, fronts=fronts, origins=config.cors_origins)
     api.add_middleware(CountRequests, metrics=metrics)
@@ -114,8 +138,8 @@ def _with_demo(api: FastAPI, state: ServingState, config: ServingConfig) -> Fast
 
     from .demo import build_demo
 
-    blocks = build_demo(state, config.ui_files_ttl_s)
-    app = gr.mount_gradio_app(api, blocks, path="/", max_file_size="5mb", footer_links=["api"])
+    blocks = build_demo(state, config.ui_files_ttl_s).queue(max_size=GRADIO_QUEUE_SIZE)
+    app = gr.mount_gradio_app(api, blocks, path="/", max_file_size=UPLOAD_MAX_BYTES, footer_links=["api"])
     queue = getattr(blocks, "_queue", None)
     if hasattr(queue, "sleep_when_free") and hasattr(queue, "progress_update_sleep_when_free"):
         queue.sleep_when_free, queue.progress_update_sleep_when_free = GRADIO_IDLE_POLL_S, GRADIO_PROGRESS_POLL_S

@@ -92,6 +92,10 @@ class InfoResponse(BaseModel):
     max_windows: int
     window_stride: int
     max_texts_per_request: int
+    max_windows_per_request: int = Field(description="Most windows one request may need (MAX_WINDOWS_PER_REQUEST, "
+                                                     "at most MAX_QUEUE); a request over it gets 413.")
+    max_text_chars: int = Field(description="Characters read from one text; the rest is cut and the text flagged "
+                                            "truncated.")
     max_batch_size: int
     lanes: int = Field(description="Model sessions running batches side by side (INFERENCE_LANES).")
     load_seconds: float
@@ -143,12 +147,13 @@ def json_api_router(state: ServingState, front: Front) -> APIRouter:
 
     @router.get("/ready", response_model=Status, responses={503: {"model": Status}})
     async def ready():
-        """200 once the model is loaded and warm; 503 while loading or if loading failed (detail says why)."""
+        """200 once the model is loaded and warm; 503 while loading or if loading failed (the server's log says
+        why)."""
         if state.service is not None:
             return Status(status="ready")
-        status = "failed" if state.error else "loading"
-        return JSONResponse(Status(status=status, detail=state.error).model_dump(), status_code=503,
-                            headers={"Retry-After": "5"})
+        unavailable = state.unavailable()
+        return JSONResponse(Status(status=state.status, detail=unavailable.message).model_dump(),
+                            status_code=unavailable.status, headers=unavailable.headers)
 
     @router.get("/info", response_model=InfoResponse, responses={503: {"model": ErrorResponse}})
     async def info() -> InfoResponse:

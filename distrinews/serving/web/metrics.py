@@ -1,10 +1,11 @@
 """``GET /metrics``: serving metrics in the Prometheus text format, exposed by ``prometheus_client``.
 
-Requests by route and status and their latency are counted here, around every request. Everything about the
-model's work is read at scrape time from the objects that already keep it, not from a second set of counters:
-the micro-batcher's ``BatchStats`` (batches and their sizes, how long windows waited, refusals, isolated
-failures, the current queue depth) and the service (texts classified, load time, the model's id, revision and
-quantization). Each app has its own registry, so several apps in one process (tests) never share counts.
+Requests by method, route and status and their latency are counted here, around every request; every label
+comes from a fixed set (unknown methods and paths count as ``other``), so no request can add series.
+Everything about the model's work is read at scrape time from the objects that already keep it, not from a
+second set of counters: the micro-batcher's ``BatchStats`` (batches and their sizes, how long windows waited,
+refusals, isolated failures, the current queue depth) and the service (texts classified, load time, the model's
+id, revision and quantization). Each app has its own registry, so several apps in one process (tests) never share counts.
 
     scrape_configs:
       - job_name: distrinews
@@ -28,6 +29,10 @@ from .state import ServingState
 LATENCY_BOUNDS_S = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 disable_created_metrics()  # a "_created" timestamp beside every counter only doubles the series here
 OTHER_ROUTE = "other"  # the Gradio UI's many paths and unknown ones: one label, so the series stay few
+# Any token is a method to the HTTP parser: anything else is counted as OTHER_METHOD, or each invented one
+# would add series of its own.
+METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
+OTHER_METHOD = "other"
 
 
 class ServiceCollector:
@@ -96,7 +101,7 @@ class ServingMetrics:
         return path if path in self.routes else OTHER_ROUTE
 
     def observe(self, method: str, path: str, status: int, seconds: float) -> None:
-        route = self.route_label(path)
+        route, method = self.route_label(path), method if method in METHODS else OTHER_METHOD
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 

@@ -11,9 +11,14 @@ from .errors import ApiError
 
 log = logging.getLogger("distrinews.app")
 
+LOADING = "the model is still loading; retry shortly"
+# Why loading failed can name local paths, Hub answers or a library's internals: it goes to the log only.
+LOAD_FAILED = "the model failed to load; the server's log says why"
+
 
 class ServingState:
-    """The config (read when the server starts, unless given), the service and the error that stopped it."""
+    """The config (read when the server starts, unless given), the service, and the error that stopped it (for the
+    log: the public see ``unavailable()``)."""
 
     def __init__(self, config: ServingConfig | None = None, service: ClassifierService | None = None):
         self.given_config = config
@@ -22,14 +27,23 @@ class ServingState:
         self.service: ClassifierService | None = None
         self.error: str | None = None
 
+    @property
+    def status(self) -> str:
+        return "ready" if self.service is not None else "failed" if self.error else "loading"
+
+    def unavailable(self) -> ApiError:
+        """What a request gets while there is no model: 503, saying only whether it is loading or failed."""
+        return ApiError(503, LOAD_FAILED if self.error else LOADING, {"Retry-After": "5"})
+
     def require_service(self) -> ClassifierService:
         if self.service is None:
-            raise ApiError(503, self.error or "the model is still loading; retry shortly", {"Retry-After": "5"})
+            raise self.unavailable()
         return self.service
 
     async def load(self, loading: Future | None = None) -> None:
         """Take the given service, or the result of ``loading`` (a load started earlier), or load one; then start
-        its batcher. A failure is kept in ``error`` for /api/ready and every request; the process stays up."""
+        its batcher. A failure is logged and kept in ``error``; /api/ready and every request say only that it failed,
+        and the process stays up."""
         config = self.config
         try:
             service = self.given_service

@@ -114,10 +114,10 @@ def occlusion_of(tokenizer, policy: WindowPolicy, text: str, max_parts: int = MA
     removed = [set(positions) for positions in parts[:max(0, max_parts)]]
     windows = [list(encoding.ids)] + [[token for position, token in enumerate(encoding.ids) if position not in gone]
                                       for gone in removed]
+    total_chars = len(text) if total_chars is None else total_chars
     return Occlusion(text=readable[:end], starts=[encoding.offsets[positions[0]][0] for positions in parts],
-                     windows=windows, tokens_read=sum(map(len, parts)),
-                     total_chars=len(text) if total_chars is None else total_chars,
-                     truncated=bool(encoding.overflowing) or len(readable) < len(cleaned))
+                     windows=windows, tokens_read=sum(map(len, parts)), total_chars=total_chars,
+                     truncated=bool(encoding.overflowing) or len(readable) < len(cleaned) or total_chars > len(text))
 
 
 def part_positions(encoding, text: str) -> list[list[int]]:

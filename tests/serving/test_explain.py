@@ -86,6 +86,11 @@ def test_a_long_text_is_explained_within_its_budget_and_says_what_was_read(token
     assert f"The first 10 of {len(explanation.pieces)} parts were scored" in summary
 
 
+def test_a_text_cut_before_it_reached_the_explainer_is_not_called_whole(tokenizer):
+    _, explanation = explain(tokenizer, "the striker joined", total_chars=5_000)
+    assert explanation.truncated and "of 5,000 characters" in explanation.summary()
+
+
 def test_a_text_with_nothing_to_classify_is_refused(tokenizer):
     for blank in ("", " \u200b ", "\x00"):
         with pytest.raises(TextError):

@@ -34,14 +34,14 @@ from .agreement import probe_batch
 from .backends import QUANTIZATION_CHOICES, OnnxInt8Backend, build_backend, resolve_quantization, usable_cores
 from .export import ONNX_INPUTS, SHIPPED_GRAPH, cache_folder_name, cached_graph, shipped_graph, weights_fingerprint
 from .batching import MicroBatcher
-from .explain import MAX_WORDS, Explanation, explanation_from, occlusion_texts
+from .explain import MAX_WORDS, Explanation, occlusion_of
 from ..core.errors import InferenceFailed, ModelLoadError, RequestTooLarge, ServingConfigError
 from ..core.model_files import read_serving_files, resolve_model_folder
 from ..core.formats import AG_NEWS
 from ..core.predict import Encoder, Prediction, encode_windows, encoder_for, model_max_length, model_task, \
     pad_id_of, predict_with, predictions_from, window_logits
 from ..core.tasks import Task
-from ..core.texts import check_text, check_texts, clean_text, cut_texts
+from ..core.texts import check_texts, clean_text, cut_texts
 from ..core.windows import DEFAULT_MAX_WINDOWS, TextWindows, WindowPolicy
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,8 @@ class ServingConfig:
         bad_origins = [o for o in self.cors_origins if o != "*" and not _ORIGIN.fullmatch(o)]
         need(not bad_origins, "cors_allow_origins", f"{', '.join(map(repr, bad_origins))} is not '*' or an origin "
              "like https://example.org (scheme and host, optional port, no path)")
-        need(self.max_queue >= max(self.max_batch_size, self.max_texts_per_request, MAX_WORDS + 1), "max_queue",
-             f"must hold at least one full batch, one full request and one explanation ({MAX_WORDS + 1} texts)")
+        need(self.max_queue >= max(self.max_batch_size, self.max_texts_per_request), "max_queue",
+             "must hold at least one full batch and one full request")
 
     @property
     def window_budget(self) -> int:
@@ -362,8 +362,19 @@ class ClassifierService:
         return windowed
 
     async def explain(self, text: str) -> Explanation:
-        words, variants = occlusion_texts(check_text(text), MAX_WORDS)
-        return explanation_from(words, await self.predict(variants))
+        """Which parts of ``text`` pushed the prediction of its first window (``distrinews.serving.explain``): that
+        window and one variant per scored part, within the request's window budget, cleaned and tokenized off the
+        event loop. Raises ``TextError`` for a text with nothing to classify, ``QueueFull`` when the windows do not
+        fit the queue now, ``ExplainUnavailable`` for a model whose tokenizer gives no token offsets."""
+        most_parts = min(MAX_WORDS, self.config.window_budget - 1)
+        occlusion = await asyncio.to_thread(occlusion_of, self.encoder, self.policy,
+                                            text[:self.config.max_text_chars], most_parts, len(text))
+        try:
+            logits = await self.batcher.submit(occlusion.windows)
+        except InferenceFailed as err:  # one text: name it, not its variants
+            raise InferenceFailed([0], err.error) from None
+        self.texts_classified += 1
+        return occlusion.explanation(self.task, logits)
 
     def test_accuracy(self) -> float | None:
         for metric in self.card_metrics:

@@ -1,4 +1,5 @@
-"""The serving building blocks on their own: the int8 ONNX backend and its cache, the micro-batcher, occlusion."""
+"""The serving building blocks on their own: the int8 ONNX backend and its cache, the micro-batcher (occlusion:
+test_explain.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ from distrinews.serving.backends import OnnxInt8Backend, resolve_quantization
 from distrinews.serving.export import cache_folder_name, export_int8_onnx
 from distrinews.core.errors import InferenceFailed, QueueFull, ServingConfigError
 from distrinews.serving.batching import MicroBatcher
-from distrinews.serving.explain import explanation_from, occlusion_texts
 from distrinews.core.modeling import load_classifier
-from distrinews.core.predict import Prediction, encode_windows, length_sorted_chunks, model_task, pad_batch, \
-    predict_with, torch_logits
+from distrinews.core.predict import encode_windows, length_sorted_chunks, pad_batch, torch_logits
 from distrinews.core.windows import WindowPolicy, scores_from_logits
 from distrinews.serving.service import ServingConfig, texts_from_csv
 
@@ -286,46 +285,6 @@ def test_batches_group_items_of_like_size_and_keep_the_first_in_turn(lengths, gr
 
     assert batches_for(len) == grouped
     assert batches_for(None) == [sorted(lengths[:4]), sorted(lengths[4:])]  # round-robin order only
-
-
-def _keyword_classifier(texts):
-    """A transparent stand-in model: 'Sports' probability grows with each sports word, for checking occlusion."""
-    labels = ["World", "Sports"]
-    results = []
-    for text in texts:
-        sports = sum(word in {"striker", "league"} for word in text.split())
-        p = min(0.95, 0.3 + 0.3 * sports)
-        probabilities = {"World": 1 - p, "Sports": p}
-        best = max(labels, key=probabilities.get)
-        results.append(Prediction(best, probabilities[best], probabilities, False))
-    return results
-
-
-def explain_text(predict, text):
-    """What ClassifierService.explain does, with a synchronous predict function."""
-    words, variants = occlusion_texts(text)
-    return explanation_from(words, predict(variants))
-
-
-def test_occlusion_gives_the_driving_words_the_largest_weight():
-    explanation = explain_text(_keyword_classifier, "the striker joined the league")
-    assert explanation.prediction.label == "Sports"
-    weights = dict(zip(explanation.words, explanation.weights))
-    assert weights["striker"] == pytest.approx(0.3) and weights["league"] == pytest.approx(0.3)
-    assert weights["the"] == weights["joined"] == pytest.approx(0.0)
-    highlighted = explanation.highlighted()
-    assert [word.strip() for word, _ in highlighted] == explanation.words
-    assert max(score for _, score in highlighted) == 1.0
-
-
-def test_occlusion_with_the_real_predict_path(tiny_model):
-    model, tokenizer = load_classifier(str(tiny_model))
-    predict = lambda texts: predict_with(torch_logits(model.eval()), tokenizer,  # noqa: E731
-                                         model_task(model), texts, max_length=64)
-    text = " ".join(["word"] * 70)
-    explanation = explain_text(predict, text)
-    assert len(explanation.words) == 70 and explanation.weights[64:] == [None] * 6
-    assert all(isinstance(w, float) for w in explanation.weights[:64])
 
 
 def test_texts_from_csv_reads_a_text_column_or_the_ag_news_layout(tmp_path):

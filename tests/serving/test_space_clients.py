@@ -162,8 +162,9 @@ def test_gradio_client_sees_one_named_endpoint_per_action_and_calls_each(space, 
     assert not listing["unnamed_endpoints"]
     label = client.predict(TEXT, api_name="/classify")
     assert {c["label"] for c in label["confidences"]} == set(LABELS)
-    words = client.predict("nasa chip satellites", api_name="/explain")
+    words, said = client.predict("nasa chip satellites", api_name="/explain")
     assert [w["token"].strip() for w in words] == ["nasa", "chip", "satellites"], words
+    assert said.startswith("Read the whole text"), said
     for _ in range(3):
         table, csv_file = client.predict(f"{TEXT}\nStriker scores twice", None, api_name="/classify_many")
         assert [row[0] for row in table["value"]["data"]] == [TEXT, "Striker scores twice"], table

@@ -182,8 +182,9 @@ def test_the_demo_tabs_take_any_text_and_any_upload(client, tmp_path):
 
     async def scenario():
         assert set(await classify("\ud800 stocks \x00 rally")) == set(LABELS)
-        words = [word for word, _ in await explain("\u202enasa\u202c \ud83d chip \x1b")]
-        assert "".join(words).encode("utf-8") and len(words) == 3
+        highlighted, said = await explain("\u202enasa\u202c \ud83d chip \x1b")
+        words = [word for word, _ in highlighted]
+        assert "".join(words).encode("utf-8") and words == ["nasa \ufffd ", "chip"] and "Read the whole" in said
         for blank in ("", "\u200b\ufeff", "\x00\x01"):
             for tab in (classify, explain):
                 with pytest.raises(gr.Error, match="Type a headline first"):

@@ -270,5 +270,5 @@ def test_an_inference_failure_answers_a_generic_500_and_logs_the_backends_text(s
             assert answer.status_code == 500 and "texts [1]" in answer.text and private not in answer.text, answer.text
         with pytest.raises(Exception) as shown:
             Client(base_url, verbose=False).predict("東京", api_name="/classify")
-        assert "inference failed" in str(shown.value) and private not in str(shown.value)
+        assert "failed on this text" in str(shown.value) and private not in str(shown.value)
     assert private in caplog.text

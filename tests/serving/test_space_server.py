@@ -23,7 +23,7 @@ from space_support import ARTIFACTS, CARD_TEST_ACCURACY, LABELS, uvicorn_server,
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-QUEUE_TEXTS = 65  # the smallest queue the config allows: one full request (64) or one explanation fits
+QUEUE_TEXTS = 65  # one full request (64) fits, and one window more
 
 
 REPO_ID = "distrinews/ag-news-tiny"

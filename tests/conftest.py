@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,13 @@ from filelock import FileLock
 from hypothesis import strategies as st
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Importing the kaggle client creates its config folder when it is missing (an exists() check, then makedirs()):
+# two xdist workers collecting tests/end_to_end/test_kaggle_bundle.py at once on a machine without that folder
+# raced, and one failed collection with FileExistsError. The tests need no Kaggle credentials, so the client gets
+# a folder of its own that already exists, made race-free here, before any test module is imported.
+os.environ.setdefault("KAGGLE_CONFIG_DIR", os.path.join(tempfile.gettempdir(), "distrinews-tests-kaggle-config"))
+os.makedirs(os.environ["KAGGLE_CONFIG_DIR"], exist_ok=True)
 
 # The files that take longest, in the order the workers take them up (the rest follow in their usual order):
 # a worker runs one file at a time (--dist loadfile), so a long file begun last would leave the other worker idle

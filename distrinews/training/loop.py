@@ -536,6 +536,9 @@ def _stop(run: Run, checkpointed: bool) -> None:
     run.stop_request.exit_agreed()
     cause = run.stop_request.signal_name or "a signal to another process"
     run.run_log.write("stopped", step=step, cause=cause, checkpoint=str(saved_to), exit_code=EXIT_STOPPED)
+    # Every rank is here, so the group can end before the process does: a rank that exits with it alive can abort
+    # in gloo's teardown ("terminate called without an active exception", SIGABRT instead of EXIT_STOPPED).
+    _end_distributed_run(run)
     run.progress.close()
     for callback in run.callbacks:
         callback.on_stop(run)

@@ -8,8 +8,8 @@ checkpoint together and exit with ``EXIT_STOPPED``; running the same command aga
 (``resume=auto``). A second signal exits at once, without a checkpoint.
 
 Signals closer together than ``REPEAT_WINDOW_SECONDS`` count as one: a Ctrl-C in a terminal or a
-job-wide SIGTERM reaches each rank twice, once directly and once forwarded by the torchrun agent
-that ``accelerate launch`` runs, and that must not turn into "exit now".
+job-wide SIGTERM reaches each rank twice, once directly and once forwarded by the launcher (the torchrun
+agent that ``accelerate launch`` runs, or ``distrinews launch`` itself), and that must not turn into "exit now".
 
 This module knows nothing about process groups or accelerate: train.py does the all-reduce.
 """

@@ -9,13 +9,16 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import free_port, tiny_train_args
 from distrinews.training import faults
+from distrinews.training.launch_configs import launch_config_path
 
 DISTRINEWS = shutil.which("distrinews") or pytest.fail("the distrinews console script is not installed")
 LAUNCHER_NOISE = ("Traceback", "ChildFailedError", "torch.distributed.elastic", "exitcode")
@@ -86,28 +89,76 @@ def test_a_ranks_exit_code_comes_back_without_the_launchers_traceback(tiny_model
     assert not [noise for noise in LAUNCHER_NOISE if noise in result.stderr], result.stderr[-3000:]
 
 
-def test_sigterm_to_the_launch_stops_every_rank_with_a_checkpoint_and_exit_75(tiny_model, ag_news_dir, tmp_path):
+# The torchrun agent's deadline for ranks to exit once it has passed them a signal (SIGKILL after it). The ranks
+# are frozen for longer than that after the signal, as a checkpoint write on a slow disk would hold them.
+AGENT_DEADLINE_SECONDS, RANKS_FROZEN_SECONDS = 3, 5
+
+
+@pytest.mark.parametrize("signum, frozen_seconds", [(signal.SIGTERM, RANKS_FROZEN_SECONDS), (signal.SIGINT, 0)],
+                         ids=["SIGTERM, ranks slower than the agent's deadline", "SIGINT"])
+def test_a_stop_signal_to_the_launch_stops_every_rank_with_a_checkpoint_and_exit_75(signum, frozen_seconds,
+                                                                                    tiny_model, ag_news_dir,
+                                                                                    tmp_path):
+    # SIGTERM: what a job scheduler, a Kaggle session's end or `kill` sends; SIGINT: Ctrl-C.
     output_dir = tmp_path / "out"
-    process = subprocess.Popen(
-        [DISTRINEWS, "launch", "--main_process_port", str(free_port()),
-         *tiny_train_args(tiny_model, ag_news_dir, output_dir, num_train_epochs=50, logging_steps=1)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    command = [DISTRINEWS, "launch", "--main_process_port", str(free_port()),
+               *tiny_train_args(tiny_model, ag_news_dir, output_dir, num_train_epochs=50, logging_steps=1)]
+    returncode, output = _stop_after_the_first_step(command, output_dir, tmp_path, signum, frozen_seconds,
+                                                    TORCH_ELASTIC_SHUTDOWN_TIMEOUT=str(AGENT_DEADLINE_SECONDS))
+    assert returncode == 75, output[-3000:]
+    _assert_stopped_with_a_checkpoint(output_dir, signum, output)
+
+
+def test_a_one_process_launch_stops_with_its_checkpoint_and_exit_75(tiny_model, ag_news_dir, tmp_path):
+    # The launch on one GPU (single_gpu.yaml: accelerate's simple launcher, no torchrun agent), here on the CPU.
+    output_dir = tmp_path / "out"
+    launch_args = ["--config_file", str(launch_config_path("single_gpu")), "--mixed_precision", "no",
+                   "-m", "distrinews.train",
+                   *tiny_train_args(tiny_model, ag_news_dir, output_dir, num_train_epochs=50, logging_steps=1)]
+    command = [sys.executable, "-c", "import sys; from distrinews.training.launcher import run_accelerate_launch; "
+               "sys.exit(run_accelerate_launch(sys.argv[1:]))", *launch_args]
+    returncode, output = _stop_after_the_first_step(command, output_dir, tmp_path, signal.SIGTERM)
+    assert returncode == 75, output[-3000:]
+    _assert_stopped_with_a_checkpoint(output_dir, signal.SIGTERM, output)
+
+
+def _stop_after_the_first_step(command: list[str], output_dir: Path, cwd: Path, signum: int,
+                               frozen_seconds: float = 0, **env: str) -> tuple[int, str]:
+    """Start ``command``, send ``signum`` to it once a training step is logged, freeze its ranks (its child
+    processes) for ``frozen_seconds`` right after; its exit code and its stdout and stderr together."""
+    process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         while not _logged_a_step(output_dir):  # polled: training has begun
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
             time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)  # what a job scheduler, a Kaggle session's end or `kill` sends
-        stdout, stderr = process.communicate(timeout=120)
+        ranks = psutil.Process(process.pid).children()
+        process.send_signal(signum)
+        if frozen_seconds:
+            _freeze(ranks, frozen_seconds)
+        output, _ = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 75, stderr[-3000:]
+    return process.returncode, output
+
+
+def _freeze(processes: list[psutil.Process], seconds: float) -> None:
+    for each in processes:
+        each.suspend()  # SIGSTOP
+    time.sleep(seconds)
+    for each in processes:
+        each.resume()
+
+
+def _assert_stopped_with_a_checkpoint(output_dir: Path, signum: int, output: str) -> None:
     stopped = json.loads((output_dir / "log.jsonl").read_text().splitlines()[-1])
-    assert stopped["type"] == "stopped" and stopped["cause"] == "SIGTERM"
+    assert stopped["type"] == "stopped" and stopped["cause"] == signal.Signals(signum).name, output[-3000:]
+    assert stopped["exit_code"] == 75
     assert (Path(stopped["checkpoint"]) / "COMPLETE").is_file()
-    assert "Run the same command again to resume from it" in stdout + stderr
-    assert "Traceback" not in stderr
+    assert "Run the same command again to resume from it" in output
+    assert "Traceback" not in output
 
 
 def _logged_a_step(output_dir: Path) -> bool:

@@ -39,8 +39,8 @@ RUN_LOG_COPY = "log.jsonl"  # the run's log up to the checkpoint, in an uploaded
 BEST_WEIGHTS_LINK = "best_model.safetensors"
 CONFIG_FILE = "train_config.json"
 SCHEDULER_FILE = "scheduler_state.json"
-# Releases before the scheduler's JSON pickled its state through accelerate's register_for_checkpointing; such a
-# checkpoint still resumes (training/state_files.py converts it), but the file is only ever loaded as plain data.
+# Earlier releases kept the scheduler's state in this accelerate custom-object file. Such a checkpoint still
+# resumes: training/state_files.py reads the file as plain data (weights_only=True) and converts it to the JSON.
 LEGACY_SCHEDULER_FILE = "custom_checkpoint_0.pkl"
 
 # Every file a checkpoint of this program holds: accelerate's save_state (the weights, the optimizer, the grad

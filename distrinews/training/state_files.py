@@ -9,9 +9,10 @@ and torch's state files are pickles: a full unpickle runs whatever code the file
   it allows), memory-mapped, so the tensors are not read. accelerate loads them the same way afterwards, but it
   skips RNG states it cannot load, so a bad ``random_states_N.pkl`` would resume with other random numbers: each
   is also tried on private generators here, and resuming is exact or refused;
-- the LR scheduler's state is JSON (``SCHEDULER_FILE``), never registered with accelerate (whose custom objects
-  are loaded with ``weights_only=False``). A checkpoint of an earlier release holds it pickled instead; that file is
-  read as plain data too, wins over a JSON beside it, and is converted (``convert_legacy_scheduler_state``).
+- the LR scheduler's state is JSON (``SCHEDULER_FILE``), written and read here, never through accelerate's custom
+  objects (which it loads with a full unpickle). A checkpoint of an earlier release holds it in such a file instead;
+  that file is read as plain data too, wins over a JSON beside it, and is converted
+  (``convert_legacy_scheduler_state``).
 
 Everything refused raises UnsafeCheckpointError (exit code 2) with one line naming the file.
 """

@@ -27,7 +27,8 @@ import numpy as np
 
 from .config import SAME, TrainConfig
 from ..core.formats import AG_NEWS
-from ..core.errors import CheckpointMismatchError, CheckpointWriteError, OutputDirError, UnsafeCheckpointError
+from ..core.errors import CheckpointMismatchError, CheckpointWriteError, ConfigError, OutputDirError, \
+    UnsafeCheckpointError
 
 COMPLETE_MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
@@ -172,6 +173,19 @@ def write_failed(what: str, checkpoint_root: Path, cause: str) -> CheckpointWrit
     return CheckpointWriteError(
         f"could not write {what}: {cause}. The newest complete checkpoint ({newest or 'none yet'}) is intact; "
         "free some space and run the same command again to resume from it.")
+
+
+def resume_checkpoint(resume: str, root: Path) -> Path | None:
+    """The checkpoint a run with ``resume`` (auto, none or a checkpoint folder) continues from, if any."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        return latest_checkpoint(root)
+    path = Path(resume)
+    if not (path / COMPLETE_MARKER).is_file():
+        raise ConfigError(f"resume={resume!r} is not a complete checkpoint (no {COMPLETE_MARKER} marker): pass a "
+                          "checkpoints/step-* folder, 'auto' or 'none'")
+    return path
 
 
 def checkpoint_name(step: int) -> str:

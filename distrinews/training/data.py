@@ -308,3 +308,24 @@ class PaddingCollator:
             multi_label = isinstance(labels[0], (list, tuple))
             batch["labels"] = torch.tensor(labels, dtype=torch.float32 if multi_label else torch.int64)
         return batch
+
+
+def loss_class_weights(config, task: Task, train_labels, device: torch.device) -> torch.Tensor | None:
+    """The loss's weight per label (a ``TrainConfig``'s class_weights), the same on every rank: it comes from the
+    same data."""
+    if config.class_weights == "none":
+        return None
+    if config.class_weights == "balanced":
+        counts = task.label_counts(train_labels)
+        if not counts.all():
+            missing = [name for name, count in zip(task.labels, counts) if not count]
+            raise ConfigError(f"class_weights=balanced: label(s) {', '.join(map(repr, missing))} have no training "
+                              "rows, so no weight balances them; give the weights (one number per label) instead")
+        weights = task.balanced_weights(train_labels)
+    else:
+        weights = config.class_weight_values()
+        if len(weights) != len(task.labels):
+            raise ConfigError(f"class_weights={config.class_weights!r} gives {len(weights)} weight(s), but the data "
+                              f"has {len(task.labels)} labels ({', '.join(task.labels)}): give one per label, in "
+                              "that order")
+    return torch.tensor(weights, dtype=torch.float32, device=device)

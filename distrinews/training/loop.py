@@ -23,31 +23,26 @@ Read it top to bottom: ``train`` runs the phases in order: ``_set_up`` (accelera
 optimizer), ``_start_tracking`` (report_to), ``_resume_or_start``, then ``_train_steps``, which calls
 ``_micro_step`` per batch and ``_after_optimizer_step`` per optimizer step (device checks, ``_log_window``,
 ``_evaluate_and_checkpoint``, which may stop early, ``_stop``), and ``_finish`` (pick the weights and the
-threshold, evaluate test, write the outputs, the listeners' end). Everything the phases share lives in one ``Run``.
+threshold, evaluate test, write the outputs, the listeners' end). Everything the phases share lives in one ``Run``
+(``run.py``); the data loaders, the optimizer and the run's description are built by their own modules.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import os
 import platform
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-import accelerate
-import datasets
 import torch
-import transformers
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from safetensors.torch import load_model, save_model
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -55,98 +50,24 @@ from . import checkpoint, faults, state_files, tracking
 from ..core.atomic import write_json
 from ..core.errors import EXIT_STOPPED, CheckpointWriteError, ConfigError, TrainingStopped, exit_code_for
 from ..core.modeling import load_classifier
-from ..core.tasks import Task
 from .callbacks import TrainerCallback
 from .checkpoint import TrainerState
 from .config import TrainConfig, parse_train_config
 from .cpu_dropout import use_cpu_dropout
-from .data import DataOptions, LabelledData, PaddingCollator, checked_max_length, load_labelled_data, \
-    sorted_by_length, tokenize_splits
-from .data_workers import start_data_worker
+from .data import DataOptions, checked_max_length, load_labelled_data, loss_class_weights, \
+    tokenize_splits
 from .evaluation import collect_outputs, scalar_metrics, score_outputs
+from .loaders import release_loader_workers, training_loaders
 from .model_card import write_model_card
-from .optimization import parameter_settings
+from .optimization import build_optimizer, should_compile
 from .preemption import StopRequest
 from .rdrop import rdrop_loss
-from .reporting import RunLog, plot_confusion, plot_loss
-from .sampling import ResumableBatchSampler
+from .reporting import RunLog, describe_training, plot_confusion, plot_loss
+from .run import LogWindow, Run
 from .selection import Selection
 from .stability import NonFiniteGuard
 
 BEST_WEIGHTS = "best_model.safetensors"
-
-
-@dataclass
-class LogWindow:
-    """What the optimizer steps since the last log line add up to. Loss stays on the device, read only at log
-    steps: reading it every step would make the CPU wait for the GPU each time."""
-
-    loss: torch.Tensor
-    tokens: int = 0
-    micro_batches: int = 0
-    steps: int = 0
-    started: float = field(default_factory=time.perf_counter)
-
-    def restart(self) -> None:
-        self.loss.zero_()
-        self.tokens = self.micro_batches = self.steps = 0
-        self.started = time.perf_counter()
-
-
-@dataclass
-class Run:
-    """One training run: its parts, built by ``_set_up``, and its progress, shared by the phases."""
-
-    config: TrainConfig
-    accelerator: Accelerator
-    model: torch.nn.Module  # wrapped by accelerate: no_sync, unwrap and saving go through it
-    forward_model: Any  # the same model, compiled where that pays
-    tokenizer: Any
-    data: LabelledData  # the splits as loaded, their task and what the run reports about them
-    tokenized: Any  # DatasetDict of the tokenized splits
-    class_weights: torch.Tensor | None  # on the device; the loss's per-label weights (class_weights)
-    selection: Selection
-    callbacks: Sequence[TrainerCallback]
-    sampler: ResumableBatchSampler
-    train_loader: DataLoader
-    eval_loaders: dict[str, DataLoader]
-    optimizer: Any
-    scheduler: Any
-    total_steps: int
-    micro_batches_per_epoch: int
-    state: TrainerState
-    run_log: RunLog
-    stop_request: StopRequest
-    guard: NonFiniteGuard | None = None
-    window: LogWindow | None = None
-    progress: Any = None
-    stop_vote: torch.Tensor | None = None  # filled, never re-created: no host-to-device copy per step
-
-    @property
-    def device(self) -> torch.device:
-        return self.accelerator.device
-
-    @property
-    def task(self) -> Task:
-        return self.data.task
-
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.config.output_dir)
-
-    @property
-    def checkpoint_root(self) -> Path:
-        return self.output_dir / "checkpoints"
-
-    @property
-    def examples_per_step(self) -> int:
-        return self.config.total_train_batch_size(self.accelerator.num_processes)
-
-    @property
-    def host_check_every(self) -> int:
-        # The host reads the device every step on the CPU (free there) but only every logging_steps on a GPU,
-        # where a read makes the CPU wait for the GPU: the non-finite run and the stop vote are read together.
-        return 1 if self.device.type == "cpu" else self.config.logging_steps
 
 
 def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict:
@@ -172,17 +93,6 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         stop_request.uninstall()  # no-op unless the loop was interrupted by an exception
 
 
-def release_loader_workers(loaders) -> None:
-    """Stop the persistent data-loading workers now, not at interpreter exit. They ignore SIGTERM
-    (preemption.ignore_stop_signals), and multiprocessing's exit handler stops leftover workers with exactly that
-    signal and then waits for them: a process whose loaders were still referenced at exit hung there."""
-    for loader in loaders:
-        iterator = getattr(loader, "_iterator", None)  # set only for persistent workers
-        if iterator is not None:
-            iterator._shutdown_workers()  # torch's own shutdown: asks each worker to leave, then joins it
-            loader._iterator = None
-
-
 # ----------------------------------------------------------------------------- setup
 
 def _set_up(config: TrainConfig, stop_request: StopRequest, callbacks: Sequence[TrainerCallback]) -> Run:
@@ -190,7 +100,7 @@ def _set_up(config: TrainConfig, stop_request: StopRequest, callbacks: Sequence[
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls (outside autocast) on TF32 tensor cores
     set_seed(config.seed)  # before the model: the new classification head must match on every rank
     data, model, tokenizer, tokenized = _load_model_and_data(config, accelerator)
-    class_weights = _class_weights(config, data.task, tokenized["train"]["labels"], accelerator.device)
+    class_weights = loss_class_weights(config, data.task, tokenized["train"]["labels"], accelerator.device)
     # On every rank, so all fail together before training (each rank writes into checkpoints).
     checkpoint.check_output_dir(Path(config.output_dir), accelerator.process_index, keep_last=config.keep_last,
                                 weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
@@ -200,16 +110,20 @@ def _set_up(config: TrainConfig, stop_request: StopRequest, callbacks: Sequence[
     accelerator.wait_for_everyone()
 
     total_steps = config.total_steps(len(tokenized["train"]), accelerator.num_processes)
-    sampler, train_loader, eval_loaders = _data_loaders(config, accelerator, tokenized, tokenizer)
+    sampler, train_loader, eval_loaders = training_loaders(
+        config, tokenized, tokenizer.pad_token_id, accelerator.device, num_replicas=accelerator.num_processes,
+        rank=accelerator.process_index)
+    # accelerate shards the evaluation batches, and gather_for_metrics drops the duplicates it adds to even them out.
+    eval_loaders = {name: accelerator.prepare(loader) for name, loader in eval_loaders.items()}
     steps_per_epoch = len(sampler) // config.gradient_accumulation_steps
-    optimizer = _build_optimizer(model, config, fused=accelerator.device.type in ("cuda", "cpu"))
+    optimizer = build_optimizer(model, config, fused=accelerator.device.type in ("cuda", "cpu"))
     scheduler = get_scheduler(config.lr_scheduler_type, optimizer,
                               num_warmup_steps=round(config.warmup_ratio * total_steps), num_training_steps=total_steps)
     # The scheduler is stepped by hand, once per optimizer step, and checkpointed as JSON (state_files.py), not
     # registered with accelerate, which loads custom objects with a full unpickle.
     model, optimizer = accelerator.prepare(model, optimizer)
     # Compile the DDP-wrapped model (as accelerate does), but keep `model` itself for no_sync, unwrap and saving.
-    forward_model = torch.compile(model, dynamic=True) if _should_compile(config, accelerator.device) else model
+    forward_model = torch.compile(model, dynamic=True) if should_compile(config, accelerator.device) else model
 
     train_data = checkpoint.data_fingerprint(tokenized["train"]["length"], tokenized["train"]["labels"])
     state = TrainerState(run_signature=checkpoint.run_signature(config, accelerator.num_processes, train_data,
@@ -221,26 +135,6 @@ def _set_up(config: TrainConfig, stop_request: StopRequest, callbacks: Sequence[
                micro_batches_per_epoch=steps_per_epoch * config.gradient_accumulation_steps, state=state,
                run_log=RunLog(Path(config.output_dir) / "log.jsonl", enabled=accelerator.is_main_process),
                stop_request=stop_request)
-
-
-def _class_weights(config: TrainConfig, task: Task, train_labels, device: torch.device) -> torch.Tensor | None:
-    """The loss's weight per label (class_weights), the same on every rank: it comes from the same data."""
-    if config.class_weights == "none":
-        return None
-    if config.class_weights == "balanced":
-        counts = task.label_counts(train_labels)
-        if not counts.all():
-            missing = [name for name, count in zip(task.labels, counts) if not count]
-            raise ConfigError(f"class_weights=balanced: label(s) {', '.join(map(repr, missing))} have no training "
-                              "rows, so no weight balances them; give the weights (one number per label) instead")
-        weights = task.balanced_weights(train_labels)
-    else:
-        weights = config.class_weight_values()
-        if len(weights) != len(task.labels):
-            raise ConfigError(f"class_weights={config.class_weights!r} gives {len(weights)} weight(s), but the data "
-                              f"has {len(task.labels)} labels ({', '.join(task.labels)}): give one per label, in "
-                              "that order")
-    return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
 def _make_accelerator(config: TrainConfig) -> Accelerator:
@@ -283,22 +177,6 @@ def _load_model_and_data(config: TrainConfig, accelerator: Accelerator):
     return data, model, tokenizer, tokenized
 
 
-def _data_loaders(config: TrainConfig, accelerator: Accelerator, tokenized, tokenizer):
-    device = accelerator.device
-    collator = PaddingCollator(tokenizer.pad_token_id)
-    sampler = ResumableBatchSampler(
-        tokenized["train"]["length"], config.per_device_train_batch_size, num_replicas=accelerator.num_processes,
-        rank=accelerator.process_index, seed=config.seed, group_by_length=config.group_by_length)
-    train_loader = _data_loader(tokenized["train"].remove_columns("length"), collator, config, device,
-                                batch_sampler=sampler)
-    # Evaluation batches are sorted by length (padding is nearly free) and sharded by accelerate, whose
-    # gather_for_metrics drops the duplicates it adds to even out the last batch.
-    eval_loaders = {name: accelerator.prepare(_data_loader(sorted_by_length(tokenized[name]), collator, config, device,
-                                                          batch_size=config.per_device_eval_batch_size))
-                    for name in ("validation", "test") if name in tokenized}
-    return sampler, train_loader, eval_loaders
-
-
 def _start_tracking(run: Run) -> None:
     """Open the trackers' run (report_to; none: nothing) with the config as this run resolved it."""
     accelerator = run.accelerator
@@ -315,7 +193,7 @@ def _resume_or_start(run: Run) -> None:
     for callback in run.callbacks:  # a Hub checkpoint may be fetched here (main process)
         callback.on_train_begin(run)
     accelerator.wait_for_everyone()
-    resume_from = _find_resume_checkpoint(config, run.checkpoint_root)
+    resume_from = checkpoint.resume_checkpoint(config.resume, run.checkpoint_root)
     if resume_from is not None:
         saved = run.state = _load_checkpoint(run, resume_from)
         if accelerator.is_main_process:
@@ -571,7 +449,7 @@ def _finish(run: Run) -> dict:
                "metric_for_best_model": run.selection.metric, "selected_step": selected_step,
                "global_step": run.state.global_step, "training_ended": ended, "data": run.data.summary(),
                "class_weights": _named_weights(run), "decision_threshold": threshold_source,
-               "train": _describe_training(accelerator, run.config, run.state, len(run.tokenized["train"]))}
+               "train": _describe_training(run)}
     with _written_on_every_rank(run, f"the final model and metrics in {run.output_dir}"):
         if accelerator.is_main_process:
             _write_outputs(run, metrics)
@@ -655,60 +533,17 @@ def _write_outputs(run: Run, metrics: dict) -> None:
                           f"{run.output_dir}")
 
 
-def _describe_training(accelerator, config: TrainConfig, state: TrainerState, train_examples: int) -> dict:
+def _describe_training(run: Run) -> dict:
+    accelerator = run.accelerator
     if accelerator.device.type == "cuda":
         hardware = f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
     else:
         hardware = f"{accelerator.num_processes} CPU process(es) on {platform.processor() or platform.machine()}"
-    steps = max(state.global_step, 1)
-    return {
-        "train_examples": train_examples,
-        "num_processes": accelerator.num_processes,
-        "num_machines": max(1, accelerator.num_processes
-                            // int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))),
-        "mixed_precision": accelerator.mixed_precision,
-        "distributed_type": str(accelerator.distributed_type.value),
-        "total_train_batch_size": config.total_train_batch_size(accelerator.num_processes),
-        "train_seconds": round(state.train_seconds, 2),
-        "samples_per_s": round(steps * config.total_train_batch_size(accelerator.num_processes)
-                               / max(state.train_seconds, 1e-9), 2),
-        "hardware": hardware,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "accelerate": accelerate.__version__,
-                     "datasets": datasets.__version__},
-    }
-
-
-def _should_compile(config: TrainConfig, device: torch.device) -> bool:
-    # On a GPU compilation pays back in the first minute; on a few CPU cores it costs more than it saves.
-    return config.torch_compile == "true" or (config.torch_compile == "auto" and device.type == "cuda")
-
-
-def _build_optimizer(model: torch.nn.Module, config: TrainConfig, fused: bool) -> torch.optim.Optimizer:
-    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
-    for name, parameter, learning_rate, weight_decay in parameter_settings(model, config):
-        groups.setdefault((learning_rate, weight_decay), []).append(parameter)
-    # Fused AdamW: one kernel per step instead of a dozen per tensor group, and it can skip a step on the
-    # device (distrinews/training/stability.py). The scheduler scales every group's own peak rate.
-    return torch.optim.AdamW([{"params": params, "lr": lr, "weight_decay": decay}
-                              for (lr, decay), params in groups.items()], lr=config.learning_rate,
-                             fused=fused or None)
-
-
-# A batch takes milliseconds to collate; one that takes this long was lost (data_workers.py says how that can
-# happen), and an error says so where a wait would hang the run without a word.
-BATCH_WAIT_SECONDS = 600
-
-
-def _data_loader(dataset, collator, config: TrainConfig, device: torch.device, **batching) -> DataLoader:
-    workers = config.dataloader_num_workers
-    # A private generator: each new iterator draws its worker seed from it, not from torch's global RNG, which
-    # then feeds dropout alone. Otherwise a resumed run (one iterator more than the run it resumes) would
-    # draw different dropout masks from the checkpointed RNG state.
-    return DataLoader(dataset, collate_fn=collator, num_workers=workers, persistent_workers=workers > 0,
-                      pin_memory=device.type == "cuda", worker_init_fn=start_data_worker if workers else None,
-                      timeout=BATCH_WAIT_SECONDS if workers else 0,
-                      generator=torch.Generator().manual_seed(config.seed), **batching)
+    return describe_training(hardware=hardware, num_processes=accelerator.num_processes,
+                             mixed_precision=accelerator.mixed_precision,
+                             distributed_type=str(accelerator.distributed_type.value),
+                             total_train_batch_size=run.examples_per_step, optimizer_steps=run.state.global_step,
+                             train_seconds=run.state.train_seconds, train_examples=len(run.tokenized["train"]))
 
 
 def _load_checkpoint(run: Run, folder: Path) -> TrainerState:
@@ -725,18 +560,6 @@ def _load_checkpoint(run: Run, folder: Path) -> TrainerState:
     accelerator.load_state(str(folder))
     state_files.load_scheduler_state(run.scheduler, scheduler_state)
     return saved
-
-
-def _find_resume_checkpoint(config: TrainConfig, checkpoint_root: Path) -> Path | None:
-    if config.resume == "none":
-        return None
-    if config.resume == "auto":
-        return checkpoint.latest_checkpoint(checkpoint_root)
-    path = Path(config.resume)
-    if not (path / checkpoint.COMPLETE_MARKER).is_file():
-        raise ConfigError(f"resume={config.resume!r} is not a complete checkpoint (no {checkpoint.COMPLETE_MARKER} "
-                          "marker): pass a checkpoints/step-* folder, 'auto' or 'none'")
-    return path
 
 
 def main(argv: Sequence[str] | None = None,

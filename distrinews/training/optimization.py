@@ -58,3 +58,20 @@ def parameter_settings(model: torch.nn.Module, config: TrainConfig
                 index = -1 if "embed" in name else depth - 1
             learning_rate = config.learning_rate * config.layer_lr_decay ** (depth - 1 - index)
         yield name, parameter, learning_rate, 0.0 if id(parameter) in no_decay else config.weight_decay
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig, fused: bool) -> torch.optim.Optimizer:
+    """AdamW with one group per (learning rate, weight decay) that ``parameter_settings`` gives."""
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, parameter, learning_rate, weight_decay in parameter_settings(model, config):
+        groups.setdefault((learning_rate, weight_decay), []).append(parameter)
+    # Fused AdamW: one kernel per step instead of a dozen per tensor group, and it can skip a step on the
+    # device (distrinews/training/stability.py). The scheduler scales every group's own peak rate.
+    return torch.optim.AdamW([{"params": params, "lr": lr, "weight_decay": decay}
+                              for (lr, decay), params in groups.items()], lr=config.learning_rate,
+                             fused=fused or None)
+
+
+def should_compile(config: TrainConfig, device: torch.device) -> bool:
+    # On a GPU compilation pays back in the first minute; on a few CPU cores it costs more than it saves.
+    return config.torch_compile == "true" or (config.torch_compile == "auto" and device.type == "cuda")

@@ -8,7 +8,10 @@ Non-main ranks get a ``RunLog`` with ``enabled=False``: a no-op, so the loop nee
 from __future__ import annotations
 
 import json
+import os
+import platform
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Sequence
 
@@ -149,3 +152,23 @@ def metrics_markdown_table(metrics: dict, splits: Sequence[str] = ("validation",
         per_class = " | ".join(f"{scores['per_class'][name]['f1']:.4f}" for name in label_names)
         lines.append(f"| {split} | {scores['num_examples']} | {values} | {per_class} |")
     return "\n".join(lines)
+
+
+def describe_training(*, hardware: str, num_processes: int, mixed_precision: str, distributed_type: str,
+                      total_train_batch_size: int, optimizer_steps: int, train_seconds: float,
+                      train_examples: int) -> dict:
+    """``metrics.json``'s "train" entry: the setup, the time spent in training steps and the software versions."""
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))
+    return {
+        "train_examples": train_examples,
+        "num_processes": num_processes,
+        "num_machines": max(1, num_processes // local_world_size),
+        "mixed_precision": mixed_precision,
+        "distributed_type": distributed_type,
+        "total_train_batch_size": total_train_batch_size,
+        "train_seconds": round(train_seconds, 2),
+        "samples_per_s": round(max(optimizer_steps, 1) * total_train_batch_size / max(train_seconds, 1e-9), 2),
+        "hardware": hardware,
+        "versions": {"python": platform.python_version(),
+                     **{name: version(name) for name in ("torch", "transformers", "accelerate", "datasets")}},
+    }

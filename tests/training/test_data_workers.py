@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from distrinews.training import loop
+from distrinews.training import loaders
 from distrinews.training.config import TrainConfig
 from distrinews.training.data_workers import SOCKET_PATH_BYTES, SOCKET_SUFFIX
 
@@ -33,11 +33,11 @@ def _numbers(loader) -> list[int]:
 
 
 def test_training_loaders_deliver_every_batch_under_a_long_temp_dir(long_temp_dir, monkeypatch):
-    monkeypatch.setattr(loop, "BATCH_WAIT_SECONDS", 30)  # a lost batch fails the test in 30 s, not 10 minutes
+    monkeypatch.setattr(loaders, "BATCH_WAIT_SECONDS", 30)  # a lost batch fails the test in 30 s, not 10 minutes
     config = TrainConfig(dataloader_num_workers=2)
-    loader = loop._data_loader(_examples(), None, config, torch.device("cpu"), batch_size=4)  # noqa: SLF001
+    loader = loaders.data_loader(_examples(), None, config, torch.device("cpu"), batch_size=4)
     assert _numbers(loader) == list(range(16))
-    loop.release_loader_workers([loader])
+    loaders.release_loader_workers([loader])
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 13), reason="CPython 3.13 on shortens the socket folder itself")

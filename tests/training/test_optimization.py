@@ -10,7 +10,7 @@ from distrinews.core.tasks import SingleLabelTask
 from distrinews.training.config import TrainConfig
 from distrinews.core.modeling import load_classifier
 from distrinews.training.optimization import parameter_settings
-from distrinews.training.loop import _build_optimizer
+from distrinews.training.optimization import build_optimizer
 
 
 def _settings(model, **recipe):
@@ -48,7 +48,7 @@ def test_head_rate_and_layer_decay(model):
 def test_optimizer_groups_carry_each_rate_and_the_scheduler_scales_them_together(model):
     config = TrainConfig(model_name_or_path="unused", dataset="unused", learning_rate=1e-4, head_learning_rate=1e-3,
                          layer_lr_decay=0.5)
-    optimizer = _build_optimizer(model, config, fused=False)
+    optimizer = build_optimizer(model, config, fused=False)
     grouped = sum(len(group["params"]) for group in optimizer.param_groups)
     assert grouped == sum(1 for p in model.parameters() if p.requires_grad)
     assert sorted({group["lr"] for group in optimizer.param_groups}) == pytest.approx([2.5e-5, 5e-5, 1e-4, 1e-3])

@@ -120,7 +120,7 @@ def test_released_workers_let_the_process_exit():
     # loader held to the end (as a reference cycle holds one) must not keep the process from exiting.
     script = textwrap.dedent("""
         from torch.utils.data import DataLoader
-        from distrinews.training.loop import release_loader_workers
+        from distrinews.training.loaders import release_loader_workers
         from distrinews.training.preemption import ignore_stop_signals
 
         loader = DataLoader(list(range(8)), batch_size=2, num_workers=2, persistent_workers=True,

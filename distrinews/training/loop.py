@@ -48,7 +48,8 @@ from transformers import get_scheduler
 
 from . import checkpoint, faults, state_files, tracking
 from ..core.atomic import write_json
-from ..core.errors import EXIT_STOPPED, CheckpointWriteError, ConfigError, TrainingStopped, exit_code_for
+from ..core.errors import EXIT_STOPPED, CheckpointWriteError, ConfigError, NonFiniteLossError, TrainingStopped, \
+    exit_code_for
 from ..core.modeling import load_classifier
 from .callbacks import TrainerCallback
 from .checkpoint import TrainerState
@@ -82,6 +83,12 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
             _resume_or_start(run)
             _train_steps(run)
             return _finish(run)
+        except (NonFiniteLossError, CheckpointWriteError):
+            # Every rank raises these at the same step (the gradients and the write vote are all-reduced), so the
+            # group can end before the process does: a rank that exits with it alive can abort in gloo's teardown
+            # (SIGABRT instead of the documented exit code), as a stopped rank could (_stop).
+            _end_distributed_run(run)
+            raise
         finally:
             # However the run ends, the trackers' run is closed with what it logged. Not end_training(): after a
             # stop or a failure it would destroy the process group while another rank may still be in a

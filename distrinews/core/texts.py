@@ -18,6 +18,7 @@ What changes, and why it is safe for any tokenizer:
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -46,9 +47,14 @@ def _replacement(char: str) -> str | None:
     return char
 
 
-# Every character that changes, and what it becomes, for str.translate.
-_CHANGES = {code: new for plane in _PLANES_WITH_CHANGES for code in range(plane << 16, (plane + 1) << 16)
-            if unicodedata.category(chr(code)) in _CHANGED_CATEGORIES and (new := _replacement(chr(code))) != chr(code)}
+@functools.cache
+def _translation() -> tuple[dict[int, str | None], re.Pattern]:
+    """Every character that changes and what it becomes (for str.translate), and a pattern for runs of them. Built
+    on the first text that needs it, not at import: it looks at every code point of three planes."""
+    candidates = (chr(code) for plane in _PLANES_WITH_CHANGES for code in range(plane << 16, (plane + 1) << 16))
+    changes = {ord(char): new for char in candidates
+               if unicodedata.category(char) in _CHANGED_CATEGORIES and (new := _replacement(char)) != char}
+    return changes, _runs_of(changes)
 
 
 def _runs_of(codes) -> re.Pattern:
@@ -62,15 +68,13 @@ def _runs_of(codes) -> re.Pattern:
     return re.compile("[" + "".join(f"{re.escape(chr(low))}-{re.escape(chr(high))}" for low, high in ranges) + "]+")
 
 
-# str.translate looks each character up in _CHANGES, which is slow for the many that are not there unless the
-# text is ASCII; elsewhere only the runs that change are found (one C-level scan) and translated.
-_CHANGED_RUNS = _runs_of(_CHANGES)
-
-
 def _changed(text: str) -> str:
+    # str.translate looks each character up in the table, which is slow for the many that are not there unless the
+    # text is ASCII; elsewhere only the runs that change are found (one C-level scan) and translated.
+    changes, changed_runs = _translation()
     if text.isascii():
-        return text.translate(_CHANGES)
-    return _CHANGED_RUNS.sub(lambda run: run.group().translate(_CHANGES), text)
+        return text.translate(changes)
+    return changed_runs.sub(lambda run: run.group().translate(changes), text)
 
 
 def clean_text(text: str) -> str:

@@ -76,7 +76,8 @@ class ServingConfig:
     max_texts_per_request: int = _doc("Most texts in one request to /api/predict or the HF inference route.",
                                       "MAX_TEXTS_PER_REQUEST", default=64)
     max_windows_per_request: int = _doc("Most windows (a headline is one) one request may need, whichever route "
-                                        "it comes by (at most MAX_QUEUE); a request over it is refused with its count (413).",
+                                        "it comes by (at most MAX_QUEUE); a request over it is refused with its "
+                                        "count (413).",
                                         "MAX_WINDOWS_PER_REQUEST", default=256)
     max_text_chars: int = _doc("Characters read from one text: the rest is cut before anything else is done with it, "
                                "and the text is flagged truncated.", "MAX_TEXT_CHARS", default=100_000)
@@ -294,7 +295,8 @@ class ClassifierService:
 
     def warm_up(self) -> None:
         """First calls allocate buffers and pick kernels; pay that before the first user does."""
-        words = "markets rally as the central bank holds rates steady".split()
+        # One word outside ASCII: text cleaning builds its table on the first such text (core/texts.py).
+        words = "markets rally as the central bank holds rates steady in Zürich".split()
         batch = [" ".join(words[: 1 + i % len(words)]) for i in range(self.config.max_batch_size)]
         for backend in {id(b): b for b in (self.backend, *self.lanes)}.values():
             for length in (1, 8, 40, self.max_length):

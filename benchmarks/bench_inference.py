@@ -199,7 +199,7 @@ def measure_peaks(threads: int, folder: Path, seconds: float = 2.0) -> dict[str,
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from distrinews.training.estimate import measure_matmul_flops
+    from distrinews.core.machine import measure_matmul_flops
 
     size = 1024
     weights = numpy_helper.from_array(np.random.default_rng(0).standard_normal((size, size)).astype(np.float32), "W")
@@ -246,7 +246,7 @@ def plain_ort_int8(model, folder: Path):
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from distrinews.serving.backends import usable_cores
+    from distrinews.core.machine import usable_cores
 
     ids = torch.ones((2, 16), dtype=torch.long)
     mask = torch.ones((2, 16), dtype=torch.long)
@@ -495,7 +495,8 @@ def run(args, work: Path) -> int:
     import torch
     import transformers
 
-    from distrinews.serving.backends import OnnxInt8Backend, cpu_has_int8_dot_product, usable_cores
+    from distrinews.core.machine import cpu_has_int8_dot_product, usable_cores
+    from distrinews.serving.backends import OnnxInt8Backend
     from distrinews.serving.export import write_shipped_graph
     from distrinews.core.model_files import read_serving_files
     from distrinews.core.modeling import load_classifier

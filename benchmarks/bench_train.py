@@ -163,15 +163,17 @@ def _run_preset(args) -> int:
 def _run_preset_in(args, workdir: Path) -> int:
     import torch
 
+    from distrinews.core.machine import CPU_FLAGS_OF_INTEREST, cpu_flags, cpu_name
+
     preset = PRESETS[args.preset]
     on_gpu = torch.cuda.is_available()
-    hardware = torch.cuda.get_device_name(0) if on_gpu else f"{_cpu_name()}, {os.cpu_count()} CPU cores"
+    hardware = torch.cuda.get_device_name(0) if on_gpu else f"{cpu_name()}, {os.cpu_count()} CPU cores"
     data = _prepare_data(args, workdir, preset)
     models = _prepare_models(args, workdir, preset)
     if args.throughput_models and (unknown := set(args.throughput_models.split(",")) - set(models)):
         raise SystemExit(f"unknown throughput model(s): {', '.join(sorted(unknown))} (minilm, distilbert)")
     results = {"preset": args.preset, "hardware": hardware, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "cpu_flags": sorted(_cpu_flags_of_interest()), "versions": _versions(), "throughput": [],
+               "cpu_flags": sorted(cpu_flags() & set(CPU_FLAGS_OF_INTEREST)), "versions": _versions(), "throughput": [],
                "accuracy": [], "ddp_scaling": None, "errors": []}
     output = args.output or REPO_ROOT / "benchmarks" / "results" / f"{args.preset}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -459,22 +461,6 @@ def _accuracy_precision() -> str:
     return "bf16" if _has_bf16() else "no"
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cpu_flags_of_interest() -> set[str]:
-    from distrinews.serving.backends import cpu_flags
-
-    return cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni"}
-
-
 def _has_bf16() -> bool:
     """Whether this machine computes in bf16 at speed: a GPU that supports it, or a CPU with bf16 units."""
     import torch
@@ -485,9 +471,9 @@ def _has_bf16() -> bool:
 
 
 def _cpu_has_bf16_units() -> bool:
-    from distrinews.serving.backends import cpu_flags
+    from distrinews.core.machine import cpu_bf16_units
 
-    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+    return bool(cpu_bf16_units())
 
 
 def _distrinews_throughput(case: dict) -> dict:
@@ -626,7 +612,7 @@ def _build_trainer(model_path: str, data: str, *, seed: int, batch: int, variant
 
 def _add_mfu(row: dict, case: dict) -> dict:
     """The arithmetic a row's steps did per second (``achieved_gflops``: forward + backward, 6 FLOPs per
-    non-embedding weight and real, unpadded token plus attention, as ``distrinews.training.estimate`` counts it)
+    non-embedding weight and real, unpadded token plus attention, as ``distrinews.launch.estimate`` counts it)
     and, on a GPU, its share of ``--peak_tflops`` (MFU). On a CPU the parent divides by the peak it measured."""
     import torch
     from transformers import AutoConfig
@@ -649,7 +635,7 @@ def _cpu_matmul_peaks(seconds: float) -> dict:
     bf16 cases are measured against). Measured at the start and the end of a run, in the parent process."""
     import torch
 
-    from distrinews.training.estimate import measure_matmul_flops
+    from distrinews.core.machine import measure_matmul_flops
 
     torch.set_num_threads(os.cpu_count() or 1)
     peaks = {"fp32": round(measure_matmul_flops(seconds=seconds, size=2048) / 1e9, 1)}
@@ -765,7 +751,7 @@ def _print_table(results: dict) -> None:
               f"{row.get('mfu', float('nan')):>8.1%}{row.get('achieved_gflops', float('nan')):>9.1f}"
               f"{row.get('fraction_of_peak', float('nan')):>9.1%}")
     if "cpu_peak" in results:
-        print(f"CPU matmul peak, GFLOP/s over all cores (start, end of the run): "
+        print("CPU matmul peak, GFLOP/s over all cores (start, end of the run): "
               + ", ".join(f"{dtype} {results['cpu_peak']['start'][dtype]:,.1f}, "
                           f"{results['cpu_peak'].get('end', {}).get(dtype, float('nan')):,.1f}"
                           for dtype in results["cpu_peak"]["start"]))

@@ -28,7 +28,6 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-from bench_train import _cpu_name  # noqa: E402 - this folder is on sys.path when the script runs
 
 # An operator's kind, by the first pattern its name matches; self time, so aten::linear (which only calls
 # aten::addmm) costs nothing of its own and the matmul's time lands on the kernel.
@@ -59,7 +58,7 @@ def main() -> int:
 
     from distrinews.training.callbacks import TrainerCallback
     from distrinews.training.config import TrainConfig
-    from distrinews.training.estimate import measure_matmul_flops
+    from distrinews.core.machine import measure_matmul_flops
     from distrinews.training.loop import train
 
     class StepMarks(TrainerCallback):
@@ -137,6 +136,8 @@ def _data_folder(source: Path, workdir: Path) -> Path:
 
 
 def _summarise(events, args, peak_flops: float, torch) -> dict:
+    from distrinews.core.machine import cpu_name
+
     steps = [event for event in events if event.name.startswith("ProfilerStep")]
     step_seconds = sum(event.cpu_time_total for event in steps) / 1e6 / len(steps)
     by_phase, by_kind, by_operator = defaultdict(float), defaultdict(float), defaultdict(float)
@@ -162,7 +163,7 @@ def _summarise(events, args, peak_flops: float, torch) -> dict:
     return dict(
         model=args.model_name, batch=args.batch, mixed_precision=args.mixed_precision,
         torch_compile=args.torch_compile, steps=len(steps), threads=torch.get_num_threads(),
-        cpu=f"{_cpu_name()}, {os.cpu_count()} cores", torch=torch.__version__,
+        cpu=f"{cpu_name()}, {os.cpu_count()} cores", torch=torch.__version__,
         step_seconds=round(step_seconds, 4), profiled_seconds_per_step=round(total / len(steps), 4),
         matmul_peak_gflops=round(peak_flops / 1e9, 1),
         matmul_gflops=round(matmul_rate / 1e9, 1), matmul_share_of_peak=round(matmul_rate / peak_flops, 4),

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .core.errors import exit_code_for
+from .core.machine import PRECISION_CHOICES
 from .core.windows import DEFAULT_MAX_WINDOWS
 
 
@@ -228,22 +229,26 @@ def _launch(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="distrinews launch", formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
         description="Train with `accelerate launch` on every GPU of this machine, one process each (DDP over "
-        "NCCL in fp16; one GPU with bf16 trains in bf16), or on 2 CPU processes (gloo) without a GPU. The shipped "
-        "YAML is picked from the GPUs nvidia-smi lists; every other option goes to distrinews.train "
-        "(`distrinews train --help` lists them).")
+        "NCCL), or on 2 CPU processes (gloo) without a GPU, in the fastest precision that keeps accuracy: bf16 "
+        "autocast over fp32 weights on GPUs and CPUs with bf16 units (AVX512_BF16, AMX), fp16 on older GPUs, fp32 "
+        "on other CPUs. The shipped YAML is picked from the GPUs nvidia-smi lists; every other option goes to "
+        "distrinews.train (`distrinews train --help` lists them).")
     parser.add_argument("--dry_run", "--dry-run", action="store_true",
                         help="Print the accelerate launch command and exit.")
     parser.add_argument("--main_process_port", "--main-process-port", type=int, default=None,
                         help="TCP port the processes meet on (accelerate's default 29500 when not given); set "
                              "it to run two trainings on one machine.")
+    parser.add_argument("--mixed_precision", "--mixed-precision", choices=PRECISION_CHOICES, default="auto",
+                        help="The precision to train in; auto chooses it from the hardware, as above.")
     args, train_argv = parser.parse_known_args(argv)
-    from .training.launcher import launch
+    from .launch.launcher import launch
 
-    return launch(train_argv, dry_run=args.dry_run, main_process_port=args.main_process_port)
+    return launch(train_argv, dry_run=args.dry_run, main_process_port=args.main_process_port,
+                  mixed_precision=args.mixed_precision)
 
 
 def _launch_config(argv: Sequence[str]) -> int:
-    from .training.launch_configs import LAUNCH_CONFIG_NAMES, launch_config_path
+    from .launch.configs import LAUNCH_CONFIG_NAMES, launch_config_path
 
     parser = argparse.ArgumentParser(
         prog="distrinews launch-config", description="Print the path of a shipped accelerate YAML, e.g. "

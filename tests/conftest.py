@@ -178,12 +178,17 @@ def shipped_space_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def _offline_and_isolated(tmp_path_factory):
-    """No network, a private datasets cache, and one thread per process on these small machines."""
+    """No network, a private datasets cache, one thread per process on these small machines, and fp32.
+
+    Training in one process defaults to the machine's fastest precision (bf16 on a CPU with bf16 units), and CI's
+    machine changes CPU class between runs: the suite pins fp32, as accelerate_configs/cpu.yaml does, so a tiny
+    run's numbers do not depend on the CPU drawn. tests/training/test_precision.py lifts the pin to test the
+    default, and trains in bf16 on every CPU."""
     cache = tmp_path_factory.mktemp("hf-cache")
     os.environ.update({
         "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(cache / "datasets"),
         "HF_HOME": str(cache / "home"), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1", "MPLBACKEND": "Agg",
+        "HF_HUB_DISABLE_TELEMETRY": "1", "MPLBACKEND": "Agg", "ACCELERATE_MIXED_PRECISION": "no",
     })
     yield
 
@@ -218,10 +223,12 @@ def tiny_train_args(model: Path, data: Path, output_dir: Path, **overrides) -> l
 
 
 def accelerate_launch(train_args: list[str], num_processes: int = 2, timeout: float = 300,
-                      extra_env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+                      extra_env: dict | None = None, check: bool = True,
+                      mixed_precision: str = "no") -> subprocess.CompletedProcess:
     """Run distrinews.train through a real `accelerate launch` with the repository's CPU config."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(REPO_ROOT / "accelerate_configs" / "cpu.yaml"), "--num_processes", str(num_processes),
+               "--mixed_precision", mixed_precision,
                "--main_process_port", str(free_port()), "-m", "distrinews.train", *train_args]
     env = {**os.environ, **(extra_env or {})}
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)

@@ -17,40 +17,17 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..core.machine import usable_cores
 from ..core.predict import LogitsFn, torch_logits
 from .export import check_agreement, export_int8_onnx
 
 log = logging.getLogger(__name__)
 
 QUANTIZATION_CHOICES = ("auto", "none", "int8")
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (a container's CPU set, not the host's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_has_int8_dot_product() -> bool:
-    """VNNI (x86) or dot-product (Arm) instructions: int8 matmuls run ~4x the fp32 rate without saturation."""
-    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
 
 
 def resolve_quantization(requested: str) -> str:

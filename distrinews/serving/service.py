@@ -31,7 +31,8 @@ from typing import Any, Mapping, Sequence
 
 from .. import __version__
 from .agreement import probe_batch
-from .backends import QUANTIZATION_CHOICES, OnnxInt8Backend, build_backend, resolve_quantization, usable_cores
+from ..core.machine import usable_cores
+from .backends import QUANTIZATION_CHOICES, OnnxInt8Backend, build_backend, resolve_quantization
 from .export import ONNX_INPUTS, SHIPPED_GRAPH, cache_folder_name, cached_graph, shipped_graph, weights_fingerprint
 from .batching import MicroBatcher
 from .explain import MAX_WORDS, Explanation, occlusion_of

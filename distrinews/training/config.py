@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import yaml
 from ..core.errors import ConfigError
+from ..core.machine import PRECISION_CHOICES
 from ..core.tasks import MULTI_LABEL, PROBLEM_TYPES, MultiLabelTask, SingleLabelTask, make_task
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
@@ -422,7 +423,19 @@ def build_parser(prog: str = "distrinews train") -> argparse.ArgumentParser:
             choices = f.metadata["choices"]
             kwargs["metavar"] = "{" + ",".join(choices) + "}" if choices else str(f.type).upper()
             parser.add_argument(f"--{f.name}", **kwargs)
+    # Not a field: the precision is accelerate's setting (its YAML, its --mixed_precision), and a run's config
+    # means the same on any device. This flag gives it to a process that accelerate did not launch.
+    parser.add_argument("--mixed_precision", choices=PRECISION_CHOICES, default=argparse.SUPPRESS,
+                        help="The precision of this one process: auto is bf16 autocast over fp32 weights on a GPU or "
+                             "CPU with bf16 units (AVX512_BF16, AMX), fp16 on older GPUs, fp32 on other CPUs. Under "
+                             "accelerate launch, its YAML or its own --mixed_precision says it instead. (default: "
+                             "'auto')")
     return parser
+
+
+def parse_precision_flag(argv: Sequence[str] | None = None) -> str:
+    """The ``--mixed_precision`` of ``argv`` (``auto`` when not given)."""
+    return vars(build_parser().parse_args(argv)).get("mixed_precision", "auto")
 
 
 def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
@@ -430,5 +443,6 @@ def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
     args = vars(build_parser().parse_args(argv))
     values = load_config_file(args.pop("config")) if args.get("config") else {}
     args.pop("config", None)
+    args.pop("mixed_precision", None)
     values.update(args)
     return TrainConfig(**values)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import platform
 import sys
 import time
 from contextlib import contextmanager
@@ -50,10 +49,11 @@ from . import checkpoint, faults, state_files, tracking
 from ..core.atomic import write_json
 from ..core.errors import EXIT_STOPPED, CheckpointWriteError, ConfigError, NonFiniteLossError, TrainingStopped, \
     exit_code_for
+from ..core.machine import Precision, cpu_name
 from ..core.modeling import load_classifier
 from .callbacks import TrainerCallback
 from .checkpoint import TrainerState
-from .config import TrainConfig, parse_train_config
+from .config import TrainConfig, parse_precision_flag, parse_train_config
 from .cpu_dropout import use_cpu_dropout
 from .data import DataOptions, checked_max_length, load_labelled_data, loss_class_weights, \
     tokenize_splits
@@ -61,6 +61,7 @@ from .evaluation import collect_outputs, scalar_metrics, score_outputs
 from .loaders import release_loader_workers, training_loaders
 from .model_card import write_model_card
 from .optimization import build_optimizer, should_compile
+from .precision import training_precision
 from .preemption import StopRequest
 from .rdrop import rdrop_loss
 from .reporting import RunLog, describe_training, plot_confusion, plot_loss
@@ -71,13 +72,14 @@ from .stability import NonFiniteGuard
 BEST_WEIGHTS = "best_model.safetensors"
 
 
-def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict:
+def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), mixed_precision: str = "auto") -> dict:
     """Run training, pick the weights to keep and evaluate them on test; return metrics.json.
 
-    ``callbacks`` listen to the run (distrinews/training/callbacks.py): the Hub's uploads and push, for example."""
+    ``callbacks`` listen to the run (distrinews/training/callbacks.py): the Hub's uploads and push, for example.
+    ``mixed_precision`` is ``distrinews train --mixed_precision`` (training/precision.py)."""
     stop_request = StopRequest()
     try:
-        run = _set_up(config, stop_request, callbacks)
+        run = _set_up(config, stop_request, callbacks, training_precision(mixed_precision))
         try:
             _start_tracking(run)
             _resume_or_start(run)
@@ -102,8 +104,10 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
 
 # ----------------------------------------------------------------------------- setup
 
-def _set_up(config: TrainConfig, stop_request: StopRequest, callbacks: Sequence[TrainerCallback]) -> Run:
-    accelerator = _make_accelerator(config)
+def _set_up(config: TrainConfig, stop_request: StopRequest, callbacks: Sequence[TrainerCallback],
+            precision: Precision) -> Run:
+    accelerator = _make_accelerator(config, precision)
+    accelerator.print(f"precision: {precision.words} ({precision.why})")
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls (outside autocast) on TF32 tensor cores
     set_seed(config.seed)  # before the model: the new classification head must match on every rank
     data, model, tokenizer, tokenized = _load_model_and_data(config, accelerator)
@@ -144,9 +148,10 @@ def _set_up(config: TrainConfig, stop_request: StopRequest, callbacks: Sequence[
                stop_request=stop_request)
 
 
-def _make_accelerator(config: TrainConfig) -> Accelerator:
+def _make_accelerator(config: TrainConfig, precision: Precision) -> Accelerator:
     output_dir = Path(config.output_dir)
     return Accelerator(
+        mixed_precision=precision.mixed_precision,
         log_with=tracking.trackers_for(config.report_to) or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir),
                                             logging_dir=str(output_dir / tracking.TRACKER_FOLDER)),
@@ -545,7 +550,7 @@ def _describe_training(run: Run) -> dict:
     if accelerator.device.type == "cuda":
         hardware = f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
     else:
-        hardware = f"{accelerator.num_processes} CPU process(es) on {platform.processor() or platform.machine()}"
+        hardware = f"{accelerator.num_processes} CPU process(es) on {cpu_name()}"
     return describe_training(hardware=hardware, num_processes=accelerator.num_processes,
                              mixed_precision=accelerator.mixed_precision,
                              distributed_type=str(accelerator.distributed_type.value),
@@ -574,11 +579,11 @@ def main(argv: Sequence[str] | None = None,
     """Train with the config ``argv`` gives; ``callbacks_for`` builds the listeners the config asks for (the entry
     points, distrinews/train.py and ``distrinews train``, hand in the Hub's). Returns the exit code."""
     try:
-        config = parse_train_config(argv)
+        config, precision_flag = parse_train_config(argv), parse_precision_flag(argv)
         if callbacks_for is None and (config.push_to_hub or config.hub_strategy == "checkpoint"):
             raise ConfigError("push_to_hub and hub_strategy=checkpoint need the Hub's listeners: train with "
                               "`python -m distrinews.train` or `distrinews train`")
-        train(config, callbacks_for(config) if callbacks_for else ())
+        train(config, callbacks_for(config) if callbacks_for else (), precision_flag)
     except Exception as err:
         code = exit_code_for(err)
         if code is None:

@@ -37,7 +37,7 @@ from requests.exceptions import HTTPError
 from conftest import REPO_ROOT
 from distrinews.cli import COMMANDS
 from distrinews.kaggle import bundle as kaggle_bundle
-from distrinews.training.launch_configs import launch_config_path
+from distrinews.launch.configs import launch_config_path
 from test_notebook import cell_index, cell_text, training_cell_index, with_parameters
 from venvs import Venv, make_image_venv
 

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import free_port, tiny_train_args
 from distrinews.training import faults
-from distrinews.training.launch_configs import launch_config_path
+from distrinews.launch.configs import launch_config_path
 
 DISTRINEWS = shutil.which("distrinews") or pytest.fail("the distrinews console script is not installed")
 LAUNCHER_NOISE = ("Traceback", "ChildFailedError", "torch.distributed.elastic", "exitcode")
@@ -115,7 +115,7 @@ def test_a_one_process_launch_stops_with_its_checkpoint_and_exit_75(tiny_model, 
     launch_args = ["--config_file", str(launch_config_path("single_gpu")), "--mixed_precision", "no",
                    "-m", "distrinews.train",
                    *tiny_train_args(tiny_model, ag_news_dir, output_dir, num_train_epochs=50, logging_steps=1)]
-    command = [sys.executable, "-c", "import sys; from distrinews.training.launcher import run_accelerate_launch; "
+    command = [sys.executable, "-c", "import sys; from distrinews.launch.launcher import run_accelerate_launch; "
                "sys.exit(run_accelerate_launch(sys.argv[1:]))", *launch_args]
     returncode, output = _stop_after_the_first_step(command, output_dir, tmp_path, signal.SIGTERM)
     assert returncode == 75, output[-3000:]

@@ -24,7 +24,7 @@ from accelerate.commands.config.config_args import load_config_from_file
 from conftest import REPO_ROOT, free_port, tiny_train_args
 from hub_mirror import serve_models
 from distrinews.kaggle.bundle import build_wheel
-from distrinews.training.launch_configs import LAUNCH_CONFIG_NAMES, launch_config_path
+from distrinews.launch.configs import LAUNCH_CONFIG_NAMES, launch_config_path
 
 DISTRINEWS = shutil.which("distrinews") or pytest.fail("the distrinews console script is not installed")
 CACHED_MODEL = "distrinews-test/tiny-cached"
@@ -67,8 +67,8 @@ def test_installed_layout_finds_its_own_launch_configs(wheel, tmp_path):
     # The unpacked wheel is exactly what site-packages holds after `pip install`; no clone is reachable from it.
     site = tmp_path / "site-packages"
     zipfile.ZipFile(wheel).extractall(site)
-    code = ("from distrinews.training.launch_configs import launch_config_path as p; "
-            "from distrinews.training.hardware import plan_launch; "
+    code = ("from distrinews.launch.configs import launch_config_path as p; "
+            "from distrinews.launch.plan import plan_launch; "
             "print(p('multi_gpu')); print(plan_launch([]).launch_args()[1])")
     # -I: neither PYTHONPATH nor the current folder is on sys.path; only the unpacked wheel is added.
     result = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {code}"],

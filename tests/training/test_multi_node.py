@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REFERENCE_RUN, REPO_ROOT, free_port, tiny_train_args
-from distrinews.training.launch_configs import launch_config_path
+from distrinews.launch.configs import launch_config_path
 
 TIMEOUT = 300
 

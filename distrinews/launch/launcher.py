@@ -24,8 +24,9 @@ from typing import Sequence
 
 import psutil  # accelerate's own dependency
 
-from .config import parse_train_config
-from .hardware import list_gpus, plan_launch
+from ..core.machine import list_gpus
+from ..training.config import parse_train_config
+from .plan import plan_launch
 
 # The signals torch's elastic agent would handle, were it in the main thread; this process passes them on instead.
 _PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
@@ -37,9 +38,10 @@ _AGENT_NOISE = ("failed (exitcode", "Sending process", "Failed to register signa
 _AGENT_LOGGERS = ("torch.distributed.elastic.multiprocessing.api", "torch.distributed.elastic.agent.server.api")
 
 
-def launch(train_argv: Sequence[str], *, dry_run: bool = False, main_process_port: int | None = None) -> int:
+def launch(train_argv: Sequence[str], *, dry_run: bool = False, main_process_port: int | None = None,
+           mixed_precision: str = "auto") -> int:
     config = parse_train_config(train_argv)
-    plan = plan_launch(list_gpus())
+    plan = plan_launch(list_gpus(), mixed_precision)
     port = [] if main_process_port is None else ["--main_process_port", str(main_process_port)]
     launch_args = [*plan.launch_args(), *port, "-m", "distrinews.train", *train_argv]
     print(f"{plan.reason}\n{shlex.join([sys.executable, '-m', 'accelerate.commands.launch', *launch_args])}",
@@ -52,7 +54,7 @@ def launch(train_argv: Sequence[str], *, dry_run: bool = False, main_process_por
     if plan.on_cpu:
         from .estimate import describe_cpu_cost
 
-        print(describe_cpu_cost(config, plan.processes, report.model, report.tokens_per_example,
+        print(describe_cpu_cost(config, plan.processes, plan.precision, report.model, report.tokens_per_example,
                                 report.train_examples, report.eval_sizes), flush=True)
     del report  # the ranks load their own model; this one's memory goes before they start
     return run_accelerate_launch(launch_args)

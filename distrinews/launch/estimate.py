@@ -1,26 +1,28 @@
 """How long a training run takes on this machine's CPU, said before it starts (``distrinews launch`` without a GPU).
 
 The estimate counts the model's arithmetic at the data's real token count (6 FLOPs per parameter and token for
-the forward and backward matmuls, plus attention) and divides it by this CPU's own fp32 matmul rate, measured on
-the spot, times the share of that rate a distrinews training step reaches here (``CPU_SHARE_OF_PEAK``, from the
-training benchmark, ``benchmarks/bench_train.py --preset cpu``). It is an estimate, not a promise: it says so.
+the forward and backward matmuls, plus attention) and divides it by this CPU's own matmul rate in the run's
+precision (fp32, or bf16 on a CPU with bf16 units), measured on the spot, times the share of that rate a
+distrinews training step reaches on such a CPU (``CPU_SHARE_OF_PEAK``, from the training benchmark,
+``benchmarks/bench_train.py --preset cpu``). It is an estimate, not a promise: it says so.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass
 
 import torch
 
-from .config import TrainConfig
+from ..core.machine import Precision, cpu_bf16_units, measure_matmul_flops
+from ..training.config import TrainConfig
 
-# MiniLM-L6, fp32, batch 32: 22.3 samples/s at 3.4 GFLOP per example against the 197 GFLOP/s of a large fp32
-# matmul on 2 AVX2 EPYC cores (benchmarks/results/cpu.json at commit df100a3). On 2 AVX-512 EPYC cores the same
-# run reaches 0.68 (README, Performance); the lower share keeps the estimate on the safe side for AVX2 CPUs.
-CPU_SHARE_OF_PEAK = 0.38
+# The share of its precision's matmul peak a distrinews training step reaches (MiniLM-L6, batch 32, 2 cores),
+# by the unit that computes it: the lowest share measured on the CPUs of docs/experiments.md ("Training speed by
+# CPU class"), so the estimate errs long. AMX tiles multiply so fast that the rest of a step dominates: a small
+# share of a large peak.
+CPU_SHARE_OF_PEAK = {"fp32": 0.38, "AVX512_BF16": 0.45, "AMX_BF16": 0.15}
 # A run that checks every step in minutes on a CPU (the notebook's SMOKE setting); distrinews launch names it.
 QUICK_RUN = {"max_train_samples": 2000, "max_eval_samples": 500, "num_train_epochs": 1, "max_steps": -1}
 QUICK_RUN_FLAGS = " ".join(f"--{name} {value}" for name, value in QUICK_RUN.items() if name != "max_steps")
@@ -40,31 +42,29 @@ def training_flops_per_token(model: torch.nn.Module, tokens_per_example: float) 
     return 6 * weights + attention
 
 
-def measure_matmul_flops(seconds: float = 0.4, size: int = 1024, dtype: torch.dtype = torch.float32) -> float:
-    """This CPU's matmul rate over all of torch's threads, in FLOP/s (a square matmul large enough to run at the
-    kernels' peak, repeated for about ``seconds``)."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.mm(a, b)  # warm-up: thread pool start, first-touch of the output
-    done, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds or done < 3:
-        torch.mm(a, b)
-        done += 1
-    return done * 2 * size**3 / elapsed
+def share_of_peak(precision: Precision, cpu_units: list[str]) -> tuple[float, str]:
+    """The share of ``CPU_SHARE_OF_PEAK`` for a run in ``precision`` on a CPU with ``cpu_units``, and its name."""
+    if precision.mixed_precision != "bf16" or not cpu_units:
+        return CPU_SHARE_OF_PEAK["fp32"], "fp32"
+    unit = "AMX_BF16" if "AMX_BF16" in cpu_units else "AVX512_BF16"
+    return CPU_SHARE_OF_PEAK[unit], "bf16"
 
 
 @dataclass(frozen=True)
 class CpuEstimate:
     examples: int  # training examples processed over the whole run (steps x global batch)
     flops: float  # training, and the evaluations (a forward pass: a third of a training step's arithmetic)
-    peak_flops: float
+    peak_flops: float  # the matmul rate of the run's precision
+    share: float  # of that rate, a training step's (CPU_SHARE_OF_PEAK)
 
     @property
     def seconds(self) -> float:
-        return self.flops / (self.peak_flops * CPU_SHARE_OF_PEAK)
+        return self.flops / (self.peak_flops * self.share)
 
 
 def estimate_cpu_run(config: TrainConfig, processes: int, model: torch.nn.Module, tokens_per_example: float,
-                     train_examples: int, eval_sizes: dict[str, int], peak_flops: float) -> CpuEstimate:
+                     train_examples: int, eval_sizes: dict[str, int], peak_flops: float,
+                     share: float = CPU_SHARE_OF_PEAK["fp32"]) -> CpuEstimate:
     """The run ``config`` describes on ``train_examples`` (after max_train_samples) and the evaluation splits of
     ``eval_sizes`` (after max_eval_samples)."""
     steps = config.total_steps(train_examples, processes)
@@ -74,23 +74,25 @@ def estimate_cpu_run(config: TrainConfig, processes: int, model: torch.nn.Module
     eval_examples = eval_sizes.get("validation", 0) * validations + eval_sizes.get("test", 0)
     examples = steps * config.total_train_batch_size(processes)
     per_example = tokens_per_example * training_flops_per_token(model, tokens_per_example)
-    return CpuEstimate(examples=examples, flops=(examples + eval_examples / 3) * per_example, peak_flops=peak_flops)
+    return CpuEstimate(examples=examples, flops=(examples + eval_examples / 3) * per_example, peak_flops=peak_flops,
+                       share=share)
 
 
-def describe_cpu_cost(config: TrainConfig, processes: int, model: torch.nn.Module, tokens_per_example: float,
-                      train_examples: int, eval_sizes: dict[str, int]) -> str:
-    """What ``distrinews launch`` prints before a CPU run: its estimate, and the quick run's."""
-    peak = measure_matmul_flops()
-    run = estimate_cpu_run(config, processes, model, tokens_per_example, train_examples, eval_sizes, peak)
+def describe_cpu_cost(config: TrainConfig, processes: int, precision: Precision, model: torch.nn.Module,
+                      tokens_per_example: float, train_examples: int, eval_sizes: dict[str, int]) -> str:
+    """What ``distrinews launch`` prints before a CPU run in ``precision``: its estimate, and the quick run's."""
+    share, dtype_name = share_of_peak(precision, cpu_bf16_units())
+    peak = measure_matmul_flops(dtype=torch.bfloat16 if dtype_name == "bf16" else torch.float32)
+    run = estimate_cpu_run(config, processes, model, tokens_per_example, train_examples, eval_sizes, peak, share)
     quick = estimate_cpu_run(TrainConfig(**{**config.to_dict(), **QUICK_RUN}), processes, model, tokens_per_example,
                              min(train_examples, QUICK_RUN["max_train_samples"]),
                              {name: min(size, QUICK_RUN["max_eval_samples"]) for name, size in eval_sizes.items()},
-                             peak)
+                             peak, share)
     epochs = (f"{config.max_steps} steps" if config.max_steps > 0
               else f"{config.num_train_epochs:g} epoch{'' if config.num_train_epochs == 1 else 's'}")
     return (f"estimate: {config.model_name_or_path} on {run.examples:,} training examples ({epochs}, with its "
             f"evaluations) takes about {describe_duration(run.seconds)} on this CPU ({os.cpu_count() or 1} cores: "
-            f"{_flops(run.flops)} at {CPU_SHARE_OF_PEAK:.0%} of the {peak / 1e9:.0f} GFLOP/s its fp32 matmuls "
+            f"{_flops(run.flops)} at {share:.0%} of the {peak / 1e9:.0f} GFLOP/s its {dtype_name} matmuls "
             f"reach here); a GPU takes minutes. For a quick run add {QUICK_RUN_FLAGS} (about "
             f"{describe_duration(quick.seconds)}).")
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import TrainConfig
 from ..core.errors import InputError, OutputDirError
+from ..training.config import TrainConfig
 
 # Hub ids are looked up with one request of at most this long: a Hub that does not answer is reported, not retried.
 HUB_PROBE_TIMEOUT_S = 10
@@ -44,7 +44,7 @@ def preflight(config: TrainConfig, say: Callable[[str], None] = print) -> Prefli
     check_output_dir_creatable(Path(config.output_dir))
     unreachable = _go_offline_if_hub_unreachable(config)
     # Imported after the Hub check: the datasets library reads HF_HUB_OFFLINE once, at import.
-    from .data import DataOptions, checked_max_length, load_labelled_data
+    from ..training.data import DataOptions, checked_max_length, load_labelled_data
     from ..core.modeling import load_classifier
 
     import datasets

@@ -1,4 +1,4 @@
-"""Launch settings chosen from the hardware found (the notebook's hardware cell), and nvidia-smi parsing."""
+"""Launch settings chosen from the hardware found (the notebook's hardware cell)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT
-from distrinews.core.machine import GpuInfo, cpu_bf16_units, fastest_precision, parse_nvidia_smi
+from distrinews.core.machine import GpuInfo, cpu_bf16_units, fastest_precision
 from distrinews.launch.plan import LaunchPlan, plan_launch
 
 T4 = GpuInfo("Tesla T4", 15360, (7, 5))
@@ -23,18 +23,6 @@ def launched_settings(plan: LaunchPlan) -> dict:
     flags = args[2:]
     settings.update({flags[i].removeprefix("--"): flags[i + 1] for i in range(0, len(flags), 2)})
     return settings
-
-
-def test_parses_nvidia_smi_csv():
-    text = "Tesla T4, 15360, 7.5\nTesla T4, 15360, 7.5\n"
-    assert parse_nvidia_smi(text) == [T4, T4]
-    assert parse_nvidia_smi("NVIDIA RTX A6000, Ada, 49140, 8.6") == [GpuInfo("NVIDIA RTX A6000, Ada", 49140, (8, 6))]
-    assert parse_nvidia_smi("") == []
-
-
-def test_unreadable_nvidia_smi_line_is_named():
-    with pytest.raises(ValueError, match=r"line 2 .*'Tesla T4, \[N/A\], 7.5'"):
-        parse_nvidia_smi("Tesla T4, 15360, 7.5\nTesla T4, [N/A], 7.5")
 
 
 def test_no_gpu_uses_two_cpu_processes_in_bf16_where_the_cpu_has_bf16_units():

@@ -54,7 +54,8 @@ class TorchBackend:
     def __init__(self, model, threads: int | None = None):
         import torch
 
-        torch.set_num_threads(threads or usable_cores())
+        self.threads = threads or usable_cores()
+        torch.set_num_threads(self.threads)
         self.model = model.eval()
         self.logits: LogitsFn = torch_logits(self.model)
 
@@ -67,8 +68,9 @@ class OnnxInt8Backend:
     def __init__(self, onnx_path: Path, threads: int | None = None):
         import onnxruntime as ort
 
+        self.threads = threads or usable_cores()
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or usable_cores()
+        options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1  # one batch at a time is served; parallelism lives inside each op
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Worker threads spin between the ops of a run (a sleeping pool costs a wake-up per op: ~1 ms per headline

@@ -24,6 +24,7 @@ import functools
 import logging
 import os
 import re
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,9 +240,17 @@ def _load_backend(folder: Path, quantization: str, config: ServingConfig, *, cac
     return ServedModel(backend, encoder_for(tokenizer, policy) or tokenizer, task, policy)
 
 
+def _threads(backend: Any) -> int:
+    return getattr(backend, "threads", 0)
+
+
 def _if_file(path: Path) -> Path | None:
     return path if path.is_file() else None
 
+
+# The text the lone-request sessions are timed on at start: about an AG News headline and its description.
+LONE_PROBE_WORDS = "markets rally as the central bank holds rates steady and oil slides".split()
+LONE_PROBE_RUNS = 11
 
 # Requests with more characters than this are cleaned and tokenized off the event loop (a 256 KiB article takes
 # tens of ms), so the other requests and the health checks keep being answered meanwhile.
@@ -264,10 +273,13 @@ class ClassifierService:
         self.load_seconds = load_seconds
         self.texts_classified = 0
         self.lanes = served.lanes or [served.backend]
+        self.lone_backend = served.backend  # the session a lone request runs on (choose_lone_backend)
+        self.lone_timings_ms: dict[str, float] = {}
         self.batcher: MicroBatcher[Any] = MicroBatcher(
             self._window_logits, max_batch_size=config.max_batch_size, max_wait_ms=config.batch_wait_ms,
             max_queue=config.max_queue, size_of=len,
-            lanes=[functools.partial(self._window_logits, backend=lane) for lane in self.lanes])
+            lanes=[functools.partial(self._window_logits, backend=lane) for lane in self.lanes],
+            run_alone=lambda windows: self._window_logits(windows, self.lone_backend))
 
     @classmethod
     def load(cls, config: ServingConfig) -> "ClassifierService":
@@ -281,6 +293,7 @@ class ClassifierService:
                                    threads=config.threads or usable_cores())
         service = cls(config, served, revision, read_card_metrics(folder), load_seconds=0.0)
         service.warm_up()
+        service.choose_lone_backend()
         service.load_seconds = time.perf_counter() - started
         log.info("serving %s at %s with quantization=%s, loaded and warm in %.1f s", config.model_id, revision,
                  service.quantization, service.load_seconds)
@@ -303,6 +316,26 @@ class ClassifierService:
             for length in (1, 8, 40, self.max_length):
                 self.predict_now([" ".join(words[i % len(words)] for i in range(length))], backend)
             self.predict_now(batch, backend)
+
+    def choose_lone_backend(self, runs: int = LONE_PROBE_RUNS) -> None:
+        """Time a headline on the session over every core and on a lane's (fewer threads), in turns, and let lone
+        requests take the faster. Which wins depends on the CPU: splitting one short text's small matmuls over
+        threads pays where a core multiplies slowly and costs a synchronisation per operator where it is fast."""
+        candidates = {f"{_threads(backend)} threads": backend for backend in (self.backend, self.lanes[0])}
+        if len(candidates) < 2:
+            return
+        headline = " ".join(LONE_PROBE_WORDS * 4)
+        seconds: dict[str, list[float]] = {name: [] for name in candidates}
+        for _ in range(runs):
+            for name, backend in candidates.items():
+                started = time.perf_counter()
+                self.predict_now([headline], backend)
+                seconds[name].append(time.perf_counter() - started)
+        self.lone_timings_ms = {name: round(statistics.median(times) * 1000, 3) for name, times in seconds.items()}
+        fastest = min(self.lone_timings_ms, key=self.lone_timings_ms.get)
+        self.lone_backend = candidates[fastest]
+        log.info("a lone request runs on the session of %s (median ms of a headline: %s)", fastest,
+                 self.lone_timings_ms)
 
     def predict_now(self, texts: Sequence[str], backend: Any = None) -> list[Prediction]:
         """Synchronous, unbatched: the one predict path with this service's backend (or one of its lanes)."""
@@ -397,6 +430,7 @@ class ClassifierService:
             "max_windows_per_request": self.config.window_budget,
             "max_text_chars": self.config.max_text_chars,
             "max_batch_size": self.config.max_batch_size, "lanes": len(self.lanes),
+            "lone_request_threads": _threads(self.lone_backend),
             "load_seconds": round(self.load_seconds, 2), "version": __version__,
         }
 

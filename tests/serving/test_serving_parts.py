@@ -17,7 +17,7 @@ from distrinews.serving.batching import MicroBatcher
 from distrinews.core.modeling import load_classifier
 from distrinews.core.predict import encode_windows, length_sorted_chunks, pad_batch, torch_logits
 from distrinews.core.windows import WindowPolicy, scores_from_logits
-from distrinews.serving.service import ServingConfig, texts_from_csv
+from distrinews.serving.service import ClassifierService, ServingConfig, texts_from_csv
 
 
 def test_int8_onnx_export_agrees_with_fp32_on_padded_batches_and_is_cached(tiny_model, tmp_path):
@@ -296,3 +296,46 @@ def test_texts_from_csv_reads_a_text_column_or_the_ag_news_layout(tmp_path):
     assert texts_from_csv(tmp_path / "plain.csv", 10) == ["first headline", "second headline"]
     with pytest.raises(ValueError, match="at most 1"):
         texts_from_csv(tmp_path / "plain.csv", 1)
+
+
+class _Slowed:
+    """A served session that answers after an extra delay: a CPU on which it would be the slower choice."""
+
+    def __init__(self, backend, seconds: float):
+        self.backend, self.seconds = backend, seconds
+        self.threads, self.quantization = backend.threads, backend.quantization
+
+    def logits(self, batch):
+        time.sleep(self.seconds)
+        return self.backend.logits(batch)
+
+
+@pytest.mark.parametrize("slowed", ["every core's", "a lane's"])
+def test_a_lone_request_takes_the_session_that_answered_a_headline_faster_at_start(shipped_space_model, tmp_path,
+                                                                                   slowed):
+    config = ServingConfig(model_id=str(shipped_space_model), quantize="int8", onnx_cache_dir=str(tmp_path / "onnx"),
+                           threads=2, lanes=2)
+    service = ClassifierService.load(config)
+    assert {service.backend.threads, service.lanes[0].threads} == {2, 1}
+    assert set(service.lone_timings_ms) == {"2 threads", "1 threads"}  # measured when it loaded
+    if slowed == "every core's":
+        service.backend = _Slowed(service.backend, 0.01)
+    else:
+        service.lanes[0] = _Slowed(service.lanes[0], 0.01)
+    service.choose_lone_backend(runs=3)
+    expected = 1 if slowed == "every core's" else 2
+    assert service.info()["lone_request_threads"] == expected
+    assert service.lone_timings_ms[f"{3 - expected} threads"] > 10  # the slowed one, with its delay
+
+    async def lone_request():  # the batcher runs a lone request on the chosen session
+        await service.start()
+        try:
+            return await service.predict(["Stocks rally as the central bank holds interest rates"])
+        finally:
+            await service.stop()
+
+    calls = []
+    chosen = service.lone_backend
+    original = chosen.logits
+    chosen.logits = lambda batch: calls.append(len(batch["input_ids"])) or original(batch)
+    assert len(asyncio.run(lone_request())) == 1 and calls == [1]

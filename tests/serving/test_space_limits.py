@@ -272,3 +272,4 @@ def test_an_inference_failure_answers_a_generic_500_and_logs_the_backends_text(s
             Client(base_url, verbose=False).predict("東京", api_name="/classify")
         assert "failed on this text" in str(shown.value) and private not in str(shown.value)
     assert private in caplog.text
+

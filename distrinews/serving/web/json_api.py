@@ -98,6 +98,9 @@ class InfoResponse(BaseModel):
                                             "truncated.")
     max_batch_size: int
     lanes: int = Field(description="Model sessions running batches side by side (INFERENCE_LANES).")
+    lone_request_threads: int = Field(description="Threads of the session a request runs on when it is alone: "
+                                                  "every core's, or a lane's, whichever answered a headline "
+                                                  "faster when the server started.")
     load_seconds: float
     version: str
 

@@ -77,6 +77,8 @@ PRESETS = {
 TRAINER_VARIANTS = {"trainer_tutorial": dict(pad_to_max=True, half=False),
                     "trainer_dynamic": dict(pad_to_max=False, half=False),
                     "trainer_dynamic_bf16": dict(pad_to_max=False, half=True)}
+# distrinews in fp32, in bf16 autocast (on a CPU with bf16 units), and in bf16 with torch's own dropout masks.
+DISTRINEWS_SYSTEMS = ("distrinews", "distrinews_bf16", "distrinews_bf16_torch_dropout")
 # The accuracy recipes. "baseline" is the Trainer's setting of the reference runs (docs/experiments.md);
 # "views_rdrop1_lr1e-4_head1e-3_2ep_all" is the most accurate on this data and model so far (README, Performance).
 RECIPES = {
@@ -124,6 +126,9 @@ def main() -> int:
     parser.add_argument("--throughput_models", default=None,
                         help="Comma-separated throughput models, instead of the preset's (minilm, distilbert)")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--systems", help="Comma-separated throughput systems to run, instead of all that fit the "
+                                          "hardware (e.g. trainer_dynamic,trainer_dynamic_bf16,distrinews,"
+                                          "distrinews_bf16)")
     parser.add_argument("--parts", default="throughput,accuracy,ddp_scaling",
                         help="Comma-separated subset of throughput, accuracy, ddp_scaling")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -131,6 +136,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.recipes and (unknown := set(args.recipes.split(",")) - RECIPES.keys()):
         parser.error(f"unknown recipe(s): {', '.join(sorted(unknown))}")
+    if args.systems and (unknown := set(args.systems.split(",")) - {*TRAINER_VARIANTS, *DISTRINEWS_SYSTEMS}):
+        parser.error(f"unknown system(s): {', '.join(sorted(unknown))}")
     if args.worker:
         print("RESULT " + json.dumps(_run_worker(json.loads(args.worker))), flush=True)
         return 0
@@ -233,6 +240,8 @@ def _throughput_cases(args, preset: dict, models: dict, data: dict, workdir: Pat
         systems.append("distrinews_bf16")  # accelerate's bf16 autocast on AMX/AVX-512 bf16 units
         # The same with torch's own dropout masks (cpu_dropout_masks=false): what those masks cost.
         systems.append("distrinews_bf16_torch_dropout")
+    if args.systems:
+        systems = [system for system in systems if system in args.systems.split(",")]
     runs: dict[str, list[dict]] = {system: [] for system in systems}
     for repeat in range(args.repeats or preset.get("repeats", 1)):
         turn = systems[repeat % len(systems):] + systems[:repeat % len(systems)]  # each system leads once

@@ -23,14 +23,16 @@ What it measures, on real AG News test text (title + description, ../shared/data
    what ``InferenceClient`` and huggingface.js send), timed in the same rounds as ``/api/predict``: the two routes
    share the whole predict path, so they may differ only by their JSON.
 
-Latency: single texts, one after another, in ``--latency-rounds`` rounds (5 rounds of 100 texts by default)
-after one warm-up. In each round every text goes through every path back to back (in a seeded random order,
-another for each text and round, so no path always follows the same one), so the load of other users of a
-shared machine falls on every path alike.
+Latency: single texts, one at a time, each after an idle pause (``--latency-idle-ms``, 100 by default: a lone
+request at an idle server, as a Space's visitor or a remote client sends it), in ``--latency-rounds`` rounds (5
+rounds of 100 texts by default) after one warm-up. Each path runs its texts in a block of its own, and the order
+of the blocks rotates over the rounds: a path is never timed right after another, whose worker threads may still
+spin or whose wake-ups changed the cores' state (one ONNX Runtime session measured 5 to 11 ms a headline
+depending on the path timed just before it), and a busy minute of a shared machine falls on one round.
 Each path's p50 and p99 are taken per round; the table gives the median over rounds with the [min, max] of the
 rounds beside it, and the ratios between paths are taken per round too (median [min, max]): a busy minute
-widens the spread instead of becoming the result. After each text, one ``GET /api/health`` to the ``space``
-server is timed too: the HTTP round trip with no model call, the part of the Space's latency that an
+widens the spread instead of becoming the result. A block of ``GET /api/health`` calls to the ``space`` server
+is timed the same way: the HTTP round trip with no model call, the part of the Space's latency that an
 in-process call never pays.
 
 Where a single request's time goes: every ``space`` request's ``Server-Timing`` header (queue: waiting for a
@@ -69,6 +71,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import functools
 import json
 import os
 import platform
@@ -86,10 +89,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 SHARED = REPO_ROOT.parent / "shared" / "data"
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
-# Pause between two timed calls. ONNX Runtime's and OpenMP's worker threads keep spinning for a few ms after a
-# call returns (~5 ms of CPU per call measured here); with 2 cores, a path timed while the previous path's
-# threads still spin runs up to 2x slower, so every path waits them out.
-SETTLE_S = 0.03
+# Pause between two paths' blocks of latency calls: longer than the worker threads of the path before may spin.
+BLOCK_SETTLE_S = 0.3
 # How often the cold-start probe asks the Space whether it is ready: the start-up time is known to +-25 ms, and
 # a probe (a loopback connection and a 503) costs the starting server well under 1 ms of CPU each time.
 READY_POLL_S = 0.025
@@ -238,6 +239,16 @@ def measure_peaks(threads: int, folder: Path, seconds: float = 2.0) -> dict[str,
 
     int8 = max(side_by_side([session(threads)]), side_by_side([session(1) for _ in range(threads)]))
     return {"fp32": round(measure_matmul_flops(seconds=seconds, size=2048) / 1e9, 1), "int8": round(int8, 1)}
+
+
+def _record(rounds: list[list[float]], call, text: str, round_: int) -> None:
+    rounds[round_].append(call(text))
+
+
+def _record_round_trip(round_trips: list[float], client, text: str, round_: int) -> None:
+    started = time.perf_counter()
+    client.health()
+    round_trips.append(time.perf_counter() - started)
 
 
 def plain_ort_int8(model, folder: Path):
@@ -460,6 +471,9 @@ def main(argv=None) -> int:
     # ~15 minutes on 2 cores. The p99 of 100 texts is about the round's slowest; the median over rounds keeps one
     # unlucky text from becoming the result.
     parser.add_argument("--latency-texts", type=int, default=100, help="Single-text calls timed per path and round.")
+    parser.add_argument("--latency-idle-ms", type=float, default=100.0,
+                        help="Idle pause before each single-text call: a lone request at an idle server (longer than "
+                             "worker threads spin after a call).")
     parser.add_argument("--latency-rounds", type=int, default=5,
                         help="Latency rounds (every text through every path in each); medians over rounds.")
     parser.add_argument("--throughput-texts", type=int, default=1024, help="Texts per path in the throughput phase.")
@@ -581,7 +595,8 @@ def run(args, work: Path) -> int:
         # the Rust Encoder) and its session over the shipped graph, called through predict_with as a batch is.
         space_files = read_serving_files(model_dir)
         space_encoder = Encoder.from_files(space_files, WindowPolicy(info["space"]["max_length"]))
-        space_backend = OnnxInt8Backend(shipped)
+        # the session the space server gives a lone request (chosen when it started: /api/info)
+        space_backend = OnnxInt8Backend(shipped, info["space"].get("lone_request_threads") or None)
 
         def space_in_process(text):
             session_s = 0.0
@@ -617,26 +632,23 @@ def run(args, work: Path) -> int:
                 call(text)
         for entries in stage_log.values():
             entries.clear()  # the warm-up is not measured
-        # Latency: every text goes through every path back to back, so load from other users of the shared
-        # cores lands on all paths alike instead of on whichever path happened to run during a busy minute; and
-        # all of that in rounds, so a busy minute shows as one round's outlier in the spread, not as the result.
+        # Latency: each path alone, one text at a time with an idle pause before each (a Space's lone request:
+        # the server was idle), in blocks whose order rotates over the rounds, so a busy minute shows as one
+        # round's outlier in the spread instead of the result. A path is never timed right after another: worker
+        # threads left spinning (ONNX Runtime's, OpenMP's) or woken cores would make it pay or profit for the path
+        # before it (docs/experiments.md: one session's time varied 2x with the path timed before it).
         latencies = {name: [[] for _ in range(args.latency_rounds)] for name in single}
-        round_trips = []  # the Space's HTTP round trip without a model call, timed along with the paths
-        names = list(single)
+        round_trips = []  # the Space's HTTP round trip without a model call, in a block of its own
+        blocks = {**{name: functools.partial(_record, latencies[name], single[name]) for name in single},
+                  "health": functools.partial(_record_round_trip, round_trips, http["space"]),
+                  "space-in-process": lambda text, round_: space_in_process(text)}
+        names = list(blocks)
         for round_ in range(args.latency_rounds):
-            for i, text in enumerate(latency_texts):
-                # Each text meets the paths in another order, so no path always follows the same one (a request
-                # right after one to the same server finds its caches warm; after another process, cold).
-                order = random.Random(round_ * len(latency_texts) + i).sample(names, len(names))
-                for name in order:
-                    time.sleep(SETTLE_S)  # the previous path's worker threads stop spinning before the next is timed
-                    latencies[name][round_].append(single[name](text))
-                time.sleep(SETTLE_S)
-                started = time.perf_counter()
-                http["space"].health()
-                round_trips.append(time.perf_counter() - started)
-                time.sleep(SETTLE_S)
-                space_in_process(text)
+            for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+                time.sleep(BLOCK_SETTLE_S)
+                for text in latency_texts:
+                    time.sleep(args.latency_idle_ms / 1000)
+                    blocks[name](text, round_)
 
         # Throughput: the paths take turns on slices of the texts (rounds); each path's rate per round, and its
         # median [min, max] over the rounds.
@@ -711,7 +723,9 @@ def run(args, work: Path) -> int:
             row["texts_per_s_batch_32"], row["texts_per_s_batch_32_spread"] = median_spread(rates[name], 1)
         else:
             row["texts_per_s_32_clients"], row["texts_per_s_32_clients_spread"] = median_spread(rates[name], 1)
-            row.update(statuses=statuses[name], quantization=info[http_paths[name][0]]["quantization"])
+            server_info = info[http_paths[name][0]]
+            row.update(statuses=statuses[name], quantization=server_info["quantization"],
+                       lone_request_threads=server_info.get("lone_request_threads"))
             if name == "space":
                 row["health_round_trip_p50_ms"] = percentiles(round_trips)["p50_ms"]
         row["agreement_with_fp32_pct"] = round(

@@ -73,12 +73,11 @@ class OnnxInt8Backend:
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1  # one batch at a time is served; parallelism lives inside each op
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Worker threads spin between the ops of a run (a sleeping pool costs a wake-up per op: ~1 ms per headline
-        # here) and stop when the run returns: left spinning after it, they burned ~5 ms of CPU per request that
-        # the event loop on the same 2 cores needed. Measured on the Space over HTTP, p50 of one headline:
-        # no spinning 15.7-16.1 ms, spin + stop 15.3-15.4 ms (CPU per request as without spinning).
+        # Worker threads spin between the ops of a run and, as ONNX Runtime does by default, for a while after it.
+        # Stopping them when a run returned saved that CPU, but a run that then finds its workers asleep and the
+        # cores idle takes about twice as long (docs/experiments.md, 2026-12-07): every lone request at a quiet
+        # Space paid it. Only the session over every core has workers; a lane's single-thread session has none.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        options.add_session_config_entry("session.force_spinning_stop", "1")
         self.path = onnx_path
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.input_names = [node.name for node in self.session.get_inputs()]

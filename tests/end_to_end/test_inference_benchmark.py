@@ -23,7 +23,7 @@ def test_inference_benchmark_runs_every_path_at_a_tiny_size(tmp_path):
     scratch.mkdir()
     done = subprocess.run([sys.executable, "benchmarks/bench_inference.py", "--data", str(data / "test.csv"),
                            "--base-config", str(model), "--latency-texts", "12", "--latency-rounds", "2",
-                           "--throughput-texts", "24", "--rounds", "2", "--clients", "4", "--cold-starts", "1",
+                           "--latency-idle-ms", "2", "--throughput-texts", "24", "--rounds", "2", "--clients", "4", "--cold-starts", "1",
                            "--peak-seconds", "0.2",
                            "--space-quantize", "int8",  # the shipped graph even on a CPU without VNNI
                            "--accuracy-model", str(model), "--output", str(output)],

@@ -19,10 +19,10 @@ from ..core.machine import Precision, cpu_bf16_units, measure_matmul_flops
 from ..training.config import TrainConfig
 
 # The share of its precision's matmul peak a distrinews training step reaches (MiniLM-L6, batch 32, 2 cores),
-# by the unit that computes it: the lowest share measured on the CPUs of docs/experiments.md ("Training speed by
-# CPU class"), so the estimate errs long. AMX tiles multiply so fast that the rest of a step dominates: a small
-# share of a large peak.
-CPU_SHARE_OF_PEAK = {"fp32": 0.38, "AVX512_BF16": 0.45, "AMX_BF16": 0.15}
+# by the unit that computes it: the lowest share the `cpu` preset of benchmarks/bench_train.py measured on a CPU
+# with that unit (docs/experiments.md), so the estimate errs long. AMX tiles multiply so fast that the rest of a
+# step dominates: a small share of a large peak.
+CPU_SHARE_OF_PEAK = {"fp32": 0.38, "AVX512_BF16": 0.43, "AMX_BF16": 0.15}
 # A run that checks every step in minutes on a CPU (the notebook's SMOKE setting); distrinews launch names it.
 QUICK_RUN = {"max_train_samples": 2000, "max_eval_samples": 500, "num_train_epochs": 1, "max_steps": -1}
 QUICK_RUN_FLAGS = " ".join(f"--{name} {value}" for name, value in QUICK_RUN.items() if name != "max_steps")

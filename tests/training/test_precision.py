@@ -33,8 +33,15 @@ def _metrics(output_dir):
 
 @pytest.fixture
 def unpinned(monkeypatch):
-    """No precision in the environment, as in a shell that did not export one (conftest.py pins fp32)."""
+    """No precision in the environment, as in a shell that did not export one (conftest.py pins fp32), and a fresh
+    accelerate state before and after: accelerate keeps one per process, and refuses a second precision in it
+    (this file shares its xdist worker with other in-process runs, in fp32)."""
+    from accelerate.state import AcceleratorState
+
     monkeypatch.delenv(ACCELERATE_VARIABLE, raising=False)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def test_the_precision_comes_from_accelerate_then_the_flag_then_the_machine(unpinned, monkeypatch):

@@ -381,8 +381,7 @@ def test_the_space_serves_named_labels_and_the_ui_says_which_it_gives(two_string
             _ready(client)
             info = client.get("/api/info").json()
             (prediction,) = client.post("/api/predict", json={"text": text}).json()["predictions"]
-            scores = {"confidences": [{"label": k, "confidence": v} for k, v in prediction["probabilities"].items()]}
-            shown = Demo(app.state.serving).given_labels(scores)
+            shown = Demo(app.state.serving).given_labels(prediction["probabilities"])  # as Gradio hands the Label on
         assert info["labels"] == list(labels) and prediction["labels"] == expected
         assert shown == f"**Given:** {', '.join(expected)}"
         if info["problem_type"] != MULTI:

@@ -89,12 +89,12 @@ class Demo:
 
     def given_labels(self, scores: dict | None) -> str:
         """The labels the model gives for the scores shown: the most likely, or every one at or above the
-        threshold (multi-label)."""
+        threshold (multi-label). Gradio hands a Label's value on as ``{label: probability}``; the Label shows every
+        label, so these are the probabilities the API answers with."""
         if self.state.service is None or not scores:
             return ""
         task = self.state.service.task
-        confidence = {c["label"]: c["confidence"] for c in scores.get("confidences") or []}
-        given = [task.labels[i] for i in task.chosen([confidence.get(name, 0.0) for name in task.labels])]
+        given = [task.labels[i] for i in task.chosen([scores.get(name, 0.0) for name in task.labels])]
         return f"**Given:** {', '.join(given) or 'no label (none reaches the threshold)'}"
 
     async def explain(self, text: str) -> tuple[list[tuple[str, float | None]], str]:

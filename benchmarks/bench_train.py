@@ -465,11 +465,6 @@ def _mixed_precision() -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def _accuracy_precision() -> str:
-    """Accuracy runs also use bf16 on a CPU with bf16 units (1.5-2.3x faster there than fp32, cpu.json)."""
-    return "bf16" if _has_bf16() else "no"
-
-
 def _has_bf16() -> bool:
     """Whether this machine computes in bf16 at speed: a GPU that supports it, or a CPU with bf16 units."""
     import torch
@@ -693,7 +688,7 @@ def _accuracy(case: dict) -> dict:
 
 
 def _distrinews_metrics(case: dict, recipe: dict, seed: int) -> dict:
-    os.environ.setdefault("ACCELERATE_MIXED_PRECISION", _accuracy_precision())
+    # In distrinews.train's own default precision (training/precision.py), unless ACCELERATE_MIXED_PRECISION says one.
     from distrinews.training.config import TrainConfig
     from distrinews.training.loop import train
 

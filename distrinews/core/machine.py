@@ -139,7 +139,7 @@ class Precision:
     @property
     def words(self) -> str:
         """How the plan line says it: bf16 is autocast over fp32 master weights on every device."""
-        return {"no": "fp32", "bf16": "bf16 autocast, fp32 weights", "fp16": "fp16"}[self.mixed_precision]
+        return {"no": "fp32", "bf16": "bf16 autocast, fp32 weights"}.get(self.mixed_precision, self.mixed_precision)
 
 
 def fastest_precision(gpus: Sequence[GpuInfo] = (), *, cpu_units: Sequence[str] | None = None) -> Precision:

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from ..core.machine import PRECISION_CHOICES, Precision, cpu_bf16_units, describe_machine, fastest_precision, list_gpus
 from .configs import launch_config_path
+
 CPU_PROCESSES = 2  # accelerate_configs/cpu.yaml: the threads of the machine are split between them
 
 
@@ -48,8 +49,8 @@ def plan_launch(gpus: Sequence, mixed_precision: str = "auto", *, cpu_units: Seq
         raise ValueError(f"--mixed_precision must be one of {', '.join(PRECISION_CHOICES)}, got {mixed_precision!r}")
     precision = (fastest_precision(gpus, cpu_units=cpu_bf16_units() if cpu_units is None else cpu_units)
                  if mixed_precision == "auto" else Precision(mixed_precision, f"--mixed_precision {mixed_precision}"))
-    override = "; --mixed_precision no trains in fp32" if mixed_precision == "auto" and precision.mixed_precision != "no" else ""
-    said = f"{precision.words} ({precision.why}{override})"
+    chosen_here = mixed_precision == "auto" and precision.mixed_precision != "no"
+    said = f"{precision.words} ({precision.why}{'; --mixed_precision no trains in fp32' if chosen_here else ''})"
     if not gpus:
         return LaunchPlan("cpu.yaml", CPU_PROCESSES, precision,
                           reason=f"no GPU found: {CPU_PROCESSES} CPU processes, DDP over gloo, {said}")

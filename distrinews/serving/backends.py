@@ -75,8 +75,7 @@ class OnnxInt8Backend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Worker threads spin between the ops of a run and, as ONNX Runtime does by default, for a while after it.
         # Stopping them when a run returned saved that CPU, but a run that then finds its workers asleep and the
-        # cores idle takes about twice as long (docs/experiments.md, 2026-12-07): every lone request at a quiet
-        # Space paid it. Only the session over every core has workers; a lane's single-thread session has none.
+        # cores idle is far slower (docs/experiments.md): every lone request at a quiet Space paid for it. Only the session over every core has workers; a lane's single-thread session has none.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1")
         self.path = onnx_path
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])

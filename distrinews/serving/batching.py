@@ -6,7 +6,7 @@ per core it owns) has a worker task that takes the first waiting item, gathers m
 thread, so the event loop keeps accepting requests. While batches run, new items queue up and form the next
 ones, so batches grow with load by themselves; the wait only matters when the server is idle. The one exception
 is a lone item with nothing else waiting and every lane idle: it runs on the event loop itself, through
-``run_alone`` (in the Space, a session over every core), instead of paying for the trip to a lane and back.
+``run_alone`` (in the Space, the session it timed fastest at start), instead of paying for the trip to a lane and back.
 
 Why lanes: on a CPU, several small batches side by side keep the cores busier than one batch split across them
 (DistilBERT int8 on 2 cores: two 1-thread sessions 131 texts/s, one 2-thread session 117, in batches of 2),

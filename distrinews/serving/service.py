@@ -240,10 +240,6 @@ def _load_backend(folder: Path, quantization: str, config: ServingConfig, *, cac
     return ServedModel(backend, encoder_for(tokenizer, policy) or tokenizer, task, policy)
 
 
-def _threads(backend: Any) -> int:
-    return getattr(backend, "threads", 0)
-
-
 def _if_file(path: Path) -> Path | None:
     return path if path.is_file() else None
 
@@ -325,7 +321,7 @@ class ClassifierService:
         idle pause as a lone request comes, and let lone requests take the faster. Which wins depends on the CPU
         and what runs it: a session whose worker threads sleep pays for waking them on every operator's hand-off,
         and splitting one short text's small matmuls over threads may not pay that back."""
-        candidates = {f"{_threads(backend)} threads": backend for backend in (self.backend, self.lanes[0])}
+        candidates = {f"{backend.threads} threads": backend for backend in (self.backend, self.lanes[0])}
         if len(candidates) < 2:
             return
         headline = " ".join(LONE_PROBE_WORDS * 4)
@@ -435,7 +431,7 @@ class ClassifierService:
             "max_windows_per_request": self.config.window_budget,
             "max_text_chars": self.config.max_text_chars,
             "max_batch_size": self.config.max_batch_size, "lanes": len(self.lanes),
-            "lone_request_threads": _threads(self.lone_backend),
+            "lone_request_threads": self.lone_backend.threads,
             "load_seconds": round(self.load_seconds, 2), "version": __version__,
         }
 

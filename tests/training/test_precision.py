@@ -54,6 +54,8 @@ def test_the_precision_comes_from_accelerate_then_the_flag_then_the_machine(unpi
         training_precision("no")
     with pytest.raises(ConfigError, match="--mixed_precision must be one of auto, no, bf16, fp16, got 'fp8'"):
         training_precision("fp8")
+    monkeypatch.setenv(ACCELERATE_VARIABLE, "fp8")  # accelerate has more precisions than the flag offers
+    assert training_precision().words == "fp8"
 
 
 def test_one_process_trains_in_this_machines_fastest_precision_by_default(unpinned, tiny_model, ag_news_dir, tmp_path,

@@ -112,6 +112,7 @@ def _predict(argv: Sequence[str]) -> int:
     parser.add_argument("--model", required=True, help="Local folder or Hub repo id.")
     parser.add_argument("--revision", default=None, help="Branch, tag or commit sha of a Hub model.")
     parser.add_argument("--json", action="store_true", help="Print one JSON object per text.")
+    _add_min_confidence(parser)
     parser.add_argument("texts", nargs="+", help="Texts to classify.")
     args = parser.parse_args(argv)
     from .core.texts import clean_text
@@ -130,14 +131,30 @@ def _predict(argv: Sequence[str]) -> int:
     from .core.predict import predict_texts
 
     model, tokenizer = load_classifier(args.model, args.revision)
-    for text, prediction in zip(texts, predict_texts(model, tokenizer, texts)):
+    for text, prediction in zip(texts, predict_texts(model, tokenizer, texts, min_confidence=args.min_confidence)):
         if args.json:
             print(json.dumps({"text": text, **prediction.to_dict()}))
         else:
             shares = "  ".join(f"{name} {p:.3f}" for name, p in prediction.probabilities.items())
             given = ", ".join(prediction.labels) or "(no label)"
+            if prediction.abstained:
+                given = f"not sure (best guess {given}; confidence {prediction.confidence:.3f} < " \
+                        f"{prediction.min_confidence:g})"
             print(f"{given:<9} {prediction.score:.3f}  | {shares}  | {text}")
     return 0
+
+
+def _add_min_confidence(parser: argparse.ArgumentParser) -> None:
+    def probability(value: str) -> float:
+        number = float(value)
+        if not 0 <= number <= 1:
+            raise argparse.ArgumentTypeError(f"{value} is not in [0, 1]")
+        return number
+
+    parser.add_argument("--min_confidence", type=probability, default=None, metavar="P",
+                        help="Answer 'not sure' (abstained, with every probability and the best guess) when the "
+                             "model's confidence is under P; 0 = never. Default: the floor the model was trained "
+                             "with (config abstain_below, set by train --target_precision), if any.")
 
 
 def _push(argv: Sequence[str]) -> int:

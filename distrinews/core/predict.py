@@ -40,10 +40,18 @@ class Prediction:
     windows: int = 1  # windows of max_length tokens read
     score_function: str = "softmax"  # the model's own (its task's): softmax, or sigmoid for multi-label
     window_logits: np.ndarray | None = field(default=None, repr=False, compare=False)  # (windows, classes)
+    confidence: float = 1.0  # how likely the answer is right, by the model's own scores (Task.confidence)
+    min_confidence: float | None = None  # the floor it was held to (None: none)
+
+    @property
+    def abstained(self) -> bool:
+        """The model is "not sure": its confidence is under the floor. The labels are still its best guess."""
+        return self.min_confidence is not None and self.confidence < self.min_confidence
 
     def to_dict(self) -> dict:
         return {"label": self.label, "score": self.score, "labels": self.labels,
-                "probabilities": self.probabilities, "truncated": self.truncated, "windows": self.windows}
+                "probabilities": self.probabilities, "truncated": self.truncated, "windows": self.windows,
+                "abstained": self.abstained, "confidence": self.confidence, "min_confidence": self.min_confidence}
 
     def scores(self, function: str) -> dict[str, float]:
         """Every label's score under ``function`` (softmax, sigmoid or none), windows combined as that kind
@@ -57,11 +65,13 @@ class Prediction:
 def prediction_from_windows(task: Task, window_logits: np.ndarray, truncated: bool) -> Prediction:
     """A text's prediction from its windows' logits: the task's scores of each window, combined as that kind of
     score combines (mean of softmax, max of sigmoid), and the labels the task gives for them."""
-    combined = combine_window_scores(task.probabilities(window_logits), task.score_function).tolist()
+    scores = combine_window_scores(task.probabilities(window_logits), task.score_function)
+    combined = scores.tolist()
     best = max(range(len(combined)), key=combined.__getitem__)
     return Prediction(label=task.labels[best], score=combined[best], probabilities=dict(zip(task.labels, combined)),
                       truncated=truncated, labels=[task.labels[i] for i in task.chosen(combined)],
-                      windows=len(window_logits), score_function=task.score_function, window_logits=window_logits)
+                      windows=len(window_logits), score_function=task.score_function, window_logits=window_logits,
+                      confidence=float(task.confidence(scores[None, :])[0]), min_confidence=task.abstain_below)
 
 
 def model_max_length(model, tokenizer) -> int:
@@ -250,11 +260,17 @@ def torch_logits(model) -> LogitsFn:
 
 
 def predict_texts(model, tokenizer, texts: Sequence[str], *, max_length: int | None = None,
-                  batch_size: int = 64, policy: WindowPolicy | None = None) -> list[Prediction]:
+                  batch_size: int = 64, policy: WindowPolicy | None = None,
+                  min_confidence: float | None = None) -> list[Prediction]:
+    """``predict_with`` on a torch model, with its task from its config; ``min_confidence`` replaces the floor the
+    model was saved with (``abstain_below``; 0 = none)."""
+    task = model_task(model)
+    if min_confidence is not None:
+        task = task.with_floor(min_confidence)
     was_training = model.training
     model.eval()
     try:
-        return predict_with(torch_logits(model), tokenizer, model_task(model), texts,
+        return predict_with(torch_logits(model), tokenizer, task, texts,
                             max_length=max_length or model_max_length(model, tokenizer), batch_size=batch_size,
                             policy=policy)
     finally:

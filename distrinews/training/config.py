@@ -24,6 +24,7 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
 MODEL_SELECTIONS = ("last", "best_validation")
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio", "all")
 HUB_STRATEGIES = ("end", "checkpoint")
+CALIBRATIONS = ("temperature", "none")
 SELECTION_METRICS = ("auto", *dict.fromkeys(SingleLabelTask.selection_metrics + MultiLabelTask.selection_metrics))
 
 # What a field means for resuming (checkpoint.run_signature reads it, so no field can be forgotten):
@@ -179,6 +180,20 @@ class TrainConfig:
         "Multi-label: a label is given when its probability is at least this; 0 = the threshold with the best "
         "validation micro-F1 (0.5 without a validation split). Saved in the model's config.", default=0.0,
         minimum=0, below=1, note=" (0 = chosen on validation)", resume=SAME)
+    per_label_thresholds: bool = _doc(
+        "Multi-label: after the global threshold, give each label the threshold with its best validation F1 "
+        "(labels with too few positive validation rows keep the global one). Saved in the model's config as "
+        "decision_thresholds.", default=True, resume=FREE)
+    calibration: str = _doc(
+        "After training, fit a temperature on the validation split (one per label for multi-label) that makes the "
+        "probabilities mean what they say, and fold it into the output layer ('temperature'), or leave the raw "
+        "scores ('none'). Single-label answers do not change. Needs a validation split.",
+        choices=CALIBRATIONS, default="temperature", resume=FREE)
+    target_precision: float = _doc(
+        "Choose the confidence floor (config abstain_below) as the lowest at which the validation answers kept are "
+        "right this often (multi-label: every label right); answers under it say 'not sure' (abstained) "
+        "everywhere the model is read. 0 = no floor.", default=0.0, minimum=0, below=1, note=" (0 = no floor)",
+        resume=FREE)
     checkpoint_every: int = _doc("Write a resumable checkpoint every N optimizer steps (0 = at each epoch end only).",
                                  default=0, minimum=0, resume=FREE)
     keep_last: int = _doc("Complete checkpoints kept on disk (the newest ones).", default=2, minimum=1, resume=FREE)

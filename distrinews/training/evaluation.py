@@ -22,8 +22,13 @@ from ..core.tasks import Task
 
 @dataclass
 class SplitOutputs:
-    logits: np.ndarray  # (examples, labels)
-    references: np.ndarray  # label indices, or 0/1 rows for multi-label
+    logits: np.ndarray  # (windows, labels)
+    references: np.ndarray  # one per text: label indices, or 0/1 rows for multi-label
+    text_index: np.ndarray | None = None  # (windows,) the text of each window; None: one window per text
+
+    def text_probabilities(self, task: Task) -> np.ndarray:
+        """(texts, labels): the task's probabilities of each text."""
+        return task.probabilities(self.logits)
 
 
 @torch.inference_mode()

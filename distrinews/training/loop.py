@@ -57,6 +57,7 @@ from .config import TrainConfig, parse_precision_flag, parse_train_config
 from .cpu_dropout import use_cpu_dropout
 from .data import DataOptions, checked_max_length, load_labelled_data, loss_class_weights, \
     tokenize_splits
+from .decisions import apply_to_model, decide_on_validation, split_report
 from .evaluation import collect_outputs, scalar_metrics, score_outputs
 from .loaders import release_loader_workers, training_loaders
 from .model_card import write_model_card
@@ -441,18 +442,19 @@ def _stop(run: Run, checkpointed: bool) -> None:
 # ----------------------------------------------------------------------------- finish
 
 def _finish(run: Run) -> dict:
-    """Pick the weights (``model_selection``) and the decision threshold, evaluate validation (if any) and test
-    once, write the outputs; then the listeners' end (the push)."""
+    """Pick the weights (``model_selection``), decide on validation (decisions.py: calibration, thresholds, the
+    confidence floor), evaluate validation (if any) and test once, write the outputs; then the listeners' end."""
     accelerator = run.accelerator
     accelerator.wait_for_everyone()
     selected_step = _select_weights(run)
-    outputs = {name: collect_outputs(run.model, loader, expected_count=len(run.tokenized[name]),
-                                     gather=accelerator.gather_for_metrics)
-               for name, loader in run.eval_loaders.items()}
-    threshold_source = _choose_threshold(run, outputs.get("validation"))
+    decisions = decide_on_validation(run.task, _split_outputs(run, "validation"), run.config)
+    apply_to_model(decisions, accelerator.unwrap_model(run.model))  # the same on every rank
+    run.data.task = decisions.task
     results = {"validation": None}  # stays None without a validation split
-    for name, split_outputs in outputs.items():
-        results[name] = score_outputs(run.task, split_outputs, run.class_weights)
+    for name in run.eval_loaders:
+        split_outputs = _split_outputs(run, name)
+        results[name] = {**score_outputs(run.task, split_outputs, run.class_weights),
+                         **split_report(decisions, split_outputs)}
         run.run_log.write("eval", split=name, step=selected_step, final=True, **scalar_metrics(results[name]))
     accelerator.log(tracking.eval_scalars("test", results["test"]), step=run.state.global_step)
     ended = run.state.stop_reason or f"completed: {run.state.global_step} of {run.total_steps} optimizer steps"
@@ -460,7 +462,7 @@ def _finish(run: Run) -> dict:
     metrics = {**results, "model_selection": run.config.model_selection,
                "metric_for_best_model": run.selection.metric, "selected_step": selected_step,
                "global_step": run.state.global_step, "training_ended": ended, "data": run.data.summary(),
-               "class_weights": _named_weights(run), "decision_threshold": threshold_source,
+               "class_weights": _named_weights(run), "decision_threshold": None, **decisions.report,
                "train": _describe_training(run)}
     with _written_on_every_rank(run, f"the final model and metrics in {run.output_dir}"):
         if accelerator.is_main_process:
@@ -471,19 +473,12 @@ def _finish(run: Run) -> dict:
     return metrics
 
 
-def _choose_threshold(run: Run, validation) -> dict | None:
-    """The multi-label decision threshold: decision_threshold, or the best validation micro-F1's (0.5 without a
-    validation split); written into the model's config. None for single-label models, which take the argmax."""
-    task, given = run.task, run.config.decision_threshold
-    chosen = None if given or validation is None else \
-        task.best_threshold(task.probabilities(validation.logits), validation.references)
-    run.data.task = task = task.with_threshold(chosen)
-    run.accelerator.unwrap_model(run.model).config.update(task.model_config())
-    if task.threshold is None:
+def _split_outputs(run: Run, name: str):
+    """Every example's outputs on split ``name`` (gathered from every rank), or None without that split."""
+    if name not in run.eval_loaders:
         return None
-    how = "given (decision_threshold)" if given else "best validation micro-F1" if chosen is not None else \
-        "default (no validation split to choose it on)"
-    return {"value": task.threshold, "chosen_by": how}
+    return collect_outputs(run.model, run.eval_loaders[name], expected_count=len(run.tokenized[name]),
+                           gather=run.accelerator.gather_for_metrics)
 
 
 def _named_weights(run: Run) -> dict[str, float] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import torch
 from safetensors.torch import load_file
 
 EXPECTED_FILES = [
@@ -72,7 +73,13 @@ def test_the_saved_model_is_the_final_step_by_default(two_process_run):
     final = load_file(output_dir / "checkpoints" / f"step-{metrics['global_step']:08d}" / "model.safetensors")
     saved = load_file(output_dir / "model" / "model.safetensors")
     assert final.keys() == saved.keys()
-    assert all((final[k] == saved[k]).all() for k in final)
+    # The calibration temperature is folded into the output layer (distrinews/training/decisions.py), and only there.
+    assert metrics["calibration"]["applied"] == "folded into the weights and bias of classifier"
+    (temperature,) = metrics["calibration"]["temperature"]
+    folded = {"classifier.weight", "classifier.bias"}
+    assert all((final[k] == saved[k]).all() for k in final.keys() - folded)
+    for name in folded:
+        assert torch.allclose(saved[name], final[name] / temperature, rtol=1e-6, atol=0)
     assert not (output_dir / "best_model.safetensors").exists()  # nothing chosen on validation, nothing kept
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..core.tasks import MULTI_LABEL
+from .card_trust import trust_sections
 
 if TYPE_CHECKING:
     from .model_card import CardFacts
@@ -24,6 +25,7 @@ def body(facts: CardFacts) -> str:
         "## Labels",
         "| id | label |\n| --- | --- |\n" + "\n".join(f"| {i} | {name} |" for i, name in enumerate(labels)),
         *_evaluation(facts),
+        *trust_sections(facts),
         *_training(facts),
         "## Framework versions",
         "\n".join(f"- {name}: {version}" for name, version in facts.metrics["train"]["versions"].items()),
@@ -71,9 +73,11 @@ def _intended_use(facts: CardFacts) -> list[str]:
     task, config = facts.task, facts.config
     what = f"Texts like those {facts.model_name} was trained on" if not facts.preset else \
         f"{facts.preset.domain[0].upper()}{facts.preset.domain[1:]}, as in {facts.preset.name}"
-    answers = ("every label whose probability reaches the decision threshold, which may be none"
+    answers = ("every label whose probability reaches its decision threshold, which may be none"
                if task.problem_type == MULTI_LABEL else f"one of the {len(task.labels)} labels, even for text unlike "
                "its training data")
+    if task.abstain_below is not None:
+        answers += f", flagged \"not sure\" when its confidence is under {task.abstain_below:.4f} (see below)"
     dated = " The data is from around 2004-2005, so recent topics and vocabulary are under-represented." \
         if facts.preset else ""
     return ["## Intended use and limitations",
@@ -87,8 +91,10 @@ def _how_to_use(facts: CardFacts) -> list[str]:
     placeholder_note = "" if facts.repo_id else (
         "\n`USER/NAME` stands for the repo this model is pushed to (or use the path of this folder).\n")
     if facts.task.problem_type == MULTI_LABEL:
+        which = "its own threshold (config.decision_thresholds)" if facts.task.thresholds is not None else \
+            f"{facts.task.threshold:g} (config.decision_threshold)"
         scores = (f"# every label's own probability (a sigmoid each: they need not sum to 1); the labels it gives "
-                  f"are those at or above {facts.task.threshold:g} (config.decision_threshold):\n")
+                  f"are those at or above {which}:\n")
     else:
         scores = "# every class with its probability:\n"
     return ["## How to use",
@@ -236,7 +242,8 @@ def _threshold_sentence(facts: CardFacts) -> str:
     chosen = facts.metrics.get("decision_threshold")
     if not chosen:
         return ""
-    return f" Decision threshold: {chosen['value']:g} ({chosen['chosen_by']}), for every label."
+    scope = "then one per label (below)" if chosen.get("per_label") else "for every label"
+    return f" Decision threshold: {chosen['value']:g} ({chosen['chosen_by']}), {scope}."
 
 
 def _per_class_table(title: str, split: dict, labels: list[str]) -> str:

@@ -12,15 +12,17 @@ Every rank computes them from the same gathered outputs, so they agree without a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..core.calibration import at_floor, calibration_scores, fit_temperature, floor_for_precision, label_nll, \
-    risk_coverage
+from ..core.calibration import TEMPERATURE_RANGE, at_floor, calibration_scores, fit_temperature, floor_for_precision, label_nll, \
+    reliability, risk_coverage
 from ..core.tasks import MIN_POSITIVES_FOR_OWN_THRESHOLD, MULTI_LABEL, Task
 from .config import TrainConfig
 from .evaluation import SplitOutputs
+
+CURVE_COVERAGES = tuple(round(0.05 * k, 2) for k in range(1, 21))  # the risk-coverage plot's points
 
 
 @dataclass
@@ -54,7 +56,8 @@ def _calibrate(decisions: Decisions, validation: SplitOutputs | None, config: Tr
     temperatures = fit_temperature(nll_at, count)
     decisions.task = task.with_temperature(temperatures)
     decisions.report["calibration"] = {"method": "temperature", "fitted_on": "validation",
-                                       "temperature": [round(float(t), 6) for t in temperatures]}
+                                       "temperature": [round(float(t), 6) for t in temperatures],
+                                       "at_range_edge": bool(np.isin(temperatures, TEMPERATURE_RANGE).any())}
 
 
 def _choose_thresholds(decisions: Decisions, validation: SplitOutputs | None, config: TrainConfig) -> None:
@@ -119,16 +122,18 @@ def apply_to_model(decisions: Decisions, model) -> None:
 
 def split_report(decisions: Decisions, outputs: SplitOutputs) -> dict:
     """A split's calibration before and after, and its risk-coverage points (and coverage at the floor)."""
-    task = decisions.task
+    task, references = decisions.task, outputs.references
     probabilities = outputs.text_probabilities(task)
-    report = {"risk_coverage": risk_coverage(task, probabilities, outputs.references),
-              "at_floor": at_floor(task, probabilities, outputs.references, task.abstain_below)}
+    report = {"risk_coverage": risk_coverage(task, probabilities, references),
+              "risk_coverage_curve": risk_coverage(task, probabilities, references, CURVE_COVERAGES),
+              "at_floor": at_floor(task, probabilities, references, task.abstain_below),
+              "calibration": {}, "reliability": {}}
+    stages = {"after": probabilities}
     if decisions.report.get("calibration", {}).get("method") == "temperature":
-        before = outputs.text_probabilities(decisions.uncalibrated)
-        report["calibration"] = {"before": calibration_scores(task, before, outputs.references),
-                                 "after": calibration_scores(task, probabilities, outputs.references)}
-    else:
-        report["calibration"] = {"after": calibration_scores(task, probabilities, outputs.references)}
+        stages = {"before": outputs.text_probabilities(decisions.uncalibrated), **stages}
+    for stage, scores in stages.items():
+        report["calibration"][stage] = calibration_scores(task, scores, references)
+        report["reliability"][stage] = [asdict(b) for b in reliability(task, scores, references)]
     return report
 
 

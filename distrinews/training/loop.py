@@ -65,7 +65,8 @@ from .optimization import build_optimizer, should_compile
 from .precision import training_precision
 from .preemption import StopRequest
 from .rdrop import rdrop_loss
-from .reporting import RunLog, describe_training, plot_confusion, plot_loss
+from .reporting import RunLog, describe_training, plot_confusion, plot_loss, plot_reliability, \
+    plot_risk_coverage
 from .run import LogWindow, Run
 from .selection import Selection
 from .stability import NonFiniteGuard
@@ -535,6 +536,8 @@ def _write_outputs(run: Run, metrics: dict) -> None:
     plot_loss(run.run_log.records(), plots / "loss.png", metric=run.selection.metric)
     test = metrics["test"]
     plot_confusion(run.task, test, plots / "confusion_matrix.png")
+    plot_reliability(test, plots / "reliability.png")
+    plot_risk_coverage(test, plots / "risk_coverage.png")
     write_model_card(run.output_dir, repo_id=run.config.hub_model_id or None)
     run.accelerator.print(f"test {_metrics_line(test)} on {test['num_examples']} examples; outputs in "
                           f"{run.output_dir}")

@@ -25,6 +25,7 @@ from ..core.errors import ModelCardError
 from ..core.formats import AG_NEWS, DatasetPreset, dataset_display_name, preset_named
 from ..core.tasks import MULTI_LABEL, Task, task_from_config
 from . import card_sections
+from .card_trust import TRUST_PLOTS
 
 # DistilBERT, the default base model, is Apache-2.0; pass another license for a base model under other terms.
 DEFAULT_LICENSE = "apache-2.0"
@@ -104,6 +105,9 @@ def write_model_card(run_dir: str | Path, repo_id: str | None = None, *, license
         if not source.is_file():
             raise ModelCardError(f"{source} is missing: the card shows it, and a finished run writes it")
         shutil.copyfile(source, model_dir / name)
+    for name in TRUST_PLOTS:  # runs from before calibration have none
+        if (run_dir / "plots" / name).is_file():
+            shutil.copyfile(run_dir / "plots" / name, model_dir / name)
     card = build_model_card(metrics, config, model_config, repo_id=repo_id, license=license,
                             num_parameters=_count_parameters(model_dir))
     path = model_dir / "README.md"

@@ -105,6 +105,52 @@ def plot_confusion(task, split_metrics: dict, path: Path) -> None:
         plot_count_grid(split_metrics["confusion_matrix"], task.labels, task.labels, path, "Test confusion matrix")
 
 
+def plot_reliability(split_metrics: dict, path: Path, split: str = "test") -> None:
+    """The reliability diagram of a split before and after calibration: each bin's accuracy against its mean
+    confidence (a calibrated model lies on the diagonal), with how many forecasts each bin holds."""
+    plt = _pyplot()
+    fig, (axis, counts) = plt.subplots(2, 1, figsize=(5.5, 6.5), dpi=120, sharex=True,
+                                       gridspec_kw={"height_ratios": [3, 1]})
+    axis.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    for stage, color in (("before", "tab:red"), ("after", "tab:blue")):
+        bins = [b for b in split_metrics["reliability"].get(stage, []) if b["count"]]
+        if not bins:
+            continue
+        ece = split_metrics["calibration"][stage]["ece"]
+        axis.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color=color,
+                  label=f"{stage} calibration (ECE {ece:.3f})")
+        counts.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["count"] for b in bins], width=1 / 16,
+                   alpha=0.5, color=color, label=stage)
+    axis.set_ylabel("accuracy of the bin's forecasts")
+    axis.set_title(f"Reliability on {split}")
+    axis.legend(loc="lower right")
+    counts.set_xlabel("forecast probability")
+    counts.set_ylabel("forecasts")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_risk_coverage(split_metrics: dict, path: Path, split: str = "test") -> None:
+    """Accuracy of the most confident answers against the share answered, and the floor's point if there is one."""
+    plt = _pyplot()
+    fig, axis = plt.subplots(figsize=(6, 4), dpi=120)
+    curve = split_metrics["risk_coverage_curve"]
+    axis.plot([100 * p["coverage"] for p in curve], [100 * p["accuracy"] for p in curve], "o-", color="tab:blue",
+              label="most confident answers kept")
+    floor = split_metrics.get("at_floor") or {}
+    if floor.get("floor") is not None and floor.get("accuracy") is not None:
+        axis.plot([100 * floor["coverage"]], [100 * floor["accuracy"]], "s", color="tab:red", markersize=9,
+                  label=f"confidence floor {floor['floor']:.3f}")
+    axis.set_xlabel("coverage: answers given (%)")
+    axis.set_ylabel("accuracy of those answers (%)")
+    axis.set_title(f"Risk-coverage on {split}")
+    axis.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_count_grid(counts: Sequence[Sequence[int]], row_names: Sequence[str], column_names: Sequence[str],
                     path: Path, title: str, x_label: str = "predicted", y_label: str = "true") -> None:
     """A heat map of counts with each count written in its cell (cells too small to read are left blank)."""

@@ -269,3 +269,12 @@ def test_serving_settings_are_checked_up_front():
     assert ServingConfig.from_env({"MODEL_ID": "m", "CORS_ALLOW_ORIGINS": ""}).cors_origins == []  # none
     assert ServingConfig.from_env({"MODEL_ID": "m", "MAX_WINDOWS": " "}).max_windows == 16  # blank: the default
     assert ServingConfig.from_env({"MODEL_ID": "m"}).cors_origins == ["*"]
+    for bad, said in (("1.5", "1.5"), ("-0.1", "-0.1"), ("nan", "nan"), ("inf", "inf")):
+        with pytest.raises(ServingConfigError, match=f"MIN_CONFIDENCE={said}: must be a number in \\[0, 1\\]"):
+            ServingConfig.from_env({"MODEL_ID": "m", "MIN_CONFIDENCE": bad})
+    with pytest.raises(ServingConfigError, match="MIN_CONFIDENCE='sure': expected a number"):
+        ServingConfig.from_env({"MODEL_ID": "m", "MIN_CONFIDENCE": "sure"})
+    with pytest.raises(ServingConfigError, match="MIN_CONFIDENCE=True"):
+        ServingConfig(model_id="m", min_confidence=True)
+    assert ServingConfig.from_env({"MODEL_ID": "m", "MIN_CONFIDENCE": " "}).min_confidence is None  # the model's
+    assert ServingConfig.from_env({"MODEL_ID": "m", "MIN_CONFIDENCE": "0"}).min_confidence == 0  # none at all

@@ -8,7 +8,7 @@ environment. The Gradio demo is at ``/``, the JSON API under ``/api``, the Huggi
     curl -s localhost:7860/ -H 'content-type: application/json' -d '{"inputs": "Stocks rally"}'
 
 Settings come from the environment (``distrinews.serving.service.ServingConfig``: MODEL_ID, MODEL_REVISION,
-QUANTIZE, MAX_BATCH_SIZE, MAX_WINDOWS, CORS_ALLOW_ORIGINS, ...). No logic lives here.
+QUANTIZE, MAX_BATCH_SIZE, MAX_WINDOWS, CORS_ALLOW_ORIGINS, MIN_CONFIDENCE, ...). No logic lives here.
 """
 
 from __future__ import annotations

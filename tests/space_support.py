@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +24,10 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+# Debian's headless Chromium, driven by Playwright (its own browser download cannot work offline).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 CARD_TEST_ACCURACY = 0.9123
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 
@@ -42,6 +47,41 @@ def write_space_model(folder: Path) -> Path:
         dataset_split="test", metric_type="accuracy", metric_value=CARD_TEST_ACCURACY)])
     ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n# tiny\n").save(folder / "README.md")
     return folder
+
+
+def with_config(source: Path, folder: Path, **keys) -> Path:
+    """A copy of the model in ``source`` whose config.json also holds ``keys`` (e.g. what a training run decided
+    on validation: ``abstain_below``, ``decision_thresholds``); a shipped int8 graph stays valid (it matches the
+    weights, which are the same)."""
+    shutil.copytree(source, folder)
+    config_file = folder / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **keys}, indent=2))
+    return folder
+
+
+@contextlib.contextmanager
+def demo_page(base_url: str):
+    """(playwright's sync_api, a page) on the Space's demo, once it shows the model's summary; the test skips
+    where playwright is not installed."""
+    import pytest
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(base_url + "/", wait_until="domcontentloaded")
+            sync_api.expect(page.get_by_text("test accuracy")).to_be_visible(timeout=30_000)
+            yield sync_api, page
+        finally:
+            browser.close()
+
+
+def expect_given_line(sync_api, page, text: str, line: str) -> None:
+    """Classify ``text`` on the Classify tab; the line under the scores must read ``line``."""
+    page.locator("#headline textarea").fill(text)
+    page.locator("#classify").click()
+    sync_api.expect(page.locator("#given")).to_have_text(line, timeout=30_000)
 
 
 def space_env(model_id: str, cache_dir: Path, **settings: str) -> dict[str, str]:

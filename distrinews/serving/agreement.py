@@ -41,7 +41,7 @@ PROBE_TEXTS = (
     "emoji 🚀📈 and symbols ∑ ∞ ≠",
     "AAPL GOOG MSFT NVDA earnings week",
 )
-# A probe counts where fp32 decides clearly: its two most probable labels (single-label), or every label and the
+# A probe counts where fp32 decides clearly: its two most probable labels (single-label), or every label and its
 # decision threshold (multi-label), at least this far apart.
 CLEAR_MARGIN = 0.1
 MIN_SAME_DECISIONS = 0.9
@@ -73,14 +73,16 @@ def probe_batch(tokenizer: Any, max_length: int, input_names: tuple[str, ...]) -
 
 def measure_agreement(fp32: LogitsFn, int8: LogitsFn, batch: dict[str, np.ndarray], task: Any) -> Agreement:
     reference, candidate = task.probabilities(fp32(batch)), task.probabilities(int8(batch))
-    clear = [i for i, row in enumerate(reference) if _margin(row, task.threshold) >= CLEAR_MARGIN]
+    # Multi-label: each label is decided against its own threshold, so each label's margin is from that one.
+    thresholds = None if task.threshold is None else task.label_thresholds
+    clear = [i for i, row in enumerate(reference) if _margin(row, thresholds) >= CLEAR_MARGIN]
     same = sum(task.chosen(list(reference[i])) == task.chosen(list(candidate[i])) for i in clear)
     return Agreement(len(reference), len(clear), same, float(np.abs(reference - candidate).mean()))
 
 
-def _margin(row: np.ndarray, threshold: float | None) -> float:
-    if threshold is not None:
-        return float(np.min(np.abs(row - threshold)))
+def _margin(row: np.ndarray, thresholds: np.ndarray | None) -> float:
+    if thresholds is not None:
+        return float(np.min(np.abs(row - thresholds)))
     if len(row) < 2:
         return float("inf")
     second, first = np.sort(row)[-2:]

@@ -96,6 +96,10 @@ class ServingConfig:
                       "the int8 graph, 1 for fp32 torch).", "INFERENCE_LANES", default=0)
     onnx_cache_dir: str = _doc("Where exported int8 ONNX models are cached.", "ONNX_CACHE_DIR",
                                default=str(Path.home() / ".cache" / "distrinews" / "onnx"))
+    min_confidence: float | None = _doc("Confidence floor: an answer whose confidence is under it is flagged "
+                                        "abstained ('not sure'), its labels and probabilities still given. Blank: "
+                                        "the model's own (abstain_below in its config, if any); 0: none; else a "
+                                        "number in (0, 1].", "MIN_CONFIDENCE", default=None)
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, rule: str) -> None:
@@ -117,6 +121,8 @@ class ServingConfig:
              "like https://example.org (scheme and host, optional port, no path)")
         need(self.max_queue >= max(self.max_batch_size, self.max_texts_per_request), "max_queue",
              "must hold at least one full batch and one full request")
+        need(self.min_confidence is None or _is_probability(self.min_confidence), "min_confidence",
+             "must be a number in [0, 1] (0 = no floor), or blank for the model's own floor (abstain_below)")
 
     @property
     def window_budget(self) -> int:
@@ -136,13 +142,20 @@ class ServingConfig:
             if raw is None or (raw.strip() == "" and not f.metadata["blank_allowed"]):
                 continue
             try:
-                values[f.name] = {"int": int, "float": float}.get(f.type, str)(raw.strip())
+                values[f.name] = _PARSERS.get(f.type, str)(raw.strip())
             except ValueError:
-                raise ServingConfigError(f"{f.metadata['env']}={raw!r}: expected {f.type}") from None
+                kind = "an integer" if f.type == "int" else "a number"
+                raise ServingConfigError(f"{f.metadata['env']}={raw!r}: expected {kind}") from None
         return cls(**{**values, **overrides})
 
 
 _ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
+_PARSERS = {"int": int, "float": float, "float | None": float}  # by the field's annotation; others stay str
+
+
+def _is_probability(value: Any) -> bool:
+    """A real number in [0, 1] (not a bool, not NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
 
 
 @dataclass
@@ -240,6 +253,11 @@ def _load_backend(folder: Path, quantization: str, config: ServingConfig, *, cac
     return ServedModel(backend, encoder_for(tokenizer, policy) or tokenizer, task, policy)
 
 
+def served_task(task: Task, min_confidence: float | None) -> Task:
+    """The model's task held to MIN_CONFIDENCE where it is set (0: no floor), else to the model's own floor."""
+    return task if min_confidence is None else task.with_floor(min_confidence)
+
+
 def _if_file(path: Path) -> Path | None:
     return path if path.is_file() else None
 
@@ -264,7 +282,8 @@ class ClassifierService:
         self.config = config
         self.backend = served.backend
         self.encoder = served.encoder
-        self.task = served.task
+        self.model_floor = served.task.abstain_below  # the model's own, from its config
+        self.task = served_task(served.task, config.min_confidence)
         self.policy = served.policy
         self.max_length = served.max_length
         self.resolved_revision = resolved_revision
@@ -419,11 +438,27 @@ class ClassifierService:
                 return metric.value
         return None
 
+    def label_thresholds(self) -> dict[str, float] | None:
+        """Multi-label: each label's threshold (its own, or the global one); None for a single-label model."""
+        if self.task.threshold is None:
+            return None
+        return dict(zip(self.task.labels, self.task.label_thresholds.tolist()))
+
+    def floor_info(self) -> dict[str, Any]:
+        """The confidence floor in use and where it came from."""
+        if self.config.min_confidence is not None:
+            source = "MIN_CONFIDENCE"
+        else:
+            source = "model config (abstain_below)" if self.model_floor is not None else "none"
+        return {"min_confidence": self.task.abstain_below, "min_confidence_source": source,
+                "model_abstain_below": self.model_floor}
+
     def info(self) -> dict[str, Any]:
         return {
             "model_id": self.config.model_id, "revision": self.config.revision or None,
             "resolved_revision": self.resolved_revision, "labels": list(self.task.labels),
             "problem_type": self.task.problem_type, "threshold": self.task.threshold,
+            "thresholds": self.label_thresholds(), **self.floor_info(),
             "test_metrics": [dataclasses.asdict(m) for m in self.card_metrics],
             "quantization": self.quantization, "max_length": self.max_length,
             "max_windows": self.policy.max_windows, "window_stride": self.policy.stride,

@@ -4,6 +4,9 @@ the Gradio queue starts), with a tiny model built here, on both backends."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +21,7 @@ from distrinews.core.errors import ServingConfigError
 from distrinews.serving.service import ServingConfig
 from distrinews.serving.web import create_app
 from distrinews.serving.web.json_api import PredictResponse
+from conftest import REPO_ROOT
 from space_support import CARD_TEST_ACCURACY, LABELS, space_env
 
 
@@ -269,3 +273,22 @@ def test_serving_settings_are_checked_up_front():
     assert ServingConfig.from_env({"MODEL_ID": "m", "CORS_ALLOW_ORIGINS": ""}).cors_origins == []  # none
     assert ServingConfig.from_env({"MODEL_ID": "m", "MAX_WINDOWS": " "}).max_windows == 16  # blank: the default
     assert ServingConfig.from_env({"MODEL_ID": "m"}).cors_origins == ["*"]
+    for bad, said in (("1.5", "1.5"), ("-0.1", "-0.1"), ("nan", "nan"), ("inf", "inf")):
+        with pytest.raises(ServingConfigError, match=f"MIN_CONFIDENCE={said}: must be a number in \\[0, 1\\]"):
+            ServingConfig.from_env({"MODEL_ID": "m", "MIN_CONFIDENCE": bad})
+    with pytest.raises(ServingConfigError, match="MIN_CONFIDENCE='sure': expected a number"):
+        ServingConfig.from_env({"MODEL_ID": "m", "MIN_CONFIDENCE": "sure"})
+    with pytest.raises(ServingConfigError, match="MIN_CONFIDENCE=True"):
+        ServingConfig(model_id="m", min_confidence=True)
+    assert ServingConfig.from_env({"MODEL_ID": "m", "MIN_CONFIDENCE": " "}).min_confidence is None  # the model's
+    assert ServingConfig.from_env({"MODEL_ID": "m", "MIN_CONFIDENCE": "0"}).min_confidence == 0  # none at all
+
+
+def test_the_space_will_not_start_with_a_bad_min_confidence(tmp_path):
+    """The Space's own entry point, as uvicorn imports it: one line naming the variable, before any model loads."""
+    env = {**os.environ, **space_env("unused/model", tmp_path / "onnx", MIN_CONFIDENCE="2"),
+           "PYTHONPATH": str(REPO_ROOT)}
+    run = subprocess.run([sys.executable, "-c", "import app.app"], cwd=REPO_ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("error: MIN_CONFIDENCE=2.0: must be a number in [0, 1]")

@@ -25,16 +25,16 @@ import pytest
 
 from conftest import ODD_TEXTS, free_port, shared_folder
 from distrinews.core.texts import clean_text
-from space_support import LABELS, assert_same_scores, hostile_plan, send_concurrently, uvicorn_server
+from space_support import CHROMIUM, CHROMIUM_ARGS, LABELS, assert_same_scores, demo_page, expect_given_line, \
+    hostile_plan, send_concurrently, uvicorn_server, with_config
 
 JS_CLIENT = Path(__file__).parent / "js"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # What the clients send as Authorization, made afresh each run (no token-shaped string lives in the tree): it must
 # echo nowhere.
 TOKEN = "hf_" + secrets.token_hex(17)
 TEXT = "Stocks rally as oil prices slide and the central bank holds rates"
+# The model's config says to abstain under this confidence, which no answer reaches: every answer is "not sure".
+FLOOR = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +45,15 @@ def page_port() -> int:
 @pytest.fixture(scope="module")
 def space(shipped_space_model, tmp_path_factory, page_port):
     """The Space with a CORS allow-list holding one origin, its demo files kept 1 s, its temp folders its own,
-    and no GRADIO_ANALYTICS_ENABLED in its environment (the app must turn analytics off itself)."""
+    and no GRADIO_ANALYTICS_ENABLED in its environment (the app must turn analytics off itself). Its model is the
+    shipped one with a confidence floor in its config (``abstain_below``), which a blank MIN_CONFIDENCE keeps."""
     folder = tmp_path_factory.mktemp("clients-server")
     (folder / "tmp").mkdir()
-    with uvicorn_server(str(shipped_space_model), folder / "onnx", folder / "uvicorn.log", QUANTIZE="int8",
+    model = with_config(shipped_space_model, folder / "model", abstain_below=FLOOR)
+    with uvicorn_server(str(model), folder / "onnx", folder / "uvicorn.log", QUANTIZE="int8",
                         MAX_BATCH_SIZE="24", BATCH_WAIT_MS="2", UI_FILES_TTL_S="1",
                         CORS_ALLOW_ORIGINS=f"http://127.0.0.1:{page_port}", GRADIO_TEMP_DIR=str(folder / "gradio"),
-                        TMPDIR=str(folder / "tmp"), unset=("GRADIO_ANALYTICS_ENABLED",)) as base_url:
+                        TMPDIR=str(folder / "tmp"), unset=("GRADIO_ANALYTICS_ENABLED", "MIN_CONFIDENCE")) as base_url:
         yield base_url, folder
 
 
@@ -91,6 +93,33 @@ def test_inference_client_text_classification(space, monkeypatch):
         client.text_classification(" \u200b ")
     assert blank.value.response.status_code == 422 and "empty or only whitespace" in str(blank.value)
     assert TOKEN not in (folder / "uvicorn.log").read_text()
+
+
+def test_an_abstained_answer_keeps_every_label_and_says_so(space, monkeypatch):
+    """Under the model's floor: /api/predict says abstained with the best guess and every probability; POST /
+    keeps the HF label list and says it in X-Abstained, which an InferenceClient user reads off the response
+    (a hook on huggingface_hub's shared HTTP session)."""
+    from huggingface_hub import InferenceClient, constants, get_session
+
+    base_url, _ = space
+    info = httpx.get(f"{base_url}/api/info").json()
+    assert (info["min_confidence"], info["min_confidence_source"]) == (FLOOR, "model config (abstain_below)")
+    (answer,) = httpx.post(f"{base_url}/api/predict", json={"text": TEXT}).json()["predictions"]
+    assert answer["abstained"] and answer["min_confidence"] == FLOOR and answer["confidence"] < FLOOR
+    assert answer["label"] in LABELS and answer["labels"] == [answer["label"]] and set(answer["probabilities"]) == \
+        set(LABELS)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    responses = []
+    hooks = get_session().event_hooks["response"]  # the session outlives the test: the hook is removed below
+    hooks.append(responses.append)
+    try:
+        every = InferenceClient(base_url=base_url).text_classification(TEXT)
+    finally:
+        hooks.remove(responses.append)
+    assert {e.label for e in every} == set(LABELS)
+    assert (responses[-1].headers["x-abstained"], responses[-1].headers["x-min-confidence"]) == ("1", repr(FLOOR))
+    both = httpx.post(f"{base_url}/", json={"inputs": [TEXT, "Striker scores twice"]})
+    assert both.headers["x-abstained"] == "1,1" and len(both.json()) == 2
 
 
 def test_hostile_tenth_of_concurrent_traffic_on_the_hf_route_fails_no_valid_request(space):
@@ -160,14 +189,17 @@ def test_gradio_client_sees_one_named_endpoint_per_action_and_calls_each(space, 
     listing = client.view_api(print_info=False, return_format="dict")
     assert set(listing["named_endpoints"]) == {"/classify", "/classify_many", "/explain"}
     assert not listing["unnamed_endpoints"]
-    label = client.predict(TEXT, api_name="/classify")
+    label, given = client.predict(TEXT, api_name="/classify")
     assert {c["label"] for c in label["confidences"]} == set(LABELS)
+    assert given.startswith("**Given:** not sure (confidence ") and f"floor of {FLOOR:.1%}" in given, given
     words, said = client.predict("nasa chip satellites", api_name="/explain")
     assert [w["token"].strip() for w in words] == ["nasa", "chip", "satellites"], words
     assert said.startswith("Read the whole text"), said
     for _ in range(3):
         table, csv_file = client.predict(f"{TEXT}\nStriker scores twice", None, api_name="/classify_many")
         assert [row[0] for row in table["value"]["data"]] == [TEXT, "Striker scores twice"], table
+        abstained = table["value"]["headers"].index("abstained")
+        assert [row[abstained] for row in table["value"]["data"]] == [True, True], table
         assert Path(csv_file).read_text(encoding="utf-8").startswith("text,label,score")
     # No copy in the temp folder, and the one in the Gradio cache goes after UI_FILES_TTL_S (1 s here).
     assert not list((folder / "tmp").glob("distrinews-*"))
@@ -189,8 +221,8 @@ def _scrape(base_url: str) -> dict[tuple[str, tuple], float]:
             for family in text_string_to_metric_families(response.text) for sample in family.samples}
 
 
-def test_metrics_count_known_requests(space, shipped_space_model):
-    base_url, _ = space
+def test_metrics_count_known_requests(space):
+    base_url, folder = space
     before = _scrape(base_url)
     for _ in range(3):
         assert httpx.post(base_url + "/", json={"inputs": [TEXT, "Striker scores"]}).status_code == 200
@@ -213,7 +245,7 @@ def test_metrics_count_known_requests(space, shipped_space_model):
     assert after[("distrinews_queue_depth", ())] == 0 and after[("distrinews_model_ready", ())] == 1
     assert after[("distrinews_model_load_seconds", ())] > 0
     (info,) = [dict(labels) for name, labels in after if name == "distrinews_model_info"]
-    assert info["model_id"] == str(shipped_space_model) and info["quantization"] == "int8"
+    assert info["model_id"] == str(folder / "model") and info["quantization"] == "int8"
     assert info["revision"].startswith("local:")
 
 
@@ -238,7 +270,8 @@ CALL_BOTH_APIS = """async ([space, token]) => {
     try {
       const r = await fetch(space + path, {method: "POST", body: JSON.stringify(body),
                                            headers: {"content-type": "application/json", ...headers}});
-      return {status: r.status, body: await r.json(), timing: r.headers.get("server-timing")};
+      return {status: r.status, body: await r.json(), timing: r.headers.get("server-timing"),
+              abstained: r.headers.get("x-abstained")};
     } catch (err) { return {blocked: String(err)}; }
   };
   return {api: await post("/api/predict", {text: "Stocks rally"}, {}),
@@ -263,4 +296,15 @@ def test_a_page_on_an_allowed_origin_calls_both_apis_and_another_origin_is_refus
     assert allowed["api"]["status"] == 200 and allowed["api"]["body"]["predictions"][0]["label"] in LABELS
     assert allowed["api"]["timing"].startswith("queue;")  # an exposed header
     assert allowed["hf"]["status"] == 200 and {e["label"] for e in allowed["hf"]["body"][0]} == set(LABELS)
+    assert allowed["hf"]["abstained"] == "1"  # exposed to the page, as the model's floor made it
     assert "Failed to fetch" in refused["api"]["blocked"] and "Failed to fetch" in refused["hf"]["blocked"]
+
+
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian's chromium (apt-get install chromium)")
+def test_the_classify_tab_says_not_sure_with_the_floor_and_keeps_the_scores(space):
+    base_url, _ = space
+    (answer,) = httpx.post(f"{base_url}/api/predict", json={"text": TEXT}).json()["predictions"]
+    with demo_page(base_url) as (sync_api, page):
+        expect_given_line(sync_api, page, TEXT, f"Given: not sure (confidence {answer['confidence']:.1%} is under "
+                                                f"the floor of {FLOOR:.1%}; best guess: {answer['label']})")
+        sync_api.expect(page.locator("#topic [data-testid$='-confidence-set']")).to_have_count(len(LABELS))

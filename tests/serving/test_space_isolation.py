@@ -181,7 +181,8 @@ def test_the_demo_tabs_take_any_text_and_any_upload(client, tmp_path):
     classify, classify_many, explain = demo.classify, demo.classify_many, demo.explain
 
     async def scenario():
-        assert set(await classify("\ud800 stocks \x00 rally")) == set(LABELS)
+        scores, given = await classify("\ud800 stocks \x00 rally")
+        assert set(scores) == set(LABELS) and given.startswith("**Given:** ")
         highlighted, said = await explain("\u202enasa\u202c \ud83d chip \x1b")
         words = [word for word, _ in highlighted]
         assert "".join(words).encode("utf-8") and words == ["nasa \ufffd ", "chip"] and "Read the whole" in said

@@ -18,11 +18,9 @@ import pytest
 
 from conftest import ag_news_rows
 from hub_mirror import HubMirror
-from space_support import ARTIFACTS, CARD_TEST_ACCURACY, LABELS, uvicorn_server, write_space_model
+from space_support import ARTIFACTS, CARD_TEST_ACCURACY, CHROMIUM, LABELS, demo_page, expect_given_line, \
+    uvicorn_server, with_config, write_space_model
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 QUEUE_TEXTS = 65  # one full request (64) fits, and one window more
 
 
@@ -37,8 +35,11 @@ def hub_mirror(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pinned_commit(hub_mirror, tmp_path_factory) -> str:
-    """The Space's model as a Hub repo on the mirror; the sha of the commit the server is pinned to."""
-    return hub_mirror.commit(REPO_ID, write_space_model(tmp_path_factory.mktemp("space-model")), "Add the model")
+    """The Space's model as a Hub repo on the mirror, its config holding a confidence floor no answer reaches
+    (which the server's MIN_CONFIDENCE=0 turns off); the sha of the commit the server is pinned to."""
+    folder = tmp_path_factory.mktemp("space-model")
+    model = with_config(write_space_model(folder / "written"), folder / "floored", abstain_below=1.0)
+    return hub_mirror.commit(REPO_ID, model, "Add the model")
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,7 @@ def server(hub_mirror, pinned_commit, space_model_id, tmp_path_factory):
     folder = tmp_path_factory.mktemp("server")
     with uvicorn_server(space_model_id, folder / "onnx", folder / "uvicorn.log", QUANTIZE="auto",
                         MAX_QUEUE=str(QUEUE_TEXTS), MAX_TEXTS_PER_REQUEST="64", MODEL_REVISION=pinned_commit,
+                        MIN_CONFIDENCE="0",
                         **hub_mirror.client_env(folder / "hf-home")) as base_url:
         yield base_url
 
@@ -60,9 +62,15 @@ def test_predict_and_info_over_http(server, space_model_id, pinned_commit):
     assert info["model_id"] == space_model_id and info["labels"] == LABELS
     assert info["revision"] == info["resolved_revision"] == pinned_commit  # pulled from the mirror at the pin
     assert info["test_metrics"][0]["value"] == CARD_TEST_ACCURACY
+    # MIN_CONFIDENCE=0 turns the model's own floor off: nothing is abstained.
+    assert (info["min_confidence"], info["min_confidence_source"], info["model_abstain_below"]) == \
+        (None, "MIN_CONFIDENCE", 1.0)
     response = httpx.post(f"{server}/api/predict", json={"texts": ["Stocks rally", "Striker scores twice"]})
     assert response.status_code == 200, response.text
-    assert [set(p["probabilities"]) for p in response.json()["predictions"]] == [set(LABELS)] * 2
+    predictions = response.json()["predictions"]
+    assert [set(p["probabilities"]) for p in predictions] == [set(LABELS)] * 2
+    assert all(not p["abstained"] and p["min_confidence"] is None and p["confidence"] == p["score"]
+               for p in predictions), predictions
     assert httpx.post(f"{server}/api/predict", json={"text": "   "}).status_code == 422
 
 
@@ -139,32 +147,22 @@ def test_an_idle_server_lets_the_cores_sleep(server):
 
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian's chromium (apt-get install chromium)")
 def test_a_person_in_a_browser_classifies_a_headline(server):
-    sync_api = pytest.importorskip("playwright.sync_api")
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(server + "/", wait_until="domcontentloaded")
-            sync_api.expect(page.get_by_text("test accuracy")).to_be_visible(timeout=30_000)
-            page.locator("#headline textarea").fill("Oil prices fall and stocks rally as the central bank holds rates")
-            page.locator("#classify").click()
-            top = page.locator("#topic [data-testid='label-output-value']")
-            sync_api.expect(top).to_be_visible(timeout=30_000)
-            assert top.inner_text().strip() in LABELS
-            rows = page.locator("#topic [data-testid$='-confidence-set']")
-            sync_api.expect(rows).to_have_count(4)
-            shares = rows.locator("dd.confidence").all_inner_texts()
-            assert len(shares) == 4 and all(share.strip().endswith("%") for share in shares), shares
-            assert sorted(rows.locator("dt").all_inner_texts()) == sorted(LABELS)
-            page.screenshot(path=str(ARTIFACTS / "space_classify.png"), full_page=True)
-            # The line under the scores names the label the API gives for the same text, whatever that label is.
-            for text, label in _texts_of_different_labels(server).items():
-                page.locator("#headline textarea").fill(text)
-                page.locator("#classify").click()
-                sync_api.expect(page.locator("#given")).to_have_text(f"Given: {label}", timeout=30_000)
-        finally:
-            browser.close()
+    with demo_page(server) as (sync_api, page):
+        page.locator("#headline textarea").fill("Oil prices fall and stocks rally as the central bank holds rates")
+        page.locator("#classify").click()
+        top = page.locator("#topic [data-testid='label-output-value']")
+        sync_api.expect(top).to_be_visible(timeout=30_000)
+        assert top.inner_text().strip() in LABELS
+        rows = page.locator("#topic [data-testid$='-confidence-set']")
+        sync_api.expect(rows).to_have_count(4)
+        shares = rows.locator("dd.confidence").all_inner_texts()
+        assert len(shares) == 4 and all(share.strip().endswith("%") for share in shares), shares
+        assert sorted(rows.locator("dt").all_inner_texts()) == sorted(LABELS)
+        page.screenshot(path=str(ARTIFACTS / "space_classify.png"), full_page=True)
+        # The line under the scores names the label the API gives for the same text, whatever that label is.
+        for text, label in _texts_of_different_labels(server).items():
+            expect_given_line(sync_api, page, text, f"Given: {label}")
 
 
 HEADLINES = ["Oil prices fall and stocks rally as the central bank holds rates", "Striker scores twice as champions win",
@@ -186,3 +184,50 @@ def _texts_of_different_labels(server) -> dict[str, str]:
     assert set(chosen.values()) - {LABELS[0]}, f"the test model gives {LABELS[0]} to every headline"
     return chosen
 
+
+
+# ---------------------------------------------------------------- a multi-label model's own decisions
+
+# Per-label thresholds as training saves them: the tiny model's sigmoid scores all sit just under 0.5, so the
+# global 0.5 gives no label, World's own 0.3 and Business's own 0.45 give those two, and Sports' 0.6 and Sci/Tech's
+# 0.5 do not.
+OWN_THRESHOLDS = {"World": 0.3, "Sports": 0.6, "Business": 0.45, "Sci/Tech": 0.5}
+
+
+@pytest.fixture(scope="module")
+def multi_label_server(shipped_space_model, tmp_path_factory):
+    """A multi-label copy of the model with its int8 graph (the path that reads only the config, no torch), whose
+    config holds per-label thresholds and a confidence floor that MIN_CONFIDENCE replaces by a lower one."""
+    folder = tmp_path_factory.mktemp("multi-label-server")
+    model = with_config(shipped_space_model, folder / "model", problem_type="multi_label_classification",
+                        decision_threshold=0.5, decision_thresholds=list(OWN_THRESHOLDS.values()), abstain_below=0.9)
+    with uvicorn_server(str(model), folder / "onnx", folder / "uvicorn.log", QUANTIZE="int8",
+                        MIN_CONFIDENCE="0.25") as base_url:
+        yield base_url
+
+
+def test_a_multi_label_model_gives_each_label_at_its_own_threshold_on_every_surface(multi_label_server):
+    info = httpx.get(f"{multi_label_server}/api/info").json()
+    assert (info["problem_type"], info["quantization"], info["threshold"]) == ("multi_label_classification",
+                                                                               "int8", 0.5)
+    assert info["thresholds"] == OWN_THRESHOLDS
+    assert (info["min_confidence"], info["min_confidence_source"], info["model_abstain_below"]) == \
+        (0.25, "MIN_CONFIDENCE", 0.9)
+    texts = HEADLINES[:2]
+    predictions = httpx.post(f"{multi_label_server}/api/predict", json={"texts": texts}).json()["predictions"]
+    for prediction in predictions:
+        scores = prediction["probabilities"]
+        given = {name for name, score in scores.items() if score >= OWN_THRESHOLDS[name]}
+        assert set(prediction["labels"]) == given == {"World", "Business"}, prediction
+        assert scores["World"] < 0.5  # given under its own threshold; the global one would not give it
+        sure = [scores[name] if name in given else 1 - scores[name] for name in LABELS]
+        assert prediction["confidence"] == pytest.approx(min(sure), abs=1e-6)
+        assert not prediction["abstained"] and prediction["min_confidence"] == 0.25  # MIN_CONFIDENCE, not 0.9
+    hf = httpx.post(f"{multi_label_server}/", json={"inputs": texts})
+    assert [len(ranked) for ranked in hf.json()] == [4, 4]
+    assert (hf.headers["x-abstained"], hf.headers["x-min-confidence"]) == ("0,0", "0.25")
+    if shutil.which(CHROMIUM):
+        with demo_page(multi_label_server) as (sync_api, page):
+            sync_api.expect(page.get_by_text("Sports 0.6")).to_be_visible()  # the summary lists each threshold
+            for text, prediction in zip(texts, predictions):
+                expect_given_line(sync_api, page, text, f"Given: {', '.join(prediction['labels'])}")

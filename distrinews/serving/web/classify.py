@@ -38,6 +38,16 @@ class Classified:
         """Windows read per text, comma-separated (the HF protocol's body has no room for it)."""
         return ",".join(str(p.windows) for p in self.predictions)
 
+    def abstained_header(self) -> str:
+        """1 where a text's answer is "not sure" (confidence under the floor), else 0, one per text,
+        comma-separated."""
+        return ",".join("1" if p.abstained else "0" for p in self.predictions)
+
+    def floor_header(self) -> str:
+        """The confidence floor the answers were held to, or ``none``."""
+        floor = self.predictions[0].min_confidence  # one floor per service, so every text's is the same
+        return "none" if floor is None else repr(floor)
+
 
 async def classify(state: ServingState, front: Front, texts: Sequence[str], field: str) -> Classified:
     """Predictions for ``texts`` sent as the request's ``field``; refuses more than ``front.max_texts``."""

@@ -1,7 +1,8 @@
 """The Gradio demo at ``/`` (presentation only): classify a text, a pasted list or a CSV, explain a prediction.
 
 Three named API endpoints, one per action, are what ``gradio_client`` sees (``Client(url).view_api()``):
-``/classify`` (text -> label probabilities), ``/classify_many`` (lines, CSV -> table, CSV file) and ``/explain``
+``/classify`` (text -> label probabilities, and the "Given" line: the labels given, or "not sure" under the
+confidence floor), ``/classify_many`` (lines, CSV -> table with an ``abstained`` column, CSV file) and ``/explain``
 (text -> part weights, and a line saying what was read). The other events (Enter in the text box, the Explain tab's
 label, the model summary) are private. The Batch tab writes its result CSV straight into the demo's Gradio cache,
 so there is one copy, and ``delete_cache`` removes it, and every upload, ``UI_FILES_TTL_S`` seconds later.
@@ -73,29 +74,20 @@ class Demo:
         info = self.state.service.info()
         accuracy = self.state.service.test_accuracy()
         accuracy_text = f"{accuracy:.2%}" if accuracy is not None else "not in the model card"
-        threshold = f", labels given at probability >= {info['threshold']:g}" if info["threshold"] is not None else ""
         return (f"**Model:** `{info['model_id']}` · **revision** `{info['resolved_revision'][:12]}` · "
                 f"**test accuracy** {accuracy_text} · **backend** {info['quantization']}\n\n"
-                f"**Labels** ({info['problem_type'].replace('_', ' ')}{threshold}): {', '.join(info['labels'])}")
+                f"**Labels** ({info['problem_type'].replace('_', ' ')}{thresholds_text(info)}): "
+                f"{', '.join(info['labels'])}{floor_text(info)}")
 
-    async def classify(self, text: str) -> dict[str, float]:
-        """The probability of every label for one text (a headline or a whole article)."""
-        async def predict(service: ClassifierService) -> dict[str, float]:
-            cleaned = await asyncio.to_thread(check_text, (text or "")[:service.config.max_text_chars])
-            (prediction,) = await service.predict([cleaned])
-            return prediction.probabilities
+    async def classify(self, text: str) -> tuple[dict[str, float], str]:
+        """The probability of every label for one text (a headline or a whole article), and the line saying what
+        the model gives for it (``given_line``), both from the one prediction the API would answer with."""
+        prediction = await self._call(lambda service: predict_one(service, text))
+        return prediction.probabilities, given_line(prediction)
 
-        return await self._call(predict)
-
-    def given_labels(self, scores: dict | None) -> str:
-        """The labels the model gives for the scores shown: the most likely, or every one at or above the
-        threshold (multi-label). Gradio hands a Label's value on as ``{label: probability}``; the Label shows every
-        label, so these are the probabilities the API answers with."""
-        if self.state.service is None or not scores:
-            return ""
-        task = self.state.service.task
-        given = [task.labels[i] for i in task.chosen([scores.get(name, 0.0) for name in task.labels])]
-        return f"**Given:** {', '.join(given) or 'no label (none reaches the threshold)'}"
+    async def scores(self, text: str) -> dict[str, float]:
+        """The probability of every label for one text."""
+        return (await self._call(lambda service: predict_one(service, text))).probabilities
 
     async def explain(self, text: str) -> tuple[list[tuple[str, float | None]], str]:
         """Each part of the text's first window with how much it pushed the prediction (leave-one-part-out,
@@ -112,9 +104,10 @@ class Demo:
 
         job, predictions = await self._call(classify_job)
         labels = self.state.service.labels
-        header = ["text", "label", "score", "labels", *labels, "truncated"]
+        header = ["text", "label", "score", "labels", *labels, "truncated", "abstained", "confidence"]
         rows = [[text, p.label, round(p.score, 4), "; ".join(p.labels),
-                 *(round(p.probabilities[name], 4) for name in labels), p.truncated]
+                 *(round(p.probabilities[name], 4) for name in labels), p.truncated, p.abstained,
+                 round(p.confidence, 4)]
                 for text, p in zip(job.texts, predictions)]
         return gr.update(value=rows, headers=header), self._write_result_csv([header, *rows])
 
@@ -179,6 +172,40 @@ class Demo:
         except Exception as err:  # noqa: BLE001 - a bug: logged whole; the visitor gets a message, not its text
             log.exception("demo request failed")
             raise gr.Error(user_message(err)) from None
+
+
+def thresholds_text(info: dict) -> str:
+    """How a multi-label model gives labels: one threshold for all, or each label's own."""
+    thresholds = info["thresholds"]
+    if thresholds is None:
+        return ""
+    if len(set(thresholds.values())) == 1:
+        return f", labels given at probability >= {info['threshold']:g}"
+    return ", each label given at or above its threshold: " + ", ".join(
+        f"{name} {value:g}" for name, value in thresholds.items())
+
+
+def floor_text(info: dict) -> str:
+    floor = info["min_confidence"]
+    if floor is None:
+        return ""
+    return f"\n\n**Not sure** under confidence {floor:g} ({info['min_confidence_source']})"
+
+
+async def predict_one(service: ClassifierService, text: str) -> Prediction:
+    cleaned = await asyncio.to_thread(check_text, (text or "")[:service.config.max_text_chars])
+    (prediction,) = await service.predict([cleaned])
+    return prediction
+
+
+def given_line(prediction: Prediction) -> str:
+    """What the model gives, as the API says it: its label (single-label), every label at or above its threshold
+    (multi-label), or "not sure" with its confidence, the floor and its best guess."""
+    given = ", ".join(prediction.labels) or "no label (none reaches its threshold)"
+    if prediction.abstained:
+        return (f"**Given:** not sure (confidence {prediction.confidence:.1%} is under the floor of "
+                f"{prediction.min_confidence:.1%}; best guess: {given})")
+    return f"**Given:** {given}"
 
 
 @dataclass
@@ -250,10 +277,8 @@ def build_demo(state: ServingState, files_ttl_s: int) -> gr.Blocks:
                 with gr.Column():
                     label = gr.Label(label="Scores", elem_id="topic")  # every label: a multi-label model gives any
                     given = gr.Markdown(elem_id="given")
-            run.click(demo.classify, headline, label, api_name="classify").then(demo.given_labels, label, given,
-                                                                                **PRIVATE)
-            headline.submit(demo.classify, headline, label, **PRIVATE).then(demo.given_labels, label, given,
-                                                                             **PRIVATE)
+            run.click(demo.classify, headline, [label, given], api_name="classify")
+            headline.submit(demo.classify, headline, [label, given], **PRIVATE)
         with gr.Tab("Batch"):
             lines = gr.Textbox(label="One text per line", lines=8, max_length=max_chars)
             gr.Markdown(f"At most {BATCH_TAB_LIMIT:,} texts and {BATCH_TAB_MAX_WINDOWS:,} windows of the model's "
@@ -274,7 +299,7 @@ def build_demo(state: ServingState, files_ttl_s: int) -> gr.Blocks:
             highlighted = gr.HighlightedText(label="Word influence", combine_adjacent=False, show_legend=True)
             explained = gr.Markdown()
             run_explain.click(demo.explain, explain_text, [highlighted, explained], api_name="explain")
-            run_explain.click(demo.classify, explain_text, explain_label, **PRIVATE)
+            run_explain.click(demo.scores, explain_text, explain_label, **PRIVATE)
         blocks.load(demo.model_summary, None, summary, **PRIVATE)
     demo.cache_dir = Path(blocks.GRADIO_CACHE)
     return blocks

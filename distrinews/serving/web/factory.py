@@ -76,6 +76,10 @@ def demo_fronts(config: ServingConfig) -> list[Front]:
                   body_limit_source=f"MAX_TEXT_CHARS={config.max_text_chars} characters of JSON")]
 
 
+# What a page on another origin may read of an API answer (a browser hides any other header from its script).
+EXPOSED_HEADERS = ["Retry-After", "Server-Timing", "X-Windows", "X-Abstained", "X-Min-Confidence"]
+
+
 class ApiCors:
     """CORS (Starlette's) for the API fronts only: the demo's own paths keep Gradio's rules."""
 
@@ -85,8 +89,7 @@ class ApiCors:
         # Any header may be sent (huggingface.js adds Authorization and, outside browsers, User-Agent); no
         # credentials, so "*" stays a plain wildcard, as text-embeddings-inference's --cors-allow-origin.
         self.cors = CORSMiddleware(app, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["*"],
-                                   allow_credentials=False, expose_headers=["Retry-After", "Server-Timing",
-                                                                            "X-Windows"], max_age=600)
+                                   allow_credentials=False, expose_headers=EXPOSED_HEADERS, max_age=600)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and front_for(self.fronts, scope) is not None:

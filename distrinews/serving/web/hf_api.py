@@ -9,7 +9,10 @@ text-embeddings-inference speak.
 ``inputs`` is a string or a list of strings; ``parameters`` (optional) holds ``top_k`` (at least 1; default
 every label) and ``function_to_apply`` (``softmax``, ``sigmoid`` or ``none``: the raw logits; default the model's
 own), and unknown keys in it or beside it (e.g. the old ``options``) are ignored. The answer is always one list
-per input, sorted by score. The ``X-Windows`` header says how many windows each text was read in. Errors are
+per input, sorted by score. The ``X-Windows`` header says how many windows each text was read in. The protocol
+has no room for "not sure", so the label list stays whole and headers say it: ``X-Abstained`` is ``1`` for each
+input whose confidence is under the floor (its answer is the model's best guess), else ``0``, comma-separated in
+input order, and ``X-Min-Confidence`` is that floor (``none`` when there is none). Errors are
 ``{"error": ..., "error_type": ...}`` with the statuses of ``/api/predict``. The ``Authorization`` header these
 clients send by default is neither required nor read.
 """
@@ -82,10 +85,16 @@ def hf_inference_router(state: ServingState, front: Front) -> APIRouter:
                             for code in (413, 422, 429, 503)})
     async def text_classification(request: TextClassificationRequest) -> Response:
         """Classify ``inputs`` as the Hugging Face inference API does: one list of ``{label, score}`` per input,
-        sorted by score. Long texts are read in overlapping windows, as in ``/api/predict``."""
+        sorted by score. Long texts are read in overlapping windows, as in ``/api/predict``.
+
+        Headers: ``X-Windows``, the windows read per input; ``X-Abstained``, ``1`` per input whose answer is "not
+        sure" (confidence under the floor; every label is still listed), else ``0``; ``X-Min-Confidence``, that
+        floor or ``none``. All comma-separated in input order where per input."""
         result = await classify(state, front, request.as_list(), "inputs")
         body = json.dumps([ranked(p, request.parameters) for p in result.predictions])
         return Response(body, media_type="application/json",
-                        headers={"Server-Timing": result.server_timing(), "X-Windows": result.windows_header()})
+                        headers={"Server-Timing": result.server_timing(), "X-Windows": result.windows_header(),
+                                 "X-Abstained": result.abstained_header(),
+                                 "X-Min-Confidence": result.floor_header()})
 
     return router

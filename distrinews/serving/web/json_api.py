@@ -60,6 +60,13 @@ class TextPrediction(BaseModel):
                                                         "own, so they need not sum to 1).")
     truncated: bool = Field(description="The text needed more than max_windows windows; only those were read.")
     windows: int = Field(description="Windows of max_length tokens read (overlapping by window_stride tokens).")
+    abstained: bool = Field(description="The model is not sure: its confidence is under min_confidence. label, "
+                                        "labels and probabilities are still given (its best guess).")
+    confidence: float = Field(description="How sure the model is of its answer, by its own probabilities: the top "
+                                          "label's (single-label), or the least sure of its per-label yes/no "
+                                          "decisions (multi-label: p where a label is given, 1 - p where not).")
+    min_confidence: float | None = Field(description="The confidence floor the answer was held to (MIN_CONFIDENCE, "
+                                                     "else the model's abstain_below); null: none.")
 
 
 class PredictResponse(BaseModel):
@@ -85,7 +92,16 @@ class InfoResponse(BaseModel):
     resolved_revision: str = Field(description="The commit sha loaded (local:<hash> for a folder).")
     labels: list[str]
     problem_type: str = Field(description="single_label_classification or multi_label_classification.")
-    threshold: float | None = Field(description="Multi-label: the probability at which a label is given.")
+    threshold: float | None = Field(description="Multi-label: the probability at which a label is given, for every "
+                                                "label without a threshold of its own (see thresholds).")
+    thresholds: dict[str, float] | None = Field(description="Multi-label: each label's threshold in use (its own, "
+                                                            "chosen on validation, or the global one).")
+    min_confidence: float | None = Field(description="The confidence floor in use: an answer under it is flagged "
+                                                     "abstained. null: none.")
+    min_confidence_source: str = Field(description="Where the floor came from: MIN_CONFIDENCE (the Space's setting; "
+                                                   "0 turns the model's off), model config (abstain_below), or none.")
+    model_abstain_below: float | None = Field(description="The model's own floor (abstain_below in its config), "
+                                                          "whether or not MIN_CONFIDENCE replaces it.")
     test_metrics: list[CardMetric] = Field(description="From the model card's model-index; empty if none.")
     quantization: str
     max_length: int
@@ -124,7 +140,9 @@ def json_api_router(state: ServingState, front: Front) -> APIRouter:
     async def predict(request: PredictRequest) -> Response:
         """Classify one text or a list of texts: the top label, the labels given and every label's probability,
         per text. A text longer than max_length tokens is read in overlapping windows whose probabilities are
-        averaged (multi-label: the highest of each label's).
+        averaged (multi-label: the highest of each label's). An answer whose confidence is under the floor
+        (``min_confidence``: MIN_CONFIDENCE, else the model's own) says ``"abstained": true`` and keeps its labels
+        and probabilities.
 
         The ``Server-Timing`` header says where the time went, in ms: waiting for a batch (``queue``), the batch's
         tokenization and model call (``batch``, with its size), building the response (``respond``), and the whole
@@ -160,7 +178,8 @@ def json_api_router(state: ServingState, front: Front) -> APIRouter:
 
     @router.get("/info", response_model=InfoResponse, responses={503: {"model": ErrorResponse}})
     async def info() -> InfoResponse:
-        """Model id, resolved revision, labels, test metrics from the model card, quantization, version."""
+        """Model id, resolved revision, labels, thresholds, the confidence floor and its source, test metrics from
+        the model card, quantization, version."""
         return InfoResponse(**state.require_service().info())
 
     return router

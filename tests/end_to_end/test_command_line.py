@@ -61,8 +61,8 @@ def test_distrinews_alone_lists_the_commands_and_version_prints():
     assert unknown.returncode == 2 and "unknown command 'trian'" in unknown.stderr
 
 
-@pytest.mark.parametrize("script", ["bench_train.py", "bench_inference.py", "bench_multi_label.py", "profile_train.py",
-                                    "profile_serving.py"])
+@pytest.mark.parametrize("script", ["bench_train.py", "bench_inference.py", "bench_multi_label.py", "bench_trust.py",
+                                    "profile_train.py", "profile_serving.py"])
 def test_benchmark_scripts_print_their_help(script):
     result = _run(sys.executable, str(REPO_ROOT / "benchmarks" / script), "--help")
     assert result.returncode == 0 and result.stdout.startswith("usage:"), result.stderr

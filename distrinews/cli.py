@@ -63,9 +63,13 @@ def _evaluate(argv: Sequence[str]) -> int:
 
     from .core.modeling import load_classifier
     from .core.predict import model_task
+    from .core.tasks import MULTI_LABEL
     from .training.config import TrainConfig
     from .training.evaluation import evaluate_saved_model
 
+    # The flags' bounds are checked before the model loads (multi-label allows every value single-label does);
+    # then against the model's own problem type.
+    TrainConfig(**args, model_name_or_path=model_id, problem_type=MULTI_LABEL)
     model, tokenizer = load_classifier(model_id, revision)
     task = model_task(model)
     config = TrainConfig(**args, model_name_or_path=model_id, problem_type=task.problem_type)

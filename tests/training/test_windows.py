@@ -7,12 +7,13 @@ from __future__ import annotations
 import csv
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 
-from conftest import CLASS_WORDS, FILLER, tiny_train_args, write_csv_rows
+from conftest import CLASS_WORDS, FILLER, accelerate_launch, assert_same_weights, tiny_train_args, write_csv_rows
 from distrinews.cli import main as cli_main
 from distrinews.core.predict import prediction_from_windows
 from distrinews.core.tasks import MultiLabelTask, SingleLabelTask
@@ -26,7 +27,9 @@ LABEL_WORDS = 30
 TRAIN_TEXTS, TEST_TEXTS = 160, 48
 # 232 tokens with [CLS] and [SEP] in windows of 128 sharing 32: three windows per text.
 WINDOWS_PER_TEXT = 3
-RUN = dict(max_length=128, num_train_epochs=3, per_device_train_batch_size=16, per_device_eval_batch_size=16)
+RUN = dict(max_length=128, num_train_epochs=3, per_device_train_batch_size=16, per_device_eval_batch_size=16,
+           logging_steps=1, checkpoint_every=30, keep_last=4)
+RESUMED_AT = 60  # a checkpoint inside the third epoch
 
 
 def long_text_rows(count: int, seed: int) -> list[tuple[str, str]]:
@@ -70,6 +73,35 @@ def test_a_label_past_the_first_window_is_learned_from_all_windows_only(runs):
     assert start_only["train"]["train_examples"] == train_texts
     assert learned["test"]["accuracy"] >= 0.9, learned["test"]
     assert start_only["test"]["accuracy"] <= 0.4, start_only["test"]  # chance is 0.25
+
+
+def _losses(output_dir) -> list[tuple[int, float]]:
+    records = map(json.loads, (output_dir / "log.jsonl").read_text().splitlines())
+    return [(r["step"], r["loss"]) for r in records if r["type"] == "train"]
+
+
+def test_two_processes_train_on_windows_as_one_process_with_double_batch(runs, tiny_model, long_texts, tmp_path):
+    two = tmp_path / "two"
+    accelerate_launch(tiny_train_args(tiny_model, long_texts, two, train_windows="all",
+                                      **{**RUN, "per_device_train_batch_size": 8}), num_processes=2)
+    one_losses, two_losses = _losses(runs["all"]), _losses(two)
+    assert [step for step, _ in two_losses] == [step for step, _ in one_losses]
+    for (step, a), (_, b) in zip(two_losses, one_losses):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), f"step {step}: 2x8 loss {a} != 1x16 loss {b}"
+    one, two = _metrics(runs["all"]), _metrics(two)  # evaluated on 2 ranks: every window gathered once
+    assert two["test"]["confusion_matrix"] == one["test"]["confusion_matrix"]
+    assert two["test"]["loss"] == pytest.approx(one["test"]["loss"], rel=1e-4)
+
+
+def test_a_run_on_windows_resumes_exactly(runs, tiny_model, long_texts, tmp_path):
+    output_dir, reference = tmp_path / "out", runs["all"]
+    name = f"checkpoints/step-{RESUMED_AT:08d}"
+    shutil.copytree(reference / name, output_dir / name)
+    shutil.copy(reference / "log.jsonl", output_dir / "log.jsonl")
+    assert train_main(tiny_train_args(tiny_model, long_texts, output_dir, train_windows="all", **RUN)) == 0
+    assert _losses(output_dir) == _losses(reference)  # bitwise: the same windows at every step
+    assert_same_weights(reference / "model" / "model.safetensors", output_dir / "model" / "model.safetensors")
+    assert _metrics(output_dir)["test"] == _metrics(reference)["test"]
 
 
 def test_metrics_json_the_card_and_distrinews_evaluate_agree_to_the_digit(runs, long_texts, tmp_path):

@@ -37,11 +37,18 @@ class SplitOutputs:
     def text_probabilities(self, task: Task) -> np.ndarray:
         """(texts, labels): the task's probabilities of each window, combined per text exactly as the Space
         combines them (``text_scores``, which ``prediction_from_windows`` calls)."""
+        # The task's scores are computed row by row, so scoring every window at once gives each row exactly
+        # what text_scores gives it, and a text of one window is its window's row (its mean or max is itself);
+        # only texts of several windows need combining, which keeps refits over many temperatures cheap.
+        probabilities = task.probabilities(self.logits)
         if self.text_index is None:
-            return np.stack([text_scores(task, row[None]) for row in self.logits])
+            return probabilities
         starts = text_starts(self.text_index)
-        ends = [*starts[1:], len(self.logits)]
-        return np.stack([text_scores(task, self.logits[start:end]) for start, end in zip(starts, ends)])
+        ends = np.r_[starts[1:], len(self.logits)]
+        combined = probabilities[starts]
+        for text in np.flatnonzero(ends - starts > 1):
+            combined[text] = text_scores(task, self.logits[starts[text]:ends[text]])
+        return combined
 
     def window_references(self) -> np.ndarray:
         """Each window's label: its text's."""

@@ -152,12 +152,12 @@ def test_the_launch_estimate_counts_the_windows(windows, tiny_model, long_texts,
 @pytest.mark.parametrize("task", [SingleLabelTask(("a", "b", "c")), MultiLabelTask(("a", "b", "c"), 0.4)],
                          ids=["single_label", "multi_label"])
 def test_text_probabilities_combine_windows_exactly_as_the_space_does(task):
-    counts = [1, 3, 1, 16, 2]
-    logits = (np.random.default_rng(0).normal(size=(sum(counts), 3)) * 4).astype(np.float32)
+    counts = np.random.default_rng(1).choice([1, 1, 1, 2, 3, 16], size=200)
+    logits = (np.random.default_rng(0).normal(size=(counts.sum(), 3)) * 4).astype(np.float32)
     text_index = np.repeat(np.arange(len(counts)), counts)
-    outputs = SplitOutputs(logits, np.zeros(len(counts), dtype=np.int64), text_index)
-    served = [list(prediction_from_windows(task, logits[text_index == text], False).probabilities.values())
-              for text in range(len(counts))]
-    assert outputs.text_probabilities(task).tolist() == served  # bitwise
-    one_window_each = SplitOutputs(logits, np.zeros(len(logits), dtype=np.int64))
-    assert one_window_each.text_probabilities(task).tolist() == task.probabilities(logits).tolist()
+    for outputs in (SplitOutputs(logits, np.zeros(len(counts), dtype=np.int64), text_index),
+                    SplitOutputs(logits, np.zeros(len(logits), dtype=np.int64))):  # one window per text
+        windows_of = outputs.text_index if outputs.text_index is not None else np.arange(len(logits))
+        served = [list(prediction_from_windows(task, logits[windows_of == text], False).probabilities.values())
+                  for text in range(windows_of[-1] + 1)]
+        assert outputs.text_probabilities(task).tolist() == served  # bitwise

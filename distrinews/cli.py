@@ -30,78 +30,78 @@ def _train(argv: Sequence[str]) -> int:
     return train_main(argv)
 
 
+# The training config's fields that say which data a model is evaluated on and how it is read: `distrinews evaluate`
+# takes them as `distrinews train` does (names, defaults, help, bounds), so the same flags give the same splits.
+EVALUATE_FIELDS = ("dataset", "dataset_config_name", "dataset_revision", "text_column_names", "text_column_delimiter",
+                   "label_column_name", "label_separator", "validation_fraction", "test_fraction", "seed",
+                   "max_eval_samples", "max_length", "per_device_eval_batch_size", "dataloader_num_workers")
+
+
 def _evaluate(argv: Sequence[str]) -> int:
+    from .training.config import add_field_flags
+
     parser = argparse.ArgumentParser(
-        prog="distrinews evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="distrinews evaluate", allow_abbrev=False,
         description="Evaluate a saved model on a split, with the model's own labels, problem type and decision "
-        "threshold, through the predict path (`distrinews predict`, the Space). The data options mean what they "
-        "mean in `distrinews train`; give the ones the model was trained with to score the same carved splits.")
+        "threshold, by the training run's own evaluation: each text read in windows and scored as the Space scores "
+        "it. The data options are `distrinews train`'s; give the ones the model was trained with to score the "
+        "same carved splits (metrics.json then agrees to the digit).")
     parser.add_argument("--model", required=True, help="Local folder or Hub repo id.")
     parser.add_argument("--revision", default=None, help="Branch, tag or commit sha of a Hub model.")
-    parser.add_argument("--dataset", default="fancyzhx/ag_news", help="Hub dataset id or local folder.")
-    parser.add_argument("--dataset_config_name", default="", help="The Hub dataset's configuration.")
-    parser.add_argument("--dataset_revision", default="", help="Branch, tag or commit sha of the Hub dataset.")
-    parser.add_argument("--text_column_names", default="text", help="Text column, or several joined, comma-separated.")
-    parser.add_argument("--text_column_delimiter", default=" ", help="What joins several text columns.")
-    parser.add_argument("--label_column_name", default="label", help="The label column.")
-    parser.add_argument("--label_separator", default="", help="Multi-label: what separates labels in a CSV cell.")
-    parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--max_length", type=int, default=128, help="Tokens per window.")
+    parser.add_argument("--split", default="test", choices=("train", "validation", "test"),
+                        help="The split to score. (default: 'test')")
     parser.add_argument("--max_windows", type=int, default=DEFAULT_MAX_WINDOWS,
-                        help="Windows of max_length tokens read per text (1 = its start only, as in training).")
-    parser.add_argument("--max_samples", type=int, default=0, help="Evaluate at most this many examples (0 = all).")
-    parser.add_argument("--validation_fraction", type=float, default=0.05, help="As used in training.")
-    parser.add_argument("--test_fraction", type=float, default=0.1, help="As used in training (data without a test "
-                                                                         "split).")
-    parser.add_argument("--seed", type=int, default=42, help="As used in training (it picks the carved splits).")
+                        help=f"Windows of max_length tokens read per text (1 = its start only). (default: "
+                             f"{DEFAULT_MAX_WINDOWS}, as the Space reads)")
     parser.add_argument("--output", help="Also write the metrics as JSON to this file.")
-    args = parser.parse_args(argv)
-    from .core.windows import WindowPolicy
+    _add_min_confidence(parser)
+    add_field_flags(parser, EVALUATE_FIELDS)
+    args = vars(parser.parse_args(argv))
+    model_id, revision, split, max_windows, output, min_confidence = (
+        args.pop(name) for name in ("model", "revision", "split", "max_windows", "output", "min_confidence"))
+    if max_windows < 1:
+        parser.error(f"--max_windows {max_windows}: must be >= 1")
 
-    try:
-        policy = WindowPolicy(args.max_length, max_windows=args.max_windows)
-    except ValueError as err:
-        parser.error(f"--max_length {args.max_length} --max_windows {args.max_windows}: {err}")
-
-    import numpy as np
-    import torch
-
-    from .core.errors import DataError
     from .core.modeling import load_classifier
-    from .core.predict import model_task, predict_texts
-    from .training.data import DataOptions, load_labelled_data
+    from .core.predict import model_task
+    from .core.tasks import MULTI_LABEL
+    from .training.config import TrainConfig
+    from .training.evaluation import evaluate_saved_model
 
-    model, tokenizer = load_classifier(args.model, args.revision)
+    # The flags' bounds are checked before the model loads (multi-label allows every value single-label does);
+    # then against the model's own problem type.
+    TrainConfig(**args, model_name_or_path=model_id, problem_type=MULTI_LABEL)
+    model, tokenizer = load_classifier(model_id, revision)
     task = model_task(model)
-    options = DataOptions(
-        source=args.dataset, config_name=args.dataset_config_name, revision=args.dataset_revision,
-        text_columns=tuple(c.strip() for c in args.text_column_names.split(",")),
-        text_delimiter=args.text_column_delimiter, label_column=args.label_column_name,
-        problem_type=task.problem_type, label_separator=args.label_separator,
-        validation_fraction=args.validation_fraction, test_fraction=args.test_fraction, seed=args.seed,
-        max_eval_samples=args.max_samples)
-    splits = load_labelled_data(options, labels=task.labels).splits
-    if args.split not in splits:
-        raise DataError(f"{args.dataset} has no {args.split} split with --validation_fraction "
-                        f"{args.validation_fraction:g} (it has: {', '.join(splits)})")
-    split = splits[args.split]
-    # The predict path, as `distrinews predict` and the Space: a text longer than max_length is read in windows.
-    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    predictions = predict_texts(model, tokenizer, split["text"], batch_size=args.batch_size, policy=policy)
-    scores = [[p.probabilities[name] for name in task.labels] for p in predictions]
-    metrics = task.metrics(np.asarray(scores), np.asarray(split["label"]))
+    config = TrainConfig(**args, model_name_or_path=model_id, problem_type=task.problem_type)
+    metrics = evaluate_saved_model(model, tokenizer, config, split, max_windows, warn=_warn,
+                                   min_confidence=min_confidence)
     shown = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()
                       if isinstance(value, float) and name != "threshold")
-    print(f"{args.split}: {shown} on {metrics['num_examples']} examples")
+    print(f"{split}: {shown} on {metrics['num_examples']} examples")
+    print(_trust_line(metrics))
     width = max(map(len, task.labels))
     for name, per_label in metrics["per_class"].items():
         print(f"  {name:<{width}} precision {per_label['precision']:.4f}  recall {per_label['recall']:.4f}  "
               f"f1 {per_label['f1']:.4f}")
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
+    if output:
+        with open(output, "w", encoding="utf-8") as handle:
             json.dump(metrics, handle, indent=2)
     return 0
+
+
+def _trust_line(metrics: dict) -> str:
+    calibration, kept = metrics["calibration"]["after"], metrics["at_floor"]
+    line = f"  calibration: NLL {calibration['nll']:.4f}, Brier {calibration['brier']:.4f}, ECE {calibration['ece']:.4f}"
+    if kept["floor"] is None:
+        return line + "; no confidence floor"
+    accuracy = "-" if kept["accuracy"] is None else f"{kept['accuracy']:.4f}"
+    return (line + f"; floor {kept['floor']:g}: answers {kept['kept']} of {kept['rows']} "
+                   f"({kept['coverage']:.2%}), accuracy {accuracy}")
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _predict(argv: Sequence[str]) -> int:

@@ -16,7 +16,7 @@ probability that the least sure label's yes or no is right. All numpy, on the ro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -25,6 +25,7 @@ from .tasks import MULTI_LABEL, Task
 
 ECE_BINS = 15  # equal-width confidence bins, as Guo et al.
 COVERAGES = (1.0, 0.95, 0.9, 0.8)  # the risk-coverage points metrics.json and the card report
+CURVE_COVERAGES = tuple(round(0.05 * k, 2) for k in range(1, 21))  # the risk-coverage plot's points
 # Temperatures tried: log-spaced over a range wide enough for any fine-tuned classifier, then refined around the
 # best, so the fit is deterministic and needs no optimizer package.
 TEMPERATURE_RANGE = (0.05, 20.0)
@@ -94,6 +95,17 @@ def calibration_scores(task: Task, probabilities: np.ndarray, references: np.nda
     per_label = {name: expected_calibration_error(task, probabilities[:, [i]], truth[:, [i]])
                  for i, name in enumerate(task.labels)}
     return {**scores, "ece": float(np.mean(list(per_label.values()))), "ece_per_label": per_label}
+
+
+def trust_report(task: Task, probabilities: np.ndarray, references: np.ndarray) -> dict:
+    """What metrics.json and ``distrinews evaluate`` say of a split's probabilities: risk-coverage (the points and
+    the plot's curve), the coverage and accuracy at the task's floor, and the calibration scores and reliability
+    bins (under "after": the scores as the model gives them)."""
+    return {"risk_coverage": risk_coverage(task, probabilities, references),
+            "risk_coverage_curve": risk_coverage(task, probabilities, references, CURVE_COVERAGES),
+            "at_floor": at_floor(task, probabilities, references, task.abstain_below),
+            "calibration": {"after": calibration_scores(task, probabilities, references)},
+            "reliability": {"after": [asdict(b) for b in reliability(task, probabilities, references)]}}
 
 
 def fit_temperature(nll_at: Callable[[np.ndarray], np.ndarray], count: int) -> np.ndarray:

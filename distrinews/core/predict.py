@@ -62,10 +62,16 @@ class Prediction:
         return dict(zip(self.probabilities, combined.tolist()))
 
 
+def text_scores(task: Task, window_logits: np.ndarray) -> np.ndarray:
+    """A text's probabilities from its windows' logits (windows, labels): the task's scores of each window,
+    combined as that kind of score combines (mean of softmax, max of sigmoid). Serving and every evaluation call
+    this, so they score a text alike."""
+    return combine_window_scores(task.probabilities(window_logits), task.score_function)
+
+
 def prediction_from_windows(task: Task, window_logits: np.ndarray, truncated: bool) -> Prediction:
-    """A text's prediction from its windows' logits: the task's scores of each window, combined as that kind of
-    score combines (mean of softmax, max of sigmoid), and the labels the task gives for them."""
-    scores = combine_window_scores(task.probabilities(window_logits), task.score_function)
+    """A text's prediction from its windows' logits (``text_scores``) and the labels the task gives for them."""
+    scores = text_scores(task, window_logits)
     combined = scores.tolist()
     best = max(range(len(combined)), key=combined.__getitem__)
     return Prediction(label=task.labels[best], score=combined[best], probabilities=dict(zip(task.labels, combined)),

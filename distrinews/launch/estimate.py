@@ -1,9 +1,10 @@
 """How long a training run takes on this machine's CPU, said before it starts (``distrinews launch`` without a GPU).
 
-The estimate counts the model's arithmetic at the data's real token count (6 FLOPs per parameter and token for
-the forward and backward matmuls, plus attention) and divides it by this CPU's own matmul rate in the run's
-precision (fp32, or bf16 on a CPU with bf16 units), measured on the spot, times the share of that rate a
-distrinews training step reaches on such a CPU (``CPU_SHARE_OF_PEAK``, from the training benchmark,
+The estimate counts the model's arithmetic at the data's real window and token counts (a long text is several
+windows, each costing as much as a short text; launch/preflight.py counts them as the ranks cut them): 6 FLOPs per
+parameter and token for the forward and backward matmuls, plus attention. It divides that by this CPU's own
+matmul rate in the run's precision (fp32, or bf16 on a CPU with bf16 units), measured on the spot, times the share
+of that rate a distrinews training step reaches on such a CPU (``CPU_SHARE_OF_PEAK``, from the training benchmark,
 ``benchmarks/bench_train.py --preset cpu``). It is an estimate, not a promise: it says so.
 """
 
@@ -66,7 +67,8 @@ def estimate_cpu_run(config: TrainConfig, processes: int, model: torch.nn.Module
                      train_examples: int, eval_sizes: dict[str, int], peak_flops: float,
                      share: float = CPU_SHARE_OF_PEAK["fp32"]) -> CpuEstimate:
     """The run ``config`` describes on ``train_examples`` (after max_train_samples) and the evaluation splits of
-    ``eval_sizes`` (after max_eval_samples)."""
+    ``eval_sizes`` (after max_eval_samples), all counted in windows of ``tokens_per_example`` tokens: a long text
+    is several examples (train_windows=all) and every evaluation reads each of its windows."""
     steps = config.total_steps(train_examples, processes)
     steps_per_epoch = max(1, train_examples // config.total_train_batch_size(processes))
     # Validation at each epoch end and every eval_every steps, and once more at the end; test once.

@@ -12,26 +12,28 @@ which spares each of them the Hub client's retries), or stops at once, saying so
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..core.errors import InputError, OutputDirError
+from ..core.windows import WindowPolicy
 from ..training.config import TrainConfig
 
 # Hub ids are looked up with one request of at most this long: a Hub that does not answer is reported, not retried.
 HUB_PROBE_TIMEOUT_S = 10
-TOKENS_SAMPLE = 2000  # training texts tokenized to measure the data's token count for the estimate
+TOKENS_SAMPLE = 2000  # texts of each split cut into windows to measure the data's windows and tokens for the estimate
 
 
 @dataclass
 class PreflightReport:
     model: object  # the loaded classifier (for the CPU estimate's FLOP count)
     tokenizer: object
-    train_examples: int
-    eval_sizes: dict  # examples per evaluation split ({"validation": N, "test": M})
-    tokens_per_example: float
+    train_examples: int  # windows trained on per epoch (train_windows=all: a long text gives several)
+    eval_sizes: dict  # windows per evaluation split ({"validation": N, "test": M}), as every evaluation reads them
+    tokens_per_example: float  # per training window
     offline: bool  # the Hub is unreachable and the run uses the local cache (HF_HUB_OFFLINE=1 for the ranks)
 
 
@@ -44,7 +46,7 @@ def preflight(config: TrainConfig, say: Callable[[str], None] = print) -> Prefli
     check_output_dir_creatable(Path(config.output_dir))
     unreachable = _go_offline_if_hub_unreachable(config)
     # Imported after the Hub check: the datasets library reads HF_HUB_OFFLINE once, at import.
-    from ..training.data import DataOptions, checked_max_length, load_labelled_data
+    from ..training.data import DataOptions, checked_max_length, load_labelled_data, train_window_policy
     from ..core.modeling import load_classifier
 
     import datasets
@@ -61,11 +63,23 @@ def preflight(config: TrainConfig, say: Callable[[str], None] = print) -> Prefli
         say(f"warning: {unreachable}: training offline from the local cache (HF_HUB_OFFLINE=1)")
     max_length = checked_max_length(config.max_length, model, tokenizer, config.model_name_or_path, warn=say)
     splits = data.splits
-    # Counted as the ranks tokenize (training/data.py: tokenize_splits), on a sample.
-    token_ids = tokenizer(splits["train"]["text"][:TOKENS_SAMPLE], truncation=True, max_length=max_length)["input_ids"]
-    return PreflightReport(model=model, tokenizer=tokenizer, train_examples=len(splits["train"]),
-                           eval_sizes={name: len(splits[name]) for name in ("validation", "test") if name in splits},
-                           tokens_per_example=sum(map(len, token_ids)) / len(token_ids), offline=bool(unreachable))
+    # Windows multiply a run's cost: counted as the ranks cut them (training/data.py: tokenize_splits), on a sample.
+    train_policy = train_window_policy(dataclasses.replace(config, max_length=max_length))
+    train_windows, tokens_per_window = sample_windows(splits["train"]["text"], tokenizer, train_policy)
+    eval_sizes = {name: round(len(splits[name]) * sample_windows(splits[name]["text"], tokenizer,
+                                                                 WindowPolicy(max_length))[0])
+                  for name in ("validation", "test") if name in splits}
+    return PreflightReport(model=model, tokenizer=tokenizer, train_examples=round(len(splits["train"]) * train_windows),
+                           eval_sizes=eval_sizes, tokens_per_example=tokens_per_window, offline=bool(unreachable))
+
+
+def sample_windows(texts, tokenizer, policy) -> tuple[float, float]:
+    """Windows per text and tokens per window of the first TOKENS_SAMPLE ``texts``, cut by ``policy``."""
+    from ..core.predict import cleaned_texts, encode_windows
+
+    windows = [ids for text in encode_windows(tokenizer, cleaned_texts(texts[:TOKENS_SAMPLE]), policy)
+               for ids in text.windows]
+    return len(windows) / min(len(texts), TOKENS_SAMPLE), sum(map(len, windows)) / len(windows)
 
 
 def _from_cache_if_offline(unreachable: str, what: str, name: str, load: Callable):

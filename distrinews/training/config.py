@@ -19,12 +19,14 @@ import yaml
 from ..core.errors import ConfigError
 from ..core.machine import PRECISION_CHOICES
 from ..core.tasks import MULTI_LABEL, PROBLEM_TYPES, MultiLabelTask, SingleLabelTask, make_task
+from ..core.windows import DEFAULT_MAX_WINDOWS
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 MODEL_SELECTIONS = ("last", "best_validation")
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio", "all")
 HUB_STRATEGIES = ("end", "checkpoint")
 CALIBRATIONS = ("temperature", "none")
+TRAIN_WINDOWS = ("all", "first")
 SELECTION_METRICS = ("auto", *dict.fromkeys(SingleLabelTask.selection_metrics + MultiLabelTask.selection_metrics))
 
 # What a field means for resuming (checkpoint.run_signature reads it, so no field can be forgotten):
@@ -138,7 +140,18 @@ class TrainConfig:
                                minimum=0, below=1, resume=SAME)
     lr_scheduler_type: str = _doc("Learning-rate schedule after warmup.", choices=LR_SCHEDULERS, default="linear",
                                   resume=SAME)
-    max_length: int = _doc("Tokens per example after truncation.", default=128, minimum=1, resume=DATA)
+    max_length: int = _doc("Tokens per window: a longer text is read as overlapping windows of this many tokens "
+                           "(distrinews/core/windows.py), in training, evaluation and serving alike.", default=128,
+                           minimum=1, resume=DATA)
+    train_windows: str = _doc(
+        "How training reads a text longer than max_length: 'all' (each of its windows, up to max_train_windows, is "
+        "a training example carrying the text's label) or 'first' (its first window only, the rest is never "
+        "learned from). Every evaluation reads a text's windows as the Space does, whichever is set.",
+        choices=TRAIN_WINDOWS, default="all", resume=DATA)
+    max_train_windows: int = _doc(
+        "train_windows=all: the windows of one training text trained on, from its start (each one costs as much as "
+        "a text; evaluation and serving read up to the serving default).", default=DEFAULT_MAX_WINDOWS, minimum=1,
+        maximum=DEFAULT_MAX_WINDOWS, resume=DATA)
     gradient_accumulation_steps: int = _doc("Micro-batches per optimizer step.", default=1, minimum=1, resume=SAME)
     max_grad_norm: float = _doc("Gradient clipping norm; 0 disables clipping.", default=1.0, minimum=0, resume=SAME)
     seed: int = _doc("Seed for the model head, data order, carved splits and dropout.", default=42, minimum=0,
@@ -423,7 +436,25 @@ def build_parser(prog: str = "distrinews train") -> argparse.ArgumentParser:
         "(--dataset, --text_column_names, --label_column_name, --problem_type). Settings: the defaults "
         "below < a --config file < flags. Run it under `accelerate launch` for several processes or GPUs.")
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of the fields below (flags override it).")
-    for f in dataclasses.fields(TrainConfig):
+    add_field_flags(parser, [f.name for f in dataclasses.fields(TrainConfig)])
+    # Not a field: the precision is accelerate's setting (its YAML, its --mixed_precision), and a run's config
+    # means the same on any device. This flag gives it to a process that accelerate did not launch.
+    parser.add_argument("--mixed_precision", choices=PRECISION_CHOICES, default=argparse.SUPPRESS,
+                        help="The precision of this one process: auto is bf16 autocast over fp32 weights on a GPU or "
+                             "CPU with bf16 units (AVX512_BF16, AMX), fp16 on older GPUs, fp32 on other CPUs. Under "
+                             "accelerate launch, its YAML or its own --mixed_precision says it instead. (default: "
+                             "'auto')")
+    return parser
+
+
+def add_field_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """The ``TrainConfig`` fields ``names`` as ``--field`` flags, with their help, default and allowed values.
+
+    Parsed values default to "not given" (``SUPPRESS``): whatever is not given keeps the dataclass default when
+    the parsed values build a ``TrainConfig``, which also checks bounds and choices, for flags and files alike."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for name in names:
+        f = fields[name]
         text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{text} (default: {f.default!r})"}
         if f.type in (bool, "bool"):
@@ -434,18 +465,9 @@ def build_parser(prog: str = "distrinews train") -> argparse.ArgumentParser:
             parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_const", const="false",
                                 default=argparse.SUPPRESS, help=f"Same as --{f.name} false.")
         else:
-            # Allowed values are shown, not enforced here: TrainConfig checks them, for flags and files alike.
             choices = f.metadata["choices"]
             kwargs["metavar"] = "{" + ",".join(choices) + "}" if choices else str(f.type).upper()
             parser.add_argument(f"--{f.name}", **kwargs)
-    # Not a field: the precision is accelerate's setting (its YAML, its --mixed_precision), and a run's config
-    # means the same on any device. This flag gives it to a process that accelerate did not launch.
-    parser.add_argument("--mixed_precision", choices=PRECISION_CHOICES, default=argparse.SUPPRESS,
-                        help="The precision of this one process: auto is bf16 autocast over fp32 weights on a GPU or "
-                             "CPU with bf16 units (AVX512_BF16, AMX), fp16 on older GPUs, fp32 on other CPUs. Under "
-                             "accelerate launch, its YAML or its own --mixed_precision says it instead. (default: "
-                             "'auto')")
-    return parser
 
 
 def parse_precision_flag(argv: Sequence[str] | None = None) -> str:

@@ -31,7 +31,9 @@ from datasets import ClassLabel, Dataset, DatasetDict
 
 from ..core.errors import ConfigError, DataError
 from ..core.formats import AG_NEWS, DatasetPreset
+from ..core.predict import cleaned_texts, encode_windows, model_max_length
 from ..core.tasks import MULTI_LABEL, Task, make_task
+from ..core.windows import WindowPolicy
 from .data_files import StoredSplit, read_splits
 from .labels import LabelRules, RawLabels, encode_labels, label_set, labels_in
 
@@ -249,8 +251,6 @@ def _first_n_shuffled(split: Dataset, n: int, seed: int) -> Dataset:
 def checked_max_length(max_length: int, model, tokenizer, model_name: str, warn=print) -> int:
     """``max_length`` as the model can take it: more than the special tokens it adds to every text (else no text
     token is left), and at most its positions (longer is cut to that, as serving does, with a warning)."""
-    from ..core.predict import model_max_length
-
     specials = tokenizer.num_special_tokens_to_add(pair=False)
     if max_length <= specials:
         raise ConfigError(f"max_length={max_length}: must be > {specials}: {model_name} adds {specials} special "
@@ -262,22 +262,52 @@ def checked_max_length(max_length: int, model, tokenizer, model_name: str, warn=
     return max_length
 
 
-def tokenize_splits(splits: DatasetDict, tokenizer, max_length: int) -> DatasetDict:
-    """Tokenize without padding (the collator pads each batch) and record each example's length."""
-
-    def tokenize(batch):
-        encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
-        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
-        return encoded
-
-    tokenized = splits.map(tokenize, batched=True, remove_columns=["text"], desc="Tokenizing")
-    return tokenized.rename_column("label", "labels")
+def train_window_policy(config) -> WindowPolicy:
+    """How a ``TrainConfig`` reads its training texts: every window up to max_train_windows, or the first only."""
+    windows = config.max_train_windows if config.train_windows == "all" else 1
+    return WindowPolicy(config.max_length, max_windows=windows)
 
 
-def sorted_by_length(split: Dataset) -> Dataset:
-    """The split ordered by token count (for evaluation batches that barely pad), without the length column."""
-    order = np.argsort(np.asarray(split["length"]), kind="stable")
-    return split.select(order).remove_columns("length")
+def tokenize_splits(splits: DatasetDict, tokenizer, max_length: int,
+                    train_policy: WindowPolicy | None = None) -> DatasetDict:
+    """Each split as windows (``tokenize_windows``): train as ``train_policy`` says (default: every window the
+    Space reads), validation and test as the Space reads them, so every evaluation scores what serving serves."""
+    serving = WindowPolicy(max_length)
+    return DatasetDict({name: tokenize_windows(split, tokenizer, train_policy or serving if name == "train" else serving)
+                        for name, split in splits.items()})
+
+
+def tokenize_windows(split: Dataset, tokenizer, policy: WindowPolicy) -> Dataset:
+    """One row per window of each text, cut as the predict path cuts it (``distrinews.core.predict``: the text
+    cleaned, then windows of ``policy``), unpadded (the collator pads each batch): its token ids, its length, its
+    text's label (``labels``) and its text's row in ``split`` (``text_index``, ascending)."""
+    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
+                                  "attention_mask": datasets.Sequence(datasets.Value("int8")),
+                                  "length": datasets.Value("int32"), "labels": split.features["label"],
+                                  "text_index": datasets.Value("int64")})
+
+    def windows_of(batch, indices):
+        rows = {name: [] for name in features}
+        for index, label, text in zip(indices, batch["label"], encode_windows(tokenizer, cleaned_texts(batch["text"]),
+                                                                              policy)):
+            for ids in text.windows:
+                rows["input_ids"].append(ids)
+                rows["attention_mask"].append([1] * len(ids))
+                rows["length"].append(len(ids))
+                rows["labels"].append(label)
+                rows["text_index"].append(index)
+        return rows
+
+    return split.map(windows_of, batched=True, with_indices=True, remove_columns=split.column_names,
+                     features=features, desc=f"Windows of {policy.max_length} tokens")
+
+
+def evaluation_rows(windows: Dataset) -> Dataset:
+    """The windows ordered by token count (evaluation batches that barely pad), with what the model reads and each
+    window's position in ``windows`` (``row``), which puts the outputs back in text order."""
+    order = np.argsort(np.asarray(windows["length"]), kind="stable")
+    rows = windows.select_columns(["input_ids", "attention_mask"]).add_column("row", np.arange(len(windows)))
+    return rows.select(order)
 
 
 class PaddingCollator:
@@ -303,6 +333,8 @@ class PaddingCollator:
             for row, example in enumerate(examples):
                 padded[row, :len(example[key])] = example[key]
             batch[key] = torch.from_numpy(padded)
+        if "row" in examples[0]:
+            batch["row"] = torch.tensor([example["row"] for example in examples], dtype=torch.int64)
         if "labels" in examples[0]:
             labels = [example["labels"] for example in examples]
             multi_label = isinstance(labels[0], (list, tuple))

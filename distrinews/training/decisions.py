@@ -16,13 +16,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..core.calibration import TEMPERATURE_RANGE, at_floor, calibration_scores, fit_temperature, floor_for_precision, label_nll, \
-    reliability, risk_coverage
+from ..core.calibration import TEMPERATURE_RANGE, at_floor, calibration_scores, fit_temperature, \
+    floor_for_precision, label_nll, reliability, trust_report
 from ..core.tasks import MIN_POSITIVES_FOR_OWN_THRESHOLD, MULTI_LABEL, Task
 from .config import TrainConfig
 from .evaluation import SplitOutputs
-
-CURVE_COVERAGES = tuple(round(0.05 * k, 2) for k in range(1, 21))  # the risk-coverage plot's points
 
 
 @dataclass
@@ -121,19 +119,14 @@ def apply_to_model(decisions: Decisions, model) -> None:
 
 
 def split_report(decisions: Decisions, outputs: SplitOutputs) -> dict:
-    """A split's calibration before and after, and its risk-coverage points (and coverage at the floor)."""
+    """A split's ``trust_report``, with its calibration scores and reliability before calibration too."""
     task, references = decisions.task, outputs.references
-    probabilities = outputs.text_probabilities(task)
-    report = {"risk_coverage": risk_coverage(task, probabilities, references),
-              "risk_coverage_curve": risk_coverage(task, probabilities, references, CURVE_COVERAGES),
-              "at_floor": at_floor(task, probabilities, references, task.abstain_below),
-              "calibration": {}, "reliability": {}}
-    stages = {"after": probabilities}
+    report = trust_report(task, outputs.text_probabilities(task), references)
     if decisions.report.get("calibration", {}).get("method") == "temperature":
-        stages = {"before": outputs.text_probabilities(decisions.uncalibrated), **stages}
-    for stage, scores in stages.items():
-        report["calibration"][stage] = calibration_scores(task, scores, references)
-        report["reliability"][stage] = [asdict(b) for b in reliability(task, scores, references)]
+        before = outputs.text_probabilities(decisions.uncalibrated)
+        report["calibration"] = {"before": calibration_scores(task, before, references), **report["calibration"]}
+        report["reliability"] = {"before": [asdict(b) for b in reliability(task, before, references)],
+                                 **report["reliability"]}
     return report
 
 

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config import TrainConfig
-from .data import PaddingCollator, sorted_by_length
+from .data import PaddingCollator, evaluation_rows
 from .data_workers import start_data_worker
 from .sampling import ResumableBatchSampler
 
@@ -27,13 +27,19 @@ def training_loaders(config: TrainConfig, tokenized, pad_token_id: int, device: 
     collator = PaddingCollator(pad_token_id)
     sampler = ResumableBatchSampler(
         tokenized["train"]["length"], config.per_device_train_batch_size, num_replicas=num_replicas, rank=rank,
-        seed=config.seed, group_by_length=config.group_by_length)
-    train_loader = data_loader(tokenized["train"].remove_columns("length"), collator, config, device,
-                               batch_sampler=sampler)
-    eval_loaders = {name: data_loader(sorted_by_length(tokenized[name]), collator, config, device,
-                                      batch_size=config.per_device_eval_batch_size)
+        seed=config.seed, group_by_length=config.group_by_length, text_index=tokenized["train"]["text_index"])
+    train_loader = data_loader(tokenized["train"].select_columns(["input_ids", "attention_mask", "labels"]),
+                               collator, config, device, batch_sampler=sampler)
+    eval_loaders = {name: evaluation_loader(tokenized[name], pad_token_id, config, device)
                     for name in ("validation", "test") if name in tokenized}
     return sampler, train_loader, eval_loaders
+
+
+def evaluation_loader(windows, pad_token_id: int, config: TrainConfig, device: torch.device) -> DataLoader:
+    """The batches of an evaluation split's windows (``tokenize_windows``), sorted by length so padding is nearly
+    free; the training loop's and ``distrinews evaluate``'s alike."""
+    return data_loader(evaluation_rows(windows), PaddingCollator(pad_token_id), config, device,
+                       batch_size=config.per_device_eval_batch_size)
 
 
 def data_loader(dataset, collator, config: TrainConfig, device: torch.device, **batching) -> DataLoader:

@@ -56,7 +56,7 @@ from .checkpoint import TrainerState
 from .config import TrainConfig, parse_precision_flag, parse_train_config
 from .cpu_dropout import use_cpu_dropout
 from .data import DataOptions, checked_max_length, load_labelled_data, loss_class_weights, \
-    tokenize_splits
+    tokenize_splits, train_window_policy
 from .decisions import apply_to_model, decide_on_validation, split_report
 from .evaluation import collect_outputs, scalar_metrics, score_outputs
 from .loaders import release_loader_workers, training_loaders
@@ -185,7 +185,7 @@ def _load_model_and_data(config: TrainConfig, accelerator: Accelerator):
     config.max_length = checked_max_length(config.max_length, model, tokenizer, config.model_name_or_path,
                                            warn=accelerator.print)
     with accelerator.local_main_process_first():  # tokenize once per machine; the others hit the cache
-        tokenized = tokenize_splits(data.splits, tokenizer, config.max_length)
+        tokenized = tokenize_splits(data.splits, tokenizer, config.max_length, train_window_policy(config))
     if accelerator.device.type == "cpu" and config.cpu_dropout_masks:
         accelerator.print(f"CPU dropout masks from 16-bit random numbers: {use_cpu_dropout(model)}")
     return data, model, tokenizer, tokenized
@@ -221,12 +221,12 @@ def _resume_or_start(run: Run) -> None:
         for old in checkpoint.remove_checkpoints(run.checkpoint_root):  # only with resume=none: they would be resumed
             accelerator.print(f"resume=none: deleted {old}")
     faults.inject("start", run)
-    tokenized, task = run.tokenized, run.task
+    splits, task = run.data.splits, run.task
     accelerator.print(
         f"Training {config.model_name_or_path} ({task.problem_type}, {len(task.labels)} labels: "
-        f"{_shortened(task.labels)}) on {len(tokenized['train'])} examples "
-        f"({len(tokenized['validation']) if 'validation' in tokenized else 'no'} validation, "
-        f"{len(tokenized['test'])} test): {run.total_steps} steps of {run.examples_per_step} examples on "
+        f"{_shortened(task.labels)}) on {len(run.tokenized['train'])} windows of {len(splits['train'])} texts "
+        f"({len(splits['validation']) if 'validation' in splits else 'no'} validation, "
+        f"{len(splits['test'])} test texts): {run.total_steps} steps of {run.examples_per_step} windows on "
         f"{accelerator.num_processes} process(es), {accelerator.device.type}, "
         f"mixed precision {accelerator.mixed_precision}")
 
@@ -359,8 +359,8 @@ def _evaluate_and_checkpoint(run: Run, finished: bool, epoch_finished: bool) -> 
 
 def _validate_and_select(run: Run) -> None:
     state, accelerator = run.state, run.accelerator
-    outputs = collect_outputs(run.model, run.eval_loaders["validation"],
-                              expected_count=len(run.tokenized["validation"]), gather=accelerator.gather_for_metrics)
+    outputs = collect_outputs(run.model, run.eval_loaders["validation"], run.tokenized["validation"],
+                              gather=accelerator.gather_for_metrics)
     metrics = score_outputs(run.task, outputs, run.class_weights)
     run.run_log.write("eval", split="validation", step=state.global_step, epoch=state.epoch, **scalar_metrics(metrics))
     accelerator.log(tracking.eval_scalars("eval", metrics), step=state.global_step)
@@ -478,7 +478,7 @@ def _split_outputs(run: Run, name: str):
     """Every example's outputs on split ``name`` (gathered from every rank), or None without that split."""
     if name not in run.eval_loaders:
         return None
-    return collect_outputs(run.model, run.eval_loaders[name], expected_count=len(run.tokenized[name]),
+    return collect_outputs(run.model, run.eval_loaders[name], run.tokenized[name],
                            gather=run.accelerator.gather_for_metrics)
 
 

@@ -88,3 +88,19 @@ def test_bad_input_to_a_command_is_one_line_and_exit_code_2(case, tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1, result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "empty-run"]  # nothing was written
+
+
+def test_evaluate_takes_the_training_configs_data_flags(tmp_path, capsys):
+    from distrinews.cli import EVALUATE_FIELDS, main as cli_main
+
+    result = _run(DISTRINEWS, "evaluate", "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
+    for name in EVALUATE_FIELDS:  # the field's own help and default
+        field = fields[name]
+        assert f"--{name}" in text and " ".join(f"{field.metadata['help']} (default: {field.default!r})".split()) \
+            in text, name
+    # and its own bounds, checked before any model loads
+    assert cli_main(["evaluate", "--model", str(tmp_path / "no-model"), "--validation_fraction", "1.5"]) == 2
+    assert capsys.readouterr().err.startswith("error: validation_fraction=1.5: must be in [0, 1)")

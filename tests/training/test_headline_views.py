@@ -57,7 +57,7 @@ def test_training_run_uses_the_views(tiny_model, ag_news_dir, tmp_path, capsys):
 
     run = dict(num_train_epochs=1, validation_fraction=0, headline_views="true")
     assert train_main(tiny_train_args(tiny_model, ag_news_dir, tmp_path / "run", **run)) == 0
-    assert "on 720 examples" in capsys.readouterr().out  # 240 articles, each with its headline and description
+    assert "on 720 windows of 720 texts" in capsys.readouterr().out  # 240 articles, each with its headline and description
     card = (tmp_path / "run" / "model" / "README.md").read_text()
     assert "| headline views | each headline and each description also trained on alone |" in card
     assert "720 training examples (no validation split held out): the articles, then each headline" in card

@@ -65,3 +65,29 @@ def test_padding_collator_pads_to_a_multiple_of_8():
     assert batch["input_ids"][0].tolist() == [101, 7, 102] + [0] * 13
     assert batch["attention_mask"].sum().item() == 13
     assert batch["labels"].tolist() == [2, 0]
+
+
+@pytest.fixture
+def windows():
+    """(lengths, text_index) of 300 texts of 1 to 5 windows each, as tokenize_windows writes them."""
+    rng = np.random.default_rng(1)
+    text_index = np.repeat(np.arange(300), rng.integers(1, 6, size=300))
+    return rng.integers(8, 128, size=len(text_index)).tolist(), text_index
+
+
+def test_a_texts_windows_stay_together_and_ranks_match_one_process(windows):
+    lengths, text_index = windows
+    one = ResumableBatchSampler(lengths, 32, seed=3, text_index=text_index)
+    ranks = [ResumableBatchSampler(lengths, 16, num_replicas=2, rank=r, seed=3, text_index=text_index)
+             for r in range(2)]
+    seen = []
+    for whole, part0, part1 in zip(_epoch(one, 1), _epoch(ranks[0], 1), _epoch(ranks[1], 1)):
+        assert part0 + part1 == whole  # each rank a contiguous share of the same global batch
+        shared = set(text_index[part0]) & set(text_index[part1])
+        assert len(shared) <= 1  # only a text at the edge of the shares is cut
+        seen += whole
+    assert len(seen) == len(set(seen)) == len(one) * 32
+    texts_in_order = [text for i, text in enumerate(text_index[seen]) if i == 0 or text != text_index[seen][i - 1]]
+    # A text's windows follow one another (a text cut between two batches continues at the next batch's start).
+    assert len(texts_in_order) <= len(set(texts_in_order)) + len(one)
+    assert _epoch(ranks[1], 1, start=5) == _epoch(ranks[1], 1)[5:]

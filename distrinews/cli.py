@@ -55,6 +55,8 @@ def _evaluate(argv: Sequence[str]) -> int:
     parser.add_argument("--test_fraction", type=float, default=0.1, help="As used in training (data without a test "
                                                                          "split).")
     parser.add_argument("--seed", type=int, default=42, help="As used in training (it picks the carved splits).")
+    parser.add_argument("--extra_metrics", default="", help="Further metrics from the evaluate library, separated by "
+                        "commas: Hub names or local metric modules, as `distrinews train --extra_metrics`.")
     parser.add_argument("--output", help="Also write the metrics as JSON to this file.")
     args = parser.parse_args(argv)
     from .core.windows import WindowPolicy
@@ -71,9 +73,12 @@ def _evaluate(argv: Sequence[str]) -> int:
     from .core.modeling import load_classifier
     from .core.predict import model_task, predict_texts
     from .training.data import DataOptions, load_labelled_data
+    from .training.evaluation import further_metrics
+    from .training.extra_metrics import EXTRA_METRICS, extra_scalars, load_extra_metrics
 
     model, tokenizer = load_classifier(args.model, args.revision)
     task = model_task(model)
+    extra_metrics = load_extra_metrics([name.strip() for name in args.extra_metrics.split(",") if name.strip()], task)
     options = DataOptions(
         source=args.dataset, config_name=args.dataset_config_name, revision=args.dataset_revision,
         text_columns=tuple(c.strip() for c in args.text_column_names.split(",")),
@@ -91,6 +96,7 @@ def _evaluate(argv: Sequence[str]) -> int:
     predictions = predict_texts(model, tokenizer, split["text"], batch_size=args.batch_size, policy=policy)
     scores = [[p.probabilities[name] for name in task.labels] for p in predictions]
     metrics = task.metrics(np.asarray(scores), np.asarray(split["label"]))
+    metrics.update(further_metrics(task, np.asarray(scores), np.asarray(split["label"]), extra_metrics))
     shown = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()
                       if isinstance(value, float) and name != "threshold")
     print(f"{args.split}: {shown} on {metrics['num_examples']} examples")
@@ -98,6 +104,8 @@ def _evaluate(argv: Sequence[str]) -> int:
     for name, per_label in metrics["per_class"].items():
         print(f"  {name:<{width}} precision {per_label['precision']:.4f}  recall {per_label['recall']:.4f}  "
               f"f1 {per_label['f1']:.4f}")
+    for name, value in extra_scalars(metrics.get(EXTRA_METRICS, {})).items():
+        print(f"  {name} {value:.4f}")
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
             json.dump(metrics, handle, indent=2)

@@ -276,8 +276,12 @@ def tokenize_splits(splits: DatasetDict, tokenizer, max_length: int) -> DatasetD
 
 def sorted_by_length(split: Dataset) -> Dataset:
     """The split ordered by token count (for evaluation batches that barely pad), without the length column."""
-    order = np.argsort(np.asarray(split["length"]), kind="stable")
-    return split.select(order).remove_columns("length")
+    return split.select(evaluation_order(split)).remove_columns("length")
+
+
+def evaluation_order(split: Dataset) -> np.ndarray:
+    """The rows of a tokenized split by token count: the order in which its evaluation reads them."""
+    return np.argsort(np.asarray(split["length"]), kind="stable")
 
 
 class PaddingCollator:

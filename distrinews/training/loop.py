@@ -55,16 +55,18 @@ from .callbacks import TrainerCallback
 from .checkpoint import TrainerState
 from .config import TrainConfig, parse_precision_flag, parse_train_config
 from .cpu_dropout import use_cpu_dropout
-from .data import DataOptions, checked_max_length, load_labelled_data, loss_class_weights, \
+from .data import DataOptions, checked_max_length, evaluation_order, load_labelled_data, loss_class_weights, \
     tokenize_splits
 from .evaluation import collect_outputs, scalar_metrics, score_outputs
+from .extra_metrics import load_extra_metrics
 from .loaders import release_loader_workers, training_loaders
+from .mistakes import ERRORS_FILE, write_mistakes
 from .model_card import write_model_card
 from .optimization import build_optimizer, should_compile
 from .precision import training_precision
 from .preemption import StopRequest
 from .rdrop import rdrop_loss
-from .reporting import RunLog, describe_training, plot_confusion, plot_loss
+from .reporting import RunLog, class_weights_by_label, describe_training, plot_confusion, plot_loss
 from .run import LogWindow, Run
 from .selection import Selection
 from .stability import NonFiniteGuard
@@ -110,7 +112,7 @@ def _set_up(config: TrainConfig, stop_request: StopRequest, callbacks: Sequence[
     accelerator.print(f"precision: {precision.words} ({precision.why})")
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls (outside autocast) on TF32 tensor cores
     set_seed(config.seed)  # before the model: the new classification head must match on every rank
-    data, model, tokenizer, tokenized = _load_model_and_data(config, accelerator)
+    data, model, tokenizer, tokenized, extra_metrics = _load_model_and_data(config, accelerator)
     class_weights = loss_class_weights(config, data.task, tokenized["train"]["labels"], accelerator.device)
     # On every rank, so all fail together before training (each rank writes into checkpoints).
     checkpoint.check_output_dir(Path(config.output_dir), accelerator.process_index, keep_last=config.keep_last,
@@ -141,8 +143,8 @@ def _set_up(config: TrainConfig, stop_request: StopRequest, callbacks: Sequence[
                                                                 total_steps, data.task.labels))
     return Run(config=config, accelerator=accelerator, model=model, forward_model=forward_model, tokenizer=tokenizer,
                data=data, tokenized=tokenized, class_weights=class_weights, selection=Selection.from_config(config),
-               callbacks=callbacks, sampler=sampler, train_loader=train_loader, eval_loaders=eval_loaders,
-               optimizer=optimizer, scheduler=scheduler, total_steps=total_steps,
+               callbacks=callbacks, extra_metrics=extra_metrics, sampler=sampler, train_loader=train_loader,
+               eval_loaders=eval_loaders, optimizer=optimizer, scheduler=scheduler, total_steps=total_steps,
                micro_batches_per_epoch=steps_per_epoch * config.gradient_accumulation_steps, state=state,
                run_log=RunLog(Path(config.output_dir) / "log.jsonl", enabled=accelerator.is_main_process),
                stop_request=stop_request)
@@ -178,6 +180,7 @@ def _load_model_and_data(config: TrainConfig, accelerator: Accelerator):
             raise ConfigError(f"{setting} needs a validation split: set validation_fraction > 0 or give the data "
                               "a validation split")
     data.task = data.task.with_threshold(config.decision_threshold or None)  # 0: chosen on validation at the end
+    extra_metrics = load_extra_metrics(config.extra_metric_names(), data.task)  # a misfit stops every rank here
     with accelerator.main_process_first():  # download once, then read from the cache
         model, tokenizer = load_classifier(config.model_name_or_path, for_training=True, task=data.task)
     config.max_length = checked_max_length(config.max_length, model, tokenizer, config.model_name_or_path,
@@ -186,7 +189,7 @@ def _load_model_and_data(config: TrainConfig, accelerator: Accelerator):
         tokenized = tokenize_splits(data.splits, tokenizer, config.max_length)
     if accelerator.device.type == "cpu" and config.cpu_dropout_masks:
         accelerator.print(f"CPU dropout masks from 16-bit random numbers: {use_cpu_dropout(model)}")
-    return data, model, tokenizer, tokenized
+    return data, model, tokenizer, tokenized, extra_metrics
 
 
 def _start_tracking(run: Run) -> None:
@@ -452,7 +455,7 @@ def _finish(run: Run) -> dict:
     threshold_source = _choose_threshold(run, outputs.get("validation"))
     results = {"validation": None}  # stays None without a validation split
     for name, split_outputs in outputs.items():
-        results[name] = score_outputs(run.task, split_outputs, run.class_weights)
+        results[name] = score_outputs(run.task, split_outputs, run.class_weights, run.extra_metrics)
         run.run_log.write("eval", split=name, step=selected_step, final=True, **scalar_metrics(results[name]))
     accelerator.log(tracking.eval_scalars("test", results["test"]), step=run.state.global_step)
     ended = run.state.stop_reason or f"completed: {run.state.global_step} of {run.total_steps} optimizer steps"
@@ -460,11 +463,11 @@ def _finish(run: Run) -> dict:
     metrics = {**results, "model_selection": run.config.model_selection,
                "metric_for_best_model": run.selection.metric, "selected_step": selected_step,
                "global_step": run.state.global_step, "training_ended": ended, "data": run.data.summary(),
-               "class_weights": _named_weights(run), "decision_threshold": threshold_source,
-               "train": _describe_training(run)}
+               "class_weights": class_weights_by_label(run.task.labels, run.class_weights),
+               "decision_threshold": threshold_source, "train": _describe_training(run)}
     with _written_on_every_rank(run, f"the final model and metrics in {run.output_dir}"):
         if accelerator.is_main_process:
-            _write_outputs(run, metrics)
+            _write_outputs(run, metrics, outputs["test"])
     _end_distributed_run(run)
     for callback in run.callbacks:  # after the last collective: a slow push keeps no other rank waiting
         callback.on_train_end(run, metrics)
@@ -484,12 +487,6 @@ def _choose_threshold(run: Run, validation) -> dict | None:
     how = "given (decision_threshold)" if given else "best validation micro-F1" if chosen is not None else \
         "default (no validation split to choose it on)"
     return {"value": task.threshold, "chosen_by": how}
-
-
-def _named_weights(run: Run) -> dict[str, float] | None:
-    if run.class_weights is None:
-        return None
-    return {name: round(float(weight), 6) for name, weight in zip(run.task.labels, run.class_weights.tolist())}
 
 
 def _metrics_line(metrics: dict) -> str:
@@ -529,12 +526,14 @@ def _select_weights(run: Run) -> int:
     return run.state.global_step
 
 
-def _write_outputs(run: Run, metrics: dict) -> None:
+def _write_outputs(run: Run, metrics: dict, test_outputs) -> None:
     model_dir = run.output_dir / "model"
     model_dir.mkdir(exist_ok=True)  # save_pretrained only logs an error and returns when the path is a file
     run.accelerator.unwrap_model(run.model).save_pretrained(model_dir)
     run.tokenizer.save_pretrained(model_dir)
     write_json(run.output_dir / "metrics.json", metrics)
+    write_mistakes(run.output_dir / ERRORS_FILE, run.task, test_outputs.text_probabilities(run.task),
+                   test_outputs.references, run.data.splits["test"], evaluation_order(run.tokenized["test"]))
     plots = run.output_dir / "plots"
     plots.mkdir(exist_ok=True)
     plot_loss(run.run_log.records(), plots / "loss.png", metric=run.selection.metric)

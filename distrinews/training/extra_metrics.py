@@ -36,6 +36,7 @@ import numpy as np
 
 from ..core.errors import ConfigError
 from ..core.tasks import MULTI_LABEL, Task
+from .mistakes import given_labels
 
 INPUTS = ("predictions", "references", "prediction_scores")  # what a metric can be given (module docstring)
 EXTRA_METRICS = "extra_metrics"  # the key of their results in a split's metrics
@@ -100,11 +101,11 @@ def _loaded(name: str, task: Task) -> ExtraMetric:
     import evaluate
 
     evaluate.logging.set_verbosity_error()  # its cache notices would bury the one line a refusal prints
-    looks_local = name.endswith(".py") or os.sep in name or name.startswith(".")
+    looks_local = name.endswith(".py") or name.startswith((os.sep, ".")) or Path(name).exists()  # not user/metric
     if looks_local and not Path(name).exists():
         raise ConfigError(f"extra_metrics: {name} does not exist (a local metric is a .py file, or a folder "
                           "holding FOLDER.py)")
-    try:
+    try:  # in memory: every rank computes the metric, and on disk they would share one cache file
         module = evaluate.load(name, config_name=_config_name(task), keep_in_memory=True)
     except Exception as err:
         offline = " (HF_HUB_OFFLINE is set: a Hub metric must already be cached)" if _offline() and not looks_local \
@@ -153,9 +154,7 @@ def _compute(metric: ExtraMetric, task: Task, probabilities: np.ndarray, referen
 
 def _inputs(task: Task, probabilities: np.ndarray, references: np.ndarray) -> dict[str, np.ndarray]:
     if task.problem_type == MULTI_LABEL:
-        given = np.zeros(probabilities.shape, dtype=np.int64)
-        for row, scores in enumerate(probabilities):
-            given[row, task.chosen(scores)] = 1  # the labels the task gives, as every consumer decides them
+        given = given_labels(task, probabilities).astype(np.int64)
         return {"predictions": given, "references": references.astype(np.int64).reshape(given.shape),
                 "prediction_scores": probabilities}
     scores = probabilities[:, 1] if probabilities.shape[1] == 2 else probabilities

@@ -55,6 +55,7 @@ def test_a_metric_that_cannot_load_or_does_not_fit_is_refused_in_one_line(module
     refusals = {
         "no_such_metric": (make_task(SINGLE, ("a", "b")), "extra_metrics: no_such_metric cannot be loaded "
                            "(HF_HUB_OFFLINE is set: a Hub metric must already be cached): FileNotFoundError: "),
+        "someone/their_metric": (multi, "extra_metrics: someone/their_metric cannot be loaded (HF_HUB_OFFLINE is set"),
         str(tmp_path / "missing.py"): (multi, f"extra_metrics: {tmp_path / 'missing.py'} does not exist"),
         modules[1]: (multi, f"extra_metrics: {modules[1]} does not fit this task (multi-label, 2 labels): "
                             "ValueError: Module inputs don't match the expected format."),
@@ -165,3 +166,22 @@ def test_training_refuses_the_metric_on_every_rank_before_anything_is_written(gi
     assert lines[0].startswith(f"error: extra_metrics: {name} " + ("cannot be loaded" if given == "no_such_metric"
                                                                    else "does not fit this task"))
     assert not (tmp_path / "out").exists() and time.monotonic() - started < 30
+
+
+def test_a_run_without_extra_metrics_never_imports_evaluate():
+    """evaluate takes seconds to import: the loop, launch's preflight and the card import it only when asked."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    code = ("import sys\n"
+            "from distrinews.training import loop, model_card\n"
+            "from distrinews.launch import preflight\n"
+            "from distrinews.core.tasks import make_task\n"
+            "assert loop.load_extra_metrics((), make_task('single_label_classification', ('a', 'b'))) == ()\n"
+            "assert 'evaluate' not in sys.modules, 'evaluate was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -34,7 +34,8 @@ def _train(argv: Sequence[str]) -> int:
 # takes them as `distrinews train` does (names, defaults, help, bounds), so the same flags give the same splits.
 EVALUATE_FIELDS = ("dataset", "dataset_config_name", "dataset_revision", "text_column_names", "text_column_delimiter",
                    "label_column_name", "label_separator", "validation_fraction", "test_fraction", "seed",
-                   "max_eval_samples", "max_length", "per_device_eval_batch_size", "dataloader_num_workers")
+                   "max_eval_samples", "max_length", "per_device_eval_batch_size", "dataloader_num_workers",
+                   "extra_metrics")
 
 
 def _evaluate(argv: Sequence[str]) -> int:
@@ -67,6 +68,7 @@ def _evaluate(argv: Sequence[str]) -> int:
     from .core.tasks import MULTI_LABEL
     from .training.config import TrainConfig
     from .training.evaluation import evaluate_saved_model
+    from .training.extra_metrics import EXTRA_METRICS, extra_scalars, load_extra_metrics
 
     # The flags' bounds are checked before the model loads (multi-label allows every value single-label does);
     # then against the model's own problem type.
@@ -74,8 +76,9 @@ def _evaluate(argv: Sequence[str]) -> int:
     model, tokenizer = load_classifier(model_id, revision)
     task = model_task(model)
     config = TrainConfig(**args, model_name_or_path=model_id, problem_type=task.problem_type)
+    extra_metrics = load_extra_metrics(config.extra_metric_names(), task)
     metrics = evaluate_saved_model(model, tokenizer, config, split, max_windows, warn=_warn,
-                                   min_confidence=min_confidence)
+                                   min_confidence=min_confidence, extra_metrics=extra_metrics)
     shown = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()
                       if isinstance(value, float) and name != "threshold")
     print(f"{split}: {shown} on {metrics['num_examples']} examples")
@@ -84,6 +87,8 @@ def _evaluate(argv: Sequence[str]) -> int:
     for name, per_label in metrics["per_class"].items():
         print(f"  {name:<{width}} precision {per_label['precision']:.4f}  recall {per_label['recall']:.4f}  "
               f"f1 {per_label['f1']:.4f}")
+    for name, value in extra_scalars(metrics.get(EXTRA_METRICS, {})).items():
+        print(f"  {name} {value:.4f}")
     if output:
         with open(output, "w", encoding="utf-8") as handle:
             json.dump(metrics, handle, indent=2)

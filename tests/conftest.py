@@ -155,6 +155,14 @@ def ag_news_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def metric_modules(tmp_path_factory) -> dict[str, str]:
+    """Local evaluate metric modules (tests/metric_modules.py), by metric name: their paths (read-only)."""
+    from metric_modules import metric_paths, write_metric_modules
+
+    return metric_paths(shared_folder(tmp_path_factory, "metric-modules", write_metric_modules))
+
+
+@pytest.fixture(scope="session")
 def space_model(tmp_path_factory) -> Path:
     """The tiny model with AG News label names and a model card holding a test accuracy (read-only)."""
     from space_support import write_space_model

@@ -1,9 +1,10 @@
 """What every rank would fail on, checked once in the launching process before any rank starts.
 
 ``distrinews launch`` calls ``preflight(config)``: a bad setting, an unwritable output_dir, a missing token, a model
-or dataset that does not resolve, or a bad row then ends the command in seconds with one line and exit code 2,
-instead of a failure on every rank after their start-up and the launcher's traceback on top. The checks are the
-ranks' own code (``load_labelled_data``, ``load_classifier``, ``checked_max_length``), run once here.
+or dataset that does not resolve, a bad row or an extra metric that cannot load or does not fit then ends the
+command in seconds with one line and exit code 2, instead of a failure on every rank after their start-up and the
+launcher's traceback on top. The checks are the ranks' own code (``load_labelled_data``, ``load_extra_metrics``,
+``load_classifier``, ``checked_max_length``), run once here.
 
 A Hub that cannot be reached (no network, a firewall, a wrong HF_ENDPOINT) is found with one request; the run then
 goes on offline from the local cache if the model and dataset are there (and the ranks are told to stay offline,
@@ -56,6 +57,10 @@ def preflight(config: TrainConfig, say: Callable[[str], None] = print) -> Prefli
     transformers_logging.disable_progress_bar()
     data = _from_cache_if_offline(unreachable, "dataset", config.dataset,
                                   lambda: load_labelled_data(DataOptions.from_config(config)))
+    if config.extra_metrics:  # evaluate takes seconds to import: only when metrics are asked for
+        from ..training.extra_metrics import load_extra_metrics
+
+        load_extra_metrics(config.extra_metric_names(), data.task)
     model, tokenizer = _from_cache_if_offline(  # with the head the data's labels need, as the ranks load it
         unreachable, "model", config.model_name_or_path,
         lambda: load_classifier(config.model_name_or_path, for_training=True, task=data.task))

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from ..core.tasks import MULTI_LABEL
 from ..core.windows import DEFAULT_MAX_WINDOWS
 from .card_trust import trust_sections
+from .extra_metrics import EXTRA_METRICS, FAILED, extra_scalars
+from .mistakes import ERRORS_FILE, MISTAKES_KEPT
 
 if TYPE_CHECKING:
     from .model_card import CardFacts
@@ -129,7 +131,51 @@ def _evaluation(facts: CardFacts) -> list[str]:
                         for name, split in (("validation", validation), ("test", test)) if split),
             _per_class_table("Test", test, labels),
             *([_per_class_table("Validation", validation, labels)] if validation else []),
-            _confusion_section(test, labels)]
+            _confusion_section(test, labels),
+            *_most_confused_section(facts),
+            *_extra_metrics_section(facts)]
+
+
+def _most_confused_section(facts: CardFacts) -> list[str]:
+    pairs = facts.metrics["test"].get("most_confused")
+    if pairs is None:  # a run from before the pairs were recorded
+        return []
+    mistakes = (f"The test texts it got wrong most confidently (up to {MISTAKES_KEPT}), with every probability, are "
+                f"in `{ERRORS_FILE}` in the run folder (not pushed: it quotes the data).")
+    if not pairs:
+        return [f"No two labels were confused on test. {mistakes}"]
+    if facts.task.problem_type == MULTI_LABEL:
+        intro = ("The labels most often mistaken for one another on test (a label missed and another given instead, "
+                 "in one text):")
+        header = "| label missed | label given instead | texts | share of the missed label's texts |"
+    else:
+        intro = "The labels most often confused on test:"
+        header = "| true label | predicted | texts | share of the true label's texts |"
+    rows = "\n".join(f"| {pair['true']} | {pair['predicted']} | {pair['count']} | {pair['share_of_true']:.1%} |"
+                     for pair in pairs)
+    return [f"{intro}\n\n{header}\n| --- | --- | ---: | ---: |\n{rows}\n\n{mistakes}"]
+
+
+def _extra_metrics_section(facts: CardFacts) -> list[str]:
+    splits = [(name, facts.metrics[name]) for name in ("validation", "test") if facts.metrics[name]]
+    results = {name: split.get(EXTRA_METRICS) or {} for name, split in splits}
+    if not any(results.values()):
+        return []
+    shown = {name: {**extra_scalars(values), **{metric: f"failed: {entry[FAILED]}" for metric, entry in
+                                                 values.items() if FAILED in entry}}
+             for name, values in results.items()}
+    rows = dict.fromkeys(key for values in shown.values() for key in values)
+    table = "\n".join(f"| {row} | " + " | ".join(_shown_value(shown[name].get(row)) for name, _ in splits) + " |"
+                      for row in rows)
+    names = ", ".join(f"`{name}`" for name in dict.fromkeys(key for values in results.values() for key in values))
+    return [f"Further metrics, computed with the 🤗 evaluate library ({names}):\n\n"
+            f"| metric | {' | '.join(name for name, _ in splits)} |\n| --- |"
+            + " ---: |" * len(splits) + f"\n{table}"]
+
+
+def _shown_value(value) -> str:
+    return "" if value is None else value if isinstance(value, str) else str(value) if isinstance(value, int) \
+        else f"{value:.4f}"
 
 
 def _confusion_section(test: dict, labels: list[str]) -> str:

@@ -207,6 +207,13 @@ class TrainConfig:
         "right this often (multi-label: every label right); answers under it say 'not sure' (abstained) "
         "everywhere the model is read. 0 = no floor.", default=0.0, minimum=0, below=1, note=" (0 = no floor)",
         resume=FREE)
+    extra_metrics: str = _doc(
+        "Further metrics computed with the Hugging Face evaluate library on validation and test at the end, separated "
+        "by commas: a metric on the Hub (e.g. matthews_correlation, roc_auc; fetched once, then cached) or a local "
+        "metric module (a .py file, or a folder holding FOLDER.py, defining an evaluate.Metric). Recorded in "
+        "metrics.json, the tracker and the model card; a metric that cannot load or does not fit the task stops the "
+        "run before training. Empty = the built-in metrics only (no network, evaluate not imported).", default="",
+        resume=FREE)
     checkpoint_every: int = _doc("Write a resumable checkpoint every N optimizer steps (0 = at each epoch end only).",
                                  default=0, minimum=0, resume=FREE)
     keep_last: int = _doc("Complete checkpoints kept on disk (the newest ones).", default=2, minimum=1, resume=FREE)
@@ -275,6 +282,9 @@ class TrainConfig:
 
     def text_columns(self) -> tuple[str, ...]:
         return _comma_list(self.text_column_names)
+
+    def extra_metric_names(self) -> tuple[str, ...]:
+        return _comma_list(self.extra_metrics)
 
     def class_weight_values(self) -> tuple[float, ...]:
         """The weights given as numbers (empty for 'none' and 'balanced')."""
@@ -354,6 +364,9 @@ class TrainConfig:
         choices = ("auto", *make_task(self.problem_type, ()).selection_metrics)
         need(self.metric_for_best_model in choices, "metric_for_best_model",
              f"must be one of {', '.join(choices)} for problem_type={self.problem_type}")
+        extra = self.extra_metric_names()
+        need("" not in extra and len(set(extra)) == len(extra), "extra_metrics",
+             "must be distinct metric names or paths separated by commas")
         need(multi_label or not self.decision_threshold, "decision_threshold",
              "applies to problem_type=multi_label_classification only (one label per text takes the most probable)")
 

@@ -5,7 +5,8 @@ serving default per text) in batches sorted by length (``loaders.evaluation_load
 model over every batch and gathers each window's logits with its row, which puts them back in text order;
 ``SplitOutputs.text_probabilities`` combines each text's windows exactly as the Space does
 (``distrinews.core.predict.text_scores``); ``score_outputs`` turns them into the split's metrics with the task
-(``distrinews.core.tasks``), plus the loss the run trains on. Keeping the two apart lets the run choose a
+(``distrinews.core.tasks``), plus the loss the run trains on, the most-confused label pairs
+(``mistakes.py``) and any ``extra_metrics`` (``extra_metrics.py``). Keeping the two apart lets the run choose a
 multi-label threshold on the validation outputs and score them again without a second pass. The distributed part is
 a ``gather`` function passed in (``accelerator.gather_for_metrics`` in the training loop, identity in
 ``distrinews evaluate``, ``evaluate_saved_model``), so this module needs no process group to test.
@@ -14,7 +15,7 @@ a ``gather`` function passed in (``accelerator.gather_for_metrics`` in the train
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +28,8 @@ from ..core.windows import DEFAULT_MAX_WINDOWS, WindowPolicy
 from .config import TrainConfig
 from .data import DataOptions, checked_max_length, load_labelled_data, tokenize_windows
 from .loaders import evaluation_loader
+from .extra_metrics import EXTRA_METRICS, ExtraMetric, compute_extra_metrics
+from .mistakes import most_confused_pairs
 
 
 @dataclass
@@ -91,19 +94,32 @@ def _in_text_order(logits: np.ndarray, rows: np.ndarray, windows) -> SplitOutput
     return SplitOutputs(logits[order], labels[text_starts(text_index)], text_index)
 
 
-def score_outputs(task: Task, outputs: SplitOutputs, class_weights: torch.Tensor | None = None) -> dict:
+def score_outputs(task: Task, outputs: SplitOutputs, class_weights: torch.Tensor | None = None,
+                  extra_metrics: Sequence[ExtraMetric] = ()) -> dict:
     """The task's metrics of a split, on each text's probabilities (``text_probabilities``), plus ``loss``: the
     training loss (class weights included) over every window, each carrying its text's label, as
-    train_windows=all trains on them."""
-    metrics = task.metrics(outputs.text_probabilities(task), outputs.references)
+    train_windows=all trains on them; the most-confused label pairs and the ``extra_metrics``
+    (training/extra_metrics.py), if any."""
+    probabilities = outputs.text_probabilities(task)
+    metrics = task.metrics(probabilities, outputs.references)
     weights = None if class_weights is None else class_weights.cpu()
     loss = task.loss(torch.from_numpy(outputs.logits), torch.from_numpy(outputs.window_references()), weights)
-    return {**metrics, "loss": float(loss)}
+    return {**metrics, "loss": float(loss), **further_metrics(task, probabilities, outputs.references, extra_metrics)}
+
+
+def further_metrics(task: Task, probabilities: np.ndarray, references: np.ndarray,
+                    extra_metrics: Sequence[ExtraMetric] = ()) -> dict:
+    """What a split's entry in metrics.json holds beyond the task's metrics: ``most_confused`` (training/mistakes.py)
+    and, when asked for, ``extra_metrics``."""
+    further = {"most_confused": most_confused_pairs(task, probabilities, references)}
+    if extra_metrics:
+        further[EXTRA_METRICS] = compute_extra_metrics(extra_metrics, task, probabilities, references)
+    return further
 
 
 def evaluate_saved_model(model, tokenizer, config: TrainConfig, split: str,
                          max_windows: int = DEFAULT_MAX_WINDOWS, warn: Callable[[str], None] = print,
-                         min_confidence: float | None = None) -> dict:
+                         min_confidence: float | None = None, extra_metrics: Sequence[ExtraMetric] = ()) -> dict:
     """``distrinews evaluate``: ``split`` of the data ``config`` describes, with the model's own labels, problem
     type, thresholds and confidence floor (``min_confidence`` replaces the floor; 0 = none), read and scored as the
     training run's evaluation does (the same windows, batches and scoring; no class weights in the loss), with the
@@ -121,7 +137,8 @@ def evaluate_saved_model(model, tokenizer, config: TrainConfig, split: str,
     model.to(device)
     loader = evaluation_loader(windows, tokenizer.pad_token_id, config, device)
     outputs = collect_outputs(model, loader, windows, device=device)
-    return {**score_outputs(task, outputs), **trust_report(task, outputs.text_probabilities(task), outputs.references)}
+    return {**score_outputs(task, outputs, extra_metrics=extra_metrics),
+            **trust_report(task, outputs.text_probabilities(task), outputs.references)}
 
 
 def scalar_metrics(metrics: dict) -> dict[str, float]:

@@ -59,14 +59,16 @@ from .data import DataOptions, checked_max_length, load_labelled_data, loss_clas
     tokenize_splits, train_window_policy
 from .decisions import apply_to_model, decide_on_validation, split_report
 from .evaluation import collect_outputs, scalar_metrics, score_outputs
+from .extra_metrics import load_extra_metrics
 from .loaders import release_loader_workers, training_loaders
+from .mistakes import ERRORS_FILE, write_mistakes
 from .model_card import write_model_card
 from .optimization import build_optimizer, should_compile
 from .precision import training_precision
 from .preemption import StopRequest
 from .rdrop import rdrop_loss
-from .reporting import RunLog, describe_training, plot_confusion, plot_loss, plot_reliability, \
-    plot_risk_coverage
+from .reporting import RunLog, class_weights_by_label, describe_training, plot_confusion, plot_loss, \
+    plot_reliability, plot_risk_coverage
 from .run import LogWindow, Run
 from .selection import Selection
 from .stability import NonFiniteGuard
@@ -112,7 +114,7 @@ def _set_up(config: TrainConfig, stop_request: StopRequest, callbacks: Sequence[
     accelerator.print(f"precision: {precision.words} ({precision.why})")
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls (outside autocast) on TF32 tensor cores
     set_seed(config.seed)  # before the model: the new classification head must match on every rank
-    data, model, tokenizer, tokenized = _load_model_and_data(config, accelerator)
+    data, model, tokenizer, tokenized, extra_metrics = _load_model_and_data(config, accelerator)
     class_weights = loss_class_weights(config, data.task, tokenized["train"]["labels"], accelerator.device)
     # On every rank, so all fail together before training (each rank writes into checkpoints).
     checkpoint.check_output_dir(Path(config.output_dir), accelerator.process_index, keep_last=config.keep_last,
@@ -143,8 +145,8 @@ def _set_up(config: TrainConfig, stop_request: StopRequest, callbacks: Sequence[
                                                                 total_steps, data.task.labels))
     return Run(config=config, accelerator=accelerator, model=model, forward_model=forward_model, tokenizer=tokenizer,
                data=data, tokenized=tokenized, class_weights=class_weights, selection=Selection.from_config(config),
-               callbacks=callbacks, sampler=sampler, train_loader=train_loader, eval_loaders=eval_loaders,
-               optimizer=optimizer, scheduler=scheduler, total_steps=total_steps,
+               callbacks=callbacks, extra_metrics=extra_metrics, sampler=sampler, train_loader=train_loader,
+               eval_loaders=eval_loaders, optimizer=optimizer, scheduler=scheduler, total_steps=total_steps,
                micro_batches_per_epoch=steps_per_epoch * config.gradient_accumulation_steps, state=state,
                run_log=RunLog(Path(config.output_dir) / "log.jsonl", enabled=accelerator.is_main_process),
                stop_request=stop_request)
@@ -180,6 +182,7 @@ def _load_model_and_data(config: TrainConfig, accelerator: Accelerator):
             raise ConfigError(f"{setting} needs a validation split: set validation_fraction > 0 or give the data "
                               "a validation split")
     data.task = data.task.with_threshold(config.decision_threshold or None)  # 0: chosen on validation at the end
+    extra_metrics = load_extra_metrics(config.extra_metric_names(), data.task)  # a misfit stops every rank here
     with accelerator.main_process_first():  # download once, then read from the cache
         model, tokenizer = load_classifier(config.model_name_or_path, for_training=True, task=data.task)
     config.max_length = checked_max_length(config.max_length, model, tokenizer, config.model_name_or_path,
@@ -188,7 +191,7 @@ def _load_model_and_data(config: TrainConfig, accelerator: Accelerator):
         tokenized = tokenize_splits(data.splits, tokenizer, config.max_length, train_window_policy(config))
     if accelerator.device.type == "cpu" and config.cpu_dropout_masks:
         accelerator.print(f"CPU dropout masks from 16-bit random numbers: {use_cpu_dropout(model)}")
-    return data, model, tokenizer, tokenized
+    return data, model, tokenizer, tokenized, extra_metrics
 
 
 def _start_tracking(run: Run) -> None:
@@ -452,9 +455,9 @@ def _finish(run: Run) -> dict:
     apply_to_model(decisions, accelerator.unwrap_model(run.model))  # the same on every rank
     run.data.task = decisions.task
     results = {"validation": None}  # stays None without a validation split
-    for name in run.eval_loaders:
-        split_outputs = _split_outputs(run, name)
-        results[name] = {**score_outputs(run.task, split_outputs, run.class_weights),
+    outputs = {name: _split_outputs(run, name) for name in run.eval_loaders}
+    for name, split_outputs in outputs.items():
+        results[name] = {**score_outputs(run.task, split_outputs, run.class_weights, run.extra_metrics),
                          **split_report(decisions, split_outputs)}
         run.run_log.write("eval", split=name, step=selected_step, final=True, **scalar_metrics(results[name]))
     accelerator.log(tracking.eval_scalars("test", results["test"]), step=run.state.global_step)
@@ -463,11 +466,11 @@ def _finish(run: Run) -> dict:
     metrics = {**results, "model_selection": run.config.model_selection,
                "metric_for_best_model": run.selection.metric, "selected_step": selected_step,
                "global_step": run.state.global_step, "training_ended": ended, "data": run.data.summary(),
-               "class_weights": _named_weights(run), "decision_threshold": None, **decisions.report,
-               "train": _describe_training(run)}
+               "class_weights": class_weights_by_label(run.task.labels, run.class_weights),
+               "decision_threshold": None, **decisions.report, "train": _describe_training(run)}
     with _written_on_every_rank(run, f"the final model and metrics in {run.output_dir}"):
         if accelerator.is_main_process:
-            _write_outputs(run, metrics)
+            _write_outputs(run, metrics, outputs["test"])
     _end_distributed_run(run)
     for callback in run.callbacks:  # after the last collective: a slow push keeps no other rank waiting
         callback.on_train_end(run, metrics)
@@ -480,12 +483,6 @@ def _split_outputs(run: Run, name: str):
         return None
     return collect_outputs(run.model, run.eval_loaders[name], run.tokenized[name],
                            gather=run.accelerator.gather_for_metrics)
-
-
-def _named_weights(run: Run) -> dict[str, float] | None:
-    if run.class_weights is None:
-        return None
-    return {name: round(float(weight), 6) for name, weight in zip(run.task.labels, run.class_weights.tolist())}
 
 
 def _metrics_line(metrics: dict) -> str:
@@ -525,12 +522,14 @@ def _select_weights(run: Run) -> int:
     return run.state.global_step
 
 
-def _write_outputs(run: Run, metrics: dict) -> None:
+def _write_outputs(run: Run, metrics: dict, test_outputs) -> None:
     model_dir = run.output_dir / "model"
     model_dir.mkdir(exist_ok=True)  # save_pretrained only logs an error and returns when the path is a file
     run.accelerator.unwrap_model(run.model).save_pretrained(model_dir)
     run.tokenizer.save_pretrained(model_dir)
     write_json(run.output_dir / "metrics.json", metrics)
+    write_mistakes(run.output_dir / ERRORS_FILE, run.task, test_outputs.text_probabilities(run.task),
+                   test_outputs.references, run.data.splits["test"], range(len(test_outputs.references)))
     plots = run.output_dir / "plots"
     plots.mkdir(exist_ok=True)
     plot_loss(run.run_log.records(), plots / "loss.png", metric=run.selection.metric)

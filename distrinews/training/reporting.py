@@ -200,6 +200,13 @@ def metrics_markdown_table(metrics: dict, splits: Sequence[str] = ("validation",
     return "\n".join(lines)
 
 
+def class_weights_by_label(labels: Sequence[str], weights) -> dict[str, float] | None:
+    """``metrics.json``'s "class_weights": each label's weight in the loss (a tensor of them, or None)."""
+    if weights is None:
+        return None
+    return {name: round(float(weight), 6) for name, weight in zip(labels, weights.tolist())}
+
+
 def describe_training(*, hardware: str, num_processes: int, mixed_precision: str, distributed_type: str,
                       total_train_batch_size: int, optimizer_steps: int, train_seconds: float,
                       train_examples: int) -> dict:

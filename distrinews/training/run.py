@@ -21,6 +21,7 @@ from .callbacks import TrainerCallback
 from .checkpoint import TrainerState
 from .config import TrainConfig
 from .data import LabelledData
+from .extra_metrics import ExtraMetric
 from .preemption import StopRequest
 from .reporting import RunLog
 from .sampling import ResumableBatchSampler
@@ -59,6 +60,7 @@ class Run:
     class_weights: torch.Tensor | None  # on the device; the loss's per-label weights (class_weights)
     selection: Selection
     callbacks: Sequence[TrainerCallback]
+    extra_metrics: Sequence[ExtraMetric]  # scored on validation and test at the end (extra_metrics.py)
     sampler: ResumableBatchSampler
     train_loader: DataLoader
     eval_loaders: dict[str, DataLoader]

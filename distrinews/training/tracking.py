@@ -16,6 +16,7 @@ import accelerate.utils
 from ..core.errors import ConfigError
 from .config import TrainConfig
 from .evaluation import scalar_metrics
+from .extra_metrics import EXTRA_METRICS, extra_scalars
 
 TRACKERS = ("tensorboard", "wandb", "trackio")  # report_to=all: every one of these that is installed
 TRACKER_FOLDER = "runs"
@@ -68,5 +69,8 @@ def train_scalars(record: dict[str, Any]) -> dict[str, float]:
 
 
 def eval_scalars(split: str, metrics: dict[str, Any]) -> dict[str, float]:
-    """Every one-number metric of an evaluation (accuracy or micro-F1, macro-F1, loss, ...) under ``split/``."""
-    return {f"{split}/{name}": value for name, value in scalar_metrics(metrics).items()}
+    """Every one-number metric of an evaluation (accuracy or micro-F1, macro-F1, loss, ...) under ``split/``, and
+    the extra_metrics' under ``split/extra/`` (kept apart: evaluate's accuracy is not the built-in one's tag)."""
+    extra = extra_scalars(metrics.get(EXTRA_METRICS, {}))
+    return {**{f"{split}/{name}": value for name, value in scalar_metrics(metrics).items()},
+            **{f"{split}/extra/{name}": value for name, value in extra.items()}}

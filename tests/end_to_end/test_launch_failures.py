@@ -54,11 +54,15 @@ def test_an_unreachable_hub_stops_the_launch_in_seconds(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["max_length 1", "seed -5", "output_dir under a file", "no token to push",
-                                  "a bad row"])
-def test_bad_input_stops_before_any_rank_starts(case, tiny_model, ag_news_dir, tmp_path):
+                                  "a bad row", "an extra metric that does not fit"])
+def test_bad_input_stops_before_any_rank_starts(case, tiny_model, ag_news_dir, metric_modules, tmp_path):
     data, output_dir = ag_news_dir, tmp_path / "out"
+    two_labels_only = metric_modules["positive_share"]
     settings, expected = {
         "max_length 1": ({"max_length": 1}, "error: max_length=1: must be > 2: "),
+        "an extra metric that does not fit": ({"extra_metrics": two_labels_only}, f"error: extra_metrics: "
+                                              f"{two_labels_only} does not fit this task (one label per text, 4 "
+                                              "labels): ValueError: "),
         "seed -5": ({"seed": -5}, "error: seed=-5: must be in [0, 4294967295]"),
         "output_dir under a file": ({}, f"error: output_dir {tmp_path / 'file' / 'out'} cannot be created: "),
         "no token to push": ({"push_to_hub": "true", "hub_model_id": "me/news"}, "error: no Hugging Face token found"),

@@ -58,15 +58,17 @@ def _trained(tmp_path_factory, name: str, write_data, tiny_model, **flags) -> Pa
 
 
 @pytest.fixture(scope="session")
-def two_string_labels(tiny_model, tmp_path_factory):
-    """spam/ham in CSV files as Excel saves them (byte-order mark, CRLF)."""
+def two_string_labels(tiny_model, tmp_path_factory, metric_modules):
+    """spam/ham in CSV files as Excel saves them (byte-order mark, CRLF); two local extra metrics (one given the
+    predictions, one the scores) and a TensorBoard log."""
     def write(data):
         for split, count, seed in (("train", 60, 1), ("test", 20, 2)):
             single_label_rows(["spam", "ham"], [count, count], seed).to_csv(
                 data / f"{split}.csv", index=False, encoding="utf-8-sig", lineterminator="\r\n")
 
-    return _trained(tmp_path_factory, "spam", write, tiny_model, num_train_epochs=2, target_precision=0.8), \
-        ("ham", "spam")
+    extra = f"{metric_modules['error_rate']},{metric_modules['score_accuracy']}"
+    return _trained(tmp_path_factory, "spam", write, tiny_model, num_train_epochs=2, extra_metrics=extra,
+                    report_to="tensorboard", target_precision=0.8), ("ham", "spam")
 
 
 @pytest.fixture(scope="session")
@@ -94,15 +96,16 @@ def thirty_labels_long_tail(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def multi_label_csv(tiny_model, tmp_path_factory):
-    """Several topics per row in one CSV cell, separated by '|' (an empty cell: no topic)."""
+def multi_label_csv(tiny_model, tmp_path_factory, metric_modules):
+    """Several topics per row in one CSV cell, separated by '|' (an empty cell: no topic); a local extra metric."""
     def write(data):
         for split, count, seed in (("train", 150, 7), ("test", 40, 8)):
             frame = multi_label_rows(TOPICS, count, seed, column="topics")
             frame.assign(topics=frame["topics"].map("|".join)).to_csv(data / f"{split}.csv", index=False)
 
     return _trained(tmp_path_factory, "multi-csv", write, tiny_model, problem_type=MULTI, label_column_name="topics",
-                    label_separator="|", num_train_epochs=4, validation_fraction=0.2), TOPICS
+                    label_separator="|", num_train_epochs=4, validation_fraction=0.2,
+                    extra_metrics=metric_modules["error_rate"]), TOPICS
 
 
 @pytest.fixture(scope="session")
@@ -117,11 +120,11 @@ def multi_label_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def multi_label_jsonl(tiny_model, multi_label_data, tmp_path_factory):
-    """Lists of topics in JSONL (rows with none too): a real 2-process run."""
+def multi_label_jsonl(tiny_model, multi_label_data, tmp_path_factory, metric_modules):
+    """Lists of topics in JSONL (rows with none too): a real 2-process run, where each rank loads an extra metric."""
     def train(folder):
         accelerate_launch(tiny_train_args(tiny_model, multi_label_data, folder / "run", per_device_train_batch_size=4,
-                                          **MULTI_LABEL_RUN))
+                                          extra_metrics=metric_modules["error_rate"], **MULTI_LABEL_RUN))
 
     return shared_folder(tmp_path_factory, "own-data-multi-jsonl-2-processes", train) / "run", TOPICS
 
@@ -235,6 +238,101 @@ def test_pipeline_on_the_saved_folder_answers_with_those_names(case):
         assert total == pytest.approx(1, abs=1e-5)
 
 
+def _errors(output_dir):
+    return [json.loads(line) for line in (output_dir / "errors.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def _test_split(output_dir):
+    """The run's test split, read again from its data with its saved settings."""
+    from distrinews.training.config import TrainConfig
+    from distrinews.training.data import DataOptions, load_labelled_data
+
+    config = TrainConfig(**_json(output_dir / "train_config.json"))
+    return load_labelled_data(DataOptions.from_config(config)).splits["test"]
+
+
+def test_errors_file_holds_the_most_confident_mistakes(case):
+    name, output_dir, labels = case
+    test, mistakes = _json(output_dir / "metrics.json")["test"], _errors(output_dir)
+    multi_label = name.startswith("multi_label")
+    right = test["subset_accuracy"] if multi_label else test["accuracy"]
+    assert len(mistakes) == min(50, round((1 - right) * test["num_examples"]))
+    assert [m["confidence"] for m in mistakes] == sorted((m["confidence"] for m in mistakes), reverse=True)
+    split = None if name == "train_only_hub_dataset" else _test_split(output_dir)  # that one's Hub is gone
+    for mistake in mistakes:
+        p = mistake["probabilities"]
+        assert list(p) == list(labels) and mistake["true"] != mistake["predicted"]
+        if multi_label:
+            thresholds = dict(zip(labels, test["thresholds"]))  # each label's own (training/decisions.py)
+            assert mistake["predicted"] == [label for label in labels if p[label] >= thresholds[label]]
+            wrong = [p[label] for label in mistake["predicted"] if label not in mistake["true"]] + \
+                [1 - p[label] for label in mistake["true"] if label not in mistake["predicted"]]
+            assert mistake["confidence"] == max(wrong)
+        else:
+            assert mistake["predicted"] == max(p, key=p.get) and mistake["confidence"] == max(p.values())
+        if split is not None:  # the text of that row of the test split, with that label
+            row = split[mistake["row"]]
+            true = [labels[i] for i, on in enumerate(row["label"]) if on] if multi_label else labels[row["label"]]
+            assert (row["text"], true) == (mistake["text"], mistake["true"])
+
+
+def test_the_most_confused_pairs_are_in_metrics_and_the_card(case):
+    name, output_dir, labels = case
+    test = _json(output_dir / "metrics.json")["test"]
+    pairs, card = test["most_confused"], (output_dir / "model" / "README.md").read_text(encoding="utf-8")
+    assert [pair["count"] for pair in pairs] == sorted((pair["count"] for pair in pairs), reverse=True)
+    if name.startswith("multi_label"):  # a missed label and a wrongly given one, in the same texts
+        counts = test["label_confusion"]
+        for pair in pairs:
+            missed, given = counts[pair["true"]]["false_negative"], counts[pair["predicted"]]["false_positive"]
+            assert pair["count"] <= min(missed, given)
+    else:  # the largest cells of the confusion matrix off its diagonal
+        confusion = test["confusion_matrix"]
+        cells = sorted((confusion[i][j] for i in range(len(labels)) for j in range(len(labels)) if i != j and
+                        confusion[i][j]), reverse=True)
+        assert [pair["count"] for pair in pairs] == cells[:10]
+        assert all(confusion[labels.index(pair["true"])][labels.index(pair["predicted"])] == pair["count"]
+                   for pair in pairs)
+    for pair in pairs:
+        assert f"| {pair['true']} | {pair['predicted']} | {pair['count']} | {pair['share_of_true']:.1%} |" in card
+    assert "test texts it got wrong most confidently (up to 50), with every probability, are in `errors.jsonl`" in card
+
+
+def _tensorboard_scalars(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [event.value for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_extra_metrics_are_in_metrics_the_tracker_and_the_card(two_string_labels, multi_label_csv,
+                                                                multi_label_jsonl):
+    output_dir, _ = two_string_labels
+    metrics = _json(output_dir / "metrics.json")
+    for split in ("validation", "test"):  # given the labels, and the positive label's probability
+        scores, extra = metrics[split], metrics[split]["extra_metrics"]
+        assert extra["error_rate"] == {"error_rate": pytest.approx(1 - scores["accuracy"]),
+                                       "texts": scores["num_examples"]}
+        assert extra["score_accuracy"] == {"score_accuracy": pytest.approx(scores["accuracy"]),
+                                           "options": ["binary", "raise"]}
+    test = metrics["test"]["extra_metrics"]
+    logged = _tensorboard_scalars(output_dir / "runs" / "run")
+    assert logged["test/extra/error_rate"] == [pytest.approx(test["error_rate"]["error_rate"])]
+    assert logged["test/extra/error_rate/texts"] == [metrics["test"]["num_examples"]]
+    assert logged["test/extra/score_accuracy"] == [pytest.approx(test["score_accuracy"]["score_accuracy"])]
+    card = (output_dir / "model" / "README.md").read_text(encoding="utf-8")
+    validation = metrics["validation"]["extra_metrics"]
+    assert "Further metrics, computed with the 🤗 evaluate library (`error_rate`, `score_accuracy`):" in card
+    assert (f"| error_rate | {validation['error_rate']['error_rate']:.4f} | {test['error_rate']['error_rate']:.4f} |"
+            in card)
+    assert f"| error_rate/texts | {metrics['validation']['num_examples']} | {metrics['test']['num_examples']} |" in card
+    for run_dir in (multi_label_csv[0], multi_label_jsonl[0]):  # the labels given, as rows; on 2 processes too
+        for split in ("validation", "test"):
+            scores = _json(run_dir / "metrics.json")[split]
+            assert scores["extra_metrics"]["error_rate"]["error_rate"] == pytest.approx(1 - scores["subset_accuracy"])
+
+
 def test_a_carved_test_split_is_reported_as_such(train_only_hub_dataset):
     output_dir, _ = train_only_hub_dataset
     metrics = _json(output_dir / "metrics.json")
@@ -265,13 +363,16 @@ def test_evaluate_and_predict_use_the_models_labels_and_threshold(multi_label_cs
 
     output_dir, labels = multi_label_csv
     scores = tmp_path / "test.json"
+    extra_metrics = _json(output_dir / "train_config.json")["extra_metrics"]
     assert cli_main(["evaluate", "--model", str(output_dir / "model"), "--dataset", str(output_dir.parent / "data"),
                      "--label_column_name", "topics", "--label_separator", "|", "--max_length", "64",
-                     "--output", str(scores)]) == 0
+                     "--extra_metrics", extra_metrics, "--output", str(scores)]) == 0
     trained = _json(output_dir / "metrics.json")["test"]
     evaluated = _json(scores)
     assert (evaluated["micro_f1"], evaluated["threshold"], evaluated["label_confusion"]) == \
         (trained["micro_f1"], trained["threshold"], trained["label_confusion"])
+    assert evaluated["extra_metrics"] == trained["extra_metrics"] and "error_rate" in trained["extra_metrics"]
+    assert evaluated["most_confused"] == trained["most_confused"]
     assert f"test: micro_f1 {trained['micro_f1']:.4f}" in capsys.readouterr().out
     assert cli_main(["predict", "--model", str(output_dir / "model"), "--json", words_of(1, 4, 6)]) == 0
     answer = json.loads(capsys.readouterr().out)

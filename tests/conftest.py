@@ -6,6 +6,7 @@ Nothing here reads ../shared or the network: every test builds its own model and
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import shutil
@@ -210,6 +211,22 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     different = [name for name in wa if not torch.equal(wa[name], wb[name])]
     assert not different, f"{a} and {b} differ in {different}"
+
+
+def assert_published_weights_are(chosen: Path, run_dir: Path) -> None:
+    """The run's published ``model/`` holds the ``chosen`` weights (a safetensors file), with the calibration
+    temperature of its metrics.json folded into the classifier (distrinews/training/decisions.py), and only there."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights, published = load_file(chosen), load_file(run_dir / "model" / "model.safetensors")
+    (temperature,) = json.loads((run_dir / "metrics.json").read_text())["calibration"]["temperature"]
+    folded = {"classifier.weight", "classifier.bias"}
+    assert weights.keys() == published.keys()
+    different = [name for name in weights.keys() - folded if not torch.equal(weights[name], published[name])]
+    assert not different, f"{chosen} and the published weights differ in {different}"
+    for name in folded:
+        assert torch.allclose(published[name], weights[name] / temperature, rtol=1e-6, atol=0), name
 
 
 def free_port() -> int:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 
-import torch
-from safetensors.torch import load_file
+from conftest import assert_published_weights_are
 
 EXPECTED_FILES = [
     "model/config.json", "model/model.safetensors", "model/tokenizer.json", "model/tokenizer_config.json",
-    "metrics.json", "train_config.json", "log.jsonl", "plots/loss.png", "plots/confusion_matrix.png",
+    "metrics.json", "train_config.json", "log.jsonl", "errors.jsonl", "plots/loss.png", "plots/confusion_matrix.png",
+    "plots/reliability.png", "plots/risk_coverage.png",
 ]
 
 
@@ -70,16 +70,9 @@ def test_the_saved_model_is_the_final_step_by_default(two_process_run):
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["model_selection"] == "last"
     assert metrics["selected_step"] == metrics["global_step"]
-    final = load_file(output_dir / "checkpoints" / f"step-{metrics['global_step']:08d}" / "model.safetensors")
-    saved = load_file(output_dir / "model" / "model.safetensors")
-    assert final.keys() == saved.keys()
-    # The calibration temperature is folded into the output layer (distrinews/training/decisions.py), and only there.
     assert metrics["calibration"]["applied"] == "folded into the weights and bias of classifier"
-    (temperature,) = metrics["calibration"]["temperature"]
-    folded = {"classifier.weight", "classifier.bias"}
-    assert all((final[k] == saved[k]).all() for k in final.keys() - folded)
-    for name in folded:
-        assert torch.allclose(saved[name], final[name] / temperature, rtol=1e-6, atol=0)
+    assert_published_weights_are(output_dir / "checkpoints" / f"step-{metrics['global_step']:08d}" /
+                                 "model.safetensors", output_dir)
     assert not (output_dir / "best_model.safetensors").exists()  # nothing chosen on validation, nothing kept
 
 

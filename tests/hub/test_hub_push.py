@@ -25,7 +25,8 @@ from hub_server import FakeHub, assert_token_absent
 REPO_ID = "distrinews-test/ag-news-tiny"
 # The int8 graph the Space serves travels with the weights, in the same commit.
 MODEL_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
-               "confusion_matrix.png", "loss.png", "onnx/model.int8.onnx", "onnx/export.json"}
+               "confusion_matrix.png", "loss.png", "reliability.png", "risk_coverage.png", "onnx/model.int8.onnx",
+               "onnx/export.json"}
 DDP_TIMEOUT_S = 15
 COMMIT_DELAY_S = DDP_TIMEOUT_S + 5  # longer than any collective may wait: a push inside one would fail the run
 

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from conftest import assert_same_weights, shared_folder, tiny_train_args
+from conftest import assert_published_weights_are, assert_same_weights, shared_folder, tiny_train_args
 from distrinews.training.loop import main as train_main
 
 # 216 training rows / 16 per step = 13 steps per epoch. Validation every 4 steps; macro-F1 lies in [0, 1], so it can
@@ -53,7 +53,7 @@ def test_the_published_weights_are_the_best_macro_f1(stopped_run):
     evals = [r for r in _records(stopped_run, "eval") if not r.get("final")]
     best = max(evals, key=lambda r: (r["macro_f1"], -r["step"]))  # the first of equal values is kept
     assert metrics["metric_for_best_model"] == "macro_f1" and metrics["selected_step"] == best["step"]
-    assert_same_weights(stopped_run / "best_model.safetensors", stopped_run / "model" / "model.safetensors")
+    assert_published_weights_are(stopped_run / "best_model.safetensors", stopped_run)
 
 
 @pytest.mark.parametrize("step", [8, STOP_STEP], ids=["after_the_first_evaluation_without_improvement",

@@ -451,6 +451,9 @@ def _finish(run: Run) -> dict:
     accelerator = run.accelerator
     accelerator.wait_for_everyone()
     selected_step = _select_weights(run)
+    # From here the model is run as it is published and used (pipeline(), distrinews evaluate): fp32 weights in
+    # fp32, not under training's autocast, so metrics.json describes the saved model to the last digit.
+    accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
     decisions = decide_on_validation(run.task, _split_outputs(run, "validation"), run.config)
     apply_to_model(decisions, accelerator.unwrap_model(run.model))  # the same on every rank
     run.data.task = decisions.task

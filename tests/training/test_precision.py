@@ -78,6 +78,22 @@ def test_bf16_resumes_exactly(unpinned, tiny_model, ag_news_dir, tmp_path):
     assert_same_weights(reference / "model" / "model.safetensors", resumed / "model" / "model.safetensors")
 
 
+def test_a_bf16_runs_metrics_describe_the_saved_model_as_it_is_used(unpinned, tiny_model, ag_news_dir, tmp_path):
+    """Trained under bf16 autocast, evaluated at the end as pipeline() and distrinews evaluate run the saved
+    model, in fp32: metrics.json equals evaluate's to the last bit, the loss and NLL included."""
+    from distrinews.cli import main as cli_main
+
+    output_dir = tmp_path / "out"
+    assert train_main([*tiny_train_args(tiny_model, ag_news_dir, output_dir, max_steps=6), "--mixed_precision",
+                       "bf16"]) == 0
+    assert cli_main(["evaluate", "--model", str(output_dir / "model"), "--dataset", str(ag_news_dir), "--seed", "7",
+                     "--validation_fraction", "0.1", "--max_length", "64", "--per_device_eval_batch_size", "7",
+                     "--dataloader_num_workers", "0", "--output", str(tmp_path / "test.json")]) == 0
+    trained, evaluated = _metrics(output_dir)["test"], json.loads((tmp_path / "test.json").read_text())
+    assert (evaluated["loss"], evaluated["calibration"]["after"]) == (trained["loss"], trained["calibration"]["after"])
+    assert evaluated["confusion_matrix"] == trained["confusion_matrix"]
+
+
 def test_bf16_on_two_processes_trains_like_one_process_with_double_batch(tiny_model, ag_news_dir, tmp_path):
     runs = {}
     for processes, batch in ((2, 8), (1, 16)):

@@ -108,7 +108,7 @@ class PostgresServer:
         if (self.folder / "data" / "postmaster.pid").exists():
             self._run("pg_ctl", "stop", "-D", str(self.folder / "data"), "-m", "immediate", "-w", check=False)
         log = self.folder / "postgres.log"
-        if log.is_file():  # kept for a failed test's reader: the folder itself goes
+        if log.is_file() and self.tmp_path.is_dir():  # kept for a failed test's reader: the folder itself goes
             shutil.copyfile(log, self.tmp_path / "postgres.log")
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder = None

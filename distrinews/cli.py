@@ -9,6 +9,7 @@
     distrinews launch-config multi_gpu                                       # path of a shipped accelerate YAML
     distrinews deploy-space USER/SPACE --model_id USER/NAME [--revision SHA] [--private] [--stage_only FOLDER]
     distrinews kaggle --output DIR --dataset USER/SLUG [--kernel USER/SLUG] [--wheel PATH]
+    distrinews compare RUN_DIR_OR_SWEEP_DIR... [--output FILE.md|.csv] [--plot FILE.png] [--metric NAME]
 """
 
 from __future__ import annotations
@@ -281,6 +282,27 @@ def _launch_config(argv: Sequence[str]) -> int:
     return 0
 
 
+def _compare(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="distrinews compare", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="One table of finished runs' setups and results: runs that differ only in their seed form a "
+        "group, shown with the mean, standard deviation, min and max over its seeds of each metric on validation "
+        "and test, its time and samples/s; each later group is compared with the first on the seeds they share "
+        "(paired t-test). Markdown on stdout.")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="Run folders, folders of runs (a sweep's "
+                        "trial-NNNN/), or globs of either (quoted globs are expanded here).")
+    parser.add_argument("--output", default=None, help="Also write the table to FILE.md (with the paired "
+                        "comparisons) or FILE.csv (one column per number).")
+    parser.add_argument("--plot", default=None, help="Write a PNG of each group's test metric, its seeds as dots.")
+    parser.add_argument("--metric", default=None, help="The metric compared (default: accuracy, or micro_f1 for "
+                        "multi-label); macro_f1 is shown too.")
+    args = parser.parse_args(argv)
+    from .compare.command import compare_runs
+
+    print(compare_runs(args.runs, output=args.output, plot=args.plot, metric=args.metric))
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "train": (_train, "fine-tune a classifier (one process; `accelerate launch -m distrinews.train` for more)"),
     "evaluate": (_evaluate, "the metrics and per-label scores of a saved model on a split"),
@@ -291,6 +313,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "launch-config": (_launch_config, "print the path of a shipped accelerate YAML (cpu, single_gpu, multi_gpu, multi_node)"),
     "deploy-space": (_deploy_space, "deploy the serving Space wired to a model repo"),
     "kaggle": (_kaggle, "write the wheel dataset and the notebook kernel for the kaggle CLI"),
+    "compare": (_compare, "one table of runs' results, seeds grouped: mean, std, min, max, paired t-test"),
 }
 
 

@@ -6,6 +6,7 @@ Nothing here reads ../shared or the network: every test builds its own model and
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import random
@@ -153,6 +154,25 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ag_news_dir(tmp_path_factory) -> Path:
     return shared_folder(tmp_path_factory, "ag_news", write_ag_news_folder)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL server on 127.0.0.1 for this test process (tests/postgres_server.py), stopped at the end
+    of the session; skipped without Debian's postgresql, except under CI, where it fails."""
+    from postgres_server import PostgresServer
+
+    with PostgresServer(tmp_path_factory.mktemp("postgres")) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """``postgresql://USER@127.0.0.1:PORT/DB``: a new empty database on that server for this test alone."""
+    return postgres_server.create_database(f"test_{os.getpid()}_{next(_DATABASE_NUMBERS)}")
+
+
+_DATABASE_NUMBERS = itertools.count()
 
 
 @pytest.fixture(scope="session")

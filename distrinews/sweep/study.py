@@ -142,8 +142,10 @@ def hand_back(study, trial) -> None:
     same parameters and folder, as a stale trial is, so that the next run of the sweep continues it at once."""
     import optuna
 
-    study.tell(trial, state=optuna.trial.TrialState.FAIL)
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+    if frozen.state != optuna.trial.TrialState.RUNNING:
+        return  # another worker found it stale meanwhile, and queued it again itself
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
     optuna.storages.RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, frozen)
 
 

@@ -129,6 +129,11 @@ def _in_process(argv: list[str], trial, options: SweepOptions) -> int:
 def _tell(study, trial, outcome: Outcome, folder: str) -> None:
     import optuna
 
+    if next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number).state.is_finished():
+        # Its heartbeat stalled past the grace period and another worker queued it again: the retry continues the
+        # folder, which holds this result, from its last checkpoint.
+        print(f"{folder}: finished, but the study had declared it stale; its retry will take its result", flush=True)
+        return
     for key, value in (outcome.attrs or {}).items():
         trial.set_user_attr(key, value)
     states = {"pruned": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL}

@@ -178,7 +178,11 @@ def test_trials_through_distrinews_launch_prune_on_both_ranks_at_the_same_step(t
                             str(free_port()), model=tiny_model, data=ag_news_dir)
     result = run(command, timeout=420)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    assert [trial.state.name for trial in study_trials(output_dir)] == ["COMPLETE", "PRUNED"]
+    trials = study_trials(output_dir)
+    assert [trial.state.name for trial in trials] == ["COMPLETE", "PRUNED"]
+    # The trial's main rank reported each evaluation to the study itself (the sweep process only waited).
+    assert sorted(trials[1].intermediate_values) == [4, PRUNED_AT] and trials[1].value == \
+        trials[1].intermediate_values[PRUNED_AT]
     trial = output_dir / "trial-0001"
     metrics = json.loads((trial / "metrics.json").read_text())
     assert metrics["train"]["num_processes"] == 2
@@ -203,3 +207,12 @@ def test_bad_search_spaces_are_refused_in_seconds_before_any_trial(space, error,
     assert result.returncode == 2 and time.monotonic() - started < 20, result.stderr
     assert result.stderr == f"error: search space {tmp_path / 'space.yaml'}: {error}\n"
     assert not (tmp_path / "sweep").exists()  # no study, no trial
+
+
+def test_a_run_without_a_sweep_never_imports_optuna():
+    """The training entry point's listeners (the Hub's, and a sweep's pruning only in a trial a sweep launched)
+    come without Optuna, which costs every run start-up time."""
+    check = ("import sys; from distrinews.train import _listeners; from distrinews.training.config import TrainConfig; "
+             "assert _listeners(TrainConfig()) == []; assert 'optuna' not in sys.modules, 'optuna was imported'")
+    result = run([sys.executable, "-c", check])
+    assert result.returncode == 0, result.stderr

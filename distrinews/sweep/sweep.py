@@ -66,6 +66,9 @@ def run_sweep(options: SweepOptions) -> int:
                           "leave resume out, or start a new sweep in another --output_dir")
     space = load_search_space(options.search_space, fixed)
     base = TrainConfig(**fixed)
+    if base.push_to_hub or base.hub_strategy == "checkpoint":
+        raise ConfigError("push_to_hub and hub_strategy=checkpoint would send every trial to the same repo: push the "
+                          "best trial after the sweep (distrinews push DIR/trial-NNNN --repo_id USER/NAME)")
     metric, direction = base.selection_metric(), _direction(options.direction, base)
     settings = {"metric": metric, "direction": direction, "search_space": space.to_dict(),
                 "fixed": _fixed_signature(base, space), "train_argv": list(options.train_argv),

@@ -7,6 +7,8 @@
     distrinews export-onnx runs/ag_news/model                                # the int8 graph the Space serves
     distrinews launch --output_dir runs/ag_news [TRAIN OPTIONS]          # accelerate launch on every GPU found
     distrinews launch-config multi_gpu                                       # path of a shipped accelerate YAML
+    distrinews sweep --search_space space.yaml --n_trials 20 --output_dir sweeps/lr [TRAIN OPTIONS] [--launch]
+    distrinews sweep --best --output_dir sweeps/lr                           # the best trial's command line
     distrinews deploy-space USER/SPACE --model_id USER/NAME [--revision SHA] [--private] [--stage_only FOLDER]
     distrinews kaggle --output DIR --dataset USER/SLUG [--kernel USER/SLUG] [--wheel PATH]
     distrinews compare RUN_DIR_OR_SWEEP_DIR... [--output FILE.md|.csv] [--plot FILE.png] [--metric NAME]
@@ -270,6 +272,12 @@ def _launch(argv: Sequence[str]) -> int:
                   mixed_precision=args.mixed_precision)
 
 
+def _sweep(argv: Sequence[str]) -> int:
+    from .sweep.command import main as sweep_main
+
+    return sweep_main(argv)
+
+
 def _launch_config(argv: Sequence[str]) -> int:
     from .launch.configs import LAUNCH_CONFIG_NAMES, launch_config_path
 
@@ -310,6 +318,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "push": (_push, "push a finished run's model, model card and int8 graph to the Hub"),
     "export-onnx": (_export_onnx, "write the int8 ONNX graph the Space serves into a model folder"),
     "launch": (_launch, "train with accelerate launch on every GPU found (2 CPU processes without one)"),
+    "sweep": (_sweep, "search training options with Optuna, each trial a resumable run (--launch: every GPU)"),
     "launch-config": (_launch_config, "print the path of a shipped accelerate YAML (cpu, single_gpu, multi_gpu, multi_node)"),
     "deploy-space": (_deploy_space, "deploy the serving Space wired to a model repo"),
     "kaggle": (_kaggle, "write the wheel dataset and the notebook kernel for the kaggle CLI"),

@@ -36,7 +36,7 @@ os.makedirs(os.environ["KAGGLE_CONFIG_DIR"], exist_ok=True)
 # at the end of the run. The fault-injection file first: the reference run it builds is shared by the Hub-checkpoint
 # file, which comes a few files later. (xdist's own order, by number of tests, put these last: pyproject.toml turns
 # it off with --no-loadscope-reorder.)
-LONGEST_FILES_FIRST = ("training/test_fault_injection.py", "end_to_end/test_kaggle_bundle.py",
+LONGEST_FILES_FIRST = ("training/test_fault_injection.py", "sweep/test_sweep.py", "end_to_end/test_kaggle_bundle.py",
                        "end_to_end/test_notebook.py", "hub/test_hub_checkpoints.py",
                        "end_to_end/test_inference_benchmark.py", "end_to_end/test_launch_failures.py",
                        "end_to_end/test_own_data.py", "end_to_end/test_benchmark_smoke.py",
@@ -219,6 +219,11 @@ def _offline_and_isolated(tmp_path_factory):
         "HF_HOME": str(cache / "home"), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1", "MPLBACKEND": "Agg", "ACCELERATE_MIXED_PRECISION": "no",
     })
+    import torch
+
+    # torch reads OMP_NUM_THREADS when it is imported, and a test module may import it before this fixture runs:
+    # in-process runs would then sum in another order than the subprocess runs they are compared with bitwise.
+    torch.set_num_threads(1)
     yield
 
 

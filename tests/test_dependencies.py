@@ -50,12 +50,14 @@ def _guarded(tree: ast.AST) -> set[int]:
 
 # The Space's web layer lives in the package but only the Space imports it: its imports are the `space` extra's.
 SPACE_WEB_LAYER = REPO_ROOT / "distrinews" / "serving" / "web"
+# The sweeps' imports (Optuna) are the `sweep` extra's: a run without a sweep never imports them.
+SWEEP = REPO_ROOT / "distrinews" / "sweep"
 
 
 def _third_party_imports(folder: str) -> dict[str, Path]:
     found = {}
     for path in sorted((REPO_ROOT / folder).rglob("*.py")):
-        if path in SEPARATE_ENVIRONMENT or (folder == "distrinews" and SPACE_WEB_LAYER in path.parents):
+        if path in SEPARATE_ENVIRONMENT or (folder == "distrinews" and {SPACE_WEB_LAYER, SWEEP} & set(path.parents)):
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         guarded = _guarded(tree)
@@ -91,6 +93,7 @@ def test_every_import_is_a_declared_dependency():
     everything = set().union(*declared.values())
     space = declared["dependencies"] | declared["space"]
     where = {"distrinews": declared["dependencies"], "distrinews/serving/web": space, "app": space,
+             "distrinews/sweep": declared["dependencies"] | declared["sweep"],
              "tests": everything, "benchmarks": everything}
     undeclared = [f"{module} (imported by {path.relative_to(REPO_ROOT)}; installed as {sorted(_distributions(module))})"
                   for folder, allowed in where.items() for module, path in _third_party_imports(folder).items()

@@ -4,7 +4,8 @@ The loop knows nothing of who listens: the Hub side (``distrinews/hub/callbacks.
 pushes the model, so the dependency points from it to the loop, never back. Every hook is called on every rank,
 in the order the callbacks were given; a listener that acts on the main process only checks
 ``run.accelerator.is_main_process`` itself. Hooks start no collective: the loop keeps those, so that no rank can
-wait in one that another rank skipped.
+wait in one that another rank skipped (``on_evaluate``'s answer is shared by the loop). Every rank must be given
+the same listeners.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ class TrainerCallback:
 
     def on_step_end(self, run: Any) -> None:
         """An optimizer step is done, with its log, evaluation and checkpoint; ``run.state.global_step`` counts it."""
+
+    def on_evaluate(self, run: Any, metrics: dict) -> str | None:
+        """A validation evaluation at ``run.state.global_step`` gave ``metrics``. Return a reason to stop training at
+        this step, or None: the main process's answer counts, and the loop hands it to every rank, so a listener
+        may decide on the main process alone (a sweep's pruner asks its study once, distrinews/sweep/pruning.py)."""
+        return None
 
     def on_checkpoint(self, run: Any, folder: Path) -> None:
         """A checkpoint is complete in ``folder`` (main process only)."""

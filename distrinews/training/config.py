@@ -488,11 +488,17 @@ def parse_precision_flag(argv: Sequence[str] | None = None) -> str:
     return vars(build_parser().parse_args(argv)).get("mixed_precision", "auto")
 
 
-def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
-    """Build the config from ``--config`` plus ``--field value`` flags (flags win)."""
+def parse_train_values(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The field values ``--config`` plus ``--field value`` flags give (flags win), not yet checked; the fields not
+    given are absent."""
     args = vars(build_parser().parse_args(argv))
     values = load_config_file(args.pop("config")) if args.get("config") else {}
     args.pop("config", None)
     args.pop("mixed_precision", None)
     values.update(args)
-    return TrainConfig(**values)
+    return values
+
+
+def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Build the config from ``--config`` plus ``--field value`` flags (flags win)."""
+    return TrainConfig(**parse_train_values(argv))

@@ -22,9 +22,10 @@ imports nothing from ``distrinews.hub``.
 Read it top to bottom: ``train`` runs the phases in order: ``_set_up`` (accelerator, data, model, loaders,
 optimizer), ``_start_tracking`` (report_to), ``_resume_or_start``, then ``_train_steps``, which calls
 ``_micro_step`` per batch and ``_after_optimizer_step`` per optimizer step (device checks, ``_log_window``,
-``_evaluate_and_checkpoint``, which may stop early, ``_stop``), and ``_finish`` (pick the weights and the
-threshold, evaluate test, write the outputs, the listeners' end). Everything the phases share lives in one ``Run``
-(``run.py``); the data loaders, the optimizer and the run's description are built by their own modules.
+``_evaluate_and_checkpoint``, which may stop early or on a listener's word, ``_stop``), and ``_finish`` (pick the
+weights and the threshold, evaluate test, write the outputs, the listeners' end). Everything the phases share lives
+in one ``Run`` (``run.py``); the data loaders, the optimizer and the run's description are built by their own
+modules.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from typing import Callable, Sequence
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration, \
+    broadcast_object_list, set_seed
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -67,8 +69,8 @@ from .optimization import build_optimizer, should_compile
 from .precision import training_precision
 from .preemption import StopRequest
 from .rdrop import rdrop_loss
-from .reporting import RunLog, class_weights_by_label, describe_training, plot_confusion, plot_loss, \
-    plot_reliability, plot_risk_coverage
+from .reporting import RunLog, class_weights_by_label, describe_training, metrics_line, plot_confusion, \
+    plot_loss, plot_reliability, plot_risk_coverage, shortened_list
 from .run import LogWindow, Run
 from .selection import Selection
 from .stability import NonFiniteGuard
@@ -227,7 +229,7 @@ def _resume_or_start(run: Run) -> None:
     splits, task = run.data.splits, run.task
     accelerator.print(
         f"Training {config.model_name_or_path} ({task.problem_type}, {len(task.labels)} labels: "
-        f"{_shortened(task.labels)}) on {len(run.tokenized['train'])} windows of {len(splits['train'])} texts "
+        f"{shortened_list(task.labels)}) on {len(run.tokenized['train'])} windows of {len(splits['train'])} texts "
         f"({len(splits['validation']) if 'validation' in splits else 'no'} validation, "
         f"{len(splits['test'])} test texts): {run.total_steps} steps of {run.examples_per_step} windows on "
         f"{accelerator.num_processes} process(es), {accelerator.device.type}, "
@@ -347,7 +349,7 @@ def _evaluate_and_checkpoint(run: Run, finished: bool, epoch_finished: bool) -> 
         evaluating = time.perf_counter()
         _validate_and_select(run)
         evaluated = True
-        if run.state.stop_reason and not finished:  # early stopping: training ends at this step
+        if run.state.stop_reason and not finished:  # early stopping or a listener (pruning): it ends here
             finished = True
             if run.window.steps:  # the steps since the last log line, with the evaluation's time left out
                 run.window.started += time.perf_counter() - evaluating
@@ -367,9 +369,10 @@ def _validate_and_select(run: Run) -> None:
     metrics = score_outputs(run.task, outputs, run.class_weights)
     run.run_log.write("eval", split="validation", step=state.global_step, epoch=state.epoch, **scalar_metrics(metrics))
     accelerator.log(tracking.eval_scalars("eval", metrics), step=state.global_step)
-    accelerator.print(f"step {state.global_step}: validation {_metrics_line(metrics)}")
+    accelerator.print(f"step {state.global_step}: validation {metrics_line(metrics)}")
     # Every rank sees the same gathered metrics, so they agree on "best" and on stopping without another collective.
     improved = run.selection.record(state, metrics, state.global_step)
+    state.stop_reason = state.stop_reason or _listeners_verdict(run, metrics)
     if state.stop_reason:
         run.run_log.write("early_stop", step=state.global_step, reason=state.stop_reason)
         accelerator.print(f"step {state.global_step}: {state.stop_reason}")
@@ -379,6 +382,15 @@ def _validate_and_select(run: Run) -> None:
                 staging = run.output_dir / f".{BEST_WEIGHTS}.tmp"
                 save_model(accelerator.unwrap_model(run.model), str(staging))
                 staging.replace(run.output_dir / BEST_WEIGHTS)
+
+
+def _listeners_verdict(run: Run, metrics: dict) -> str:
+    """The evaluation to the listeners; a reason to stop that one gives on the main process (a sweep's pruner asks
+    its study once) goes to every rank, which all stop at this step as early stopping stops them."""
+    reasons = [callback.on_evaluate(run, metrics) for callback in run.callbacks]
+    if not run.callbacks:  # every rank has the same listeners, so all skip the broadcast together
+        return ""
+    return broadcast_object_list([next(filter(None, reasons), "")])[0]
 
 
 def _save_checkpoint(run: Run) -> None:
@@ -488,14 +500,6 @@ def _split_outputs(run: Run, name: str):
                            gather=run.accelerator.gather_for_metrics)
 
 
-def _metrics_line(metrics: dict) -> str:
-    return ", ".join(f"{name} {value:.4f}" for name, value in scalar_metrics(metrics).items())
-
-
-def _shortened(names: Sequence[str], shown: int = 8) -> str:
-    return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
-
-
 def _end_distributed_run(run: Run) -> None:
     """The last barrier, then the end of the process group, in an order that cannot hang.
 
@@ -541,7 +545,7 @@ def _write_outputs(run: Run, metrics: dict, test_outputs) -> None:
     plot_reliability(test, plots / "reliability.png")
     plot_risk_coverage(test, plots / "risk_coverage.png")
     write_model_card(run.output_dir, repo_id=run.config.hub_model_id or None)
-    run.accelerator.print(f"test {_metrics_line(test)} on {test['num_examples']} examples; outputs in "
+    run.accelerator.print(f"test {metrics_line(test)} on {test['num_examples']} examples; outputs in "
                           f"{run.output_dir}")
 
 

@@ -62,7 +62,18 @@ class RunLog:
         self.write("resume", step=step, dropped_records=dropped, **resume_fields)
 
 
-def _pyplot():
+def metrics_line(metrics: dict) -> str:
+    """The one-number metrics of an evaluation as ``name value, ...``."""
+    from .evaluation import scalar_metrics
+
+    return ", ".join(f"{name} {value:.4f}" for name, value in scalar_metrics(metrics).items())
+
+
+def shortened_list(names: Sequence[str], shown: int = 8) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
+
+
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # headless: training machines and CI have no display
@@ -76,7 +87,7 @@ def plot_loss(records: Sequence[dict], path: Path, metric: str = "accuracy") -> 
     train = [r for r in records if r["type"] == "train"]
     evals = [r for r in records if r["type"] == "eval" and r.get("split") == "validation" and metric in r]
     shown = metric.replace("_", " ")
-    plt = _pyplot()
+    plt = pyplot()
     fig, loss_axis = plt.subplots(figsize=(7, 4), dpi=120)
     loss_axis.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="training loss")
     loss_axis.set_xlabel("optimizer step")
@@ -108,7 +119,7 @@ def plot_confusion(task, split_metrics: dict, path: Path) -> None:
 def plot_reliability(split_metrics: dict, path: Path, split: str = "test") -> None:
     """The reliability diagram of a split before and after calibration: each bin's accuracy against its mean
     confidence (a calibrated model lies on the diagonal), with how many forecasts each bin holds."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (axis, counts) = plt.subplots(2, 1, figsize=(5.5, 6.5), dpi=120, sharex=True,
                                        gridspec_kw={"height_ratios": [3, 1]})
     axis.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
@@ -133,7 +144,7 @@ def plot_reliability(split_metrics: dict, path: Path, split: str = "test") -> No
 
 def plot_risk_coverage(split_metrics: dict, path: Path, split: str = "test") -> None:
     """Accuracy of the most confident answers against the share answered, and the floor's point if there is one."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axis = plt.subplots(figsize=(6, 4), dpi=120)
     curve = split_metrics["risk_coverage_curve"]
     axis.plot([100 * p["coverage"] for p in curve], [100 * p["accuracy"] for p in curve], "o-", color="tab:blue",
@@ -154,7 +165,7 @@ def plot_risk_coverage(split_metrics: dict, path: Path, split: str = "test") -> 
 def plot_count_grid(counts: Sequence[Sequence[int]], row_names: Sequence[str], column_names: Sequence[str],
                     path: Path, title: str, x_label: str = "predicted", y_label: str = "true") -> None:
     """A heat map of counts with each count written in its cell (cells too small to read are left blank)."""
-    plt = _pyplot()
+    plt = pyplot()
     rows, columns = len(row_names), len(column_names)
     fig, axis = plt.subplots(figsize=(max(5.5, 0.32 * columns + 2.5), max(4.8, 0.28 * rows + 1.8)), dpi=120)
     image = axis.imshow(counts, cmap="Blues", aspect="auto")

@@ -202,6 +202,25 @@ def test_notebook_in_git_has_no_outputs_and_no_secrets():
     assert "TOKEN" not in parameters.source
 
 
+def test_with_a_search_space_the_training_cell_runs_a_sweep_and_shows_its_best_trial(tiny_model, ag_news_dir,
+                                                                                     tmp_path):
+    pytest.importorskip("optuna")
+    notebook = with_parameters(
+        nbformat.read(NOTEBOOK, as_version=4), MODEL_ID=str(tiny_model), DATASET=str(ag_news_dir),
+        OUTPUT_DIR=str(tmp_path / "runs" / "ag_news"), SMOKE=True, BATCH_SIZE=8, EXTRA_TRAIN_ARGS="--max_steps 4",
+        SWEEP_SPACE="learning_rate: {choices: [0.005]}", SWEEP_TRIALS=1)
+    results_index = cell_index(notebook, "metrics_markdown_table(metrics)")
+    run_cells(notebook, results_index, tmp_path, kernel_env())
+    sweep_dir = tmp_path / "runs" / "ag_news-smoke-sweep"
+    text = cell_text(notebook.cells[training_cell_index(notebook)])
+    assert "sweep 'ag_news-smoke-sweep': 1 trials over learning_rate" in text, text[-3000:]
+    assert f"The best trial, {sweep_dir / 'trial-0000'}, is the run below" in text
+    metrics = json.loads((sweep_dir / "trial-0000" / "metrics.json").read_text())
+    assert metrics["train"]["num_processes"] == 2 and metrics["global_step"] == 4  # through distrinews launch
+    assert "| 0 | 0.005 |" in (sweep_dir / "trials.md").read_text()
+    assert f"{metrics['test']['accuracy']:.4f}" in cell_text(notebook.cells[results_index])
+
+
 def test_failed_training_fails_the_cell_and_shows_why(tmp_path):
     notebook = with_parameters(nbformat.read(NOTEBOOK, as_version=4), SMOKE=True,
                                DATASET=str(tmp_path / "no-such-data"), OUTPUT_DIR=str(tmp_path / "run"))

@@ -41,8 +41,8 @@ def _calibration(facts: CardFacts) -> str:
     kind = "each label's yes/no" if facts.task.problem_type == MULTI_LABEL else "the top label"
     return (f"The probabilities are calibrated by temperature scaling fitted on the validation split ({shown}): "
             f"{method.get('applied', '')}. A calibrated model's 80% is right about 80% of the time. Lower is better "
-            f"for each score below; ECE bins {kind}'s probability into 15 equal-width bins. Single-label answers do "
-            "not change.\n\n" + _scores_table(splits, ("before", "after"))
+            f"for each score below; ECE bins {kind}'s probability into 15 equal-width bins. A single-label text read in "
+            "one window keeps its answer (one read in several averages their tempered probabilities).\n\n" + _scores_table(splits, ("before", "after"))
             + "\n\n![Reliability diagram, before and after calibration](reliability.png)")
 
 

@@ -200,7 +200,7 @@ class TrainConfig:
     calibration: str = _doc(
         "After training, fit a temperature on the validation split (one per label for multi-label) that makes the "
         "probabilities mean what they say, and fold it into the output layer ('temperature'), or leave the raw "
-        "scores ('none'). Single-label answers do not change. Needs a validation split.",
+        "scores ('none'). A single-label text read in one window keeps its answer. Needs a validation split.",
         choices=CALIBRATIONS, default="temperature", resume=FREE)
     target_precision: float = _doc(
         "Choose the confidence floor (config abstain_below) as the lowest at which the validation answers kept are "

@@ -24,8 +24,11 @@ def test_two_workers_share_the_study_and_no_trial_runs_twice(tiny_model, ag_news
     with PostgresServer(tmp_path) as server:
         workers = []
         for name in ("a", "b"):  # one folder each, as on two machines
+            # No pruning: which trial the median rule stops depends on the learning rates TPE draws and on which
+            # worker's trial finishes first, and this test counts complete trials.
             command = sweep_command(tmp_path / "space.yaml", tmp_path / name, N_TRIALS, "--storage", server.url,
-                                    "--study_name", "shared", model=tiny_model, data=ag_news_dir, max_steps=12)
+                                    "--study_name", "shared", "--pruner", "none", model=tiny_model,
+                                    data=ag_news_dir, max_steps=12)
             workers.append(subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                             text=True))
         outputs = [worker.communicate(timeout=300) for worker in workers]

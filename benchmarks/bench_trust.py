@@ -24,6 +24,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "ag_news"
+# What distrinews evaluate must report exactly as metrics.json does (the saved model is the calibrated one, so the
+# calibration scores compared are those after it).
+AGREEING = ("accuracy", "macro_f1", "confusion_matrix", "risk_coverage", "at_floor")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -104,7 +107,9 @@ def summary(metrics: dict, evaluated: dict, args, seconds: float) -> dict:
             "epochs": args.epochs, "seed": args.seed, "validation_fraction": args.validation_fraction,
             "calibration": metrics["calibration"], "abstention": metrics.get("abstention"),
             "validation": split("validation"), "test": split("test"),
-            "evaluate_agrees": {key: evaluated[key] == metrics["test"][key] for key in ("accuracy", "macro_f1")},
+            "evaluate_agrees": {**{key: evaluated[key] == metrics["test"][key] for key in AGREEING},
+                                "calibration_after": evaluated["calibration"]["after"]
+                                == metrics["test"]["calibration"]["after"]},
             "train": {key: metrics["train"][key] for key in ("hardware", "mixed_precision", "train_examples",
                                                             "train_seconds", "samples_per_s")},
             "wall_seconds": round(seconds, 1)}

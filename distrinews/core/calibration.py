@@ -44,7 +44,7 @@ def brier_score(task: Task, probabilities: np.ndarray, references: np.ndarray) -
     """Mean squared distance to the one-hot truth: summed over labels (single-label, as Brier defined it), or per
     label (multi-label: each label is its own binary forecast)."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    squared = (probabilities - _one_hot(task, references, probabilities.shape)) ** 2
+    squared = (probabilities - task.truth(references)) ** 2
     return float(squared.sum(axis=-1).mean() if task.problem_type != MULTI_LABEL else squared.mean())
 
 
@@ -61,7 +61,17 @@ def reliability(task: Task, probabilities: np.ndarray, references: np.ndarray, b
         -> list[ReliabilityBin]:
     """The forecasts in equal-width probability bins: for single-label each row's top label (right or not), for
     multi-label every label of every row (present or not, with its own probability)."""
-    forecast, outcome = _forecasts(task, probabilities, references)
+    return _binned(*_forecasts(task, probabilities, references), bins)
+
+
+def expected_calibration_error(task: Task, probabilities: np.ndarray, references: np.ndarray,
+                               bins: int = ECE_BINS) -> float:
+    """The bins' |accuracy - confidence|, weighted by how many forecasts each holds (top-label for single-label;
+    every label's forecast for multi-label)."""
+    return _gap(reliability(task, probabilities, references, bins))
+
+
+def _binned(forecast: np.ndarray, outcome: np.ndarray, bins: int = ECE_BINS) -> list[ReliabilityBin]:
     edges = np.linspace(0.0, 1.0, bins + 1)
     index = np.clip(np.searchsorted(edges, forecast, side="left") - 1, 0, bins - 1)  # (low, high]; 0 in the first
     result = []
@@ -74,11 +84,7 @@ def reliability(task: Task, probabilities: np.ndarray, references: np.ndarray, b
     return result
 
 
-def expected_calibration_error(task: Task, probabilities: np.ndarray, references: np.ndarray,
-                               bins: int = ECE_BINS) -> float:
-    """The bins' |accuracy - confidence|, weighted by how many forecasts each holds (top-label for single-label;
-    every label's forecast for multi-label)."""
-    table = reliability(task, probabilities, references, bins)
+def _gap(table: list[ReliabilityBin]) -> float:
     total = sum(b.count for b in table)
     return float(sum(b.count * abs(b.accuracy - b.confidence) for b in table) / max(total, 1))
 
@@ -91,9 +97,8 @@ def calibration_scores(task: Task, probabilities: np.ndarray, references: np.nda
     if task.problem_type != MULTI_LABEL:
         return {**scores, "ece": expected_calibration_error(task, probabilities, references)}
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    truth = _one_hot(task, references, probabilities.shape)
-    per_label = {name: expected_calibration_error(task, probabilities[:, [i]], truth[:, [i]])
-                 for i, name in enumerate(task.labels)}
+    truth = task.truth(references)
+    per_label = {name: _gap(_binned(probabilities[:, i], truth[:, i])) for i, name in enumerate(task.labels)}
     return {**scores, "ece": float(np.mean(list(per_label.values()))), "ece_per_label": per_label}
 
 
@@ -182,16 +187,10 @@ def _by_confidence(task: Task, probabilities: np.ndarray, references: np.ndarray
     return confidence[order], task.correct(probabilities, references)[order]
 
 
-def _one_hot(task: Task, references: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if task.problem_type == MULTI_LABEL:
-        return np.asarray(references, dtype=np.float64).reshape(shape)
-    return np.eye(shape[-1])[np.asarray(references, dtype=np.int64)]
-
-
 def _log_loss_per_label(task: Task, probabilities: np.ndarray, references: np.ndarray) -> np.ndarray:
     """(rows, labels) binary log losses (multi-label) or (rows,) log losses of the true label (single-label)."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    truth = _one_hot(task, references, probabilities.shape)
+    truth = task.truth(references)
     if task.problem_type == MULTI_LABEL:
         right = np.where(truth > 0, probabilities, 1.0 - probabilities)
         return -np.log(np.clip(right, _TINY, 1.0))
@@ -202,6 +201,6 @@ def _forecasts(task: Task, probabilities: np.ndarray, references: np.ndarray) ->
     """What the reliability diagram bins: (forecast probability, 1 if it came true else 0)."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if task.problem_type == MULTI_LABEL:
-        return probabilities.ravel(), _one_hot(task, references, probabilities.shape).ravel()
+        return probabilities.ravel(), task.truth(references).ravel()
     top = probabilities.argmax(axis=-1)
     return probabilities.max(axis=-1), (top == np.asarray(references)).astype(float)

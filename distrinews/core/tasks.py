@@ -3,6 +3,7 @@
     task = task_from_config(model.config)          # or make_task(problem_type, labels)
     task.probabilities(logits)                      # softmax (one label per text) or sigmoid (any number of labels)
     task.chosen(row)                                # the label indices a row of probabilities decides for
+    task.given(probabilities), task.truth(references)   # the same for many rows, and the true labels, as booleans
     task.loss(logits, labels, weights)              # cross-entropy or binary cross-entropy, with class weights
     task.metrics(probabilities, references)         # the metrics.json entry of a split
 
@@ -61,6 +62,15 @@ class SingleLabelTask:
     def confidence(self, probabilities: np.ndarray) -> np.ndarray:
         """How likely each row's answer is right, by its own probabilities: the top label's probability."""
         return np.asarray(probabilities).max(axis=-1)
+
+    def given(self, probabilities: np.ndarray) -> np.ndarray:
+        """(rows, labels) booleans: the label each row is given, the most probable."""
+        probabilities = np.asarray(probabilities)
+        return np.eye(len(self.labels), dtype=bool)[probabilities.argmax(axis=-1)]
+
+    def truth(self, references: np.ndarray) -> np.ndarray:
+        """(rows, labels) booleans: each row's true label."""
+        return np.eye(len(self.labels), dtype=bool)[np.asarray(references, dtype=np.int64)]
 
     def correct(self, probabilities: np.ndarray, references: np.ndarray) -> np.ndarray:
         """Per row: 1 when the answer is the true label (the precision of kept rows is their mean)."""
@@ -161,14 +171,19 @@ class MultiLabelTask:
         """How likely each row's answer is right, by its own probabilities: each label's yes or no is right with
         probability p (given) or 1 - p (not given); a row is as sure as its least sure label."""
         probabilities = np.asarray(probabilities, dtype=np.float64)
-        given = probabilities >= self.label_thresholds
-        return np.where(given, probabilities, 1.0 - probabilities).min(axis=-1)
+        return np.where(self.given(probabilities), probabilities, 1.0 - probabilities).min(axis=-1)
+
+    def given(self, probabilities: np.ndarray) -> np.ndarray:
+        """(rows, labels) booleans: every label at or above its threshold."""
+        return np.asarray(probabilities) >= self.label_thresholds
+
+    def truth(self, references: np.ndarray) -> np.ndarray:
+        """(rows, labels) booleans: each row's true labels."""
+        return np.asarray(references).astype(bool).reshape(-1, len(self.labels))
 
     def correct(self, probabilities: np.ndarray, references: np.ndarray) -> np.ndarray:
         """Per row: 1 when every label's yes or no is right (subset accuracy)."""
-        probabilities = np.asarray(probabilities)
-        actual = np.asarray(references).astype(bool).reshape(probabilities.shape)
-        return ((probabilities >= self.label_thresholds) == actual).all(axis=-1).astype(float)
+        return (self.given(probabilities) == self.truth(references)).all(axis=-1).astype(float)
 
     def torch_probabilities(self, logits):
         return logits.float().sigmoid()
@@ -205,8 +220,7 @@ class MultiLabelTask:
 
     def metrics(self, probabilities: np.ndarray, references: np.ndarray) -> dict:
         """Micro- and macro-F1, subset accuracy (every label of a row right), per-label scores and confusion."""
-        predicted = np.asarray(probabilities) >= self.label_thresholds
-        actual = np.asarray(references).astype(bool).reshape(predicted.shape)
+        predicted, actual = self.given(probabilities), self.truth(references)
         true_positive = (predicted & actual).sum(axis=0)
         false_positive = (predicted & ~actual).sum(axis=0)
         false_negative = (~predicted & actual).sum(axis=0)

@@ -36,7 +36,6 @@ import numpy as np
 
 from ..core.errors import ConfigError
 from ..core.tasks import MULTI_LABEL, Task
-from .mistakes import given_labels
 
 INPUTS = ("predictions", "references", "prediction_scores")  # what a metric can be given (module docstring)
 EXTRA_METRICS = "extra_metrics"  # the key of their results in a split's metrics
@@ -154,7 +153,7 @@ def _compute(metric: ExtraMetric, task: Task, probabilities: np.ndarray, referen
 
 def _inputs(task: Task, probabilities: np.ndarray, references: np.ndarray) -> dict[str, np.ndarray]:
     if task.problem_type == MULTI_LABEL:
-        given = given_labels(task, probabilities).astype(np.int64)
+        given = task.given(probabilities).astype(np.int64)
         return {"predictions": given, "references": references.astype(np.int64).reshape(given.shape),
                 "prediction_scores": probabilities}
     scores = probabilities[:, 1] if probabilities.shape[1] == 2 else probabilities

@@ -32,32 +32,10 @@ MISTAKES_KEPT = 50  # enough to see patterns, few enough to read
 PAIRS_KEPT = 10
 
 
-def given_labels(task: Task, probabilities: np.ndarray) -> np.ndarray:
-    """A 0/1 row per text of the labels it is given: the most probable one, or for multi-label every label the
-    task chooses (as predict and the Space decide)."""
-    probabilities = np.asarray(probabilities)
-    given = np.zeros(probabilities.shape, dtype=bool)
-    if task.problem_type == MULTI_LABEL:
-        for row, scores in enumerate(probabilities):
-            given[row, task.chosen(scores)] = True
-    else:
-        given[np.arange(len(probabilities)), probabilities.argmax(axis=1)] = True
-    return given
-
-
-def true_labels(task: Task, references: np.ndarray, count: int) -> np.ndarray:
-    """The references as 0/1 rows, whatever the task."""
-    references = np.asarray(references)
-    if task.problem_type == MULTI_LABEL:
-        return references.astype(bool).reshape(count, len(task.labels))
-    return np.eye(len(task.labels), dtype=bool)[references.astype(np.int64)]
-
-
 def most_confused_pairs(task: Task, probabilities: np.ndarray, references: np.ndarray,
                         kept: int = PAIRS_KEPT) -> list[dict]:
     """Up to ``kept`` (true, predicted) label pairs the model confuses, most often first (module docstring)."""
-    given = given_labels(task, probabilities)
-    actual = true_labels(task, references, len(given))
+    given, actual = task.given(probabilities), task.truth(references)
     missed, wrongly_given = actual & ~given, given & ~actual
     # counts[a, b]: texts where label a was missed and label b given instead (one label per text: the confusion)
     counts = missed.T.astype(np.int64) @ wrongly_given.astype(np.int64)
@@ -71,8 +49,7 @@ def most_confident_mistakes(task: Task, probabilities: np.ndarray, references: n
                             rows: Sequence[int], kept: int = MISTAKES_KEPT) -> list[dict]:
     """The ``kept`` texts the model got wrong with the highest confidence, most confident first (ties: by row)."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    given = given_labels(task, probabilities)
-    actual = true_labels(task, references, len(given))
+    given, actual = task.given(probabilities), task.truth(references)
     wrong = np.flatnonzero((given != actual).any(axis=1))
     confidence = np.where(given & ~actual, probabilities, 0).max(axis=1)
     if task.problem_type == MULTI_LABEL:  # a label missed is a decision too: sure it was absent

@@ -62,7 +62,7 @@ def open_study(url: str, name: str, direction: str, *, pruner, seed: int, heartb
             storage = optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval,
                                                  heartbeat_stale_trial_callback=retry)
             study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True,
-                                        sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
+                                        sampler=trial_sampler(seed, -1), pruner=pruner)
             return storage, study
         except Exception as err:  # noqa: BLE001 - SQLAlchemy's errors name the driver's problem; reported below
             if attempt == _OPEN_TRIES - 1:
@@ -93,7 +93,17 @@ def check_settings(study, settings: dict[str, Any], where: str) -> dict[str, Any
     return saved
 
 
-def next_trial(study, storage, n_trials: int, deadline: float, poll_seconds: float):
+def trial_sampler(seed: int, number: int):
+    """The sampler that draws trial ``number``'s parameters: TPE, seeded from the sweep's ``--seed`` and the trial's
+    number. A sampler seeded once per process would replay the same draws in every process that opens the study (the
+    sweep run again after an interruption, a second worker with the same seed) and train the same parameters twice."""
+    import numpy as np
+
+    optuna = require_optuna()
+    return optuna.samplers.TPESampler(seed=int(np.random.SeedSequence([seed, number + 1]).generate_state(1)[0]))
+
+
+def next_trial(study, storage, n_trials: int, deadline: float, poll_seconds: float, seed: int):
     """The next trial for this worker, claimed in the study with its heartbeat recorded, or None when the sweep has
     nothing left to start: ``n_trials`` trials are taken and none waits to be resumed, or ``deadline`` (a
     ``time.monotonic()`` value) has passed. While other workers' trials still run, it waits for them, since one
@@ -108,6 +118,7 @@ def next_trial(study, storage, n_trials: int, deadline: float, poll_seconds: flo
             trial = study.ask()
             storage.record_heartbeat(trial._trial_id)  # first thing: a trial without a heartbeat never goes stale
             if _claim(study, trial, n_trials):
+                study.sampler = trial_sampler(seed, trial.number)  # trial.suggest_* draws from it
                 return trial
         elif any(t.state == TrialState.RUNNING for t in trials):
             time.sleep(poll_seconds)

@@ -83,7 +83,7 @@ def run_sweep(options: SweepOptions) -> int:
           f"{masked(options.storage_url())}", flush=True)
     deadline = time.monotonic() + (options.timeout or math.inf)
     poll = min(5.0, options.heartbeat_interval)
-    while (trial := next_trial(study, storage, options.n_trials, deadline, poll)) is not None:
+    while (trial := next_trial(study, storage, options.n_trials, deadline, poll, base.seed)) is not None:
         code = _run_trial(options, study, storage, trial, space, metric, fixed)
         if code:
             return code

@@ -3,6 +3,7 @@
     distrinews train --output_dir runs/ag_news --num_train_epochs 3       # one process; use accelerate launch for more
     distrinews evaluate --model runs/ag_news/model --dataset DATA_DIR --split test
     distrinews predict --model USER/NAME [--revision SHA] "Stocks rally as oil slides" [--json]
+    distrinews predict --model USER/NAME --input FILE_DIR_OR_HUB_DATASET --output labels.parquet   # a corpus
     distrinews push runs/ag_news --repo_id USER/NAME [--private] [--revision BRANCH]
     distrinews export-onnx runs/ag_news/model                                # the int8 graph the Space serves
     distrinews launch --output_dir runs/ag_news [TRAIN OPTIONS]          # accelerate launch on every GPU found
@@ -113,16 +114,25 @@ def _warn(message: str) -> None:
 
 
 def _predict(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="distrinews predict", description="Classify texts with a model: the labels "
-                                     "it gives (multi-label: every one at or above its threshold) and every label's "
-                                     "probability.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="distrinews predict", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Classify texts with a model: the labels it gives (multi-label: every one at or above its "
+        "threshold) and every label's probability. Texts on the command line, or a whole corpus with --input and "
+        "--output: a CSV, JSON Lines or Parquet file, a folder of them, or a Hub dataset, in resumable shards, on "
+        "the Space's int8 lanes (CPU) or torch in bf16/fp16 (GPU); under `accelerate launch ... -m distrinews "
+        "predict` the shards are shared between the processes.")
     parser.add_argument("--model", required=True, help="Local folder or Hub repo id.")
     parser.add_argument("--revision", default=None, help="Branch, tag or commit sha of a Hub model.")
     parser.add_argument("--json", action="store_true", help="Print one JSON object per text.")
     _add_min_confidence(parser)
-    parser.add_argument("texts", nargs="+", help="Texts to classify.")
+    parser.add_argument("texts", nargs="*", help="Texts to classify (or --input).")
+    _add_corpus_flags(parser.add_argument_group("a corpus (--input)"))
     args = parser.parse_args(argv)
+    if bool(args.texts) == bool(args.input):
+        parser.error("give texts, or --input and --output, not both" if args.texts else
+                     "give the texts to classify, or --input and --output")
+    if args.input:
+        return _predict_corpus(parser, args)
     from .core.texts import clean_text
 
     # Cleaned before the model loads (a bad argument costs no wait), and printed cleaned: an argument with bytes
@@ -150,6 +160,60 @@ def _predict(argv: Sequence[str]) -> int:
                         f"{prediction.min_confidence:g})"
             print(f"{given:<9} {prediction.score:.3f}  | {shares}  | {text}")
     return 0
+
+
+def _add_corpus_flags(group) -> None:
+    from .corpus.command import BAD_ROW_CHOICES, DEFAULT_SHARD_ROWS
+    from .corpus.engine import BACKENDS
+
+    group.add_argument("--input", help="A .csv, .jsonl or .parquet file, a folder of them (read in name order), or a "
+                       "Hub dataset id. Streamed: it may be larger than memory.")
+    group.add_argument("--output", help="The predictions file: .parquet, .csv or .jsonl. Its shards and manifest go "
+                       "to OUTPUT.shards/, its bad rows to OUTPUT.bad_rows.jsonl.")
+    group.add_argument("--split", default="train", help="The Hub dataset's split.")
+    group.add_argument("--dataset_config_name", default="", help="The Hub dataset's configuration.")
+    group.add_argument("--dataset_revision", default="", help="The Hub dataset's branch, tag or commit sha.")
+    group.add_argument("--text_column_names", default="text", help="The text column, or several separated by "
+                       "commas, joined by --text_column_delimiter (as training reads them). The original AG News "
+                       "files give title,description.")
+    group.add_argument("--text_column_delimiter", default=" ", help="What joins several text columns.")
+    group.add_argument("--id_column", default="", help="A column copied into the output beside each prediction "
+                       "(default: id, where the input has it). Every row also has its position, row.")
+    group.add_argument("--backend", default="auto", choices=BACKENDS, help="auto: the int8 graph on a CPU (fp32 "
+                       "torch where ONNX Runtime is missing or the graph disagrees), torch in bf16/fp16 on a GPU.")
+    group.add_argument("--batch_size", type=int, default=0, help="Windows per model call (0: 32 on a CPU, as the "
+                       "Space, 128 on a GPU).")
+    group.add_argument("--shard_size", type=int, default=DEFAULT_SHARD_ROWS, help="Input rows per shard: what a "
+                       "rerun resumes from and what processes share out.")
+    group.add_argument("--on_bad_row", default="skip", choices=BAD_ROW_CHOICES, help="A row without text (missing, "
+                       "empty, not a string, not JSON): skip reports it in OUTPUT.bad_rows.jsonl and counts it; stop "
+                       "ends the run there.")
+    group.add_argument("--overwrite", action="store_true", help="Replace an output made from another model, input "
+                       "or settings (otherwise refused).")
+    group.add_argument("--quiet", action="store_true", help="No progress bar (the summary is still printed).")
+
+
+def _predict_corpus(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .corpus.command import CorpusOptions, run_corpus
+    from .corpus.engine import EngineOptions
+    from .corpus.reading import ReadOptions
+
+    if not args.output:
+        parser.error("--input needs --output FILE (.parquet, .csv or .jsonl)")
+    for name in ("batch_size", "shard_size"):
+        if getattr(args, name) < (0 if name == "batch_size" else 1):
+            parser.error(f"--{name} {getattr(args, name)}: must be >= {0 if name == 'batch_size' else 1}")
+    columns = tuple(name.strip() for name in args.text_column_names.split(","))
+    if not all(columns):
+        parser.error(f"--text_column_names {args.text_column_names!r}: name one column, or several separated by commas")
+    engine = EngineOptions(model=args.model, revision=args.revision or "", backend=args.backend,
+                           batch_size=args.batch_size, min_confidence=args.min_confidence)
+    options = CorpusOptions(input=args.input, output=args.output, engine=engine,
+                            read=ReadOptions(columns, args.text_column_delimiter, args.id_column.strip()),
+                            split=args.split, dataset_config_name=args.dataset_config_name,
+                            dataset_revision=args.dataset_revision, shard_size=args.shard_size,
+                            on_bad_row=args.on_bad_row, overwrite=args.overwrite, quiet=args.quiet)
+    return run_corpus(options)
 
 
 def _add_min_confidence(parser: argparse.ArgumentParser) -> None:

@@ -406,11 +406,12 @@ class ClassifierService:
     async def _windows(self, texts: Sequence[str]) -> list[TextWindows]:
         size = sum(min(len(text), self.config.max_text_chars) for text in texts if isinstance(text, str))
         if size <= PREPARE_ON_LOOP_CHARS:
-            return self._windows_now(texts)
-        return await asyncio.to_thread(self._windows_now, texts)
+            return self.read_windows(texts)
+        return await asyncio.to_thread(self.read_windows, texts)
 
-    def _windows_now(self, texts: Sequence[str]) -> list[TextWindows]:
-        """Each text cut to MAX_TEXT_CHARS, cleaned, and read into windows (flagged truncated if it was cut)."""
+    def read_windows(self, texts: Sequence[str]) -> list[TextWindows]:
+        """Each text cut to MAX_TEXT_CHARS, cleaned, and read into windows (flagged truncated if it was cut); raises
+        ``TextError`` naming the first text with nothing to classify."""
         texts, cut = cut_texts(texts, self.config.max_text_chars)
         windowed = encode_windows(self.encoder, check_texts(texts), self.policy)
         for text, was_cut in zip(windowed, cut):

@@ -84,7 +84,8 @@ def _identity(options: CorpusOptions, corpus: Corpus) -> dict:
 
     folder = resolve_model_folder(options.engine.model, options.engine.revision or None)
     return {"model": {"id": options.engine.model, "revision": resolved_revision(options.engine.model, folder)},
-            "input": {"source": options.input, **corpus.fingerprint()}, "settings": options.settings()}
+            "input": corpus.fingerprint(), "settings": options.settings(),
+            "source": options.input}  # where it was read from; the fingerprint says whether it is the same input
 
 
 def _processes_here(state) -> int:
@@ -100,6 +101,9 @@ def _classify(options: CorpusOptions, state, shards: ShardFolder, corpus: Corpus
         print(f"classifying {corpus.describe()} ({total if total is not None else 'an unknown number of'} rows) "
               f"with {options.engine.model}: {model.describe()}; {state.num_processes} process(es), shards of "
               f"{options.shard_size} rows in {shards.folder}", flush=True)
+        if shards.done_count():
+            print(f"resuming: {shards.done_count()} shard(s) are complete already and are not classified again",
+                  flush=True)
     started, count = time.perf_counter(), 0
     with _progress(total, main and not options.quiet) as bar:
         for index, rows in _shards(corpus.rows(), options.shard_size):
@@ -184,8 +188,10 @@ def _progress(total: int | None, shown: bool):
     from tqdm.auto import tqdm
 
     terminal = sys.stderr.isatty()
-    return tqdm(total=total, unit="rows", desc="classifying", dynamic_ncols=True, mininterval=0.5 if terminal else 30,
-                smoothing=0.1)
+    # A terminal that reports no size (a bare pseudo-terminal) would hide the bar: tqdm fits it to the size.
+    size = os.get_terminal_size(sys.stderr.fileno()) if terminal else os.terminal_size((0, 0))
+    return tqdm(total=total, unit="rows", desc="classifying", ncols=size.columns or 100, nrows=size.lines or 24,
+                mininterval=0.5 if terminal else 30, smoothing=0.1)
 
 
 def _print_summary(options: CorpusOptions, shards: ShardFolder, totals: ShardStats, seconds: float) -> None:

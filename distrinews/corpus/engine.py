@@ -14,6 +14,7 @@ batch runs whole on one one-thread lane, which makes its logits independent of w
 
 from __future__ import annotations
 
+import os
 import queue
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,8 +59,9 @@ class CorpusModel:
         gpu = device.startswith("cuda")
         threads = max(1, usable_cores() // processes_here) if not gpu else 1
         quantize = {"auto": "none" if gpu else "auto", "int8": "int8", "torch": "none"}[options.backend]
+        cache = {"onnx_cache_dir": os.environ["ONNX_CACHE_DIR"]} if os.environ.get("ONNX_CACHE_DIR") else {}
         config = ServingConfig(model_id=options.model, revision=options.revision, quantize=quantize,
-                               threads=threads, lanes=0, min_confidence=options.min_confidence)
+                               threads=threads, lanes=0, min_confidence=options.min_confidence, **cache)
         service = ClassifierService.load(config)
         if gpu and service.quantization == "none":
             _to_gpu(service.backend, device)

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 from ..core.atomic import write_json
 from ..core.errors import OutputDirError
 from ..core.predict import Prediction
+from ..training.faults import crash_if_asked
 
 FORMATS = (".parquet", ".csv", ".jsonl")
 MANIFEST = "manifest.json"
@@ -153,7 +154,11 @@ class ShardFolder:
         final = self.folder / f"{shard_name(index)}.parquet"
         staging = final.with_name(f".{final.name}.tmp")
         pq.write_table(table, staging)
+        crash_if_asked("crash_in_shard", index)  # tests: killed between the staging file and its rename
         staging.replace(final)
+
+    def done_count(self) -> int:
+        return sum(1 for _ in self.folder.glob("shard-*.parquet"))
 
     def missing(self, count: int) -> list[int]:
         return [index for index in range(count) if not self.is_done(index)]

@@ -11,6 +11,10 @@ file-size limits -- and use this hook only for the two faults that cannot be tim
                                                         after accelerate wrote its files, before the
                                                         checkpoint is marked complete
     DISTRINEWS_FAULT_INJECT=nan_loss@6                  the training loss is NaN from step 6 on
+    DISTRINEWS_FAULT_INJECT=crash_in_shard@3            distrinews predict --input SIGKILLs itself while writing
+                                                        shard 3 (counted from 0): its counts and its staging
+                                                        Parquet file are written, the rename that completes it
+                                                        is not
 
 Several faults may be combined with commas. Steps are optimizer steps, counted from 1.
 """
@@ -25,7 +29,7 @@ from typing import Callable
 import torch
 
 ENV_VAR = "DISTRINEWS_FAULT_INJECT"
-FAULTS = ("crash_during_checkpoint", "nan_loss")
+FAULTS = ("crash_during_checkpoint", "nan_loss", "crash_in_shard")
 
 
 def requested_faults() -> dict[str, int]:
@@ -48,8 +52,14 @@ def inject(point: str, run) -> None:
     if point == "start" and "nan_loss" in faults:
         _install_nan_loss(run.accelerator.unwrap_model(run.model), faults["nan_loss"],
                           current_step=lambda: run.state.global_step + 1)
-    if point == "checkpoint_files_written" and faults.get("crash_during_checkpoint") == run.state.global_step:
-        os.kill(os.getpid(), signal.SIGKILL)  # as from kill -9
+    if point == "checkpoint_files_written":
+        crash_if_asked("crash_during_checkpoint", run.state.global_step)
+
+
+def crash_if_asked(fault: str, number: int) -> None:
+    """SIGKILL this process, as kill -9 would, where DISTRINEWS_FAULT_INJECT asks for ``fault`` at ``number``."""
+    if requested_faults().get(fault) == number:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _install_nan_loss(model: torch.nn.Module, first_bad_step: int, current_step: Callable[[], int]) -> None:

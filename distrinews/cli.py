@@ -43,6 +43,8 @@ EVALUATE_FIELDS = ("dataset", "dataset_config_name", "dataset_revision", "text_c
 
 
 def _evaluate(argv: Sequence[str]) -> int:
+    from .corpus.command import DEFAULT_SHARD_ROWS
+    from .corpus.engine import BACKENDS
     from .training.config import add_field_flags
 
     parser = argparse.ArgumentParser(
@@ -59,20 +61,32 @@ def _evaluate(argv: Sequence[str]) -> int:
                         help=f"Windows of max_length tokens read per text (1 = its start only). (default: "
                              f"{DEFAULT_MAX_WINDOWS}, as the Space reads)")
     parser.add_argument("--output", help="Also write the metrics as JSON to this file.")
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="Classify the split on `distrinews predict --input`'s path instead: the Space's int8 "
+                        "lanes on a CPU (auto; or int8, or fp32 torch), torch in bf16/fp16 on a GPU, shared between "
+                        "the processes of `accelerate launch ... -m distrinews evaluate`. Default: the training run's "
+                        "own evaluation (fp32 torch, one process), which metrics.json's numbers agree with.")
+    parser.add_argument("--shard_size", type=int, default=DEFAULT_SHARD_ROWS,
+                        help=f"With --backend: texts per shard, the unit the processes share out. (default: "
+                             f"{DEFAULT_SHARD_ROWS})")
     _add_min_confidence(parser)
     add_field_flags(parser, EVALUATE_FIELDS)
     args = vars(parser.parse_args(argv))
-    model_id, revision, split, max_windows, output, min_confidence = (
-        args.pop(name) for name in ("model", "revision", "split", "max_windows", "output", "min_confidence"))
-    if max_windows < 1:
-        parser.error(f"--max_windows {max_windows}: must be >= 1")
+    model_id, revision, split, max_windows, output, min_confidence, backend, shard_size = (
+        args.pop(name) for name in ("model", "revision", "split", "max_windows", "output", "min_confidence",
+                                    "backend", "shard_size"))
+    if max_windows < 1 or shard_size < 1:
+        parser.error(f"--max_windows {max_windows}, --shard_size {shard_size}: each must be >= 1")
+    if backend:
+        return _evaluate_on_corpus_path(args, model_id, revision, split, max_windows, output, min_confidence,
+                                        backend, shard_size)
 
     from .core.modeling import load_classifier
     from .core.predict import model_task
     from .core.tasks import MULTI_LABEL
     from .training.config import TrainConfig
     from .training.evaluation import evaluate_saved_model
-    from .training.extra_metrics import EXTRA_METRICS, extra_scalars, load_extra_metrics
+    from .training.extra_metrics import load_extra_metrics
 
     # The flags' bounds are checked before the model loads (multi-label allows every value single-label does);
     # then against the model's own problem type.
@@ -83,11 +97,36 @@ def _evaluate(argv: Sequence[str]) -> int:
     extra_metrics = load_extra_metrics(config.extra_metric_names(), task)
     metrics = evaluate_saved_model(model, tokenizer, config, split, max_windows, warn=_warn,
                                    min_confidence=min_confidence, extra_metrics=extra_metrics)
+    _print_evaluation(split, metrics, output)
+    return 0
+
+
+def _evaluate_on_corpus_path(args: dict, model_id: str, revision: str | None, split: str, max_windows: int,
+                             output: str | None, min_confidence: float | None, backend: str, shard_size: int) -> int:
+    from .core.tasks import MULTI_LABEL
+    from .corpus.engine import EngineOptions
+    from .corpus.evaluation import evaluate_on_corpus_path
+    from .training.config import TrainConfig
+    from .training.extra_metrics import load_extra_metrics
+
+    config = TrainConfig(**args, model_name_or_path=model_id, problem_type=MULTI_LABEL)  # the flags' bounds, first
+    engine = EngineOptions(model=model_id, revision=revision or "", backend=backend, min_confidence=min_confidence,
+                           max_length=config.max_length, max_windows=max_windows)
+    metrics = evaluate_on_corpus_path(config, split, engine, shard_size,
+                                      lambda task: load_extra_metrics(config.extra_metric_names(), task))
+    if metrics is not None:  # the main process reports
+        _print_evaluation(split, metrics, output)
+    return 0
+
+
+def _print_evaluation(split: str, metrics: dict, output: str | None) -> None:
+    from .training.extra_metrics import EXTRA_METRICS, extra_scalars
+
     shown = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()
                       if isinstance(value, float) and name != "threshold")
     print(f"{split}: {shown} on {metrics['num_examples']} examples")
     print(_trust_line(metrics))
-    width = max(map(len, task.labels))
+    width = max(map(len, metrics["per_class"]))
     for name, per_label in metrics["per_class"].items():
         print(f"  {name:<{width}} precision {per_label['precision']:.4f}  recall {per_label['recall']:.4f}  "
               f"f1 {per_label['f1']:.4f}")
@@ -96,7 +135,6 @@ def _evaluate(argv: Sequence[str]) -> int:
     if output:
         with open(output, "w", encoding="utf-8") as handle:
             json.dump(metrics, handle, indent=2)
-    return 0
 
 
 def _trust_line(metrics: dict) -> str:

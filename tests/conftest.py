@@ -275,12 +275,12 @@ def tiny_train_args(model: Path, data: Path, output_dir: Path, **overrides) -> l
 
 def accelerate_launch(train_args: list[str], num_processes: int = 2, timeout: float = 300,
                       extra_env: dict | None = None, check: bool = True,
-                      mixed_precision: str = "no") -> subprocess.CompletedProcess:
-    """Run distrinews.train through a real `accelerate launch` with the repository's CPU config."""
+                      mixed_precision: str = "no", module: str = "distrinews.train") -> subprocess.CompletedProcess:
+    """Run ``module`` (distrinews.train) through a real `accelerate launch` with the repository's CPU config."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(REPO_ROOT / "accelerate_configs" / "cpu.yaml"), "--num_processes", str(num_processes),
                "--mixed_precision", mixed_precision,
-               "--main_process_port", str(free_port()), "-m", "distrinews.train", *train_args]
+               "--main_process_port", str(free_port()), "-m", module, *train_args]
     env = {**os.environ, **(extra_env or {})}
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:

@@ -48,6 +48,7 @@ class CorpusOptions:
         """What changes an answer or the output's rows: a rerun with other settings is refused."""
         engine = self.engine
         return {"backend": engine.backend, "batch_size": engine.batch_size, "min_confidence": engine.min_confidence,
+                "max_length": engine.max_length, "max_windows": engine.max_windows,
                 "shard_size": self.shard_size, "on_bad_row": self.on_bad_row,
                 "text_columns": list(self.read.text_columns), "text_delimiter": self.read.text_delimiter,
                 "id_column": self.read.id_column, "format": Path(self.output).suffix.lower()}
@@ -71,7 +72,7 @@ def run_corpus(options: CorpusOptions) -> int:
                   "classifies the input again", flush=True)
         return 0
     with state.main_process_first():  # one process exports the int8 graph; the others find it in the cache
-        model = CorpusModel.load(options.engine, str(state.device), _processes_here(state))
+        model = CorpusModel.load(options.engine, str(state.device), processes_here(state))
     try:
         return _classify(options, state, shards, corpus, model)
     finally:
@@ -88,7 +89,8 @@ def _identity(options: CorpusOptions, corpus: Corpus) -> dict:
             "source": options.input}  # where it was read from; the fingerprint says whether it is the same input
 
 
-def _processes_here(state) -> int:
+def processes_here(state) -> int:
+    """Processes on this machine, which share its cores."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
 
 

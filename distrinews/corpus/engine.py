@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from ..core.machine import usable_cores
+from ..core.windows import DEFAULT_MAX_WINDOWS
 from ..core.predict import Prediction, length_sorted_chunks, pad_batch, pad_id_of, predictions_from
 
 BACKENDS = ("auto", "int8", "torch")
@@ -37,6 +38,8 @@ class EngineOptions:
     backend: str = "auto"  # one of BACKENDS: auto = int8 on a CPU (where ONNX Runtime is installed), torch on a GPU
     batch_size: int = 0  # windows per model call; 0 = CPU_BATCH_WINDOWS, or GPU_BATCH_WINDOWS on a GPU
     min_confidence: float | None = None  # None: the model's own floor
+    max_length: int = 128  # tokens per window, as the Space reads (0 = the model's maximum)
+    max_windows: int = DEFAULT_MAX_WINDOWS  # most windows read per text, as the Space reads
 
 
 class CorpusModel:
@@ -61,7 +64,8 @@ class CorpusModel:
         quantize = {"auto": "none" if gpu else "auto", "int8": "int8", "torch": "none"}[options.backend]
         cache = {"onnx_cache_dir": os.environ["ONNX_CACHE_DIR"]} if os.environ.get("ONNX_CACHE_DIR") else {}
         config = ServingConfig(model_id=options.model, revision=options.revision, quantize=quantize,
-                               threads=threads, lanes=0, min_confidence=options.min_confidence, **cache)
+                               threads=threads, lanes=0, min_confidence=options.min_confidence,
+                               max_length=options.max_length, max_windows=options.max_windows, **cache)
         service = ClassifierService.load(config)
         if gpu and service.quantization == "none":
             _to_gpu(service.backend, device)
@@ -94,7 +98,10 @@ class CorpusModel:
             for index, row in zip(chunk, rows):
                 logits[index] = row
 
-        for done in [self._pool.submit(run, chunk) for chunk in chunks]:
+        # The costliest batches first: the lanes then end the shard together, on small batches (any order gives the
+        # same logits: each batch is computed alone).
+        by_cost = sorted(chunks, key=lambda chunk: len(chunk) * max(len(flat[i]) for i in chunk), reverse=True)
+        for done in [self._pool.submit(run, chunk) for chunk in by_cost]:
             done.result()
         return predictions_from(self.task, windowed, logits)
 

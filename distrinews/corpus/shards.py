@@ -23,7 +23,6 @@ from typing import Any, Iterable, Sequence
 from ..core.atomic import write_json
 from ..core.errors import OutputDirError
 from ..core.predict import Prediction
-from ..training.faults import crash_if_asked
 
 FORMATS = (".parquet", ".csv", ".jsonl")
 MANIFEST = "manifest.json"
@@ -148,6 +147,8 @@ class ShardFolder:
         """Shard ``index``: its counts and bad rows, then its predictions; the Parquet file's rename is the commit."""
         import pyarrow as pa
         import pyarrow.parquet as pq
+
+        from ..training.faults import crash_if_asked
 
         write_json(self.folder / f"{shard_name(index)}.json", stats.to_dict())
         table = pa.Table.from_pylist(records, schema=_schema(columns))

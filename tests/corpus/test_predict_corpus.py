@@ -53,7 +53,8 @@ def run(command: list[str], env: dict | None = None, tty: bool = False, timeout:
         chunks.append(chunk)
     os.close(leader)
     stdout = process.stdout.read().decode()
-    return {"code": process.wait(timeout=timeout), "stdout": stdout, "stderr": b"".join(chunks).decode(errors="replace")}
+    code = process.wait(timeout=timeout)
+    return {"code": code, "stdout": stdout, "stderr": b"".join(chunks).decode(errors="replace")}
 
 
 def texts_of(rows) -> list[str]:

@@ -123,6 +123,27 @@ def test_metrics_json_the_card_and_distrinews_evaluate_agree_to_the_digit(runs, 
     assert "read in overlapping windows of that many, up to 16" in card.text
 
 
+def test_evaluate_on_the_corpus_path_agrees_and_shards_over_processes(runs, long_texts, tmp_path,
+                                                                      monkeypatch):
+    """``evaluate --backend``: the split classified as ``predict --input`` classifies a corpus. In fp32 it agrees with
+    metrics.json (other batches: equal to rounding); in int8 two processes give exactly what one gives."""
+    output_dir = runs["all"]
+    data = ["--model", str(output_dir / "model"), "--dataset", str(long_texts), "--seed", "7",
+            "--validation_fraction", "0.1", "--shard_size", "16"]
+    assert cli_main(["evaluate", *data, "--backend", "torch", "--output", str(tmp_path / "torch.json")]) == 0
+    scores, trained = json.loads((tmp_path / "torch.json").read_text()), _metrics(output_dir)["test"]
+    assert scores["confusion_matrix"] == trained["confusion_matrix"] and scores["accuracy"] == trained["accuracy"]
+    for name in ("loss", "macro_f1"):
+        assert scores[name] == pytest.approx(trained[name], abs=1e-5)
+    assert scores["calibration"]["after"]["nll"] == pytest.approx(trained["calibration"]["after"]["nll"], abs=1e-5)
+
+    monkeypatch.setenv("ONNX_CACHE_DIR", str(tmp_path / "onnx"))  # the processes launched inherit it
+    assert cli_main(["evaluate", *data, "--backend", "int8", "--output", str(tmp_path / "one.json")]) == 0
+    accelerate_launch(["evaluate", *data, "--backend", "int8", "--output", str(tmp_path / "two.json")],
+                      module="distrinews")
+    assert (tmp_path / "one.json").read_text() == (tmp_path / "two.json").read_text()
+
+
 def test_the_space_serves_what_metrics_json_measured(runs, long_texts, tmp_path):
     from distrinews.serving.service import ClassifierService, ServingConfig
 

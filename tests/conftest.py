@@ -41,7 +41,8 @@ LONGEST_FILES_FIRST = ("training/test_fault_injection.py", "sweep/test_sweep.py"
                        "end_to_end/test_inference_benchmark.py", "end_to_end/test_launch_failures.py",
                        "end_to_end/test_own_data.py", "end_to_end/test_benchmark_smoke.py",
                        "serving/test_space_server.py", "hub/test_hub_push.py", "training/test_precision.py",
-                       "sweep/test_sweep_workers.py", "training/test_windows.py")
+                       "sweep/test_sweep_workers.py", "training/test_windows.py", "corpus/test_predict_corpus.py",
+                       "corpus/test_corpus_sources.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

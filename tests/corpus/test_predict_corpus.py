@@ -16,8 +16,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO_ROOT, ag_news_rows, free_port, shared_folder, write_csv_rows
@@ -55,6 +53,15 @@ def run(command: list[str], env: dict | None = None, tty: bool = False, timeout:
     stdout = process.stdout.read().decode()
     code = process.wait(timeout=timeout)
     return {"code": code, "stdout": stdout, "stderr": b"".join(chunks).decode(errors="replace")}
+
+
+def run_here(capsys, model: Path, *args: str) -> dict:
+    """``distrinews predict`` in this process (no interpreter start): its exit code, stdout and stderr."""
+    from distrinews.cli import main
+
+    code = main(["predict", "--model", str(model), *args])
+    captured = capsys.readouterr()
+    return {"code": code, "stdout": captured.out, "stderr": captured.err}
 
 
 def texts_of(rows) -> list[str]:
@@ -167,15 +174,16 @@ def test_a_folder_of_csv_jsonl_and_parquet_reads_as_one_corpus(corpus_runs):
     assert "3 files in" in runs["mixed"]["stdout"]
 
 
-def test_bad_rows_are_reported_with_their_row_and_counted_or_stop_the_run(shipped_space_model, tmp_path):
+def test_bad_rows_are_reported_with_their_row_and_counted_or_stop_the_run(shipped_space_model, tmp_path, capsys,
+                                                                           monkeypatch):
     lines = ['{"id": 1, "text": "stocks rally as oil slides"}', '{"id": 2, "text": 5}', '{"id": 3, "text": ""}',
              "not json at all", '{"id": 5}', "[1, 2]", '{"id": 7, "text": "\\u0000 \\t\\u000b"}', "",
              '{"id": 8, "text": "the team wins the cup final"}']
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    env = {"ONNX_CACHE_DIR": str(tmp_path / "onnx-cache")}
+    monkeypatch.setenv("ONNX_CACHE_DIR", str(tmp_path / "onnx-cache"))
     output = tmp_path / "out.csv"
-    result = run(predict_command(shipped_space_model, "--input", str(tmp_path / "in.jsonl"), "--output",
-                                 str(output), "--quiet"), env)
+    result = run_here(capsys, shipped_space_model, "--input", str(tmp_path / "in.jsonl"), "--output", str(output),
+                      "--quiet")
     succeeded(result)
     assert list(pd.read_csv(output)["id"]) == [1, 8]
     bad = [json.loads(line) for line in (tmp_path / "out.csv.bad_rows.jsonl").read_text().splitlines()]
@@ -187,14 +195,15 @@ def test_bad_rows_are_reported_with_their_row_and_counted_or_stop_the_run(shippe
     assert "not an object" in problems[4] and problems[5].startswith("no text")
     assert "8 rows, 2 classified" in result["stdout"] and "6 bad row(s)" in result["stdout"]
 
-    stopped = run(predict_command(shipped_space_model, "--input", str(tmp_path / "in.jsonl"), "--output",
-                                  str(tmp_path / "stopped.csv"), "--on_bad_row", "stop", "--quiet"), env)
+    stopped = run_here(capsys, shipped_space_model, "--input", str(tmp_path / "in.jsonl"), "--output",
+                       str(tmp_path / "stopped.csv"), "--on_bad_row", "stop", "--quiet")
     assert stopped["code"] == 2
     assert "in.jsonl line 2 (row 1): text holds a int, not text" in stopped["stderr"]
     assert not (tmp_path / "stopped.csv").exists()
 
 
-def test_an_output_from_another_model_input_or_settings_is_refused(shipped_space_model, corpus_runs, tmp_path):
+def test_an_output_from_another_model_input_or_settings_is_refused(shipped_space_model, corpus_runs, tmp_path, capsys,
+                                                                   monkeypatch):
     folder, _ = corpus_runs
     other_model = tmp_path / "other-model"
     _copy_with_other_weights(shipped_space_model, other_model)
@@ -203,31 +212,31 @@ def test_an_output_from_another_model_input_or_settings_is_refused(shipped_space
     for name in ("one.parquet", "ag_news.csv"):
         (work / name).write_bytes((folder / name).read_bytes())
     _copy_tree(folder / "one.parquet.shards", work / "one.parquet.shards")
-    env = {"ONNX_CACHE_DIR": str(tmp_path / "onnx-cache")}
+    monkeypatch.setenv("ONNX_CACHE_DIR", str(tmp_path / "onnx-cache"))
     common = ["--input", str(work / "ag_news.csv"), "--output", str(work / "one.parquet"), "--quiet"]
 
-    again = run(predict_command(shipped_space_model, *common, "--shard_size", str(SHARD)), env)
+    again = run_here(capsys, shipped_space_model, *common, "--shard_size", str(SHARD))
     succeeded(again)
     assert "is complete already" in again["stdout"]
-    settings = run(predict_command(shipped_space_model, *common, "--shard_size", "16"), env)
+    settings = run_here(capsys, shipped_space_model, *common, "--shard_size", "16")
     assert settings["code"] == 2 and "made from another settings (settings: shard_size)" in settings["stderr"]
-    model = run(predict_command(other_model, *common, "--shard_size", str(SHARD)), env)
+    model = run_here(capsys, other_model, *common, "--shard_size", str(SHARD))
     assert model["code"] == 2 and "made from another model (model: id, revision)" in model["stderr"]
     before = (work / "one.parquet").read_bytes()
     with (work / "ag_news.csv").open("a") as handle:
         handle.write('"1","one more","row"\n')
-    changed = run(predict_command(shipped_space_model, *common, "--shard_size", str(SHARD)), env)
+    changed = run_here(capsys, shipped_space_model, *common, "--shard_size", str(SHARD))
     assert changed["code"] == 2 and "made from another input (input: files)" in changed["stderr"]
     assert (work / "one.parquet").read_bytes() == before  # nothing was touched
 
-    replaced = run(predict_command(other_model, *common, "--shard_size", str(SHARD), "--overwrite"), env)
+    replaced = run_here(capsys, other_model, *common, "--shard_size", str(SHARD), "--overwrite")
     succeeded(replaced)
     assert len(pd.read_parquet(work / "one.parquet")) == ROWS + 1
 
     unrelated = tmp_path / "mine.csv"
     unrelated.write_text("someone's own file\n")
-    refused = run(predict_command(shipped_space_model, "--input", str(work / "ag_news.csv"), "--output",
-                                  str(unrelated), "--quiet"), env)
+    refused = run_here(capsys, shipped_space_model, "--input", str(work / "ag_news.csv"), "--output", str(unrelated),
+                       "--quiet")
     assert refused["code"] == 2 and "was not written by a run with a manifest" in refused["stderr"]
     assert unrelated.read_text() == "someone's own file\n"
 

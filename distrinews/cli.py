@@ -416,7 +416,7 @@ def _compare(argv: Sequence[str]) -> int:
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "train": (_train, "fine-tune a classifier (one process; `accelerate launch -m distrinews.train` for more)"),
     "evaluate": (_evaluate, "the metrics and per-label scores of a saved model on a split"),
-    "predict": (_predict, "classify texts with a local or Hub model"),
+    "predict": (_predict, "classify texts, or a corpus (files, a folder, a Hub dataset), with a local or Hub model"),
     "push": (_push, "push a finished run's model, model card and int8 graph to the Hub"),
     "export-onnx": (_export_onnx, "write the int8 ONNX graph the Space serves into a model folder"),
     "launch": (_launch, "train with accelerate launch on every GPU found (2 CPU processes without one)"),

@@ -150,6 +150,7 @@ class ShardFolder:
 
         from ..training.faults import crash_if_asked
 
+        self.folder.mkdir(parents=True, exist_ok=True)  # a machine without the main process has none yet
         write_json(self.folder / f"{shard_name(index)}.json", stats.to_dict())
         table = pa.Table.from_pylist(records, schema=_schema(columns))
         final = self.folder / f"{shard_name(index)}.parquet"

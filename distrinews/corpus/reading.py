@@ -132,8 +132,9 @@ def row_text(record: dict, columns: Sequence[str], delimiter: str) -> tuple[str 
 
 
 def _id_of(record: dict, column: str | None) -> str | None:
+    """The row's id as text; a lone surrogate (JSON can carry one) escaped, since no output file can hold it."""
     value = record.get(column) if column else None
-    return None if value is None else str(value)
+    return None if value is None else str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _FileReader:

@@ -178,14 +178,14 @@ def test_bad_rows_are_reported_with_their_row_and_counted_or_stop_the_run(shippe
                                                                            monkeypatch):
     lines = ['{"id": 1, "text": "stocks rally as oil slides"}', '{"id": 2, "text": 5}', '{"id": 3, "text": ""}',
              "not json at all", '{"id": 5}', "[1, 2]", '{"id": 7, "text": "\\u0000 \\t\\u000b"}', "",
-             '{"id": 8, "text": "the team wins the cup final"}']
+             '{"id": 8, "text": "the team wins the cup final"}', '{"id": "\\ud800-9", "text": "chip prices \\ud83d"}']
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     monkeypatch.setenv("ONNX_CACHE_DIR", str(tmp_path / "onnx-cache"))
     output = tmp_path / "out.csv"
     result = run_here(capsys, shipped_space_model, "--input", str(tmp_path / "in.jsonl"), "--output", str(output),
                       "--quiet")
     succeeded(result)
-    assert list(pd.read_csv(output)["id"]) == [1, 8]
+    assert list(pd.read_csv(output)["id"]) == ["1", "8", "\\ud800-9"]  # a lone surrogate escaped
     bad = [json.loads(line) for line in (tmp_path / "out.csv.bad_rows.jsonl").read_text().splitlines()]
     assert [(b["row"], b["where"].rsplit(" ", 1)[1]) for b in bad] == [(1, "2"), (2, "3"), (3, "4"), (4, "5"),
                                                                       (5, "6"), (6, "7")]
@@ -193,7 +193,7 @@ def test_bad_rows_are_reported_with_their_row_and_counted_or_stop_the_run(shippe
     assert problems[0] == "text holds a int, not text" and problems[1].startswith("no text")
     assert problems[2].startswith("not JSON") and problems[3].startswith("no text")
     assert "not an object" in problems[4] and problems[5].startswith("no text")
-    assert "8 rows, 2 classified" in result["stdout"] and "6 bad row(s)" in result["stdout"]
+    assert "9 rows, 3 classified" in result["stdout"] and "6 bad row(s)" in result["stdout"]
 
     stopped = run_here(capsys, shipped_space_model, "--input", str(tmp_path / "in.jsonl"), "--output",
                        str(tmp_path / "stopped.csv"), "--on_bad_row", "stop", "--quiet")

@@ -206,8 +206,8 @@ def _add_corpus_flags(group) -> None:
 
     group.add_argument("--input", help="A .csv, .jsonl or .parquet file, a folder of them (read in name order), or a "
                        "Hub dataset id. Streamed: it may be larger than memory.")
-    group.add_argument("--output", help="The predictions file: .parquet, .csv or .jsonl. Its shards and manifest go "
-                       "to OUTPUT.shards/, its bad rows to OUTPUT.bad_rows.jsonl.")
+    group.add_argument("--output", help="The predictions file: .parquet (also a name without a suffix), .csv or .jsonl. "
+                       "Its shards and manifest go to OUTPUT.shards/, its bad rows to OUTPUT.bad_rows.jsonl.")
     group.add_argument("--split", default="train", help="The Hub dataset's split.")
     group.add_argument("--dataset_config_name", default="", help="The Hub dataset's configuration.")
     group.add_argument("--dataset_revision", default="", help="The Hub dataset's branch, tag or commit sha.")

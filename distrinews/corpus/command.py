@@ -22,9 +22,9 @@ from typing import Iterator
 
 from ..core.errors import DataError
 from ..core.texts import clean_text
-from .engine import CorpusModel, EngineOptions
+from .engine import CorpusModel, EngineOptions, processes_here
 from .reading import Corpus, InputRow, ReadOptions
-from .shards import ShardFolder, ShardStats, output_columns, prediction_record, shard_name
+from .shards import ShardFolder, ShardStats, output_columns, output_format, prediction_record, shard_name
 
 BAD_ROW_CHOICES = ("skip", "stop")
 DEFAULT_SHARD_ROWS = 1024
@@ -51,7 +51,7 @@ class CorpusOptions:
                 "max_length": engine.max_length, "max_windows": engine.max_windows,
                 "shard_size": self.shard_size, "on_bad_row": self.on_bad_row,
                 "text_columns": list(self.read.text_columns), "text_delimiter": self.read.text_delimiter,
-                "id_column": self.read.id_column, "format": Path(self.output).suffix.lower()}
+                "id_column": self.read.id_column, "format": output_format(Path(self.output))}
 
 
 def run_corpus(options: CorpusOptions) -> int:
@@ -87,11 +87,6 @@ def _identity(options: CorpusOptions, corpus: Corpus) -> dict:
     return {"model": {"id": options.engine.model, "revision": resolved_revision(options.engine.model, folder)},
             "input": corpus.fingerprint(), "settings": options.settings(),
             "source": options.input}  # where it was read from; the fingerprint says whether it is the same input
-
-
-def processes_here(state) -> int:
-    """Processes on this machine, which share its cores."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
 
 
 def _classify(options: CorpusOptions, state, shards: ShardFolder, corpus: Corpus, model: CorpusModel) -> int:

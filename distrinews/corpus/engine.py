@@ -109,6 +109,11 @@ class CorpusModel:
         self._pool.shutdown(wait=True)
 
 
+def processes_here(state) -> int:
+    """Processes of accelerate's ``state`` on this machine, which share its cores."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
+
+
 def _to_gpu(backend, device: str) -> None:
     """The fp32 torch backend moved to ``device``, running under autocast in bf16 (fp16 where there is none)."""
     import torch

@@ -16,7 +16,7 @@ import numpy as np
 from ..core.calibration import trust_report
 from ..core.errors import DataError
 from ..core.texts import clean_text
-from .engine import CorpusModel, EngineOptions
+from .engine import CorpusModel, EngineOptions, processes_here
 
 
 def evaluate_on_corpus_path(config, split: str, engine: EngineOptions, shard_size: int,
@@ -30,7 +30,6 @@ def evaluate_on_corpus_path(config, split: str, engine: EngineOptions, shard_siz
 
     from ..training.data import DataOptions, load_labelled_data
     from ..training.evaluation import SplitOutputs, score_outputs
-    from .command import processes_here
 
     state = PartialState(cpu=not torch.cuda.is_available())
     with state.main_process_first():  # one process exports the int8 graph; the others find it in the cache

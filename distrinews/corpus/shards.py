@@ -7,7 +7,8 @@ shard whose Parquet file exists is complete, and a killed run leaves at most sta
 overwrites. ``manifest.json`` records what the shards were made from (the model and its resolved revision, the
 input's fingerprint, the settings that change an answer); a rerun with anything else is refused unless
 ``--overwrite``. At the end the main process merges the shards, in order, into OUTPUT (Parquet, CSV or JSON Lines,
-by its suffix; atomically too), writes the bad rows to ``OUTPUT.bad_rows.jsonl`` and marks the manifest complete.
+by its suffix, Parquet without one; atomically too), writes the bad rows to ``OUTPUT.bad_rows.jsonl`` and marks the
+manifest complete.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ from ..core.predict import Prediction
 FORMATS = (".parquet", ".csv", ".jsonl")
 MANIFEST = "manifest.json"
 PROBABILITY_PREFIX = "prob_"
+
+
+def output_format(output: Path) -> str:
+    """The output's format, by its suffix: .parquet, .csv or .jsonl; a name without a suffix is Parquet."""
+    suffix = output.suffix.lower() or ".parquet"
+    if suffix not in FORMATS:
+        raise OutputDirError(f"--output {output}: the suffix says the format, one of {', '.join(FORMATS)} "
+                             "(none: Parquet)")
+    return suffix
 
 
 def shard_name(index: int) -> str:
@@ -86,8 +96,7 @@ class ShardFolder:
     """``OUTPUT.shards/``: the manifest, the finished shards, and the merge into OUTPUT."""
 
     def __init__(self, output: Path) -> None:
-        if output.suffix.lower() not in FORMATS:
-            raise OutputDirError(f"--output {output}: the suffix says the format: {', '.join(FORMATS)}")
+        self.format = output_format(output)
         self.output = output
         self.folder = output.with_name(output.name + ".shards")
         self.bad_rows_file = output.with_name(output.name + ".bad_rows.jsonl")
@@ -174,7 +183,7 @@ class ShardFolder:
             totals.add(json.loads((self.folder / f"{shard_name(index)}.json").read_text(encoding="utf-8")))
         tables = (pq.read_table(self.folder / f"{shard_name(index)}.parquet") for index in range(count))
         staging = self.output.with_name(f".{self.output.name}.tmp")
-        _WRITERS[self.output.suffix.lower()](staging, tables, columns)
+        _WRITERS[self.format](staging, tables, columns)
         staging.replace(self.output)
         self._write_bad_rows(totals.bad_rows)
         manifest = self.manifest() or {}

@@ -24,7 +24,7 @@ from ..core.texts import clean_text
 
 SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 PARQUET_BATCH_ROWS = 1024
-CSV_FIELD_LIMIT = 16 * 1024 * 1024  # characters; a longer field is a bad row (the Space reads 100,000 of a text)
+CSV_FIELD_LIMIT = 16 * 1024 * 1024  # characters in one CSV field (the Space reads the first 100,000 of a text)
 AG_NEWS_TEXT = ("title", "description")
 
 
@@ -181,27 +181,16 @@ class _CsvReader(_FileReader):
     def rows(self, offset: int) -> Iterator[InputRow]:
         names, has_header = self._header()
         columns, id_column = self.columns_for(names)
-        csv.field_size_limit(CSV_FIELD_LIMIT)
         with self.path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             if has_header:
-                next(reader)
-            number = 0
-            while True:
-                line = reader.line_num + 1
-                try:
-                    fields = next(reader)
-                except StopIteration:
-                    return
-                except csv.Error as err:  # a field over the limit: this row is bad, the reader goes on after it
-                    where = f"{self.path} line {line}"
-                    yield InputRow(offset + number, None, None, f"unreadable CSV row: {err}", where)
+                _next_record(reader, self.path)
+            number, line = 0, reader.line_num + 1
+            while (fields := _next_record(reader, self.path)) is not None:
+                if any(field.strip() for field in fields):  # a blank line is no row, as for pandas
+                    yield self.make_row(dict(zip(names, fields)), offset + number, line, columns, id_column)
                     number += 1
-                    continue
-                if not any(field.strip() for field in fields):
-                    continue  # a blank line is no row, as for pandas
-                yield self.make_row(dict(zip(names, fields)), offset + number, line, columns, id_column)
-                number += 1
+                line = reader.line_num + 1
 
     def count(self) -> int:
         """Its lines, less the header: the progress bar's total, counted at the speed of the disk (a text with
@@ -282,6 +271,23 @@ class _ParquetReader(_FileReader):
 def _open_reader(path: Path, options: ReadOptions) -> _FileReader:
     kind = {".csv": _CsvReader, ".jsonl": _JsonLinesReader, ".json": _JsonLinesReader, ".parquet": _ParquetReader}
     return kind[path.suffix.lower()](path, options)
+
+
+def _next_record(reader, path: Path) -> list[str] | None:
+    """The reader's next record (None at the end), read with room for fields up to CSV_FIELD_LIMIT characters.
+
+    The csv module's field limit is one setting for the whole process (the Space's CSV upload keeps the default):
+    it is raised for the reading of one record and put back at once. A record the reader cannot parse fails the
+    file, naming the line: past a broken record the csv module's position is no longer a record's start, and the
+    rest of the file would be misread rather than reported."""
+    previous = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        return next(reader, None)
+    except csv.Error as err:
+        raise DataError(f"{path}: line {reader.line_num}: cannot be read as CSV ({err}); the shards before it "
+                        "are kept") from None
+    finally:
+        csv.field_size_limit(previous)
 
 
 def _line_count(path: Path) -> int:

@@ -8,6 +8,7 @@ no bar). The tiny model ships its int8 graph, as a pushed model does, so these r
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pty
@@ -24,6 +25,7 @@ ROWS = 150
 SHARD = 32  # 5 shards: 4 full, 1 of 22 rows
 KILLED_IN_SHARD = 2
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+CSV_MODULE_DEFAULT = 131_072  # csv.field_size_limit() of a fresh interpreter
 
 
 def predict_command(model: Path, *args: str) -> list[str]:
@@ -239,6 +241,22 @@ def test_an_output_from_another_model_input_or_settings_is_refused(shipped_space
                        "--quiet")
     assert refused["code"] == 2 and "was not written by a run with a manifest" in refused["stderr"]
     assert unrelated.read_text() == "someone's own file\n"
+    assert csv.field_size_limit() == CSV_MODULE_DEFAULT  # the Space's CSV upload in this process keeps its limit
+
+
+def test_a_csv_record_the_csv_module_cannot_read_stops_the_run_at_its_line(shipped_space_model, tmp_path, capsys,
+                                                                            monkeypatch):
+    from distrinews.corpus.reading import CSV_FIELD_LIMIT
+
+    monkeypatch.setenv("ONNX_CACHE_DIR", str(tmp_path / "onnx-cache"))
+    long_field = "x" * (CSV_MODULE_DEFAULT + 10)  # over the csv module's default limit, within the corpus reader's
+    (tmp_path / "in.csv").write_text(f"text\nfirst\n{long_field}\n{'y' * (CSV_FIELD_LIMIT + 1)}\nlast\n")
+    result = run_here(capsys, shipped_space_model, "--input", str(tmp_path / "in.csv"), "--output",
+                      str(tmp_path / "out.csv"), "--quiet", "--shard_size", "2")
+    assert result["code"] == 2 and "in.csv: line 4: cannot be read as CSV (field larger than field limit" in \
+        result["stderr"]
+    assert sorted(path.name for path in (tmp_path / "out.csv.shards").glob("*.parquet")) == ["shard-000000.parquet"]
+    assert csv.field_size_limit() == CSV_MODULE_DEFAULT
 
 
 def _copy_tree(source: Path, target: Path) -> None:

@@ -22,6 +22,7 @@ from typing import Iterator
 
 from ..core.errors import DataError
 from ..core.texts import clean_text
+from ..training.process_group import end_process_group
 from .engine import CorpusModel, EngineOptions, processes_here
 from .reading import Corpus, InputRow, ReadOptions
 from .shards import ShardFolder, ShardStats, output_columns, output_format, prediction_record, shard_name
@@ -67,6 +68,7 @@ def run_corpus(options: CorpusOptions) -> int:
         complete = shards.prepare(_identity(options, corpus), options.overwrite)
     state.wait_for_everyone()
     if complete or (not state.is_main_process and (shards.manifest() or {}).get("complete")):
+        end_process_group(state)
         if state.is_main_process:
             print(f"{options.output} is complete already (its manifest: {shards.manifest_path}); --overwrite "
                   "classifies the input again", flush=True)
@@ -110,7 +112,7 @@ def _classify(options: CorpusOptions, state, shards: ShardFolder, corpus: Corpus
                 shards.write(index, records, stats, columns)
             if bar is not None:  # the processes go through the input side by side, each classifying its own shards
                 bar.update(len(rows))
-    state.wait_for_everyone()
+    end_process_group(state)  # every process's shards are written; the main process merges them alone
     if not main:
         return 0
     missing = shards.missing(count)

@@ -30,6 +30,7 @@ def evaluate_on_corpus_path(config, split: str, engine: EngineOptions, shard_siz
 
     from ..training.data import DataOptions, load_labelled_data
     from ..training.evaluation import SplitOutputs, score_outputs
+    from ..training.process_group import end_process_group
 
     state = PartialState(cpu=not torch.cuda.is_available())
     with state.main_process_first():  # one process exports the int8 graph; the others find it in the cache
@@ -50,6 +51,7 @@ def evaluate_on_corpus_path(config, split: str, engine: EngineOptions, shard_siz
     finally:
         model.close()
     shards = {start: logits for part in gather_object([mine]) for start, logits in part.items()}
+    end_process_group(state)
     if not state.is_main_process:
         return None
     windows = [logits for start in sorted(shards) for logits in shards[start]]

@@ -68,6 +68,7 @@ from .model_card import write_model_card
 from .optimization import build_optimizer, should_compile
 from .precision import training_precision
 from .preemption import StopRequest
+from .process_group import end_process_group
 from .rdrop import rdrop_loss
 from .reporting import RunLog, class_weights_by_label, describe_training, metrics_line, plot_confusion, \
     plot_loss, plot_reliability, plot_risk_coverage, shortened_list
@@ -501,23 +502,13 @@ def _split_outputs(run: Run, name: str):
 
 
 def _end_distributed_run(run: Run) -> None:
-    """The last barrier, then the end of the process group, in an order that cannot hang.
+    """The last barrier, then the end of the process group (process_group.py), dropping the DDP model, which holds
+    the group, and accelerate's references to it in between."""
+    def release() -> None:
+        run.model = run.forward_model = None
+        run.accelerator.free_memory()  # accelerate's references to the DDP model: the model, its reducer, the group
 
-    gloo frees a finished collective's tensors on its worker thread, which needs the GIL, and the process group's
-    destructor joins that thread while holding the GIL. When the destructor ran (as the DDP model was freed)
-    before the worker had freed the barrier and the collectives it waited on, the finished run never exited
-    (with the write vote right before the barrier, 3 of 5 test runs hung so). Holding the barrier's handle
-    until the group is gone leaves the last reference, and the freeing, to this thread; dropping the model
-    here makes the group go now.
-    """
-    if not torch.distributed.is_initialized():
-        return  # one process: no group
-    last_barrier = torch.distributed.barrier(async_op=True)
-    last_barrier.wait()
-    run.accelerator.state.destroy_process_group()  # unregisters the group; the DDP model still holds it
-    run.model = run.forward_model = None
-    run.accelerator.free_memory()  # accelerate's references to the DDP model: the model, its reducer and the group go
-    del last_barrier
+    end_process_group(run.accelerator.state, release)
 
 
 def _select_weights(run: Run) -> int:

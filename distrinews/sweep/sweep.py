@@ -160,7 +160,7 @@ def _report(study, options: SweepOptions, space: SearchSpace, metric: str) -> No
     best = best_trial_report(study, output_dir, metric, settings)
     if best:
         with (output_dir / "trials.md").open("a", encoding="utf-8") as handle:
-            handle.write(f"\n**Best** {best}\n")
+            handle.write(f"\n**Best**: {best.removeprefix('best: ')}\n")
     for line in [*notes, best or "no trial completed: no best trial", f"table: {output_dir / 'trials.md'}"]:
         print(line, flush=True)
 

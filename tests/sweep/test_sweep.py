@@ -156,6 +156,7 @@ def test_the_table_plots_and_best_trial(killed_sweep):
     folder = winner.user_attrs["folder"]
     test = json.loads((output_dir / folder / "metrics.json").read_text())["test"]["loss"]
     assert (best["folder"], best["test_loss"]) == (str(output_dir / folder), test)
+    assert f"\n**Best**: {folder}, validation loss " in (output_dir / "trials.md").read_text()
     assert f"test loss {test:.4f}" in (output_dir / "trials.md").read_text()
 
 

@@ -138,12 +138,15 @@ def plot_seeds(groups: Sequence[Group], fields: Sequence[str], metric: str, path
     matplotlib.use("Agg")  # headless: CI and training machines have no display
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(max(4.0, 1.2 * len(groups) + 2), 4))
+    figure, axes = plt.subplots(figsize=(max(4.0, 2.2 * len(groups) + 1), 4))
     for position, group in enumerate(groups):
         values = split_values(group, "test", metric)
         axes.scatter([position] * len(values), list(values.values()), color="tab:blue", zorder=3)
+        seeds_at: dict[float, list[str]] = {}  # seeds that scored alike share one dot and one label
         for seed, value in values.items():
-            axes.annotate(str(seed), (position, value), xytext=(6, 0), textcoords="offset points", fontsize=7)
+            seeds_at.setdefault(value, []).append(str(seed))
+        for value, seeds in seeds_at.items():
+            axes.annotate(", ".join(seeds), (position, value), xytext=(6, 0), textcoords="offset points", fontsize=7)
         if values:
             axes.hlines(Summary.of(list(values.values())).mean, position - 0.2, position + 0.2, color="black")
     axes.set_xticks(range(len(groups)), [_tick(group, fields) for group in groups], fontsize=8)
@@ -155,4 +158,9 @@ def plot_seeds(groups: Sequence[Group], fields: Sequence[str], metric: str, path
 
 
 def _tick(group: Group, fields: Sequence[str]) -> str:
-    return "\n".join([f"group {group.number}", *(f"{name}={_shown(group.setup.get(name))}" for name in fields[:3])])
+    return "\n".join([f"group {group.number}", *(f"{name}={_short(group.setup.get(name))}" for name in fields[:3])])
+
+
+def _short(value) -> str:
+    """A tick label's value: a float to 4 significant digits (a searched learning rate has 17), else ``_shown``."""
+    return f"{value:.4g}" if isinstance(value, float) else _shown(value)

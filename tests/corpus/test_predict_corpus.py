@@ -2,8 +2,9 @@
 
 One session fixture runs the commands once (read-only afterwards): the original AG News CSV in one process (stderr on
 a terminal: the progress bar shows) and in two through a real ``accelerate launch``; the same run SIGKILLed while
-writing its third shard and run again; the same texts as a folder of CSV, JSON Lines and Parquet files (``--quiet``:
-no bar). The tiny model ships its int8 graph, as a pushed model does, so these runs take the Space's int8 lanes.
+writing its third shard and run again; the same texts as a folder of CSV, JSON Lines and Parquet files, in this
+process (``--quiet``: no bar). The tiny model ships its int8 graph, as a pushed model does, so these runs take the
+Space's int8 lanes.
 """
 
 from __future__ import annotations
@@ -57,6 +58,20 @@ def run(command: list[str], env: dict | None = None, tty: bool = False, timeout:
     return {"code": code, "stdout": stdout, "stderr": b"".join(chunks).decode(errors="replace")}
 
 
+def run_in_this_process(model: Path, *args: str, env: dict) -> dict:
+    """``distrinews predict`` in this process with ``env`` set, its output captured (no capsys in a session fixture)."""
+    import contextlib
+    import io
+    from unittest import mock
+
+    from distrinews.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ, env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["predict", "--model", str(model), *args])
+    return {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
+
+
 def run_here(capsys, model: Path, *args: str) -> dict:
     """``distrinews predict`` in this process (no interpreter start): its exit code, stdout and stderr."""
     from distrinews.cli import main
@@ -101,9 +116,8 @@ def corpus_runs(shipped_space_model, tmp_path_factory):
         runs["killed"] = run(resumed, {**env, "DISTRINEWS_FAULT_INJECT": f"crash_in_shard@{KILLED_IN_SHARD}"})
         runs["left_by_kill"] = sorted(path.name for path in (folder / "resumed.csv.shards").iterdir())
         runs["resumed"] = run(resumed, env)
-        runs["mixed"] = run(predict_command(shipped_space_model, "--input", str(folder / "mixed"), "--shard_size",
-                                            str(SHARD), "--output", str(folder / "mixed.jsonl"), "--quiet"), env,
-                            tty=True)
+        runs["mixed"] = run_in_this_process(shipped_space_model, "--input", str(folder / "mixed"), "--shard_size",
+                                            str(SHARD), "--output", str(folder / "mixed.jsonl"), "--quiet", env=env)
         (folder / "runs.json").write_text(json.dumps(runs))
 
     folder = shared_folder(tmp_path_factory, "corpus-runs", build)

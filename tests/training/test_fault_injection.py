@@ -208,7 +208,7 @@ def test_crash_and_full_disk_during_checkpoint_writes_keep_the_previous_checkpoi
     assert_same_run(reference, output_dir)
 
 
-KILLS = 3  # each kill and resume costs about 10 s of the suite; the seed varies the steps from run to run
+KILLS = 2  # each kill and resume costs about 10 s of the suite; the seed varies the steps from run to run
 
 
 def test_kill_9_loop_at_random_steps_gives_the_same_final_run(reference, tiny_model, ag_news_dir, tmp_path, attempts):

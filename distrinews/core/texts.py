@@ -22,7 +22,7 @@ import functools
 import re
 import unicodedata
 
-from .errors import TextError
+from .errors import DataError, TextError
 
 # Any character outside printable ASCII; plain ASCII headlines skip the per-character work entirely.
 _NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
@@ -117,3 +117,15 @@ def each_text(function, texts, where: str, after: str = "") -> list[str]:
         except TextError as err:
             raise TextError(f"{where}{index}{after} {err}") from None
     return results
+
+
+def check_utf8(path, unit: str = "line") -> None:
+    """Refuse a file that is not UTF-8, naming the ``unit`` (line, or row for training data) and the column where
+    its first bad byte is."""
+    with open(path, "rb") as handle:
+        for number, content in enumerate(handle, start=1):
+            try:
+                content.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}: {unit} {number}: bytes that are not UTF-8 at column {err.start + 1} "
+                                f"({content[err.start:err.start + 4]!r}); re-save the file as UTF-8") from None

@@ -12,6 +12,7 @@ shards that were complete, and the output equals that of an uninterrupted run.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -93,7 +94,7 @@ def _identity(options: CorpusOptions, corpus: Corpus) -> dict:
 
 def _classify(options: CorpusOptions, state, shards: ShardFolder, corpus: Corpus, model: CorpusModel) -> int:
     main = state.is_main_process
-    id_column = _id_column(corpus, options)
+    rows, id_column = _with_id_column(corpus.rows(), options)
     columns = output_columns(model.task.labels, id_column)
     total = corpus.count() if main else None
     if main:
@@ -105,13 +106,13 @@ def _classify(options: CorpusOptions, state, shards: ShardFolder, corpus: Corpus
                   flush=True)
     started, count = time.perf_counter(), 0
     with _progress(total, main and not options.quiet) as bar:
-        for index, rows in _shards(corpus.rows(), options.shard_size):
+        for index, shard in _shards(rows, options.shard_size):
             count = index + 1
             if index % state.num_processes == state.process_index and not shards.is_done(index):
-                stats, records = _classify_shard(rows, model, options, id_column)
+                stats, records = _classify_shard(shard, model, options, id_column)
                 shards.write(index, records, stats, columns)
             if bar is not None:  # the processes go through the input side by side, each classifying its own shards
-                bar.update(len(rows))
+                bar.update(len(shard))
     end_process_group(state)  # every process's shards are written; the main process merges them alone
     if not main:
         return 0
@@ -127,12 +128,14 @@ def _classify(options: CorpusOptions, state, shards: ShardFolder, corpus: Corpus
     return 0
 
 
-def _id_column(corpus: Corpus, options: CorpusOptions) -> str | None:
-    """The id column's name in the output: the one asked for, or ``id`` when the first row has one."""
+def _with_id_column(rows: Iterator[InputRow], options: CorpusOptions) -> tuple[Iterator[InputRow], str | None]:
+    """The rows, and the id column's name in the output: the one asked for, or ``id`` when the first row has one
+    (read from the same stream: a Hub dataset is not opened twice)."""
+    first = next(rows, None)
+    rows = itertools.chain([first], rows) if first is not None else iter(())
     if options.read.id_column:
-        return options.read.id_column
-    first = next(iter(corpus.rows()), None)
-    return "id" if first is not None and first.id is not None else None
+        return rows, options.read.id_column
+    return rows, "id" if first is not None and first.id is not None else None
 
 
 def _shards(rows: Iterator[InputRow], size: int) -> Iterator[tuple[int, list[InputRow]]]:

@@ -28,8 +28,7 @@ def evaluate_on_corpus_path(config, split: str, engine: EngineOptions, shard_siz
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from ..training.data import DataOptions, load_labelled_data
-    from ..training.evaluation import SplitOutputs, score_outputs
+    from ..training.evaluation import SplitOutputs, labelled_split, score_outputs
     from ..training.process_group import end_process_group
 
     state = PartialState(cpu=not torch.cuda.is_available())
@@ -38,8 +37,7 @@ def evaluate_on_corpus_path(config, split: str, engine: EngineOptions, shard_siz
     try:
         task = model.task
         config = dataclasses.replace(config, problem_type=task.problem_type)  # the model's, as the data is read
-        rows = _labelled_split(load_labelled_data(DataOptions.from_config(config), labels=task.labels).splits, split,
-                               config)
+        rows = labelled_split(config, split, task)
         texts, references = rows["text"], np.asarray(rows["label"])
         _refuse_empty(texts, model.service.config.max_text_chars, config.dataset, split)
         if state.is_main_process:
@@ -59,13 +57,6 @@ def evaluate_on_corpus_path(config, split: str, engine: EngineOptions, shard_siz
                            np.repeat(np.arange(len(windows)), [len(w) for w in windows]))
     return {**score_outputs(task, outputs, extra_metrics=extra_metrics(task)),
             **trust_report(task, outputs.text_probabilities(task), references)}
-
-
-def _labelled_split(splits, split: str, config):
-    if split not in splits:
-        raise DataError(f"{config.dataset} has no {split} split with --validation_fraction "
-                        f"{config.validation_fraction:g} (it has: {', '.join(splits)})")
-    return splits[split]
 
 
 def _refuse_empty(texts: Sequence[str], max_chars: int, dataset: str, split: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 
 from ..core.errors import DataError
 from ..core.formats import AG_NEWS
-from ..core.texts import clean_text
+from ..core.texts import check_utf8, clean_text
 
 SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 PARQUET_BATCH_ROWS = 1024
@@ -175,7 +175,7 @@ class _CsvReader(_FileReader):
         return [name or f"Unnamed: {i}" for i, name in enumerate(first)], True
 
     def check(self) -> None:
-        _check_utf8(self.path)
+        check_utf8(self.path)
         self.columns_for(self._header()[0])
 
     def rows(self, offset: int) -> Iterator[InputRow]:
@@ -200,7 +200,7 @@ class _CsvReader(_FileReader):
 
 class _JsonLinesReader(_FileReader):
     def check(self) -> None:
-        _check_utf8(self.path)
+        check_utf8(self.path)
         with self.path.open(encoding="utf-8-sig") as handle:
             start = handle.read(4096).lstrip()[:1]
         if start == "[":
@@ -298,16 +298,6 @@ def _line_count(path: Path) -> int:
             lines += block.count(b"\n")
             last = block[-1:]
     return lines + (last != b"\n")
-
-
-def _check_utf8(path: Path) -> None:
-    with path.open("rb") as handle:
-        for line, content in enumerate(handle, start=1):
-            try:
-                content.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}: line {line}: bytes that are not UTF-8 at column {err.start + 1} "
-                                f"({content[err.start:err.start + 4]!r}); re-save the file as UTF-8") from None
 
 
 class _HubSplit:

@@ -18,6 +18,7 @@ from datasets import Dataset
 
 from ..core.errors import DataError
 from ..core.formats import AG_NEWS, DatasetPreset
+from ..core.texts import check_utf8
 
 SPLIT_NAMES = ("train", "validation", "test")
 SPLIT_FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
@@ -74,7 +75,7 @@ def _read_folder(folder: Path) -> dict[str, StoredSplit]:
 
 def _read_file(path: Path) -> StoredSplit:
     if path.suffix in (".csv", ".jsonl", ".json"):
-        _check_utf8(path)
+        check_utf8(path, unit="row")
     if path.suffix == ".csv":
         return _read_csv(path)
     builder = "json" if path.suffix in (".jsonl", ".json") else "parquet"
@@ -118,16 +119,6 @@ def _load_with_datasets(builder: str, path: Path, **options) -> Dataset:
     except Exception as err:
         cause = err.__cause__ or err
         raise DataError(f"{path}: cannot be parsed as {builder}: {cause}") from err
-
-
-def _check_utf8(path: Path) -> None:
-    with path.open("rb") as handle:
-        for row, line in enumerate(handle, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}: row {row}: bytes that are not UTF-8 at column {err.start + 1} "
-                                f"({line[err.start:err.start + 4]!r}); re-save the file as UTF-8") from None
 
 
 def _read_csv_header(path: Path) -> list[str]:

@@ -127,18 +127,24 @@ def evaluate_saved_model(model, tokenizer, config: TrainConfig, split: str,
     task = model_task(model)
     if min_confidence is not None:
         task = task.with_floor(min_confidence)
-    splits = load_labelled_data(DataOptions.from_config(config), labels=task.labels).splits
-    if split not in splits:
-        raise DataError(f"{config.dataset} has no {split} split with --validation_fraction "
-                        f"{config.validation_fraction:g} (it has: {', '.join(splits)})")
+    rows = labelled_split(config, split, task)
     max_length = checked_max_length(config.max_length, model, tokenizer, config.model_name_or_path, warn=warn)
-    windows = tokenize_windows(splits[split], tokenizer, WindowPolicy(max_length, max_windows=max_windows))
+    windows = tokenize_windows(rows, tokenizer, WindowPolicy(max_length, max_windows=max_windows))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     loader = evaluation_loader(windows, tokenizer.pad_token_id, config, device)
     outputs = collect_outputs(model, loader, windows, device=device)
     return {**score_outputs(task, outputs, extra_metrics=extra_metrics),
             **trust_report(task, outputs.text_probabilities(task), outputs.references)}
+
+
+def labelled_split(config: TrainConfig, split: str, task: Task):
+    """``split`` of the data ``config`` describes, read with ``task``'s labels (``distrinews evaluate``'s flags)."""
+    splits = load_labelled_data(DataOptions.from_config(config), labels=task.labels).splits
+    if split not in splits:
+        raise DataError(f"{config.dataset} has no {split} split with --validation_fraction "
+                        f"{config.validation_fraction:g} (it has: {', '.join(splits)})")
+    return splits[split]
 
 
 def scalar_metrics(metrics: dict) -> dict[str, float]:
